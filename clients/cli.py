@@ -1,0 +1,41 @@
+"""The `chatllm` command: serve, server, bridge, chat, ingest, kb, models, info.
+
+Each group of subcommands lives in its own module with a `register(subparsers)`
+function; this module only assembles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from chatllm.clients import cli_chat, cli_server
+
+COMMAND_MODULES = [cli_server, cli_chat]
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatllm", description="ChatLLM Serve: gRPC serving stack for chat LLMs")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

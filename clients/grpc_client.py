@@ -1,0 +1,295 @@
+"""Python clients of the gRPC API: `AsyncChatClient` (grpc.aio) and `ChatClient` (blocking).
+
+    async with AsyncChatClient("localhost:50051") as client:
+        async for delta in client.generate("Hello"):
+            print(delta, end="")
+
+    with ChatClient("localhost:50051") as client:
+        print(client.chat("Hello").text)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from chatllm.proto import SERVICE_NAME, pb, pb_grpc
+
+INGEST_CHUNK_BYTES = 1024 * 1024
+FINISH_NAMES = {
+    pb.FINISH_REASON_STOP: "stop",
+    pb.FINISH_REASON_LENGTH: "length",
+    pb.FINISH_REASON_ABORT: "abort",
+    pb.FINISH_REASON_ERROR: "error",
+}
+
+
+@dataclass
+class ChatResult:
+    """A whole answer with its final metadata."""
+
+    text: str
+    finish_reason: str
+    usage: pb.Usage
+    timings: pb.Timings
+    sources: list[pb.Source] = field(default_factory=list)
+    request_id: str = ""
+
+
+def build_request(
+    prompt: str,
+    *,
+    system_prompt: str = "",
+    history: Sequence[tuple[str, str]] = (),
+    knowledge_base: str | None = None,
+    retrieval_top_k: int = 0,
+    request_id: str = "",
+    raw_prompt: bool = False,
+    channel: str = "",
+    stop: Sequence[str] = (),
+    **sampling: Any,
+) -> pb.GenerateRequest:
+    """A GenerateRequest; `sampling` takes the SamplingParams fields (max_new_tokens, temperature, ...).
+
+    `knowledge_base` set (even to "default") turns on knowledge-base answers."""
+    params = pb.SamplingParams(stop=list(stop), **{k: v for k, v in sampling.items() if v is not None})
+    return pb.GenerateRequest(
+        prompt=prompt,
+        system_prompt=system_prompt,
+        history=[pb.Turn(user=u, assistant=a) for u, a in history],
+        sampling=params,
+        request_id=request_id,
+        use_knowledge_base=knowledge_base is not None,
+        knowledge_base=knowledge_base or "",
+        retrieval_top_k=retrieval_top_k,
+        raw_prompt=raw_prompt,
+        channel=channel,
+    )
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", token),) if token else ()
+
+
+def _result(responses: Iterable[pb.GenerateResponse]) -> ChatResult:
+    parts: list[str] = []
+    final = pb.GenerateFinal()
+    request_id = ""
+    for response in responses:
+        parts.append(response.text)
+        request_id = response.request_id
+        if response.HasField("final"):
+            final = response.final
+    return ChatResult(
+        text="".join(parts),
+        finish_reason=FINISH_NAMES.get(final.finish_reason, "unspecified"),
+        usage=final.usage,
+        timings=final.timings,
+        sources=list(final.sources),
+        request_id=request_id,
+    )
+
+
+def _ingest_messages(data: bytes, filename: str, knowledge_base: str, mime_type: str) -> Iterator[pb.IngestRequest]:
+    header = pb.IngestHeader(knowledge_base=knowledge_base, filename=filename, mime_type=mime_type)
+    yield pb.IngestRequest(header=header)
+    for start in range(0, len(data), INGEST_CHUNK_BYTES):
+        yield pb.IngestRequest(chunk=data[start : start + INGEST_CHUNK_BYTES])
+
+
+class AsyncChatClient:
+    """asyncio client. `target` is host:port (or any gRPC target such as dns:///name:port)."""
+
+    def __init__(self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None) -> None:
+        self.channel = grpc.aio.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")])
+        self.stub = pb_grpc.ChatLLMStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self._metadata = _metadata(token)
+        self.timeout = timeout
+
+    async def __aenter__(self) -> AsyncChatClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel (cancels calls in flight)."""
+        await self.channel.close()
+
+    def stream(self, prompt: str, **kwargs: Any) -> grpc.aio.UnaryStreamCall:
+        """The raw Generate call: iterate it for GenerateResponse messages; `.cancel()` aborts."""
+        timeout = kwargs.pop("timeout", self.timeout)
+        return self.stub.Generate(build_request(prompt, **kwargs), metadata=self._metadata, timeout=timeout)
+
+    async def generate(self, prompt: str, **kwargs: Any) -> AsyncIterator[str]:
+        """Yield the answer's text deltas as they arrive (kwargs as in `build_request`)."""
+        call = self.stream(prompt, **kwargs)
+        try:
+            async for response in call:
+                if response.text:
+                    yield response.text
+        finally:
+            call.cancel()
+
+    async def chat(self, prompt: str, **kwargs: Any) -> ChatResult:
+        """The whole answer with finish reason, usage, timings and sources."""
+        responses = [r async for r in self.stream(prompt, **kwargs)]
+        return _result(responses)
+
+    async def ingest(
+        self, path: str | Path | None = None, *, data: bytes | None = None, filename: str | None = None,
+        knowledge_base: str = "default", mime_type: str = "",
+    ) -> pb.IngestResponse:
+        """Add a document (a file path, or `data` + `filename`) to a knowledge base."""
+        if path is not None:
+            data = Path(path).read_bytes()
+            filename = filename or Path(path).name
+        if data is None or not filename:
+            raise ValueError("ingest needs a path, or data and filename")
+        messages = _ingest_messages(data, filename, knowledge_base, mime_type)
+        return await self.stub.Ingest(messages, metadata=self._metadata, timeout=self.timeout)
+
+    async def retrieve(self, query: str, knowledge_base: str = "default", top_k: int = 0) -> list[pb.Source]:
+        """The chunks closest to `query`, best first."""
+        request = pb.RetrieveRequest(query=query, knowledge_base=knowledge_base, top_k=top_k)
+        response = await self.stub.Retrieve(request, metadata=self._metadata, timeout=self.timeout)
+        return list(response.sources)
+
+    async def list_documents(self, knowledge_base: str = "default") -> list[pb.Document]:
+        """Documents stored in a knowledge base."""
+        request = pb.ListDocumentsRequest(knowledge_base=knowledge_base)
+        return list((await self.stub.ListDocuments(request, metadata=self._metadata, timeout=self.timeout)).documents)
+
+    async def delete_document(self, document_id: str, knowledge_base: str = "default") -> int:
+        """Delete a document; returns the number of chunks removed."""
+        request = pb.DeleteDocumentRequest(knowledge_base=knowledge_base, document_id=document_id)
+        response = await self.stub.DeleteDocument(request, metadata=self._metadata, timeout=self.timeout)
+        return response.chunks_deleted
+
+    async def list_knowledge_bases(self) -> list[pb.KnowledgeBase]:
+        """All knowledge bases with document and chunk counts."""
+        request = pb.ListKnowledgeBasesRequest()
+        response = await self.stub.ListKnowledgeBases(request, metadata=self._metadata, timeout=self.timeout)
+        return list(response.knowledge_bases)
+
+    async def delete_knowledge_base(self, knowledge_base: str) -> int:
+        """Delete a knowledge base; returns the number of documents removed."""
+        request = pb.DeleteKnowledgeBaseRequest(knowledge_base=knowledge_base)
+        response = await self.stub.DeleteKnowledgeBase(request, metadata=self._metadata, timeout=self.timeout)
+        return response.documents_deleted
+
+    async def models(self) -> pb.ListModelsResponse:
+        """The served model and the catalogue of known models."""
+        return await self.stub.ListModels(pb.ListModelsRequest(), metadata=self._metadata, timeout=self.timeout)
+
+    async def server_info(self) -> pb.ServerInfo:
+        """Load, uptime and model of the server."""
+        return await self.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=self._metadata, timeout=self.timeout)
+
+    async def ready(self) -> bool:
+        """True when the readiness health check says SERVING."""
+        try:
+            response = await self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
+        except grpc.aio.AioRpcError:
+            return False
+        return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class ChatClient:
+    """Blocking client with the same methods as AsyncChatClient."""
+
+    def __init__(self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None) -> None:
+        self.channel = grpc.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")])
+        self.stub = pb_grpc.ChatLLMStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+        self._metadata = _metadata(token)
+        self.timeout = timeout
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+    def stream(self, prompt: str, **kwargs: Any) -> Any:
+        """The raw Generate call: iterate for GenerateResponse messages; `.cancel()` aborts."""
+        timeout = kwargs.pop("timeout", self.timeout)
+        return self.stub.Generate(build_request(prompt, **kwargs), metadata=self._metadata, timeout=timeout)
+
+    def generate(self, prompt: str, **kwargs: Any) -> Iterator[str]:
+        """Yield the answer's text deltas as they arrive."""
+        call = self.stream(prompt, **kwargs)
+        try:
+            for response in call:
+                if response.text:
+                    yield response.text
+        finally:
+            call.cancel()
+
+    def chat(self, prompt: str, **kwargs: Any) -> ChatResult:
+        """The whole answer with finish reason, usage, timings and sources."""
+        return _result(self.stream(prompt, **kwargs))
+
+    def ingest(
+        self, path: str | Path | None = None, *, data: bytes | None = None, filename: str | None = None,
+        knowledge_base: str = "default", mime_type: str = "",
+    ) -> pb.IngestResponse:
+        """Add a document (a file path, or `data` + `filename`) to a knowledge base."""
+        if path is not None:
+            data = Path(path).read_bytes()
+            filename = filename or Path(path).name
+        if data is None or not filename:
+            raise ValueError("ingest needs a path, or data and filename")
+        messages = _ingest_messages(data, filename, knowledge_base, mime_type)
+        return self.stub.Ingest(messages, metadata=self._metadata, timeout=self.timeout)
+
+    def retrieve(self, query: str, knowledge_base: str = "default", top_k: int = 0) -> list[pb.Source]:
+        """The chunks closest to `query`, best first."""
+        request = pb.RetrieveRequest(query=query, knowledge_base=knowledge_base, top_k=top_k)
+        return list(self.stub.Retrieve(request, metadata=self._metadata, timeout=self.timeout).sources)
+
+    def list_documents(self, knowledge_base: str = "default") -> list[pb.Document]:
+        """Documents stored in a knowledge base."""
+        request = pb.ListDocumentsRequest(knowledge_base=knowledge_base)
+        return list(self.stub.ListDocuments(request, metadata=self._metadata, timeout=self.timeout).documents)
+
+    def delete_document(self, document_id: str, knowledge_base: str = "default") -> int:
+        """Delete a document; returns the number of chunks removed."""
+        request = pb.DeleteDocumentRequest(knowledge_base=knowledge_base, document_id=document_id)
+        return self.stub.DeleteDocument(request, metadata=self._metadata, timeout=self.timeout).chunks_deleted
+
+    def list_knowledge_bases(self) -> list[pb.KnowledgeBase]:
+        """All knowledge bases with document and chunk counts."""
+        request = pb.ListKnowledgeBasesRequest()
+        return list(self.stub.ListKnowledgeBases(request, metadata=self._metadata, timeout=self.timeout).knowledge_bases)
+
+    def delete_knowledge_base(self, knowledge_base: str) -> int:
+        """Delete a knowledge base; returns the number of documents removed."""
+        request = pb.DeleteKnowledgeBaseRequest(knowledge_base=knowledge_base)
+        return self.stub.DeleteKnowledgeBase(request, metadata=self._metadata, timeout=self.timeout).documents_deleted
+
+    def models(self) -> pb.ListModelsResponse:
+        """The served model and the catalogue of known models."""
+        return self.stub.ListModels(pb.ListModelsRequest(), metadata=self._metadata, timeout=self.timeout)
+
+    def server_info(self) -> pb.ServerInfo:
+        """Load, uptime and model of the server."""
+        return self.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=self._metadata, timeout=self.timeout)
+
+    def ready(self) -> bool:
+        """True when the readiness health check says SERVING."""
+        try:
+            response = self._health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
+        except grpc.RpcError:
+            return False
+        return response.status == health_pb2.HealthCheckResponse.SERVING

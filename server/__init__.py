@@ -1,0 +1,1 @@
+"""ChatLLM Serve: the gRPC server (config, engines, chat, servicer, metrics)."""

@@ -1,0 +1,205 @@
+"""The gRPC server's life: bind, report NOT_SERVING, load the model, SERVING, drain, stop.
+
+Start-up is explicit and ordered: the port is bound and health answers before
+the (slow) model load, so probes see "alive but not ready". On SIGTERM the
+server flips readiness to NOT_SERVING, refuses new work, lets in-flight streams
+finish within --shutdown-grace, then stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from chatllm.proto import SERVICE_NAME, pb, pb_grpc
+from chatllm.server import metrics
+from chatllm.server.admission import Admission
+from chatllm.server.auth import TokenAuthInterceptor
+from chatllm.server.chat import Chat
+from chatllm.server.config import Config
+from chatllm.server.engines import running_engine
+from chatllm.server.errors import StartupError
+from chatllm.server.generation import GenerateService
+from chatllm.server.model_source import resolve
+from chatllm.server.servicer import ChatLLMServicer, ServerState
+
+log = logging.getLogger(__name__)
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("chatllm-serve")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class ChatLLMServer:
+    """One gRPC server. `running()` for in-process use; `serve_until_signal()` for the CLI."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.state = ServerState(
+            Admission(config.max_concurrent, config.max_queue), bool(config.token), package_version()
+        )
+        self.health = health_aio.HealthServicer()
+        interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
+        self._server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
+        pb_grpc.add_ChatLLMServicer_to_server(ChatLLMServicer(self.state), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        names = (
+            pb.DESCRIPTOR.services_by_name["ChatLLM"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, self._server)
+        self.port = 0
+
+    async def start(self) -> None:
+        """Bind and start answering (liveness SERVING, readiness NOT_SERVING)."""
+        address = f"{self.config.grpc_host}:{self.config.grpc_port}"
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {address}: {exc}") from None
+        if self.port == 0:
+            raise StartupError(f"cannot listen on {address} (port in use?)")
+        await self._server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        metrics.READY.set(0)
+        log.info("gRPC listening on %s:%d (loading the model)", self.config.grpc_host, self.port)
+
+    async def load(self, stack: contextlib.AsyncExitStack) -> None:
+        """Load model, knowledge base and history export; then report SERVING."""
+        config = self.config
+        source = await asyncio.to_thread(resolve, config.model_path, config.models_dir, config.model_name)
+        engine = await stack.enter_async_context(running_engine(config, source))
+        try:
+            chat = Chat(
+                engine.tokenizer, engine.info.context_length, max_round=config.max_round,
+                default_system_prompt=config.system_prompt, no_template=config.no_template,
+                model_type=config.model_type,
+            )
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        retriever = history = None
+        if config.knowledge_base:
+            from chatllm.server.knowledge import KnowledgeService
+
+            retriever = await stack.enter_async_context(KnowledgeService.running(config))
+        if config.export_history_path:
+            from chatllm.server.history import HistoryExporter
+
+            history = await stack.enter_async_context(HistoryExporter.running(config))
+        info = engine.info
+        self.state.model = pb.ModelInfo(
+            id=source.name, model_path=source.given or f"builtin:{source.path.name}", backend=info.backend,
+            device=info.device, dtype=info.dtype, context_length=info.context_length,
+            chat_template=chat.template_source, tensor_parallel_size=info.tensor_parallel_size,
+            pipeline_parallel_size=info.pipeline_parallel_size,
+        )
+        metrics.MODEL_INFO.labels(source.name, info.backend, info.device, info.dtype).set(1)
+        metrics.ENGINES.sources.append(engine.stats)
+        stack.callback(metrics.ENGINES.sources.remove, engine.stats)
+        self.state.knowledge = retriever
+        self.state.engine = engine
+        self.state.generate = GenerateService(config, engine, chat, self.state.admission, retriever, history)
+        stack.push_async_callback(self._watch_engine(engine))
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        metrics.READY.set(1)
+        log.info("ready: %s via %s on %s/%s", source.name, info.backend, info.device, info.dtype)
+
+    def _watch_engine(self, engine: object) -> object:
+        """Flip readiness when the engine dies; returns the stopper for the exit stack."""
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                try:
+                    await engine.check_health()  # type: ignore[attr-defined]
+                except Exception as exc:
+                    log.error("engine is dead: %s; readiness NOT_SERVING", exc)
+                    await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+                    metrics.READY.set(0)
+                    return
+
+        task = asyncio.create_task(watch())
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        return stop
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Refuse new work, report NOT_SERVING, give in-flight requests `grace` seconds."""
+        grace = self.config.shutdown_grace if grace is None else grace
+        self.state.admission.draining = True
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        metrics.READY.set(0)
+        idle = await self.state.admission.wait_idle(grace)
+        log.info("drained: %s", "all requests finished" if idle else f"grace of {grace:g}s over, cancelling the rest")
+
+    async def stop(self) -> None:
+        await self._server.stop(grace=1.0)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, config: Config) -> AsyncIterator[ChatLLMServer]:
+        """Started and loaded on entry; drained and stopped on exit."""
+        server = cls(config)
+        async with contextlib.AsyncExitStack() as stack:
+            await server.start()
+            stack.push_async_callback(server.stop)
+            await server.load(stack)
+            try:
+                yield server
+            finally:
+                await server.drain()
+
+
+async def serve_until_signal(config: Config, on_ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain and stop. StartupError propagates."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = ChatLLMServer(config)
+    async with contextlib.AsyncExitStack() as stack:
+        await server.start()
+        stack.push_async_callback(server.stop)
+        load = asyncio.create_task(server.load(stack))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not load.done():
+            log.info("stop requested while loading")
+            load.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await load
+            stopped.cancel()
+            return
+        load.result()  # raise StartupError and friends
+        if on_ready is not None:
+            on_ready.set()
+        await stopped
+        log.info("shutdown requested: draining")
+        await server.drain()

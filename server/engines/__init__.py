@@ -1,0 +1,57 @@
+"""Engine selection: `--backend auto|hf|vllm` (the seed's "none" is hf)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+from collections.abc import AsyncIterator
+
+from chatllm.server.config import Config
+from chatllm.server.engines.base import Engine, EngineInfo, EngineOutput, EngineStats, Finish
+from chatllm.server.errors import StartupError
+from chatllm.server.model_source import ModelSource
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Engine", "EngineInfo", "EngineOutput", "EngineStats", "Finish", "choose_backend", "running_engine"]
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def choose_backend(config: Config) -> tuple[str, str]:
+    """The backend to use and why (logged at start-up)."""
+    wanted = config.engine_backend
+    if wanted == "hf":
+        return "hf", "--backend hf"
+    if wanted == "vllm":
+        if not vllm_installed():
+            raise StartupError("--backend vllm: vLLM is not installed (make run installs it; or pip install vllm)")
+        return "vllm", "--backend vllm"
+    if not vllm_installed():
+        return "hf", "auto: vLLM is not installed"
+    from chatllm.server.engines.vllm import vllm_unusable_reason
+
+    reason = vllm_unusable_reason(config)
+    if reason:
+        return "hf", f"auto: vLLM cannot run here ({reason})"
+    return "vllm", "auto: vLLM is installed and supports this device"
+
+
+@contextlib.asynccontextmanager
+async def running_engine(config: Config, source: ModelSource) -> AsyncIterator[Engine]:
+    """Start the chosen engine; stop it (and any processes it spawned) on exit."""
+    backend, why = choose_backend(config)
+    log.info("engine backend: %s (%s)", backend, why)
+    if backend == "vllm":
+        from chatllm.server.engines.vllm import VLLMEngine
+
+        async with VLLMEngine.running(config, source) as engine:
+            yield engine
+    else:
+        from chatllm.server.engines.hf import HFEngine
+
+        async with HFEngine.running(config, source) as hf_engine:
+            yield hf_engine

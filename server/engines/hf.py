@@ -1,0 +1,250 @@
+"""The `hf` engine: Hugging Face transformers' own continuous batching.
+
+`model.init_continuous_batching()` runs a background thread with a paged KV
+cache; results reach the event loop through `register_result_handler`. Sampling
+is per request (`per_request_processors=True`): the manager's generation config
+only has to *enable* the temperature/top-k/top-p processors, so it is built with
+placeholder values and every request passes all three explicitly. Greedy is
+top_k=1. The library has no per-request seed or repetition penalty: such
+requests are refused with INVALID_ARGUMENT instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from chatllm.server.config import Config
+from chatllm.server.engines.base import EngineInfo, EngineOutput, EngineStats, Finish
+from chatllm.server.engines.text_stream import IncrementalDetokenizer, StopMatcher
+from chatllm.server.errors import EngineDeadError, InvalidArgument
+from chatllm.server.model_source import ModelSource
+from chatllm.server.sampling import SamplingOptions
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 256
+# How often a waiting stream re-checks that the generation thread is alive.
+LIVENESS_POLL_SECONDS = 1.0
+_ABORTED = object()  # queued by abort(): the library sends nothing more for a cancelled request
+
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def pick_device_and_dtype(config: Config) -> tuple[str, str]:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() and not config.cpu else "cpu"
+    if config.precision != "auto":
+        return device, _DTYPES[config.precision]
+    if device == "cuda":
+        return device, "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return device, "float32"
+
+
+def _kv_blocks(model_config: Any, dtype_bytes: int, space_gib: float) -> int:
+    """Number of PAGE_SIZE-token cache blocks that fit in `space_gib` GiB."""
+    text = model_config.get_text_config()
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    bytes_per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+    return max(1, int(space_gib * 1024**3 // (bytes_per_token * PAGE_SIZE)))
+
+
+class HFEngine:
+    """Wraps a running ContinuousBatchingManager. Create with `HFEngine.running(...)`."""
+
+    def __init__(self, model: Any, tokenizer: Any, manager: Any, info: EngineInfo) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.generation_config = model.generation_config
+        self.info = info
+        self._manager = manager
+        self._vocab_size = int(model.config.get_text_config().vocab_size)
+        self._stopping = False
+        # Per-request output queues, so abort() can end a stream the library stops feeding.
+        self._queues: dict[str, asyncio.Queue[Any]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, config: Config, source: ModelSource) -> AsyncIterator[HFEngine]:
+        engine = await asyncio.to_thread(cls._load, config, source)
+        try:
+            yield engine
+        finally:
+            await asyncio.to_thread(engine._shutdown)
+
+    @classmethod
+    def _load(cls, config: Config, source: ModelSource) -> HFEngine:
+        import torch
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoTokenizer,
+            ContinuousBatchingConfig,
+            GenerationConfig,
+        )
+
+        torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
+        # The library's logger has its own handler at INFO; keep its chatter out of our logs.
+        logging.getLogger("ContinuousBatchingLogger").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
+        device, dtype_name = pick_device_and_dtype(config)
+        dtype = getattr(torch, dtype_name)
+        started = time.perf_counter()
+        tokenizer = AutoTokenizer.from_pretrained(source.path)
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, device_map=device)
+        model.eval()
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        # Placeholder values: they only make the library create the per-request processors.
+        cb_generation = GenerationConfig(
+            do_sample=True, temperature=0.5, top_k=50, top_p=0.5,
+            max_new_tokens=config.max_new_tokens, eos_token_id=eos,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+        )
+        blocks = _kv_blocks(model.config, dtype.itemsize, config.kv_cache_space)
+        cb_config = ContinuousBatchingConfig(
+            page_size=PAGE_SIZE,
+            num_blocks=blocks,
+            max_batch_tokens=config.max_batch_tokens,
+            per_request_processors=True,
+        )
+        manager = model.init_continuous_batching(generation_config=cb_generation, continuous_batching_config=cb_config)
+        manager.start()
+        context = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 2048)
+        if config.max_model_len:
+            context = min(context, config.max_model_len)
+        info = EngineInfo(backend="hf", device=device, dtype=dtype_name, context_length=context)
+        log.info(
+            "hf engine ready in %.1fs: %s on %s/%s, KV cache %d blocks of %d tokens, context %d",
+            time.perf_counter() - started, source.name, device, dtype_name, blocks, PAGE_SIZE, context,
+        )
+        return cls(model, tokenizer, manager, info)
+
+    def _shutdown(self) -> None:
+        self._stopping = True
+        self._manager.stop(block=True, timeout=30, hard_stop=True)
+
+    # ------------------------------------------------------------------ status
+    @property
+    def errored(self) -> bool:
+        status = self._manager.background_thread_status
+        return status.fatal_error is not None or (not self._stopping and not self._manager.is_running())
+
+    async def check_health(self) -> None:
+        if self.errored:
+            raise EngineDeadError(f"hf engine stopped: {self._manager.background_thread_status.fatal_error}")
+
+    def stats(self) -> EngineStats:
+        processor = self._manager.batch_processor
+        if processor is None:
+            return EngineStats(running=0, waiting=self._manager.input_queue.qsize(), kv_cache_usage=0.0)
+        # A snapshot of another thread's dicts: good enough for metrics.
+        scheduler = processor.scheduler
+        try:
+            usage = 1.0 - float(processor.cache.compute_free_capacity(relative=True))
+        except Exception:
+            usage = 0.0
+        return EngineStats(
+            running=len(scheduler.active_requests),
+            waiting=len(scheduler.waiting_requests) + self._manager.input_queue.qsize(),
+            kv_cache_usage=min(max(usage, 0.0), 1.0),
+        )
+
+    def check_options(self, options: SamplingOptions) -> None:
+        if options.repetition_penalty != 1.0:
+            raise InvalidArgument("sampling.repetition_penalty", "not supported by the hf backend (use --backend vllm)")
+        if options.seed is not None:
+            raise InvalidArgument("sampling.seed", "not supported by the hf backend (use --backend vllm)")
+
+    # ------------------------------------------------------------------ requests
+    def _sampling_kwargs(self, options: SamplingOptions) -> dict[str, Any]:
+        if options.greedy:
+            return {"temperature": 1.0, "top_k": 1, "top_p": 1.0}
+        return {
+            "temperature": float(options.temperature),
+            "top_k": int(options.top_k or self._vocab_size),
+            "top_p": float(options.top_p),
+        }
+
+    def _unregister(self, request_id: str) -> None:
+        router = self._manager.output_router
+        with router._lock:
+            router.result_handlers.pop(request_id, None)
+
+    def _cancel(self, request_id: str) -> None:
+        self._manager.cancel_request(request_id)
+        self._unregister(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        queue = self._queues.get(request_id)
+        self._cancel(request_id)
+        if queue is not None:
+            queue.put_nowait(_ABORTED)
+
+    async def _next_output(self, queue: asyncio.Queue[Any]) -> Any:
+        while True:
+            try:
+                return await asyncio.wait_for(queue.get(), LIVENESS_POLL_SECONDS)
+            except TimeoutError:
+                if self.errored:
+                    raise EngineDeadError("hf engine stopped while generating") from None
+
+    async def generate(
+        self, prompt_ids: list[int], options: SamplingOptions, request_id: str
+    ) -> AsyncIterator[EngineOutput]:
+        if self.errored:
+            raise EngineDeadError("hf engine is not running")
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queues[request_id] = queue
+        self._manager.register_result_handler(request_id, queue.put_nowait)
+        accepted = self._manager.add_request(
+            list(prompt_ids), request_id=request_id, max_new_tokens=options.max_new_tokens, streaming=True,
+            eos_token_id=-1 if options.ignore_eos else None, **self._sampling_kwargs(options),
+        )
+        if accepted is None:
+            self._unregister(request_id)
+            del self._queues[request_id]
+            raise EngineDeadError("hf engine is not accepting requests")
+        detokenizer = IncrementalDetokenizer(self.tokenizer)
+        stops = StopMatcher(options.stop)
+        done = False
+        completion_tokens = 0
+        try:
+            while not done:
+                out = await self._next_output(queue)
+                if out is _ABORTED:
+                    done = True
+                    yield EngineOutput("", completion_tokens, len(prompt_ids), Finish.ABORT, None)
+                    return
+                tokens = out.generated_tokens
+                queued = out.lifespan[0] - out.created_time if out.lifespan[0] > 0 else None
+                if out.error is not None:
+                    done = True
+                    yield EngineOutput("", len(tokens), len(prompt_ids), Finish.ERROR, queued, out.error)
+                    return
+                finished = out.is_finished()
+                text = stops.feed(detokenizer.flush(tokens) if finished else detokenizer.push(tokens))
+                finish = None
+                if stops.stopped:
+                    finish = Finish.STOP
+                    self._cancel(request_id)
+                elif finished:
+                    text += stops.flush()
+                    finish = Finish.LENGTH if len(tokens) >= options.max_new_tokens else Finish.STOP
+                done = finish is not None
+                completion_tokens = len(tokens)
+                if text or done:
+                    yield EngineOutput(text, len(tokens), len(prompt_ids), finish, queued)
+        finally:
+            self._queues.pop(request_id, None)
+            # Consumer gone (CancelledError / GeneratorExit) or engine error: free the slot.
+            if not done:
+                self._cancel(request_id)

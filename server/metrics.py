@@ -1,0 +1,73 @@
+"""Prometheus metrics of the gRPC server (one module per process, default registry).
+
+Names follow Prometheus conventions: `chatllm_` prefix, base units in the name,
+`_total` on counters. Engine gauges are read at scrape time from whatever
+engines registered themselves (normally one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from chatllm.server.engines.base import EngineStats
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+TOKEN_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+REQUESTS = Counter(
+    "chatllm_requests_total", "gRPC requests handled, by method and status code", ["method", "code"]
+)
+IN_FLIGHT = Gauge("chatllm_requests_in_flight", "gRPC requests being handled", ["method"])
+QUEUE_DEPTH = Gauge("chatllm_queue_depth", "Generate requests admitted but waiting for a slot")
+TIME_TO_FIRST_TOKEN = Histogram(
+    "chatllm_time_to_first_token_seconds", "Arrival to first generated text", buckets=LATENCY_BUCKETS
+)
+INTER_TOKEN = Histogram(
+    "chatllm_inter_token_latency_seconds", "Time between generated tokens", buckets=TOKEN_LATENCY_BUCKETS
+)
+E2E_LATENCY = Histogram(
+    "chatllm_request_duration_seconds", "Generate arrival to last token", ["channel"], buckets=LATENCY_BUCKETS
+)
+QUEUE_TIME = Histogram(
+    "chatllm_queue_time_seconds", "Arrival until the engine scheduled the request", buckets=LATENCY_BUCKETS
+)
+PROMPT_TOKENS = Counter("chatllm_prompt_tokens_total", "Prompt tokens processed")
+GENERATION_TOKENS = Counter("chatllm_generation_tokens_total", "Tokens generated")
+FINISH_REASONS = Counter("chatllm_finish_reason_total", "Finished generations by reason", ["reason"])
+INGEST_LATENCY = Histogram(
+    "chatllm_ingest_duration_seconds", "Document ingest time (parse, split, embed, store)", buckets=LATENCY_BUCKETS
+)
+INGEST_CHUNKS = Counter("chatllm_ingest_chunks_total", "Knowledge-base chunks stored")
+RETRIEVAL_LATENCY = Histogram(
+    "chatllm_retrieval_duration_seconds", "Knowledge-base retrieval time", buckets=LATENCY_BUCKETS
+)
+MODEL_INFO = Gauge("chatllm_model_info", "The served model (value 1)", ["model", "backend", "device", "dtype"])
+READY = Gauge("chatllm_ready", "1 when the server is SERVING, 0 while loading or draining")
+
+
+class EngineCollector(Collector):
+    """Engine running/waiting/KV usage, read when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self.sources: list[Callable[[], EngineStats]] = []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stats = [source() for source in self.sources]
+        yield GaugeMetricFamily(
+            "chatllm_engine_running_requests", "Requests the engine is generating", value=sum(s.running for s in stats)
+        )
+        yield GaugeMetricFamily(
+            "chatllm_engine_waiting_requests", "Requests waiting inside the engine", value=sum(s.waiting for s in stats)
+        )
+        yield GaugeMetricFamily(
+            "chatllm_kv_cache_usage_ratio", "Fraction of the KV cache in use (0-1)",
+            value=max((s.kv_cache_usage for s in stats), default=0.0),
+        )
+
+
+ENGINES = EngineCollector()
+REGISTRY.register(ENGINES)

@@ -1,0 +1,176 @@
+"""The gRPC servicer: protobuf in, services, protobuf out; errors mapped in one place."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from chatllm.proto import pb, pb_grpc
+from chatllm.server import catalog, metrics
+from chatllm.server.admission import Admission
+from chatllm.server.engines.base import Engine
+from chatllm.server.errors import ChatLLMError, NotReady, grpc_code
+from chatllm.server.generation import GenerateService
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class KnowledgeRPCs(Protocol):
+    """What the knowledge base offers the servicer (see chatllm.server.knowledge)."""
+
+    async def ingest(self, requests: AsyncIterator[pb.IngestRequest]) -> pb.IngestResponse: ...
+    async def retrieve(self, request: pb.RetrieveRequest) -> pb.RetrieveResponse: ...
+    async def list_documents(self, request: pb.ListDocumentsRequest) -> pb.ListDocumentsResponse: ...
+    async def delete_document(self, request: pb.DeleteDocumentRequest) -> pb.DeleteDocumentResponse: ...
+    async def list_knowledge_bases(self) -> pb.ListKnowledgeBasesResponse: ...
+    async def delete_knowledge_base(self, request: pb.DeleteKnowledgeBaseRequest) -> pb.DeleteKnowledgeBaseResponse: ...
+
+
+class ServerState:
+    """Everything the RPCs need; filled in as start-up progresses (engine last)."""
+
+    def __init__(self, admission: Admission, auth_required: bool, version: str) -> None:
+        self.started = time.monotonic()
+        self.admission = admission
+        self.auth_required = auth_required
+        self.version = version
+        self.engine: Engine | None = None
+        self.model: pb.ModelInfo | None = None
+        self.generate: GenerateService | None = None
+        self.knowledge: KnowledgeRPCs | None = None
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    code = grpc_code(exc)
+    if isinstance(exc, ChatLLMError):
+        message = str(exc)
+    else:
+        log.exception("unexpected error in RPC")
+        message = f"internal error: {type(exc).__name__}"
+    await context.abort(code, message)
+
+
+def unary(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Count the call and map exceptions to status codes for a unary or client-streaming RPC."""
+
+    def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(fn)
+        async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+            metrics.IN_FLIGHT.labels(method).inc()
+            code = grpc.StatusCode.OK
+            try:
+                return await fn(self, request, context)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:
+                code = grpc_code(exc)
+                await _abort(context, exc)
+                raise  # unreachable: abort raises
+            finally:
+                metrics.IN_FLIGHT.labels(method).dec()
+                metrics.REQUESTS.labels(method, code.name).inc()
+
+        return handler
+
+    return wrap
+
+
+class ChatLLMServicer(pb_grpc.ChatLLMServicer):
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    def _generate_service(self) -> GenerateService:
+        if self.state.generate is None:
+            raise NotReady("the model is still loading; retry shortly")
+        return self.state.generate
+
+    def _knowledge(self) -> KnowledgeRPCs:
+        if self.state.knowledge is None:
+            raise NotReady("the knowledge base is not enabled on this server")
+        return self.state.knowledge
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        method = "Generate"
+        metrics.IN_FLIGHT.labels(method).inc()
+        code = grpc.StatusCode.CANCELLED  # until it completes or fails
+        try:
+            service = self._generate_service()
+            async with contextlib.aclosing(service.stream(request)) as responses:
+                async for response in responses:
+                    yield response
+            code = grpc.StatusCode.OK
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception as exc:
+            code = grpc_code(exc)
+            await _abort(context, exc)
+        finally:
+            metrics.IN_FLIGHT.labels(method).dec()
+            metrics.REQUESTS.labels(method, code.name).inc()
+
+    @unary("Ingest")
+    async def Ingest(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> pb.IngestResponse:
+        return await self._knowledge().ingest(request_iterator)
+
+    @unary("Retrieve")
+    async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
+        return await self._knowledge().retrieve(request)
+
+    @unary("ListDocuments")
+    async def ListDocuments(
+        self, request: pb.ListDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListDocumentsResponse:
+        return await self._knowledge().list_documents(request)
+
+    @unary("DeleteDocument")
+    async def DeleteDocument(
+        self, request: pb.DeleteDocumentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteDocumentResponse:
+        return await self._knowledge().delete_document(request)
+
+    @unary("ListKnowledgeBases")
+    async def ListKnowledgeBases(
+        self, request: pb.ListKnowledgeBasesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListKnowledgeBasesResponse:
+        return await self._knowledge().list_knowledge_bases()
+
+    @unary("DeleteKnowledgeBase")
+    async def DeleteKnowledgeBase(
+        self, request: pb.DeleteKnowledgeBaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteKnowledgeBaseResponse:
+        return await self._knowledge().delete_knowledge_base(request)
+
+    @unary("ListModels")
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        models = [self.state.model] if self.state.model is not None else []
+        return pb.ListModelsResponse(models=models, catalog=catalog.catalog_pb())
+
+    @unary("GetServerInfo")
+    async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
+        state = self.state
+        admission = state.admission
+        stats = state.engine.stats() if state.engine is not None else None
+        return pb.ServerInfo(
+            active_requests=stats.running if stats else 0,
+            waiting_requests=admission.waiting + (stats.waiting if stats else 0),
+            uptime_seconds=time.monotonic() - state.started,
+            version=state.version,
+            model=state.model,
+            draining=admission.draining,
+            kv_cache_usage=stats.kv_cache_usage if stats else 0.0,
+            max_concurrent=admission.max_concurrent,
+            max_queue=admission.max_queue,
+            knowledge_base_enabled=state.knowledge is not None,
+            auth_required=state.auth_required,
+        )
