@@ -189,17 +189,19 @@ async def serve_until_signal(config: Config, on_ready: asyncio.Event | None = No
         stack.push_async_callback(server.stop)
         load = asyncio.create_task(server.load(stack))
         stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if not load.done():
-            log.info("stop requested while loading")
-            load.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await load
+        try:
+            await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not load.done():
+                log.info("stop requested while loading")
+                load.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await load
+                return
+            load.result()  # raise StartupError and friends
+            if on_ready is not None:
+                on_ready.set()
+            await stopped
+            log.info("shutdown requested: draining")
+            await server.drain()
+        finally:
             stopped.cancel()
-            return
-        load.result()  # raise StartupError and friends
-        if on_ready is not None:
-            on_ready.set()
-        await stopped
-        log.info("shutdown requested: draining")
-        await server.drain()

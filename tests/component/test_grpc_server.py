@@ -1,0 +1,210 @@
+"""The real gRPC server (in process, port 0) with the real model on the hf engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from chatllm.clients import AsyncChatClient
+from chatllm.proto import SERVICE_NAME, pb
+from chatllm.server.app import ChatLLMServer
+from tests.servers import grpc_server, make_config
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+QUESTION = "What is the capital of France?"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def server(data_dir: Path, model_dir: Path) -> AsyncIterator[ChatLLMServer]:
+    async with grpc_server(make_config(data_dir, max_concurrent=16, max_queue=32)) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def client(server: ChatLLMServer) -> AsyncIterator[AsyncChatClient]:
+    async with AsyncChatClient(f"127.0.0.1:{server.port}") as c:
+        yield c
+
+
+async def wait_engine_idle(client: AsyncChatClient, within: float) -> pb.ServerInfo:
+    deadline = time.monotonic() + within
+    while True:
+        info = await client.server_info()
+        if info.active_requests == 0 and info.waiting_requests == 0 or time.monotonic() > deadline:
+            return info
+        await asyncio.sleep(0.05)
+
+
+async def test_stream_of_deltas_concatenates_to_the_final_text(client: AsyncChatClient) -> None:
+    responses = [r async for r in client.stream(QUESTION, temperature=0.0, max_new_tokens=24)]
+    deltas = [r.text for r in responses if not r.HasField("final")]
+    assert len(deltas) >= 3, deltas
+    assert all(deltas), "every non-final response carries text"
+    final = responses[-1]
+    assert final.HasField("final") and sum(r.HasField("final") for r in responses) == 1
+    text = "".join(r.text for r in responses)
+    assert "Paris" in text
+    assert final.final.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+    assert final.final.usage.completion_tokens == final.completion_tokens > 0
+    assert final.final.usage.prompt_tokens > 10
+    assert final.final.usage.total_tokens == final.final.usage.prompt_tokens + final.final.usage.completion_tokens
+    t = final.final.timings
+    assert 0 < t.time_to_first_token_seconds <= t.total_seconds
+
+
+async def test_greedy_answer_matches_transformers_generate(client: AsyncChatClient, model_dir: Path) -> None:
+    """The engine path changes nothing: greedy output equals plain model.generate."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = await client.chat(QUESTION, temperature=0.0, max_new_tokens=16)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    out = await asyncio.to_thread(model.generate, **ids, max_new_tokens=16, do_sample=False)
+    expected = tokenizer.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert result.text == expected
+    assert result.usage.prompt_tokens == ids["input_ids"].shape[1]
+
+
+async def test_eight_concurrent_streams_finish_with_correct_usage(client: AsyncChatClient) -> None:
+    async def one(i: int) -> tuple[int, int, int]:
+        n_deltas = 0
+        final = None
+        async for r in client.stream(f"Count from {i} to {i + 20}.", max_new_tokens=12, ignore_eos=True):
+            n_deltas += bool(r.text)
+            if r.HasField("final"):
+                final = r.final
+        assert final is not None
+        return final.usage.completion_tokens, final.finish_reason, n_deltas
+
+    results = await asyncio.gather(*(one(i) for i in range(8)))
+    for completion, reason, n_deltas in results:
+        assert completion == 12
+        assert reason == pb.FINISH_REASON_LENGTH
+        assert n_deltas >= 2
+
+
+async def test_cancelled_stream_frees_its_engine_slot(client: AsyncChatClient) -> None:
+    call = client.stream("Write a very long story about a dragon.", max_new_tokens=2000, ignore_eos=True)
+    got = 0
+    async for r in call:
+        got += bool(r.text)
+        if got >= 2:
+            break
+    busy = await client.server_info()
+    assert busy.active_requests + busy.waiting_requests >= 1
+    call.cancel()
+    info = await wait_engine_idle(client, within=1.0)
+    assert info.active_requests == 0 and info.waiting_requests == 0
+
+
+async def test_deadline_aborts_the_engine_request(client: AsyncChatClient) -> None:
+    call = client.stream("Tell me everything about Rome.", max_new_tokens=2000, ignore_eos=True, timeout=1.0)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in call:
+            pass
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    info = await wait_engine_idle(client, within=1.0)
+    assert info.active_requests == 0
+
+
+@pytest.mark.parametrize(
+    ("sampling", "field"),
+    [
+        ({"temperature": 3.0}, "sampling.temperature"),
+        ({"temperature": float("nan")}, "sampling.temperature"),
+        ({"top_p": 0.0}, "sampling.top_p"),
+        ({"top_p": 1.5}, "sampling.top_p"),
+        ({"top_k": -1}, "sampling.top_k"),
+        ({"max_new_tokens": 0}, "sampling.max_new_tokens"),
+        ({"repetition_penalty": 1.2}, "sampling.repetition_penalty"),  # hf backend cannot honour it
+        ({"seed": 7}, "sampling.seed"),
+        ({"stop": [""]}, "sampling.stop"),
+    ],
+)
+async def test_invalid_sampling_is_invalid_argument_naming_the_field(
+    client: AsyncChatClient, sampling: dict[str, object], field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.chat(QUESTION, **sampling)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field + ":"), err.value.details()
+
+
+async def test_empty_prompt_and_overlong_prompt_are_invalid(client: AsyncChatClient) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.chat("   ")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("prompt:")
+    # ~10k tokens: under the character limit, over the model's 8192-token context.
+    long_prompt = " ".join(f"w{i}" for i in range(12_000))[:99_000]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.chat(long_prompt)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "context" in err.value.details() and err.value.details().startswith("prompt:")
+
+
+async def test_stop_strings_end_the_answer_before_the_stop(client: AsyncChatClient) -> None:
+    full = await client.chat(QUESTION, temperature=0.0, max_new_tokens=16)
+    assert "Paris" in full.text
+    cut = await client.chat(QUESTION, temperature=0.0, max_new_tokens=16, stop=["Paris"])
+    assert cut.text == full.text[: full.text.index("Paris")]
+    assert cut.finish_reason == "stop"
+
+
+async def test_history_and_system_prompt_reach_the_model(client: AsyncChatClient) -> None:
+    plain = await client.chat("What is my name?", temperature=0.0, max_new_tokens=12)
+    with_history = await client.chat(
+        "What is my name?", temperature=0.0, max_new_tokens=12,
+        history=[("Hello, my name is Zorblax.", "Nice to meet you, Zorblax!")],
+    )
+    assert with_history.usage.prompt_tokens > plain.usage.prompt_tokens + 10
+    with_system = await client.chat(
+        "What is my name?", temperature=0.0, max_new_tokens=12, system_prompt="Always answer in French."
+    )
+    assert with_system.usage.prompt_tokens != plain.usage.prompt_tokens
+
+
+async def test_list_models_and_server_info(client: AsyncChatClient) -> None:
+    models = await client.models()
+    assert models.models[0].id == "SmolLM2-135M-Instruct"
+    assert models.models[0].backend == "hf" and models.models[0].context_length == 8192
+    assert models.models[0].chat_template == "tokenizer"
+    assert any(m.name == "Qwen2-7b" and "A10" in m.recommended_hardware for m in models.catalog)
+    info = await client.server_info()
+    assert info.uptime_seconds > 0 and info.version
+    assert info.max_concurrent == 16 and not info.draining
+
+
+async def test_health_serving_and_reflection_lists_the_service(server: ChatLLMServer) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", SERVICE_NAME):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        names = []
+        async for reply in stub.ServerReflectionInfo(iter([request])):
+            names = [s.name for s in reply.list_services_response.service]
+        assert SERVICE_NAME in names and "grpc.health.v1.Health" in names
+
+
+async def test_knowledge_base_disabled_is_unavailable(client: AsyncChatClient) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.chat(QUESTION, knowledge_base="default")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "knowledge base" in err.value.details()
