@@ -23,12 +23,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ChatllmSubprocess, markdown_table, percentile, write_results  # noqa: E402
+from bench.common import ChatllmSubprocess, markdown_table, percentile, write_results
 
 PROMPTS = [
-    "Explain how a bicycle works.", "Write a short poem about the sea.", "What is photosynthesis?",
-    "Describe the water cycle.", "Give three tips for learning a language.", "What is a neural network?",
-    "Summarise the plot of a detective story.", "Why is the sky blue?",
+    "Explain how a bicycle works.",
+    "Write a short poem about the sea.",
+    "What is photosynthesis?",
+    "Describe the water cycle.",
+    "Give three tips for learning a language.",
+    "What is a neural network?",
+    "Summarise the plot of a detective story.",
+    "Why is the sky blue?",
 ]
 
 
@@ -56,12 +61,14 @@ async def grpc_leg(target: str, n: int, tokens: int, leg: str) -> LegResult:
     from chatllm.clients import AsyncChatClient
 
     async with AsyncChatClient(target) as client:
+
         async def one(i: int) -> tuple[int, float]:
             start = time.perf_counter()
             first = None
             count = 0
-            async for r in client.stream(PROMPTS[i % len(PROMPTS)], max_new_tokens=tokens, temperature=0.0,
-                                         ignore_eos=True):
+            async for r in client.stream(
+                PROMPTS[i % len(PROMPTS)], max_new_tokens=tokens, temperature=0.0, ignore_eos=True
+            ):
                 if r.text and first is None:
                     first = time.perf_counter() - start
                 count = r.completion_tokens
@@ -75,8 +82,7 @@ async def engine_leg(engine: Any, chat: Any, n: int, tokens: int, leg: str) -> L
     from chatllm.server.chat import ChatInput
     from chatllm.server.sampling import SamplingOptions
 
-    options = SamplingOptions(max_new_tokens=tokens, temperature=0.0, top_k=0, top_p=1.0, greedy=True,
-                              ignore_eos=True)
+    options = SamplingOptions(max_new_tokens=tokens, temperature=0.0, top_k=0, top_p=1.0, greedy=True, ignore_eos=True)
 
     async def one(i: int) -> tuple[int, float]:
         ids = chat.build(ChatInput(PROMPTS[i % len(PROMPTS)]), tokens).ids
@@ -104,8 +110,9 @@ def generate_leg(model_dir: Path, n: int, tokens: int) -> LegResult:
     produced = 0
     started = time.perf_counter()
     for i in range(n):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                                             tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], tokenize=False, add_generation_prompt=True
+        )
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -124,8 +131,22 @@ async def run_backend(backend: str, data_dir: Path, levels: list[int], tokens: i
 
     results: list[LegResult] = []
     server = ChatllmSubprocess(
-        ["server", "--backend", backend, "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
-         "--no-knowledge-base", "--data-dir", str(data_dir), "--max-concurrent", "64"],
+        [
+            "server",
+            "--backend",
+            backend,
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--no-knowledge-base",
+            "--data-dir",
+            str(data_dir),
+            "--max-concurrent",
+            "64",
+        ],
         log_dir / f"server-{backend}.log",
     )
     try:
@@ -147,8 +168,15 @@ async def run_backend(backend: str, data_dir: Path, levels: list[int], tokens: i
 
 def report(results: list[LegResult], levels: list[int], tokens: int) -> tuple[str, dict[str, Any]]:
     rows = [
-        (r.leg, r.concurrency, r.tokens, r.seconds, r.tokens_per_second, percentile(r.ttfts, 50),
-         percentile(r.ttfts, 99))
+        (
+            r.leg,
+            r.concurrency,
+            r.tokens,
+            r.seconds,
+            r.tokens_per_second,
+            percentile(r.ttfts, 50),
+            percentile(r.ttfts, 99),
+        )
         for r in results
     ]
     body = f"Workload: N concurrent requests x {tokens} new tokens, greedy, EOS ignored.\n\n"
@@ -156,12 +184,16 @@ def report(results: list[LegResult], levels: list[int], tokens: int) -> tuple[st
     baseline = {r.concurrency: r.tokens_per_second for r in results if r.leg.startswith("model.generate")}
     ratio_rows = [
         (r.leg, r.concurrency, r.tokens_per_second / baseline[r.concurrency] if baseline.get(r.concurrency) else 0.0)
-        for r in results if not r.leg.startswith("model.generate")
+        for r in results
+        if not r.leg.startswith("model.generate")
     ]
     body += "\n\nThroughput relative to sequential model.generate at the same N:\n\n"
     body += markdown_table(("leg", "N", "x model.generate"), ratio_rows)
-    return body, {"tokens": tokens, "levels": levels, "rows": [r.__dict__ | {"tokens_per_second": r.tokens_per_second}
-                                                                  for r in results]}
+    return body, {
+        "tokens": tokens,
+        "levels": levels,
+        "rows": [r.__dict__ | {"tokens_per_second": r.tokens_per_second} for r in results],
+    }
 
 
 async def main() -> None:

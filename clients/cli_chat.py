@@ -15,10 +15,14 @@ DEFAULT_TARGET = "localhost:50051"
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default=os.environ.get("CHATLLM_TARGET", DEFAULT_TARGET),
-                        help=f"gRPC server host:port [env CHATLLM_TARGET; default {DEFAULT_TARGET}]")
-    parser.add_argument("--token", default=os.environ.get("CHATLLM_TOKEN"),
-                        help="authorization token [env CHATLLM_TOKEN]")
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("CHATLLM_TARGET", DEFAULT_TARGET),
+        help=f"gRPC server host:port [env CHATLLM_TARGET; default {DEFAULT_TARGET}]",
+    )
+    parser.add_argument(
+        "--token", default=os.environ.get("CHATLLM_TOKEN"), help="authorization token [env CHATLLM_TOKEN]"
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
 
 
@@ -55,8 +59,12 @@ def fail(exc: grpc.RpcError) -> int:
 
 def run_chat(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    sampling = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-                "top_k": args.top_k, "top_p": args.top_p}
+    sampling = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+    }
     with ChatClient(args.target, token=args.token, timeout=args.timeout) as client:
         call = client.stream(prompt, system_prompt=args.system, knowledge_base=args.kb, channel="cli", **sampling)
         final = None
@@ -79,8 +87,11 @@ def run_chat(args: argparse.Namespace) -> int:
             print(f"[{s.file} #{s.chunk} score={s.score:.3f}] {s.text[:200]}")
     if final is not None and args.stats:
         t = final.timings
-        print(f"tokens: prompt={final.usage.prompt_tokens} completion={final.usage.completion_tokens} "
-              f"ttft={t.time_to_first_token_seconds:.3f}s total={t.total_seconds:.3f}s", file=sys.stderr)
+        print(
+            f"tokens: prompt={final.usage.prompt_tokens} completion={final.usage.completion_tokens} "
+            f"ttft={t.time_to_first_token_seconds:.3f}s total={t.total_seconds:.3f}s",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -95,8 +106,10 @@ def run_models(args: argparse.Namespace) -> int:
             except grpc.RpcError as exc:
                 return fail(exc)
     rows = [("NAME", "MODEL PATH", "TYPE", "SEED ACCEL", "RECOMMENDED HARDWARE")]
-    rows += [(e.name, e.model_path, e.model_type or "-", "yes" if e.seed_accelerated else "no",
-              e.recommended_hardware) for e in entries()]
+    rows += [
+        (e.name, e.model_path, e.model_type or "-", "yes" if e.seed_accelerated else "no", e.recommended_hardware)
+        for e in entries()
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4])
@@ -110,8 +123,12 @@ def run_info(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             return fail(exc)
     print(f"version {info.version}, up {info.uptime_seconds:.0f}s, draining={info.draining}")
-    print(f"model {info.model.id} via {info.model.backend} on {info.model.device}/{info.model.dtype}, "
-          f"context {info.model.context_length}")
-    print(f"requests: {info.active_requests} active, {info.waiting_requests} waiting "
-          f"(limits {info.max_concurrent}/{info.max_queue}); KV cache {info.kv_cache_usage:.0%}")
+    print(
+        f"model {info.model.id} via {info.model.backend} on {info.model.device}/{info.model.dtype}, "
+        f"context {info.model.context_length}"
+    )
+    print(
+        f"requests: {info.active_requests} active, {info.waiting_requests} waiting "
+        f"(limits {info.max_concurrent}/{info.max_queue}); KV cache {info.kv_cache_usage:.0%}"
+    )
     return 0

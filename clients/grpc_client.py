@@ -1,11 +1,11 @@
 """Python clients of the gRPC API: `AsyncChatClient` (grpc.aio) and `ChatClient` (blocking).
 
-    async with AsyncChatClient("localhost:50051") as client:
-        async for delta in client.generate("Hello"):
-            print(delta, end="")
+async with AsyncChatClient("localhost:50051") as client:
+    async for delta in client.generate("Hello"):
+        print(delta, end="")
 
-    with ChatClient("localhost:50051") as client:
-        print(client.chat("Hello").text)
+with ChatClient("localhost:50051") as client:
+    print(client.chat("Hello").text)
 """
 
 from __future__ import annotations
@@ -105,7 +105,9 @@ def _ingest_messages(data: bytes, filename: str, knowledge_base: str, mime_type:
 class AsyncChatClient:
     """asyncio client. `target` is host:port (or any gRPC target such as dns:///name:port)."""
 
-    def __init__(self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None) -> None:
+    def __init__(
+        self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None
+    ) -> None:
         self.channel = grpc.aio.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")])
         self.stub = pb_grpc.ChatLLMStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -143,8 +145,13 @@ class AsyncChatClient:
         return _result(responses)
 
     async def ingest(
-        self, path: str | Path | None = None, *, data: bytes | None = None, filename: str | None = None,
-        knowledge_base: str = "default", mime_type: str = "",
+        self,
+        path: str | Path | None = None,
+        *,
+        data: bytes | None = None,
+        filename: str | None = None,
+        knowledge_base: str = "default",
+        mime_type: str = "",
     ) -> pb.IngestResponse:
         """Add a document (a file path, or `data` + `filename`) to a knowledge base."""
         if path is not None:
@@ -204,7 +211,9 @@ class AsyncChatClient:
 class ChatClient:
     """Blocking client with the same methods as AsyncChatClient."""
 
-    def __init__(self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None) -> None:
+    def __init__(
+        self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None
+    ) -> None:
         self.channel = grpc.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")])
         self.stub = pb_grpc.ChatLLMStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
@@ -241,8 +250,13 @@ class ChatClient:
         return _result(self.stream(prompt, **kwargs))
 
     def ingest(
-        self, path: str | Path | None = None, *, data: bytes | None = None, filename: str | None = None,
-        knowledge_base: str = "default", mime_type: str = "",
+        self,
+        path: str | Path | None = None,
+        *,
+        data: bytes | None = None,
+        filename: str | None = None,
+        knowledge_base: str = "default",
+        mime_type: str = "",
     ) -> pb.IngestResponse:
         """Add a document (a file path, or `data` + `filename`) to a knowledge base."""
         if path is not None:
@@ -271,7 +285,9 @@ class ChatClient:
     def list_knowledge_bases(self) -> list[pb.KnowledgeBase]:
         """All knowledge bases with document and chunk counts."""
         request = pb.ListKnowledgeBasesRequest()
-        return list(self.stub.ListKnowledgeBases(request, metadata=self._metadata, timeout=self.timeout).knowledge_bases)
+        return list(
+            self.stub.ListKnowledgeBases(request, metadata=self._metadata, timeout=self.timeout).knowledge_bases
+        )
 
     def delete_knowledge_base(self, knowledge_base: str) -> int:
         """Delete a knowledge base; returns the number of documents removed."""

@@ -94,8 +94,11 @@ class ChatLLMServer:
         engine = await stack.enter_async_context(running_engine(config, source))
         try:
             chat = Chat(
-                engine.tokenizer, engine.info.context_length, max_round=config.max_round,
-                default_system_prompt=config.system_prompt, no_template=config.no_template,
+                engine.tokenizer,
+                engine.info.context_length,
+                max_round=config.max_round,
+                default_system_prompt=config.system_prompt,
+                no_template=config.no_template,
                 model_type=config.model_type,
             )
         except ValueError as exc:
@@ -111,9 +114,14 @@ class ChatLLMServer:
             history = await stack.enter_async_context(HistoryExporter.running(config))
         info = engine.info
         self.state.model = pb.ModelInfo(
-            id=source.name, model_path=source.given or f"builtin:{source.path.name}", backend=info.backend,
-            device=info.device, dtype=info.dtype, context_length=info.context_length,
-            chat_template=chat.template_source, tensor_parallel_size=info.tensor_parallel_size,
+            id=source.name,
+            model_path=source.given or f"builtin:{source.path.name}",
+            backend=info.backend,
+            device=info.device,
+            dtype=info.dtype,
+            context_length=info.context_length,
+            chat_template=chat.template_source,
+            tensor_parallel_size=info.tensor_parallel_size,
             pipeline_parallel_size=info.pipeline_parallel_size,
         )
         metrics.MODEL_INFO.labels(source.name, info.backend, info.device, info.dtype).set(1)

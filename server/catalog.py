@@ -38,8 +38,11 @@ def entries() -> tuple[CatalogEntry, ...]:
 def catalog_pb() -> list[pb.CatalogModel]:
     return [
         pb.CatalogModel(
-            name=e.name, model_path=e.model_path, model_type=e.model_type,
-            recommended_hardware=e.recommended_hardware, seed_accelerated=e.seed_accelerated,
+            name=e.name,
+            model_path=e.model_path,
+            model_type=e.model_type,
+            recommended_hardware=e.recommended_hardware,
+            seed_accelerated=e.seed_accelerated,
         )
         for e in entries()
     ]

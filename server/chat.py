@@ -117,9 +117,7 @@ class Chat:
         )
         return str(text), False, len(self.trim_history(chat.history))
 
-    def build(
-        self, chat: ChatInput, max_new_tokens: int, knowledge: Sequence[Retrieved] | None = None
-    ) -> BuiltPrompt:
+    def build(self, chat: ChatInput, max_new_tokens: int, knowledge: Sequence[Retrieved] | None = None) -> BuiltPrompt:
         text, add_special, rounds = self.render(chat, knowledge)
         ids = list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
         room = self.context_length - len(ids)

@@ -48,13 +48,13 @@ class Config:
     system_prompt: str = option("", "default system prompt", "model")
     # --- engine ----------------------------------------------------------------
     backend: str = option(
-        "auto", "engine: auto (vLLM when it works here), hf, vllm; 'none' means hf", "engine",
+        "auto",
+        "engine: auto (vLLM when it works here), hf, vllm; 'none' means hf",
+        "engine",
         choices=("auto", "hf", "vllm", "none"),
     )
     cpu: bool = option(False, "run on CPU even when a GPU is present", "engine")
-    precision: str = option(
-        "auto", "weights/activations dtype", "engine", choices=("auto", "fp32", "fp16", "bf16")
-    )
+    precision: str = option("auto", "weights/activations dtype", "engine", choices=("auto", "fp32", "fp16", "bf16"))
     kv_cache_space: float = option(1.0, "GiB of KV cache on CPU (hf engine and vLLM CPU)", "engine")
     max_batch_tokens: int = option(512, "hf engine: tokens per forward step (bounds activation memory)", "engine")
     num_threads: int = option(0, "CPU threads for torch (0 = all cores)", "engine")
@@ -73,7 +73,8 @@ class Config:
     grpc_host: str = option("0.0.0.0", "address the gRPC server binds", "server")
     grpc_port: int = option(50051, "gRPC port (0 = pick a free one)", "server")
     metrics_port: int = option(
-        -1, "port of the gRPC server's own /metrics (-1 = 8001 for `server`, shared with the bridge for `serve`)",
+        -1,
+        "port of the gRPC server's own /metrics (-1 = 8001 for `server`, shared with the bridge for `serve`)",
         "server",
     )
     max_new_tokens: int = option(2048, "default max new tokens per request", "server")
@@ -103,7 +104,9 @@ class Config:
     retrieval_top_k: int = option(3, "chunks retrieved per question by default", "kb")
     max_upload_bytes: int = option(50 * 1024 * 1024, "largest document accepted for ingest", "kb")
     # --- history export --------------------------------------------------------
-    export_history_path: str | None = option(None, "directory for JSONL conversation history (off when unset)", "history")
+    export_history_path: str | None = option(
+        None, "directory for JSONL conversation history (off when unset)", "history"
+    )
     export_interval: int = option(3600, "seconds per history file before rotating", "history")
     # --- limits ----------------------------------------------------------------
     max_concurrent: int = option(64, "requests generating at once (0 = engine's limit)", "limits")
@@ -119,7 +122,8 @@ class Config:
     protect_metrics: bool = option(False, "require the token on /metrics too", "common")
     data_dir: str = option(
         platformdirs.user_data_dir("chatllm"),
-        "folder for everything the stack writes (converted models, knowledge base, history)", "common",
+        "folder for everything the stack writes (converted models, knowledge base, history)",
+        "common",
     )
     log_level: str = option("INFO", "logging level", "common", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
@@ -186,13 +190,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             )
         elif kind is bool:
             arg_group.add_argument(
-                *_flag_names(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                default=None, help=help_text,
+                *_flag_names(f.name),
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
             )
         else:
             arg_group.add_argument(
-                *_flag_names(f.name), dest=f.name, type=kind, default=None,
-                choices=f.metadata["choices"], help=help_text,
+                *_flag_names(f.name),
+                dest=f.name,
+                type=kind,
+                default=None,
+                choices=f.metadata["choices"],
+                help=help_text,
             )
 
 
@@ -241,6 +252,8 @@ def validate(config: Config) -> None:
         problems.append("--chunk-overlap must be smaller than --chunk-size")
     if config.kv_cache_space <= 0:
         problems.append("--kv-cache-space must be > 0")
+    if config.export_interval < 1:
+        problems.append("--export-interval must be >= 1 second")
     for name in ("max_concurrent", "max_queue"):
         if getattr(config, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")

@@ -119,8 +119,13 @@ class GenerateService:
             await slot.__aexit__(None, None, None)
 
     async def _generate(
-        self, request: pb.GenerateRequest, options: sampling.SamplingOptions, request_id: str, channel: str,
-        arrival: float, deadline: float | None,
+        self,
+        request: pb.GenerateRequest,
+        options: sampling.SamplingOptions,
+        request_id: str,
+        channel: str,
+        arrival: float,
+        deadline: float | None,
     ) -> AsyncIterator[pb.GenerateResponse]:
         retrieval_started = time.perf_counter()
         knowledge = await _within(self._retrieve(request), deadline, "retrieving knowledge-base chunks")
@@ -158,13 +163,19 @@ class GenerateService:
                         last_at, tokens_seen = now, out.completion_tokens
                     answer.append(out.text)
                     if out.finish is None:
-                        yield pb.GenerateResponse(text=out.text, completion_tokens=out.completion_tokens, request_id=request_id)
+                        yield pb.GenerateResponse(
+                            text=out.text, completion_tokens=out.completion_tokens, request_id=request_id
+                        )
                         continue
                     if timer.fired:
-                        raise DeadlineExceeded(f"request took longer than --request-timeout {self.config.request_timeout:g}s")
+                        raise DeadlineExceeded(
+                            f"request took longer than --request-timeout {self.config.request_timeout:g}s"
+                        )
                     if out.finish is Finish.ERROR:
                         raise RequestFailed(f"the engine failed this request: {out.error or 'unknown error'}")
-                    final = self._final(out, built.ids, arrival, first_token_at, queue_seconds, retrieval_seconds, knowledge)
+                    final = self._final(
+                        out, built.ids, arrival, first_token_at, queue_seconds, retrieval_seconds, knowledge
+                    )
                     yield pb.GenerateResponse(
                         text=out.text, completion_tokens=out.completion_tokens, request_id=request_id, final=final
                     )
@@ -173,12 +184,19 @@ class GenerateService:
             self._record(request, request_id, channel, built.history_rounds, "".join(answer), final, arrival)
 
     def _final(
-        self, out: Any, prompt_ids: list[int], arrival: float, first_token_at: float | None,
-        queue_seconds: float, retrieval_seconds: float, knowledge: list[Retrieved] | None,
+        self,
+        out: Any,
+        prompt_ids: list[int],
+        arrival: float,
+        first_token_at: float | None,
+        queue_seconds: float,
+        retrieval_seconds: float,
+        knowledge: list[Retrieved] | None,
     ) -> pb.GenerateFinal:
         now = time.perf_counter()
         usage = pb.Usage(
-            prompt_tokens=len(prompt_ids), completion_tokens=out.completion_tokens,
+            prompt_tokens=len(prompt_ids),
+            completion_tokens=out.completion_tokens,
             total_tokens=len(prompt_ids) + out.completion_tokens,
         )
         timings = pb.Timings(
@@ -194,8 +212,14 @@ class GenerateService:
         return pb.GenerateFinal(finish_reason=FINISH_TO_PB[out.finish], usage=usage, timings=timings, sources=sources)
 
     def _record(
-        self, request: pb.GenerateRequest, request_id: str, channel: str, rounds: int, response: str,
-        final: pb.GenerateFinal | None, arrival: float,
+        self,
+        request: pb.GenerateRequest,
+        request_id: str,
+        channel: str,
+        rounds: int,
+        response: str,
+        final: pb.GenerateFinal | None,
+        arrival: float,
     ) -> None:
         """Metrics and history export for every request that reached the engine."""
         latency = time.perf_counter() - arrival
@@ -210,24 +234,25 @@ class GenerateService:
         if self.history is None:
             return
         usage = final.usage if final else pb.Usage()
-        self.history.record({
-            "time": time.time(),
-            "request_id": request_id,
-            "channel": channel,
-            "prompt": request.prompt,
-            "system_prompt": request.system_prompt,
-            "history_length": len(request.history),
-            "history_rounds_used": rounds,
-            "response": response,
-            "finish_reason": reason,
-            "usage": {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens,
-            },
-            "latency_seconds": round(latency, 4),
-            "knowledge_base": request.knowledge_base or "default" if request.use_knowledge_base else None,
-        })
+        self.history.record(
+            {  # the exporter stamps "time" (UTC) when it takes the line
+                "request_id": request_id,
+                "channel": channel,
+                "prompt": request.prompt,
+                "system_prompt": request.system_prompt,
+                "history_length": len(request.history),
+                "history_rounds_used": rounds,
+                "response": response,
+                "finish_reason": reason,
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens,
+                },
+                "latency_seconds": round(latency, 4),
+                "knowledge_base": request.knowledge_base or "default" if request.use_knowledge_base else None,
+            }
+        )
 
 
 async def _within(awaitable: Any, deadline: float | None, what: str) -> Any:

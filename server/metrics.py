@@ -18,9 +18,7 @@ from chatllm.server.engines.base import EngineStats
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 TOKEN_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
-REQUESTS = Counter(
-    "chatllm_requests_total", "gRPC requests handled, by method and status code", ["method", "code"]
-)
+REQUESTS = Counter("chatllm_requests_total", "gRPC requests handled, by method and status code", ["method", "code"])
 IN_FLIGHT = Gauge("chatllm_requests_in_flight", "gRPC requests being handled", ["method"])
 QUEUE_DEPTH = Gauge("chatllm_queue_depth", "Generate requests admitted but waiting for a slot")
 TIME_TO_FIRST_TOKEN = Histogram(
@@ -47,6 +45,9 @@ RETRIEVAL_LATENCY = Histogram(
 )
 MODEL_INFO = Gauge("chatllm_model_info", "The served model (value 1)", ["model", "backend", "device", "dtype"])
 READY = Gauge("chatllm_ready", "1 when the server is SERVING, 0 while loading or draining")
+HISTORY_LINES = Counter(
+    "chatllm_history_lines_total", "History export lines by outcome (written, dropped, failed)", ["outcome"]
+)
 
 
 class EngineCollector(Collector):
@@ -64,7 +65,8 @@ class EngineCollector(Collector):
             "chatllm_engine_waiting_requests", "Requests waiting inside the engine", value=sum(s.waiting for s in stats)
         )
         yield GaugeMetricFamily(
-            "chatllm_kv_cache_usage_ratio", "Fraction of the KV cache in use (0-1)",
+            "chatllm_kv_cache_usage_ratio",
+            "Fraction of the KV cache in use (0-1)",
             value=max((s.kv_cache_usage for s in stats), default=0.0),
         )
 

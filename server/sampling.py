@@ -43,7 +43,11 @@ class SamplingDefaults:
 
     @classmethod
     def resolve(
-        cls, max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+        cls,
+        max_new_tokens: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
         generation_config: Any = None,
     ) -> SamplingDefaults:
         """Server flags first, then the model's generation config, then the seed's defaults."""

@@ -152,7 +152,9 @@ class ChatLLMServicer(pb_grpc.ChatLLMServicer):
         return await self._knowledge().delete_knowledge_base(request)
 
     @unary("ListModels")
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
         models = [self.state.model] if self.state.model is not None else []
         return pb.ListModelsResponse(models=models, catalog=catalog.catalog_pb())
 

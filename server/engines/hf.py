@@ -105,8 +105,12 @@ class HFEngine:
             eos = tokenizer.eos_token_id
         # Placeholder values: they only make the library create the per-request processors.
         cb_generation = GenerationConfig(
-            do_sample=True, temperature=0.5, top_k=50, top_p=0.5,
-            max_new_tokens=config.max_new_tokens, eos_token_id=eos,
+            do_sample=True,
+            temperature=0.5,
+            top_k=50,
+            top_p=0.5,
+            max_new_tokens=config.max_new_tokens,
+            eos_token_id=eos,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
         )
         blocks = _kv_blocks(model.config, dtype.itemsize, config.kv_cache_space)
@@ -124,7 +128,13 @@ class HFEngine:
         info = EngineInfo(backend="hf", device=device, dtype=dtype_name, context_length=context)
         log.info(
             "hf engine ready in %.1fs: %s on %s/%s, KV cache %d blocks of %d tokens, context %d",
-            time.perf_counter() - started, source.name, device, dtype_name, blocks, PAGE_SIZE, context,
+            time.perf_counter() - started,
+            source.name,
+            device,
+            dtype_name,
+            blocks,
+            PAGE_SIZE,
+            context,
         )
         return cls(model, tokenizer, manager, info)
 
@@ -206,8 +216,12 @@ class HFEngine:
         self._queues[request_id] = queue
         self._manager.register_result_handler(request_id, queue.put_nowait)
         accepted = self._manager.add_request(
-            list(prompt_ids), request_id=request_id, max_new_tokens=options.max_new_tokens, streaming=True,
-            eos_token_id=-1 if options.ignore_eos else None, **self._sampling_kwargs(options),
+            list(prompt_ids),
+            request_id=request_id,
+            max_new_tokens=options.max_new_tokens,
+            streaming=True,
+            eos_token_id=-1 if options.ignore_eos else None,
+            **self._sampling_kwargs(options),
         )
         if accepted is None:
             self._unregister(request_id)

@@ -38,7 +38,7 @@ async def wait_engine_idle(client: AsyncChatClient, within: float) -> pb.ServerI
     deadline = time.monotonic() + within
     while True:
         info = await client.server_info()
-        if info.active_requests == 0 and info.waiting_requests == 0 or time.monotonic() > deadline:
+        if (info.active_requests == 0 and info.waiting_requests == 0) or time.monotonic() > deadline:
             return info
         await asyncio.sleep(0.05)
 
@@ -166,7 +166,9 @@ async def test_stop_strings_end_the_answer_before_the_stop(client: AsyncChatClie
 async def test_history_and_system_prompt_reach_the_model(client: AsyncChatClient) -> None:
     plain = await client.chat("What is my name?", temperature=0.0, max_new_tokens=12)
     with_history = await client.chat(
-        "What is my name?", temperature=0.0, max_new_tokens=12,
+        "What is my name?",
+        temperature=0.0,
+        max_new_tokens=12,
         history=[("Hello, my name is Zorblax.", "Nice to meet you, Zorblax!")],
     )
     assert with_history.usage.prompt_tokens > plain.usage.prompt_tokens + 10

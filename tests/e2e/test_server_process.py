@@ -16,13 +16,24 @@ from chatllm.clients import ChatClient
 from chatllm.proto import SERVICE_NAME, pb
 from chatllm.server.model_source import builtin_gguf
 
-BASE = ["server", "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
-        "--backend", "hf", "--no-knowledge-base"]
+BASE = [
+    "server",
+    "--grpc-host",
+    "127.0.0.1",
+    "--grpc-port",
+    "0",
+    "--metrics-port",
+    "0",
+    "--backend",
+    "hf",
+    "--no-knowledge-base",
+]
 
 
 def run_cli(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "chatllm.clients.cli", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "chatllm.clients.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize(
@@ -44,9 +55,9 @@ def test_unknown_model_path_is_a_clean_startup_error(tmp_path: Path, model_path:
 
 def health(port: int, service: str) -> int:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=5
-        ).status
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        )
 
 
 def test_gguf_path_loads_after_conversion_then_drains_on_sigterm(tmp_path: Path, chatllm_process) -> None:
@@ -67,8 +78,18 @@ def test_gguf_path_loads_after_conversion_then_drains_on_sigterm(tmp_path: Path,
     assert any(p.name.startswith("my-model-") for p in (tmp_path / "data" / "models").iterdir())
 
     # The CLI streams an answer.
-    answer = run_cli(["chat", "--target", f"127.0.0.1:{port}", "--temperature", "0", "--max-new-tokens", "16",
-                      "What is the capital of France?"])
+    answer = run_cli(
+        [
+            "chat",
+            "--target",
+            f"127.0.0.1:{port}",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "16",
+            "What is the capital of France?",
+        ]
+    )
     assert answer.returncode == 0 and "Paris" in answer.stdout
 
     # SIGTERM while a stream is in flight: readiness flips, new work is refused, the stream completes.

@@ -20,8 +20,13 @@ class WordTokenizer:
     def __init__(self, chat_template: str | None = TEMPLATE) -> None:
         self.chat_template = chat_template
 
-    def apply_chat_template(self, messages: list[dict[str, str]], chat_template: str | None = None,
-                            tokenize: bool = False, add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, str]],
+        chat_template: str | None = None,
+        tokenize: bool = False,
+        add_generation_prompt: bool = True,
+    ) -> str:
         template = chat_template or self.chat_template
         assert template is not None
         return jinja2.Template(template).render(

@@ -14,10 +14,46 @@ def parse(argv: list[str], env: dict[str, str] | None = None, command: str = "se
 
 
 def test_seed_flags_accept_dashed_and_underscored_spellings() -> None:
-    dashed = parse(["--max-new-tokens", "64", "--max-round", "2", "--top-k", "5", "--top-p", "0.5",
-                    "--model-type", "qwen", "--log-level", "DEBUG", "--no-template", "--cpu", "--precision", "bf16"])
-    underscored = parse(["--max_new_tokens", "64", "--max_round", "2", "--top_k", "5", "--top_p", "0.5",
-                         "--model_type", "qwen", "--log_level", "DEBUG", "--no_template", "--cpu", "--precision", "bf16"])
+    dashed = parse(
+        [
+            "--max-new-tokens",
+            "64",
+            "--max-round",
+            "2",
+            "--top-k",
+            "5",
+            "--top-p",
+            "0.5",
+            "--model-type",
+            "qwen",
+            "--log-level",
+            "DEBUG",
+            "--no-template",
+            "--cpu",
+            "--precision",
+            "bf16",
+        ]
+    )
+    underscored = parse(
+        [
+            "--max_new_tokens",
+            "64",
+            "--max_round",
+            "2",
+            "--top_k",
+            "5",
+            "--top_p",
+            "0.5",
+            "--model_type",
+            "qwen",
+            "--log_level",
+            "DEBUG",
+            "--no_template",
+            "--cpu",
+            "--precision",
+            "bf16",
+        ]
+    )
     assert dashed == underscored
     assert dashed.max_new_tokens == 64 and dashed.max_round == 2 and dashed.top_k == 5
     assert dashed.no_template and dashed.cpu and dashed.precision == "bf16"
