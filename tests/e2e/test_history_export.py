@@ -22,13 +22,31 @@ INTERVAL = 2  # seconds per file: short, so a handful of requests spans several 
 WRITE_BOUND = 1.0  # coarse: a finished exchange is on disk well within this (the writer wakes per line)
 
 
-def start_server(chatllm_process: Callable[..., ChatllmProcess], data_dir: Path, history_dir: Path
-                 ) -> tuple[ChatllmProcess, int]:
-    proc = chatllm_process([
-        "server", "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", "--backend", "hf",
-        "--no-knowledge-base", "--data-dir", str(data_dir), "--shutdown-grace", "30",
-        "--export-history-path", str(history_dir), "--export-interval", str(INTERVAL),
-    ])
+def start_server(
+    chatllm_process: Callable[..., ChatllmProcess], data_dir: Path, history_dir: Path
+) -> tuple[ChatllmProcess, int]:
+    proc = chatllm_process(
+        [
+            "server",
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--backend",
+            "hf",
+            "--no-knowledge-base",
+            "--data-dir",
+            str(data_dir),
+            "--shutdown-grace",
+            "30",
+            "--export-history-path",
+            str(history_dir),
+            "--export-interval",
+            str(INTERVAL),
+        ]
+    )
     port = proc.grpc_port()
     proc.wait_for_log(r"ready: ", timeout=240)
     return proc, port
@@ -69,13 +87,15 @@ def test_every_exchange_is_one_line_in_its_period_file_and_sigterm_flushes(
             system = "Answer in one short sentence." if i % 2 else ""
             turns = [("Hi", "Hello! How can I help?")] * (i % 3)
             prompt = f"What is the capital of France? (question {i})\nThanks."
-            results[request_id] = client.chat(prompt, system_prompt=system, history=turns, request_id=request_id,
-                                              temperature=0.0, max_new_tokens=6)
+            results[request_id] = client.chat(
+                prompt, system_prompt=system, history=turns, request_id=request_id, temperature=0.0, max_new_tokens=6
+            )
             sent[request_id] = {"prompt": prompt, "system_prompt": system, "history_length": len(turns)}
             i += 1
         # A stream that is still generating when SIGTERM arrives: drained, then recorded.
-        call = client.stream("Count slowly to one hundred.", request_id="in-flight", max_new_tokens=30,
-                             ignore_eos=True, temperature=0.0)
+        call = client.stream(
+            "Count slowly to one hundred.", request_id="in-flight", max_new_tokens=30, ignore_eos=True, temperature=0.0
+        )
         first = next(call)
         proc.proc.send_signal(signal.SIGTERM)
         rest = list(call)
@@ -96,7 +116,8 @@ def test_every_exchange_is_one_line_in_its_period_file_and_sigterm_flushes(
         assert entry["response"] == result.text and result.text
         assert entry["finish_reason"] == result.finish_reason
         assert entry["usage"] == {
-            "prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
             "total_tokens": result.usage.total_tokens,
         }
         assert 0 < entry["latency_seconds"] < 60
