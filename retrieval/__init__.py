@@ -1,0 +1,1 @@
+"""The knowledge-base library: loaders, splitter, embedder, lexical index, Milvus store, retriever."""

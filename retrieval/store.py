@@ -1,0 +1,328 @@
+"""Milvus through pymilvus: a milvus-lite directory by default, a Milvus server for http(s):// URIs.
+
+Layout: one chunk collection per knowledge base (`kb_<escaped name>`), plus one
+manifest collection (`chatllm_documents`) with a row per committed document.
+The manifest row is the commit point of an ingest: chunk rows are written first
+under a fresh `generation` id, and only chunks whose (document, generation)
+pair has a manifest row are ever returned. Anything else is a leftover of an
+ingest that failed or was killed, and `orphaned_chunks` finds it for clean-up.
+
+Known milvus-lite behaviours handled here: a reopened collection must be
+loaded before it is searched; only the sync client creates indexes; `delete`
+returns the deleted ids on lite but a `{"delete_count": n}` dict on a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chatllm.retrieval.errors import EmbeddingMismatch, UnknownKnowledgeBase
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "chatllm_documents"
+CHUNK_PREFIX = "kb_"
+MAX_VARCHAR = 65535
+INSERT_BATCH = 256
+SCAN_BATCH = 2000
+CHUNK_FIELDS = ["pk", "document_id", "generation", "chunk", "file", "text"]
+MANIFEST_FIELDS = [
+    "knowledge_base",
+    "document_id",
+    "generation",
+    "filename",
+    "chunks",
+    "size_bytes",
+    "characters",
+    "created_unix",
+]
+SAFE_VALUE = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    knowledge_base: str
+    document_id: str
+    generation: str
+    filename: str
+    chunks: int
+    size_bytes: int
+    characters: int
+    created_unix: float
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    document_id: str
+    generation: str
+    chunk: int
+    file: str
+    text: str
+    terms: str
+    vector: np.ndarray
+
+    @property
+    def key(self) -> str:
+        return chunk_key(self.document_id, self.generation, self.chunk)
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    key: str
+    document_id: str
+    generation: str
+    chunk: int
+    file: str
+    text: str
+    score: float = 0.0
+
+
+def chunk_key(document_id: str, generation: str, chunk: int) -> str:
+    return f"{document_id}:{generation}:{chunk}"
+
+
+def collection_name(knowledge_base: str) -> str:
+    """Milvus names allow [A-Za-z0-9_]; knowledge-base names also allow '-'. Escaping keeps it reversible."""
+    return CHUNK_PREFIX + knowledge_base.replace("_", "__").replace("-", "_d")
+
+
+def knowledge_base_of(collection: str) -> str:
+    escaped = collection.removeprefix(CHUNK_PREFIX)
+    return re.sub(r"_(.)", lambda m: "_" if m.group(1) == "_" else "-", escaped)
+
+
+def quoted(value: str) -> str:
+    """A string literal for a filter; only ids and names we validated ever reach here."""
+    if not SAFE_VALUE.match(value):
+        raise ValueError(f"unsafe filter value {value!r}")
+    return f'"{value}"'
+
+
+def is_server_uri(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+
+class MilvusStore:
+    """All Milvus access of the knowledge base. Methods block; call them from a worker thread."""
+
+    def __init__(self, uri: str, dimension: int, token: str = "") -> None:
+        from pymilvus import MilvusClient
+
+        self.uri = uri
+        self.dimension = dimension
+        self.is_server = is_server_uri(uri)
+        if not self.is_server:
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        if not self.is_server:
+            # lite has no server-side session timestamps; pymilvus warns about it on every scan.
+            logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
+        self._client = MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+        self._loaded: set[str] = set()
+        self._ensure_manifest()
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- collections -------------------------------------------------------------
+    def _ensure_manifest(self) -> None:
+        from pymilvus import DataType
+
+        if not self._client.has_collection(MANIFEST):
+            schema = self._client.create_schema(auto_id=False)
+            schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=256)
+            for name in ("knowledge_base", "document_id", "generation"):
+                schema.add_field(name, DataType.VARCHAR, max_length=128)
+            schema.add_field("filename", DataType.VARCHAR, max_length=2048)
+            for name in ("chunks", "size_bytes", "characters"):
+                schema.add_field(name, DataType.INT64)
+            schema.add_field("created_unix", DataType.DOUBLE)
+            # Milvus wants a vector field in every collection; the manifest has no use for one.
+            schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
+            self._create(MANIFEST, schema, "placeholder")
+        self._load(MANIFEST)
+
+    def _create(self, name: str, schema: Any, vector_field: str) -> None:
+        index = self._client.prepare_index_params()
+        index.add_index(vector_field, index_type="AUTOINDEX", metric_type="COSINE")
+        self._client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+
+    def _load(self, name: str) -> None:
+        if name not in self._loaded:
+            self._client.load_collection(name)  # a reopened collection is not searchable until loaded
+            self._loaded.add(name)
+
+    def knowledge_bases(self) -> list[str]:
+        names = self._client.list_collections()
+        return sorted(knowledge_base_of(n) for n in names if n.startswith(CHUNK_PREFIX))
+
+    def has_knowledge_base(self, knowledge_base: str) -> bool:
+        return bool(self._client.has_collection(collection_name(knowledge_base)))
+
+    def open_knowledge_base(self, knowledge_base: str, create: bool) -> str:
+        """The chunk collection's name, loaded; created when `create`, else UnknownKnowledgeBase."""
+        from pymilvus import DataType
+
+        name = collection_name(knowledge_base)
+        if name in self._loaded:
+            return name
+        if not self._client.has_collection(name):
+            if not create:
+                raise UnknownKnowledgeBase(f"no knowledge base named {knowledge_base!r}")
+            schema = self._client.create_schema(auto_id=False)
+            schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=256)
+            schema.add_field("document_id", DataType.VARCHAR, max_length=128)
+            schema.add_field("generation", DataType.VARCHAR, max_length=128)
+            schema.add_field("chunk", DataType.INT64)
+            schema.add_field("file", DataType.VARCHAR, max_length=2048)
+            schema.add_field("text", DataType.VARCHAR, max_length=MAX_VARCHAR)
+            schema.add_field("terms", DataType.VARCHAR, max_length=MAX_VARCHAR)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
+            self._create(name, schema, "vector")
+        self._check_dimension(knowledge_base, name)
+        self._load(name)
+        return name
+
+    def _check_dimension(self, knowledge_base: str, name: str) -> None:
+        fields = self._client.describe_collection(name)["fields"]
+        dim = next(int(f["params"]["dim"]) for f in fields if f["name"] == "vector")
+        if dim != self.dimension:
+            raise EmbeddingMismatch(
+                f"knowledge base {knowledge_base!r} holds {dim}-dimensional vectors but the embedding model "
+                f"makes {self.dimension}; use the model it was built with, or delete and re-ingest it"
+            )
+
+    def drop_knowledge_base(self, knowledge_base: str) -> None:
+        name = collection_name(knowledge_base)
+        self._loaded.discard(name)
+        self._client.drop_collection(name)
+
+    # --- chunks ------------------------------------------------------------------
+    def insert_chunks(self, knowledge_base: str, rows: Sequence[ChunkRow]) -> None:
+        name = self.open_knowledge_base(knowledge_base, create=True)
+        for start in range(0, len(rows), INSERT_BATCH):
+            batch = rows[start : start + INSERT_BATCH]
+            self._client.insert(
+                name,
+                [
+                    {
+                        "pk": r.key,
+                        "document_id": r.document_id,
+                        "generation": r.generation,
+                        "chunk": r.chunk,
+                        "file": r.file,
+                        "text": r.text,
+                        "terms": r.terms,
+                        "vector": r.vector.tolist(),
+                    }
+                    for r in batch
+                ],
+            )
+
+    def flush(self, knowledge_base: str) -> None:
+        """Persist, and let lite build its index: search is ~290 ms before a flush, a few ms after."""
+        self._client.flush(collection_name(knowledge_base))
+
+    def delete_chunks(self, knowledge_base: str, document_id: str, generation: str | None = None) -> int:
+        name = self.open_knowledge_base(knowledge_base, create=False)
+        expr = f"document_id == {quoted(document_id)}"
+        if generation is not None:
+            expr += f" and generation == {quoted(generation)}"
+        return deleted_count(self._client.delete(name, filter=expr))
+
+    def search(
+        self, knowledge_base: str, vector: np.ndarray, limit: int, exclude_generations: Sequence[str] = ()
+    ) -> list[StoredChunk]:
+        name = self.open_knowledge_base(knowledge_base, create=False)
+        expr = f"generation not in [{', '.join(quoted(g) for g in exclude_generations)}]" if exclude_generations else ""
+        results = self._client.search(
+            name,
+            data=[vector.tolist()],
+            anns_field="vector",
+            limit=limit,
+            filter=expr,
+            output_fields=CHUNK_FIELDS,
+            search_params={"metric_type": "COSINE"},
+        )
+        return [_stored(hit["entity"], float(hit["distance"])) for hit in results[0]]
+
+    def get_chunks(self, knowledge_base: str, keys: Sequence[str]) -> list[StoredChunk]:
+        if not keys:
+            return []
+        name = self.open_knowledge_base(knowledge_base, create=False)
+        return [_stored(row) for row in self._client.get(name, ids=list(keys), output_fields=CHUNK_FIELDS)]
+
+    def scan_chunks(self, knowledge_base: str, document_ids: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+        """Key, document, generation and terms of every chunk row (of `document_ids` when given)."""
+        name = self.open_knowledge_base(knowledge_base, create=False)
+        expr = f"document_id in [{', '.join(quoted(d) for d in document_ids)}]" if document_ids else ""
+        iterator = self._client.query_iterator(
+            name, batch_size=SCAN_BATCH, filter=expr, output_fields=["pk", "document_id", "generation", "terms"]
+        )
+        try:
+            while batch := iterator.next():
+                yield from batch
+        finally:
+            iterator.close()
+
+    def delete_chunk_keys(self, knowledge_base: str, keys: Sequence[str]) -> int:
+        name = self.open_knowledge_base(knowledge_base, create=False)
+        return sum(
+            deleted_count(self._client.delete(name, ids=list(keys[i : i + 1000]))) for i in range(0, len(keys), 1000)
+        )
+
+    # --- manifest ----------------------------------------------------------------
+    def commit_document(self, record: DocumentRecord) -> None:
+        """The commit point: after this returns, the document is visible."""
+        row = asdict(record) | {
+            "pk": _manifest_key(record.knowledge_base, record.document_id),
+            "placeholder": [1.0, 0.0],
+        }
+        self._client.upsert(MANIFEST, [row])
+        self._client.flush(MANIFEST)
+
+    def remove_document(self, knowledge_base: str, document_id: str) -> None:
+        self._client.delete(MANIFEST, ids=[_manifest_key(knowledge_base, document_id)])
+        self._client.flush(MANIFEST)
+
+    def documents(self, knowledge_base: str | None = None) -> list[DocumentRecord]:
+        expr = f"knowledge_base == {quoted(knowledge_base)}" if knowledge_base is not None else "chunks >= 0"
+        records: list[DocumentRecord] = []
+        iterator = self._client.query_iterator(
+            MANIFEST, batch_size=SCAN_BATCH, filter=expr, output_fields=MANIFEST_FIELDS
+        )
+        try:
+            while batch := iterator.next():
+                records.extend(DocumentRecord(**{f: row[f] for f in MANIFEST_FIELDS}) for row in batch)
+        finally:
+            iterator.close()
+        return sorted(records, key=lambda r: (r.created_unix, r.filename))
+
+
+def _manifest_key(knowledge_base: str, document_id: str) -> str:
+    return f"{knowledge_base}/{document_id}"
+
+
+def _stored(row: dict[str, Any], score: float = 0.0) -> StoredChunk:
+    return StoredChunk(
+        key=row["pk"],
+        document_id=row["document_id"],
+        generation=row["generation"],
+        chunk=int(row["chunk"]),
+        file=row["file"],
+        text=row["text"],
+        score=score,
+    )
+
+
+def deleted_count(result: Any) -> int:
+    """lite returns the deleted primary keys; a server returns {"delete_count": n}."""
+    if isinstance(result, dict):
+        return int(result.get("delete_count", 0))
+    return len(result or [])
