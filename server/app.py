@@ -71,6 +71,8 @@ class ChatLLMServer:
         )
         reflection.enable_server_reflection(names, self._server)
         self.port = 0
+        # Requests only wait when concurrency is limited; the queue alert divides by this.
+        metrics.QUEUE_LIMIT.set(config.max_queue if config.max_concurrent > 0 else 0)
 
     async def start(self) -> None:
         """Bind and start answering (liveness SERVING, readiness NOT_SERVING)."""

@@ -21,6 +21,9 @@ TOKEN_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 
 REQUESTS = Counter("chatllm_requests_total", "gRPC requests handled, by method and status code", ["method", "code"])
 IN_FLIGHT = Gauge("chatllm_requests_in_flight", "gRPC requests being handled", ["method"])
 QUEUE_DEPTH = Gauge("chatllm_queue_depth", "Generate requests admitted but waiting for a slot")
+QUEUE_LIMIT = Gauge(
+    "chatllm_queue_limit", "Most Generate requests that may wait for a slot (--max-queue; 0: nothing waits)"
+)
 TIME_TO_FIRST_TOKEN = Histogram(
     "chatllm_time_to_first_token_seconds", "Arrival to first generated text", buckets=LATENCY_BUCKETS
 )
