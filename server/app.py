@@ -146,8 +146,10 @@ class ChatLLMServer:
                 try:
                     await engine.check_health()  # type: ignore[attr-defined]
                 except Exception as exc:
-                    log.error("engine is dead: %s; readiness NOT_SERVING", exc)
+                    # Liveness too: a dead engine does not come back, so let the orchestrator restart us.
+                    log.error("engine is dead: %s; readiness and liveness NOT_SERVING", exc)
                     await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+                    await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
                     metrics.READY.set(0)
                     return
 

@@ -17,6 +17,7 @@ SEED_TOP_K = 30
 SEED_TOP_P = 0.8
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
+GREEDY_TEMPERATURE = 1e-5  # as vLLM's _SAMPLING_EPS
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ def from_pb(params: pb.SamplingParams | None, defaults: SamplingDefaults) -> Sam
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
-        greedy=(not do_sample) or temperature == 0,
+        # Below this, dividing logits by the temperature overflows to inf (NaN probabilities): it is greedy.
+        greedy=(not do_sample) or temperature < GREEDY_TEMPERATURE,
         repetition_penalty=penalty,
         seed=p.seed if p.HasField("seed") else None,
         stop=tuple(p.stop),

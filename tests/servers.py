@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,3 +34,52 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
 async def grpc_server(config: Config) -> AsyncIterator[ChatLLMServer]:
     async with ChatLLMServer.running(config) as server:
         yield server
+
+
+class ServerThread:
+    """A real ChatLLMServer on its own event loop in a background thread, for tests that
+    use blocking clients (requests, websocket-client, hypothesis) from the test thread."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.port = 0
+        self.server: ChatLLMServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="chatllm-test-server", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            async with ChatLLMServer.running(self.config) as server:
+                self.server, self.port = server, server.port
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as exc:  # surfaced to the test thread by start()
+            self._error = exc
+            self._ready.set()
+
+    def start(self, timeout: float = 300) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("server did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(60)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -180,7 +180,8 @@ class HFEngine:
             return {"temperature": 1.0, "top_k": 1, "top_p": 1.0}
         return {
             "temperature": float(options.temperature),
-            "top_k": int(options.top_k or self._vocab_size),
+            # Beyond the vocabulary the library's top-k gather fails and kills the batch loop.
+            "top_k": min(int(options.top_k or self._vocab_size), self._vocab_size),
             "top_p": float(options.top_p),
         }
 

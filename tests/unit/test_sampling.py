@@ -48,3 +48,8 @@ def test_defaults_resolution_order() -> None:
     # then the seed's request defaults (transformers' class defaults do not count)
     resolved = SamplingDefaults.resolve(10, 0.5, None, None, GenerationConfig())
     assert (resolved.top_k, resolved.top_p) == (SEED_TOP_K, SEED_TOP_P)
+
+
+def test_tiny_temperature_is_greedy_not_an_overflow() -> None:
+    assert from_pb(pb.SamplingParams(temperature=1e-30), DEFAULTS).greedy
+    assert not from_pb(pb.SamplingParams(temperature=0.01), DEFAULTS).greedy

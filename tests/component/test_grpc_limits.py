@@ -1,0 +1,147 @@
+"""Auth, admission control, request timeout and fuzzed requests against the real gRPC server."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chatllm.clients import ChatClient
+from chatllm.proto import SERVICE_NAME, pb, pb_grpc
+from tests.servers import ServerThread, make_config
+
+TOKEN = "s3cret-token-value"
+
+
+@pytest.fixture(scope="module")
+def server(data_dir: Path, model_dir: Path) -> Iterator[ServerThread]:
+    config = make_config(data_dir, token=TOKEN, max_concurrent=1, max_queue=1, request_timeout=20.0)
+    with ServerThread(config) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server: ServerThread) -> Iterator[ChatClient]:
+    with ChatClient(f"127.0.0.1:{server.port}", token=TOKEN) as c:
+        yield c
+
+
+def wait_idle(client: ChatClient, within: float = 2.0) -> pb.ServerInfo:
+    deadline = time.monotonic() + within
+    while True:
+        info = client.server_info()
+        if (info.active_requests == 0 and info.waiting_requests == 0) or time.monotonic() > deadline:
+            return info
+        time.sleep(0.05)
+
+
+def test_missing_or_wrong_token_is_unauthenticated(server: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    for token in (None, "wrong", f"Bearer {TOKEN}x"):
+        with ChatClient(f"127.0.0.1:{server.port}", token=token) as anonymous:
+            for call in (lambda c: c.chat("hi", max_new_tokens=2), lambda c: c.server_info()):
+                with pytest.raises(grpc.RpcError) as err:
+                    call(anonymous)
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with ChatClient(f"127.0.0.1:{server.port}", token=f"Bearer {TOKEN}") as bearer:
+        assert bearer.chat("Say hi", max_new_tokens=2).usage.completion_tokens == 2
+    assert TOKEN not in caplog.text
+
+
+def test_health_and_reflection_stay_open_without_token(server: ServerThread) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_overload_is_refused_at_once(client: ChatClient) -> None:
+    """max_concurrent=1 and max_queue=1: the third concurrent request is refused immediately."""
+    running = client.stream("Tell a long story.", max_new_tokens=500, ignore_eos=True)
+    assert next(running).text  # generating
+    queued = client.stream("Another long story.", max_new_tokens=500, ignore_eos=True)
+    def wait_in_queue() -> None:
+        with contextlib.suppress(grpc.RpcError):  # cancelled below
+            next(queued, None)
+
+    waiter = threading.Thread(target=wait_in_queue, daemon=True)
+    waiter.start()  # blocks in the server's queue
+    deadline = time.monotonic() + 5
+    while client.server_info().waiting_requests < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        client.chat("third", max_new_tokens=2)
+    refused_after = time.monotonic() - t0
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "capacity" in err.value.details()
+    assert refused_after < 2.0, "refusal must not wait for a slot"
+    running.cancel()
+    queued.cancel()
+    waiter.join(10)
+    info = wait_idle(client)
+    assert info.active_requests == 0 and info.waiting_requests == 0
+
+
+def test_request_timeout_ends_the_stream_and_frees_the_engine(client: ChatClient) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        for _ in client.stream("Write an endless poem.", max_new_tokens=5000, ignore_eos=True):
+            pass
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "--request-timeout" in err.value.details()
+    assert wait_idle(client).active_requests == 0
+
+
+turns = st.builds(pb.Turn, user=st.text(max_size=50), assistant=st.text(max_size=50))
+sampling = st.builds(
+    pb.SamplingParams,
+    max_new_tokens=st.one_of(st.none(), st.integers(0, 4), st.just(2**32 - 1)),
+    temperature=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=32)),
+    top_k=st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)),
+    top_p=st.one_of(st.none(), st.floats(width=32)),
+    do_sample=st.one_of(st.none(), st.booleans()),
+    stop=st.lists(st.text(max_size=300), max_size=20),
+    ignore_eos=st.booleans(),
+)
+requests = st.builds(
+    pb.GenerateRequest,
+    prompt=st.text(max_size=200),
+    system_prompt=st.text(max_size=100),
+    history=st.lists(turns, max_size=5),
+    sampling=sampling,
+    request_id=st.text(max_size=200),
+    use_knowledge_base=st.booleans(),
+    knowledge_base=st.text(max_size=80),
+    retrieval_top_k=st.integers(0, 100),
+    raw_prompt=st.booleans(),
+)
+ALLOWED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=requests)
+def test_fuzzed_generate_requests_never_fail_internally(client: ChatClient, request: pb.GenerateRequest) -> None:
+    """Any request is accepted (a stream starts) or refused with a client-error code, never INTERNAL."""
+    stub = pb_grpc.ChatLLMStub(client.channel)
+    call = stub.Generate(request, metadata=(("authorization", TOKEN),), timeout=30)
+    try:
+        next(call, None)
+    except grpc.RpcError as err:
+        assert err.code() in ALLOWED, (err.code(), err.details())
+        if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            assert ":" in err.details()  # names the field
+    finally:
+        call.cancel()
+
+
+def test_server_still_answers_after_fuzzing(client: ChatClient) -> None:
+    assert wait_idle(client, within=10).active_requests == 0
+    assert "Paris" in client.chat("What is the capital of France?", temperature=0.0, max_new_tokens=12).text
