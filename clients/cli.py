@@ -11,9 +11,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from chatllm.clients import cli_chat, cli_server
+from chatllm.clients import cli_chat, cli_kb, cli_server
 
-COMMAND_MODULES = [cli_server, cli_chat]
+COMMAND_MODULES = [cli_server, cli_chat, cli_kb]
 
 
 def setup_logging(level: str) -> None:
