@@ -41,6 +41,10 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Clients resolve `dns:///` names again only when a connection ends: ageing connections out
+    # (GOAWAY, in-flight streams get the grace) lets round-robin clients find new replicas.
+    ("grpc.max_connection_age_ms", 5 * 60_000),
+    ("grpc.max_connection_age_grace_ms", 15 * 60_000),
 ]
 
 
