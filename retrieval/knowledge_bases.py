@@ -224,17 +224,19 @@ class KnowledgeBases:
             log.exception("cleaning up a failed ingest of %s failed; recovery will finish it", document_id)
 
     # --- read --------------------------------------------------------------------
-    def retrieve(self, knowledge_base: str, query: str, top_k: int) -> list[RetrievedChunk]:
-        """Dense and BM25 candidates fused by reciprocal rank; best first."""
+    def retrieve(
+        self, knowledge_base: str, query: str, top_k: int, legs: Sequence[str] = ("dense", "lexical")
+    ) -> list[RetrievedChunk]:
+        """Dense and BM25 candidates fused by reciprocal rank; best first. `legs` exists for benchmarks."""
         committed = self._documents(knowledge_base, must_exist=True)
         candidates = max(top_k * 4, MIN_CANDIDATES)
-        dense_weight = 1.0 - self.embedder.unknown_token_fraction(query)
+        dense_weight = 1.0 - self.embedder.unknown_token_fraction(query) if "dense" in legs else 0.0
         dense: list[StoredChunk] = []
         if dense_weight > 0.05 and committed:
             vector = self.embedder.encode([query])[0]
             hits = self.store.search(knowledge_base, vector, candidates, sorted(self._pending))
             dense = [h for h in hits if _is_committed(h, committed)]
-        lexical = self._lexical[knowledge_base].search(tokenize(query), candidates)
+        lexical = self._lexical[knowledge_base].search(tokenize(query), candidates) if "lexical" in legs else []
         fused = reciprocal_rank_fusion(
             [RankedList([h.key for h in dense], dense_weight), RankedList([h.key for h in lexical], 1.0)], top_k
         )

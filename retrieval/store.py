@@ -32,6 +32,7 @@ CHUNK_PREFIX = "kb_"
 MAX_VARCHAR = 65535
 INSERT_BATCH = 256
 SCAN_BATCH = 2000
+LITE_SCAN_LIMIT = 1 << 40
 CHUNK_FIELDS = ["pk", "document_id", "generation", "chunk", "file", "text"]
 MANIFEST_FIELDS = [
     "knowledge_base",
@@ -120,9 +121,6 @@ class MilvusStore:
         self.is_server = is_server_uri(uri)
         if not self.is_server:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        if not self.is_server:
-            # lite has no server-side session timestamps; pymilvus warns about it on every scan.
-            logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
         self._client = MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
         self._loaded: set[str] = set()
         self._ensure_manifest()
@@ -261,10 +259,16 @@ class MilvusStore:
     def scan_chunks(self, knowledge_base: str, document_ids: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
         """Key, document, generation and terms of every chunk row (of `document_ids` when given)."""
         name = self.open_knowledge_base(knowledge_base, create=False)
-        expr = f"document_id in [{', '.join(quoted(d) for d in document_ids)}]" if document_ids else ""
-        iterator = self._client.query_iterator(
-            name, batch_size=SCAN_BATCH, filter=expr, output_fields=["pk", "document_id", "generation", "terms"]
-        )
+        expr = f"document_id in [{', '.join(quoted(d) for d in document_ids)}]" if document_ids else 'pk != ""'
+        return self._scan(name, expr, ["pk", "document_id", "generation", "terms"])
+
+    def _scan(self, name: str, expr: str, fields: list[str]) -> Iterator[dict[str, Any]]:
+        """All rows matching expr. A server caps one query at 16384 rows, so it pages with an iterator;
+        lite has no such cap but no iterator timestamps either (it logs an error per scan), so one query."""
+        if not self.is_server:
+            yield from self._client.query(name, filter=expr, output_fields=fields, limit=LITE_SCAN_LIMIT)
+            return
+        iterator = self._client.query_iterator(name, batch_size=SCAN_BATCH, filter=expr, output_fields=fields)
         try:
             while batch := iterator.next():
                 yield from batch
@@ -292,16 +296,9 @@ class MilvusStore:
         self._client.flush(MANIFEST)
 
     def documents(self, knowledge_base: str | None = None) -> list[DocumentRecord]:
-        expr = f"knowledge_base == {quoted(knowledge_base)}" if knowledge_base is not None else "chunks >= 0"
-        records: list[DocumentRecord] = []
-        iterator = self._client.query_iterator(
-            MANIFEST, batch_size=SCAN_BATCH, filter=expr, output_fields=MANIFEST_FIELDS
-        )
-        try:
-            while batch := iterator.next():
-                records.extend(DocumentRecord(**{f: row[f] for f in MANIFEST_FIELDS}) for row in batch)
-        finally:
-            iterator.close()
+        expr = f"knowledge_base == {quoted(knowledge_base)}" if knowledge_base is not None else 'pk != ""'
+        rows = self._scan(MANIFEST, expr, MANIFEST_FIELDS)
+        records = [DocumentRecord(**{f: row[f] for f in MANIFEST_FIELDS}) for row in rows]
         return sorted(records, key=lambda r: (r.created_unix, r.filename))
 
 

@@ -1,0 +1,141 @@
+"""The knowledge-base library on a real milvus-lite store with the real embedder: atomic writes,
+recovery after interrupted writes, and several writers sharing one store."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chatllm.retrieval.embedder import Embedder
+from chatllm.retrieval.knowledge_bases import KnowledgeBases
+from chatllm.retrieval.lexical import initialise_segmenter, join_terms
+from chatllm.retrieval.splitter import DocumentSplitter, SplitterSettings
+from chatllm.retrieval.store import ChunkRow, DocumentRecord, MilvusStore
+
+TEA = "龙井茶的最佳冲泡水温是八十五度，冲泡时间为两分钟。".encode()
+PEARS = b"The Larkspur orchard grows seventeen varieties of pears."
+SPLITTER = DocumentSplitter(SplitterSettings(chunk_size=120, chunk_overlap=10))
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    initialise_segmenter()
+    return Embedder()
+
+
+@pytest.fixture
+def store(tmp_path: Path, embedder: Embedder) -> Iterator[MilvusStore]:
+    opened = MilvusStore(str(tmp_path / "kb.db"), embedder.dimension)
+    yield opened
+    opened.close()
+
+
+def library(store: MilvusStore, embedder: Embedder, shared: bool = False) -> KnowledgeBases:
+    knowledge = KnowledgeBases(store, embedder, SPLITTER, shared_store=shared)
+    knowledge.recover()
+    return knowledge
+
+
+def write_uncommitted(knowledge: KnowledgeBases, kb: str, filename: str, data: bytes) -> tuple[str, int]:
+    """What a process killed between writing chunks and committing leaves behind."""
+    doc = knowledge.prepare(filename, data)
+    generation = uuid.uuid4().hex
+    rows = [
+        ChunkRow(doc.document_id, generation, i, filename, text, join_terms(terms), vector)
+        for i, (text, terms, vector) in enumerate(zip(doc.chunks, doc.terms, doc.vectors, strict=True))  # type: ignore[call-overload]
+    ]
+    knowledge.store.insert_chunks(kb, rows)
+    knowledge.store.flush(kb)
+    return doc.document_id, len(rows)
+
+
+def stored_documents(store: MilvusStore, kb: str) -> set[str]:
+    return {row["document_id"] for row in store.scan_chunks(kb)}
+
+
+def test_uncommitted_chunks_are_invisible_and_removed_by_recovery(store: MilvusStore, embedder: Embedder) -> None:
+    knowledge = library(store, embedder)
+    kept = knowledge.ingest("kb", "pears.txt", PEARS)
+    orphan_id, orphan_chunks = write_uncommitted(knowledge, "kb", "tea.txt", TEA)
+    assert stored_documents(store, "kb") == {kept.document_id, orphan_id}
+
+    for question in ("龙井茶用多少度的水冲泡？", "pears"):
+        assert {c.document_id for c in knowledge.retrieve("kb", question, 5)} == {kept.document_id}
+    assert [d.document_id for d in knowledge.list_documents("kb")] == [kept.document_id]
+
+    report = KnowledgeBases(store, embedder, SPLITTER).recover()
+    assert report.orphaned_chunks == orphan_chunks
+    assert stored_documents(store, "kb") == {kept.document_id}
+
+
+def test_a_write_that_fails_midway_leaves_nothing(store: MilvusStore, embedder: Embedder) -> None:
+    knowledge = library(store, embedder)
+    knowledge.ingest("kb", "pears.txt", PEARS)
+    real_commit = store.commit_document
+
+    def disk_full(record: DocumentRecord) -> None:
+        raise OSError("No space left on device")
+
+    store.commit_document = disk_full  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="No space left"):
+        knowledge.ingest("kb", "tea.txt", TEA * 20)
+    store.commit_document = real_commit  # type: ignore[method-assign]
+
+    assert [d.filename for d in knowledge.list_documents("kb")] == ["pears.txt"]
+    assert len(stored_documents(store, "kb")) == 1
+    assert all(c.file == "pears.txt" for c in knowledge.retrieve("kb", "龙井茶的水温", 5))
+    assert not knowledge.ingest("kb", "tea.txt", TEA * 20).unchanged  # a retry really ingests
+
+
+def test_recovery_keeps_only_the_newest_document_of_a_filename(store: MilvusStore, embedder: Embedder) -> None:
+    knowledge = library(store, embedder)
+    old = knowledge.ingest("kb", "menu.txt", b"Soup of the day: plum.")
+    # Killed after committing the replacement but before deleting the old version.
+    new_id, chunks = write_uncommitted(knowledge, "kb", "menu.txt", b"Soup of the day: lentil.")
+    generation = next(r["generation"] for r in store.scan_chunks("kb") if r["document_id"] == new_id)
+    store.commit_document(DocumentRecord("kb", new_id, generation, "menu.txt", chunks, 24, 24, time.time() + 1))
+
+    report = KnowledgeBases(store, embedder, SPLITTER).recover()
+    assert report.superseded_documents == [old.document_id]
+    restarted = library(store, embedder)
+    assert [d.document_id for d in restarted.list_documents("kb")] == [new_id]
+    assert stored_documents(store, "kb") == {new_id}
+
+
+def test_records_of_a_dropped_knowledge_base_are_removed(store: MilvusStore, embedder: Embedder) -> None:
+    knowledge = library(store, embedder)
+    knowledge.ingest("doomed", "pears.txt", PEARS)
+    store.drop_knowledge_base("doomed")  # killed between dropping the collection and the records
+    assert KnowledgeBases(store, embedder, SPLITTER).recover().dangling_records == 1
+    assert store.documents() == []
+
+
+def test_concurrent_ingests_of_the_same_bytes_store_one_copy(store: MilvusStore, embedder: Embedder) -> None:
+    knowledge = library(store, embedder)
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(knowledge.ingest("kb", "tea.txt", TEA))) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.unchanged for r in results) == [False, True, True]
+    assert sum(1 for _ in store.scan_chunks("kb")) == results[0].chunks
+
+
+def test_replicas_sharing_a_store_see_each_others_writes(store: MilvusStore, embedder: Embedder) -> None:
+    writer = library(store, embedder, shared=True)
+    reader = library(store, embedder, shared=True)
+    tea = writer.ingest("kb", "tea.txt", TEA)
+    writer.ingest("kb", "pears.txt", PEARS)
+    top = reader.retrieve("kb", "龙井茶用多少度的水冲泡？", 1)
+    assert top[0].document_id == tea.document_id  # found through the reader's own lexical index
+    writer.delete_document("kb", tea.document_id)
+    assert all(c.document_id != tea.document_id for c in reader.retrieve("kb", "龙井茶用多少度的水冲泡？", 5))
+    assert [d.filename for d in reader.list_documents("kb")] == ["pears.txt"]
