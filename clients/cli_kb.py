@@ -84,11 +84,12 @@ def run_ingest(args: argparse.Namespace) -> int:
                     )
                 except grpc.RpcError as exc:
                     failures += 1
-                    bar.write(f"{path}: {exc.code().name}: {exc.details()}")  # type: ignore[attr-defined]
+                    message = f"{path}: {exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+                    bar.write(message, file=sys.stderr)
                     continue
                 chunks += response.chunks
                 bar.set_postfix(chunks=chunks)
-                bar.write(describe(path, response))
+                bar.write(describe(path, response), file=sys.stdout)
     print(f"{len(files) - failures} of {len(files)} files in knowledge base {args.kb!r}, {chunks} chunks")
     return 1 if failures else 0
 

@@ -198,6 +198,9 @@ class KnowledgeBases:
                 time.time(),
             )
             self._pending.add(generation)
+            log.info(
+                "writing %d chunks of %s (%s) into %s", len(rows), doc.filename, doc.document_id[:12], knowledge_base
+            )
             try:
                 self.store.insert_chunks(knowledge_base, rows)
                 self.store.flush(knowledge_base)
