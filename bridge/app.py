@@ -1,0 +1,84 @@
+"""The aiohttp application: routes, middlewares, the upstream channel's lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from chatllm.bridge import health, legacy, openai_api
+from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM, BridgeState
+from chatllm.bridge.middleware import MIDDLEWARES, is_websocket
+from chatllm.bridge.upstream import Upstream
+from chatllm.bridge.websocket import handle_websocket
+from chatllm.server.config import Config
+
+LANDING_TEXT = """ChatLLM Serve: HTTP bridge
+
+The chat page is not part of this build yet. Endpoints:
+  POST /                      legacy API: JSON or plain-text prompt; NUL-delimited or SSE stream
+  GET  / (WebSocket Upgrade)  legacy WebSocket API: deltas, then <EOS>
+  POST /v1/chat/completions   OpenAI-compatible
+  POST /v1/completions        OpenAI-compatible
+  GET  /v1/models             OpenAI-compatible
+  GET  /healthz /readyz /metrics
+"""
+
+
+def build_app(config: Config, upstream_target: str) -> web.Application:
+    """The bridge for `upstream_target` (host:port, or dns:///name:port for round-robin)."""
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=MIDDLEWARES)
+    app[CONFIG] = config
+    app[STATE] = BridgeState()
+    app.cleanup_ctx.append(_upstream_channel(config, upstream_target))
+    app.on_shutdown.append(_drain_websockets)
+    add_routes(app)
+    return app
+
+
+def add_routes(app: web.Application) -> None:
+    """Specific routes first: the last two are catch-alls (any path prefix a deployment adds)."""
+    router = app.router
+    router.add_get("/healthz", health.healthz, name="healthz")
+    router.add_get("/readyz", health.readyz, name="readyz")
+    router.add_get("/metrics", health.metrics, name="metrics")
+    router.add_post("/v1/chat/completions", openai_api.chat_completions, name="openai_chat")
+    router.add_post("/v1/completions", openai_api.completions, name="openai_completions")
+    router.add_get("/v1/models", openai_api.list_models, name="openai_models")
+    router.add_get("/v1/models/{model}", openai_api.get_model, name="openai_model")
+    router.add_route("*", "/v1/{tail:.*}", _unknown_v1_route, name="openai_unknown")
+    router.add_get("/{tail:.*}", root, name="root")
+    router.add_post("/{tail:.*}", legacy.handle_post, name="legacy")
+
+
+async def root(request: web.Request) -> web.StreamResponse:
+    """GET with a WebSocket Upgrade is the WebSocket API (on any path); plain GET / is the web page."""
+    if is_websocket(request):
+        return await handle_websocket(request)
+    if request.match_info["tail"]:
+        raise web.HTTPNotFound(text=f"no such page: {request.path}")
+    if request.app[CONFIG].api_only:
+        raise web.HTTPNotFound(text="the web page is disabled on this server (--api-only)")
+    return web.Response(text=LANDING_TEXT, content_type="text/plain")
+
+
+async def _unknown_v1_route(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPNotFound(text=f"no such OpenAI-compatible route: {request.method} {request.path}")
+
+
+def _upstream_channel(config: Config, target: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def channel(app: web.Application) -> AsyncIterator[None]:
+        upstream = Upstream(target, config.token, config.request_timeout)
+        app[UPSTREAM] = upstream
+        yield
+        await upstream.close()
+
+    return channel
+
+
+async def _drain_websockets(app: web.Application) -> None:
+    """On shutdown: no new work; each WebSocket finishes its current answer, then closes with 1001."""
+    state = app[STATE]
+    state.draining = True
+    for session in list(state.websockets):
+        session.drain()

@@ -1,0 +1,95 @@
+"""Request middlewares, outermost first: metrics, error rendering, token check."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from chatllm.bridge import errors, metrics
+from chatllm.bridge.errors import ApiError
+from chatllm.bridge.keys import CONFIG
+from chatllm.server.auth import token_matches
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ALWAYS_PUBLIC = frozenset({"healthz", "readyz"})
+CLIENT_CLOSED = 499  # nginx's code for "client closed the connection before the answer"
+
+
+def is_websocket(request: web.Request) -> bool:
+    return request.method == "GET" and request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def route_label(request: web.Request) -> str:
+    """A bounded label: the route's name, never the raw path (any path takes POST)."""
+    if is_websocket(request):
+        return "websocket"
+    route = request.match_info.route
+    return route.name or "unmatched" if route is not None else "unmatched"
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    route = route_label(request)
+    in_flight = metrics.HTTP_IN_FLIGHT.labels(route)
+    in_flight.inc()
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        status = CLIENT_CLOSED
+        raise
+    finally:
+        in_flight.dec()
+        metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+        metrics.HTTP_DURATION.labels(route).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as the JSON error object; nothing leaks a traceback."""
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return err.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return errors.from_http_exception(exc).response()
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unexpected error handling %s %s", request.method, request.path)
+        return errors.internal_error().response()
+
+
+def _is_public(request: web.Request) -> bool:
+    route = request.match_info.route
+    name = route.name if route is not None else None
+    if name in ALWAYS_PUBLIC:
+        return True
+    if name == "metrics":
+        return not request.app[CONFIG].protect_metrics
+    return name == "root" and not is_websocket(request)  # the web page itself; its API calls need the token
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With --token, every API route and the WebSocket handshake need `Authorization: <token>`."""
+    token = request.app[CONFIG].token
+    if token and not _is_public(request) and not token_matches(request.headers.get("Authorization"), token):
+        raise errors.unauthorized()
+    return await handler(request)
+
+
+MIDDLEWARES = [observe, render_errors, require_token]

@@ -1,0 +1,108 @@
+"""Running the bridge: alone (`chatllm bridge`) or with the gRPC server in one
+process and event loop (`chatllm serve`), with a graceful drain on SIGTERM/SIGINT.
+
+Drain: readiness flips to 503, the listening socket closes, each WebSocket
+finishes its current answer and closes with 1001, HTTP streams get
+--shutdown-grace seconds to finish, then whatever is left is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from chatllm.bridge.app import build_app
+from chatllm.bridge.keys import STATE
+from chatllm.server.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class BridgeServer:
+    def __init__(self, config: Config, upstream_target: str) -> None:
+        self.config = config
+        self.upstream_target = upstream_target
+        self.app = build_app(config, upstream_target)
+        # handler_cancellation: a client that disconnects cancels its handler, and so its gRPC call.
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, shutdown_timeout=config.shutdown_grace)
+        self.port = 0
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        log.info("HTTP listening on %s:%d (upstream %s)", self.config.host, self.port, self.upstream_target)
+
+    async def stop(self) -> None:
+        """Drain (see the module docstring) and release the upstream channel."""
+        self.app[STATE].draining = True
+        await self._runner.cleanup()
+        log.info("bridge stopped")
+
+
+def loopback_target(grpc_host: str, port: int) -> str:
+    """Where a bridge in the same process reaches the gRPC server."""
+    host = "127.0.0.1" if grpc_host in ("", "0.0.0.0", "::", "[::]") else grpc_host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def bridge_until_signal(config: Config, upstream_target: str) -> None:
+    """`chatllm bridge`: serve until SIGTERM/SIGINT, then drain."""
+    stop = _stop_event()
+    bridge = BridgeServer(config, upstream_target)
+    await bridge.start()
+    try:
+        await stop.wait()
+        log.info("shutdown requested: draining")
+    finally:
+        await bridge.stop()
+
+
+async def serve_until_signal(config: Config) -> None:
+    """`chatllm serve`: gRPC server and bridge in this event loop, the bridge calling the server
+    over loopback gRPC (the same path as a separate bridge). StartupError propagates."""
+    from chatllm.server.app import ChatLLMServer  # not imported by `chatllm bridge`: no server metrics there
+
+    stop = _stop_event()
+    server = ChatLLMServer(config)
+    async with contextlib.AsyncExitStack() as stack:
+        await server.start()
+        stack.push_async_callback(server.stop)
+        bridge = BridgeServer(config, loopback_target(config.grpc_host, server.port))
+        await bridge.start()
+        bridge_stopped = False
+        load = asyncio.create_task(server.load(stack))
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not load.done():
+                log.info("stop requested while loading")
+                load.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await load
+                return
+            load.result()  # raise StartupError and friends
+            await stopped
+            log.info("shutdown requested: draining")
+            # Both at once: the bridge's in-flight streams need the server while it drains.
+            await asyncio.gather(server.drain(), bridge.stop())
+            bridge_stopped = True
+        finally:
+            stopped.cancel()
+            if not bridge_stopped:
+                await bridge.stop()

@@ -1,0 +1,152 @@
+"""The legacy WebSocket protocol (`GET /` with Upgrade, on any path).
+
+Each client frame is a legacy request (JSON, or a bare prompt). Frames are
+answered strictly in order, one at a time: streamed deltas as text frames (or
+one frame with the whole answer when `use_stream_chat` is false), then a frame
+that is exactly `<EOS>`. A failed round sends one `{"error": ...}` frame, then
+`<EOS>`, so clients that read until `<EOS>` never hang. The connection keeps its
+own history (a frame that carries `history` replaces it), trimmed to max_round.
+Closing the socket mid-answer cancels that answer's gRPC call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from chatllm.bridge import errors, metrics
+from chatllm.bridge.errors import ApiError
+from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM
+from chatllm.bridge.legacy_request import LEGACY_FIELDS, from_text_or_json
+from chatllm.bridge.relay import relay, request_id
+from chatllm.bridge.upstream import Upstream
+from chatllm.server.config import Config
+
+log = logging.getLogger(__name__)
+
+EOS = "<EOS>"
+HEARTBEAT_S = 30.0  # server pings this often; no pong within half of it closes the socket
+_DRAIN = object()  # wakes an idle worker when the server shuts down
+
+
+class WebSocketSession:
+    """One connection: a reader that queues frames and a worker that answers them in order."""
+
+    def __init__(
+        self, ws: web.WebSocketResponse, config: Config, upstream: Upstream, authorization: str | None
+    ) -> None:
+        self.ws = ws
+        self.config = config
+        self.upstream = upstream
+        self.authorization = authorization
+        self.history: list[tuple[str, str]] = []
+        self.queue: asyncio.Queue[object] = asyncio.Queue(maxsize=config.ws_max_pending)
+        self.draining = False
+
+    def drain(self) -> None:
+        """Finish the answer in progress, then close with 1001 (going away)."""
+        self.draining = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(_DRAIN)
+
+    async def run(self) -> None:
+        worker = asyncio.create_task(self._answer_in_order())
+        close_code, close_reason = WSCloseCode.OK, b""
+        try:
+            async for message in self.ws:
+                if message.type is WSMsgType.TEXT:
+                    text: str | None = message.data
+                elif message.type is WSMsgType.BINARY:
+                    text = _utf8_or_none(message.data)
+                else:
+                    break
+                try:
+                    self.queue.put_nowait(text)
+                except asyncio.QueueFull:
+                    close_code = WSCloseCode.TRY_AGAIN_LATER
+                    close_reason = f"more than {self.config.ws_max_pending} prompts pending; wait for <EOS>".encode()
+                    break
+        finally:
+            worker.cancel()  # a close mid-answer cancels the answer (and so its gRPC call)
+            with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+                await worker
+            if not self.ws.closed:
+                await self.ws.close(code=close_code, message=close_reason)
+
+    async def _answer_in_order(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if item is not _DRAIN:
+                await self._answer(item if isinstance(item, str) else None)
+            if self.draining:
+                await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+                return
+
+    async def _answer(self, text: str | None) -> None:
+        try:
+            if text is None:
+                raise errors.bad_request("frame", "binary frames must be UTF-8 text", code="invalid_encoding")
+            legacy = from_text_or_json(text)
+        except ApiError as err:
+            await self._fail(err)
+            return
+        if legacy.history is not None:
+            self.history = self._trim(legacy.history)
+        stream = legacy.stream if legacy.stream is not None else True
+        request = legacy.to_grpc("ws", request_id(None), self.history)
+        async with contextlib.aclosing(relay(self.upstream, request, "ws", self.authorization)) as updates:
+            try:
+                answer = ""
+                async for progress in updates:
+                    if stream and progress.delta:
+                        await self.ws.send_str(progress.delta)
+                    answer = progress.text
+            except grpc.aio.AioRpcError as exc:
+                await self._fail(errors.from_rpc(exc, LEGACY_FIELDS))
+                return
+        if not stream:
+            await self.ws.send_str(answer)
+        await self.ws.send_str(EOS)
+        self.history = self._trim([*self.history, (legacy.prompt, answer)])
+        metrics.WEBSOCKET_MESSAGES.labels("ok").inc()
+
+    async def _fail(self, error: ApiError) -> None:
+        metrics.WEBSOCKET_MESSAGES.labels(str(error.status)).inc()
+        await self.ws.send_str(error.frame())
+        await self.ws.send_str(EOS)
+
+    def _trim(self, history: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        rounds = self.config.max_round
+        return list(history[-rounds:]) if rounds > 0 else []
+
+
+def _utf8_or_none(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+async def handle_websocket(request: web.Request) -> web.StreamResponse:
+    config, state = request.app[CONFIG], request.app[STATE]
+    if config.no_api:
+        raise web.HTTPNotFound(text="the API is disabled on this server (--no-api)")
+    if state.draining:
+        raise errors.unavailable("server is shutting down; reconnect to another replica", code="draining")
+    if len(state.websockets) >= config.ws_max_connections:
+        raise errors.unavailable(f"too many WebSocket connections (limit {config.ws_max_connections})", code="busy")
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=config.max_body_bytes, compress=False)
+    session = WebSocketSession(ws, config, request.app[UPSTREAM], request.headers.get("Authorization"))
+    state.websockets.add(session)  # before the first await, so the limit cannot be overshot
+    metrics.WEBSOCKET_CONNECTIONS.inc()
+    try:
+        await ws.prepare(request)
+        await session.run()
+    finally:
+        state.websockets.discard(session)
+        metrics.WEBSOCKET_CONNECTIONS.dec()
+    return ws
