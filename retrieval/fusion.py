@@ -2,9 +2,9 @@
 
 RRF (Cormack et al., 2009) needs no score calibration between legs: each list
 contributes weight / (k + rank). The weights let a leg that cannot read the
-query step back: the server gives the dense leg 1 - (share of the query's
-tokens the embedding model maps to [UNK]), so with the English-only default
-model a Chinese question is decided by BM25 while an English one uses both.
+query step back: the dense leg gets (1 - share of the query's tokens the
+embedding model maps to [UNK])², so with the English-only default model a
+Chinese question is decided mostly by BM25 while an English one uses both.
 """
 
 from __future__ import annotations
