@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from chatllm.bridge import health, legacy, openai_api
+from chatllm.bridge import health, kb_api, legacy, openai_api
 from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM, BridgeState
 from chatllm.bridge.middleware import MIDDLEWARES, is_websocket
 from chatllm.bridge.upstream import Upstream
@@ -47,6 +47,7 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/v1/models", openai_api.list_models, name="openai_models")
     router.add_get("/v1/models/{model}", openai_api.get_model, name="openai_model")
     router.add_route("*", "/v1/{tail:.*}", _unknown_v1_route, name="openai_unknown")
+    kb_api.add_routes(router)  # /api/kb/...: before the catch-alls below
     router.add_get("/{tail:.*}", root, name="root")
     router.add_post("/{tail:.*}", legacy.handle_post, name="legacy")
 

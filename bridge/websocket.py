@@ -3,7 +3,8 @@
 Each client frame is a legacy request (JSON, or a bare prompt). Frames are
 answered strictly in order, one at a time: streamed deltas as text frames (or
 one frame with the whole answer when `use_stream_chat` is false), then a frame
-that is exactly `<EOS>`. A failed round sends one `{"error": ...}` frame, then
+that is exactly `<EOS>`; with `langchain: true`, a `{"sources": [...]}` frame
+comes just before `<EOS>`. A failed round sends one `{"error": ...}` frame, then
 `<EOS>`, so clients that read until `<EOS>` never hang. The connection keeps its
 own history (a frame that carries `history` replaces it), trimmed to max_round.
 Closing the socket mid-answer cancels that answer's gRPC call.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 
 import grpc
@@ -100,16 +102,18 @@ class WebSocketSession:
         request = legacy.to_grpc("ws", request_id(None), self.history)
         async with contextlib.aclosing(relay(self.upstream, request, "ws", self.authorization)) as updates:
             try:
-                answer = ""
+                answer, sources = "", []
                 async for progress in updates:
                     if stream and progress.delta:
                         await self.ws.send_str(progress.delta)
-                    answer = progress.text
+                    answer, sources = progress.text, progress.sources()
             except grpc.aio.AioRpcError as exc:
                 await self._fail(errors.from_rpc(exc, LEGACY_FIELDS))
                 return
         if not stream:
             await self.ws.send_str(answer)
+        if legacy.knowledge_base is not None:  # `langchain: true`: one JSON frame with the sources before <EOS>
+            await self.ws.send_str(json.dumps({"sources": sources}, ensure_ascii=False))
         await self.ws.send_str(EOS)
         self.history = self._trim([*self.history, (legacy.prompt, answer)])
         metrics.WEBSOCKET_MESSAGES.labels("ok").inc()

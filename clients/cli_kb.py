@@ -105,6 +105,7 @@ def describe(path: Path, response: pb.IngestResponse) -> str:
 def run_kb_list(args: argparse.Namespace) -> int:
     with ChatClient(args.target, token=args.token, timeout=args.timeout or 30) as client:
         try:
+            rows: list[tuple[str, ...]]
             if args.kb is None:
                 rows = [("NAME", "DOCUMENTS", "CHUNKS")]
                 rows += [(k.name, str(k.documents), str(k.chunks)) for k in client.list_knowledge_bases()]

@@ -234,6 +234,8 @@ class KnowledgeBases:
         committed = self._documents(knowledge_base, must_exist=True)
         candidates = max(top_k * 4, MIN_CANDIDATES)
         dense_weight = dense_leg_weight(self.embedder.unknown_token_fraction(query)) if "dense" in legs else 0.0
+        if legs == ("dense",):
+            dense_weight = 1.0  # the dense ranking alone, however little of the query the model reads
         dense: list[StoredChunk] = []
         if dense_weight > 0.05 and committed:
             vector = self.embedder.encode([query])[0]

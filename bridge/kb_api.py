@@ -1,0 +1,205 @@
+"""The knowledge-base HTTP API: multipart upload, listing and deletion, relayed to the gRPC server.
+
+    POST   /api/kb/{kb}/documents        multipart/form-data, one or more `file` fields
+    GET    /api/kb/{kb}/documents        the documents of a knowledge base
+    DELETE /api/kb/{kb}/documents/{id}   one document
+    GET    /api/kb                       the knowledge bases with their sizes
+    DELETE /api/kb/{kb}                  a whole knowledge base
+
+Uploads are streamed: each file's bytes go to the server's Ingest call as they
+arrive, never held whole in the bridge. A file over --max-upload-bytes is a 413
+and its Ingest call is cancelled, so the server stores nothing of it. Files are
+ingested one after another and each is atomic; when one fails, the error names
+it and the reply also lists the files stored before it. The same token as every
+other API route is required (see middleware.require_token).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from aiohttp import BodyPartReader, web
+
+from chatllm.bridge import errors
+from chatllm.bridge.errors import ApiError
+from chatllm.bridge.keys import CONFIG, UPSTREAM
+from chatllm.proto import pb
+
+UPLOAD_CHUNK_BYTES = 256 * 1024
+FILE_FIELD = "file"
+KB_FIELDS = {
+    "knowledge_base": "kb",
+    "header.knowledge_base": "kb",
+    "header.filename": FILE_FIELD,
+    "filename": FILE_FIELD,
+    "chunk": FILE_FIELD,
+    "document_id": "id",
+}
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/api/kb", list_knowledge_bases, name="kb_list")
+    router.add_delete("/api/kb/{kb}", delete_knowledge_base, name="kb_delete")
+    router.add_post("/api/kb/{kb}/documents", upload_documents, name="kb_upload")
+    router.add_get("/api/kb/{kb}/documents", list_documents, name="kb_documents")
+    router.add_delete("/api/kb/{kb}/documents/{id}", delete_document, name="kb_delete_document")
+
+
+def _check_api(request: web.Request) -> None:
+    if request.app[CONFIG].no_api:
+        raise web.HTTPNotFound(text="the API is disabled on this server (--no-api)")
+
+
+def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
+    return request.app[UPSTREAM].metadata(request.headers.get("Authorization"))
+
+
+def document_json(document: pb.Document) -> dict[str, Any]:
+    return {
+        "id": document.id,
+        "filename": document.filename,
+        "chunks": document.chunks,
+        "size_bytes": document.size_bytes,
+        "created_unix": document.created_unix,
+    }
+
+
+def ingested_json(filename: str, response: pb.IngestResponse) -> dict[str, Any]:
+    return {
+        "filename": filename,
+        "document_id": response.document_id,
+        "chunks": response.chunks,
+        "unchanged": response.unchanged,
+        "replaced_document_ids": list(response.replaced_document_ids),
+        "characters": response.characters,
+    }
+
+
+def too_large(filename: str, limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"{FILE_FIELD}: {filename}: larger than the {limit}-byte upload limit (--max-upload-bytes)",
+        "request_too_large",
+        param=FILE_FIELD,
+        code="file_too_large",
+    )
+
+
+def rpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
+    if exc.code() is grpc.StatusCode.INVALID_ARGUMENT and "upload limit" in (exc.details() or ""):
+        return ApiError(413, exc.details() or "", "request_too_large", param=FILE_FIELD, code="file_too_large")
+    return errors.from_rpc(exc, KB_FIELDS)
+
+
+async def upload_documents(request: web.Request) -> web.Response:
+    _check_api(request)
+    knowledge_base = request.match_info["kb"]
+    if not request.content_type.startswith("multipart/"):
+        raise errors.bad_request(FILE_FIELD, "send the documents as multipart/form-data in fields named 'file'")
+    reader = await request.multipart()
+    stored: list[dict[str, Any]] = []
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader) or part.name != FILE_FIELD:
+            continue  # other form fields are not ours to judge
+        filename = part.filename or ""
+        try:
+            response = await _ingest_part(request, knowledge_base, filename, part)
+        except ApiError as err:
+            body = err.body() | {"documents": stored}
+            return web.json_response(body, status=err.status, headers=err.headers)
+        stored.append(ingested_json(filename, response))
+    if not stored:
+        raise errors.bad_request(FILE_FIELD, "no file in the upload (multipart field 'file' with a filename)")
+    return web.json_response({"knowledge_base": knowledge_base, "documents": stored})
+
+
+async def _ingest_part(
+    request: web.Request, knowledge_base: str, filename: str, part: BodyPartReader
+) -> pb.IngestResponse:
+    """Relay one file part to Ingest as it arrives; cancel the call when it grows past the limit."""
+    upstream = request.app[UPSTREAM]
+    limit = request.app[CONFIG].max_upload_bytes
+    call = upstream.stub.Ingest(metadata=_metadata(request), timeout=upstream.timeout)
+    try:
+        header = pb.IngestHeader(
+            knowledge_base=knowledge_base, filename=filename, mime_type=part.headers.get("Content-Type", "")
+        )
+        await call.write(pb.IngestRequest(header=header))
+        size = 0
+        while block := await part.read_chunk(UPLOAD_CHUNK_BYTES):
+            size += len(block)
+            if size > limit:
+                raise too_large(filename, limit)
+            await call.write(pb.IngestRequest(chunk=block))
+        await call.done_writing()
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        raise rpc_error(exc) from None
+    except grpc.aio.UsageError:  # the server ended the call early (it refused the header): read why
+        try:
+            await call
+        except grpc.aio.AioRpcError as exc:
+            raise rpc_error(exc) from None
+        raise
+    finally:
+        call.cancel()  # no-op when finished; otherwise the server drops the half-sent file
+
+
+async def list_documents(request: web.Request) -> web.Response:
+    _check_api(request)
+    knowledge_base = request.match_info["kb"]
+    upstream = request.app[UPSTREAM]
+    try:
+        reply = await upstream.stub.ListDocuments(
+            pb.ListDocumentsRequest(knowledge_base=knowledge_base), metadata=_metadata(request), timeout=30
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise rpc_error(exc) from None
+    return web.json_response(
+        {"knowledge_base": knowledge_base, "documents": [document_json(d) for d in reply.documents]}
+    )
+
+
+async def delete_document(request: web.Request) -> web.Response:
+    _check_api(request)
+    knowledge_base, document_id = request.match_info["kb"], request.match_info["id"]
+    upstream = request.app[UPSTREAM]
+    message = pb.DeleteDocumentRequest(knowledge_base=knowledge_base, document_id=document_id)
+    try:
+        reply = await upstream.stub.DeleteDocument(message, metadata=_metadata(request), timeout=60)
+    except grpc.aio.AioRpcError as exc:
+        raise rpc_error(exc) from None
+    return web.json_response(
+        {"knowledge_base": knowledge_base, "deleted": document_id, "chunks_deleted": reply.chunks_deleted}
+    )
+
+
+async def list_knowledge_bases(request: web.Request) -> web.Response:
+    _check_api(request)
+    upstream = request.app[UPSTREAM]
+    try:
+        reply = await upstream.stub.ListKnowledgeBases(
+            pb.ListKnowledgeBasesRequest(), metadata=_metadata(request), timeout=30
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise rpc_error(exc) from None
+    return web.json_response(
+        {
+            "knowledge_bases": [
+                {"name": k.name, "documents": k.documents, "chunks": k.chunks} for k in reply.knowledge_bases
+            ]
+        }
+    )
+
+
+async def delete_knowledge_base(request: web.Request) -> web.Response:
+    _check_api(request)
+    knowledge_base = request.match_info["kb"]
+    upstream = request.app[UPSTREAM]
+    message = pb.DeleteKnowledgeBaseRequest(knowledge_base=knowledge_base)
+    try:
+        reply = await upstream.stub.DeleteKnowledgeBase(message, metadata=_metadata(request), timeout=120)
+    except grpc.aio.AioRpcError as exc:
+        raise rpc_error(exc) from None
+    return web.json_response({"knowledge_base": knowledge_base, "documents_deleted": reply.documents_deleted})
