@@ -1,0 +1,146 @@
+"""The OpenAI-compatible API through the real bridge, driven by the real `openai` package."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import openai
+import pytest
+import pytest_asyncio
+
+from tests.servers import make_config
+from tests.stack import Stack, serving_stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+QUESTION = "What is the capital of France?"
+ANSWER = "The capital of France is Paris."
+MODEL = "SmolLM2-135M-Instruct"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def stack(data_dir: Path, model_dir: Path) -> AsyncIterator[Stack]:
+    async with serving_stack(make_config(data_dir, max_new_tokens=48)) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def client(stack: Stack) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=stack.http_url + "/v1", api_key="not-needed", max_retries=0) as c:
+        yield c
+
+
+async def test_chat_completion_non_stream(client: openai.AsyncOpenAI) -> None:
+    reply = await client.chat.completions.create(
+        model="gpt-3.5-turbo",  # any name is accepted; replies name the served model
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_tokens=16,
+    )
+    assert reply.object == "chat.completion" and reply.model == MODEL
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content == ANSWER
+    assert choice.finish_reason == "stop"
+    assert reply.usage is not None and reply.usage.prompt_tokens > 10
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+async def test_chat_completion_stream_matches_non_stream(client: openai.AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": QUESTION}],
+        temperature=0,
+        max_tokens=16,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, finish, usage = [], None, None
+    async for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert len([p for p in pieces if p]) >= 3 and "".join(pieces) == ANSWER
+    assert finish == "stop"
+    assert usage is not None and usage.completion_tokens > 0
+
+
+async def test_system_and_earlier_turns_reach_the_model(client: openai.AsyncOpenAI) -> None:
+    async def prompt_tokens(messages: list[dict[str, str]]) -> int:
+        reply = await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)  # type: ignore[arg-type]
+        assert reply.usage is not None
+        return reply.usage.prompt_tokens
+
+    alone = await prompt_tokens([{"role": "user", "content": "What is my name?"}])
+    with_context = await prompt_tokens(
+        [
+            {"role": "system", "content": "You are a terse assistant."},
+            {"role": "user", "content": "Hello, my name is Zorblax."},
+            {"role": "assistant", "content": "Nice to meet you, Zorblax!"},
+            {"role": "user", "content": [{"type": "text", "text": "What is my name?"}]},
+        ]
+    )
+    assert with_context > alone + 15
+
+
+async def test_completions_use_the_raw_prompt_stream_and_not(client: openai.AsyncOpenAI) -> None:
+    prompt = "The capital of France is"
+    whole = await client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=8)
+    assert whole.object == "text_completion" and whole.choices[0].text.strip()
+    assert whole.usage is not None and whole.usage.prompt_tokens < 10  # no chat template around it
+    stream = await client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=8, stream=True)
+    pieces = [chunk.choices[0].text async for chunk in stream]
+    assert "".join(pieces) == whole.choices[0].text
+    echoed = await client.completions.create(model=MODEL, prompt=prompt, temperature=0, max_tokens=8, echo=True)
+    assert echoed.choices[0].text == prompt + whole.choices[0].text
+
+
+async def test_models_list_and_retrieve(client: openai.AsyncOpenAI) -> None:
+    models = [m.id async for m in client.models.list()]
+    assert models == [MODEL]
+    assert (await client.models.retrieve(MODEL)).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("no-such-model")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"temperature": 3}, "temperature"),  # checked by the server, named as the client sent it
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"n": 2}, "n"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages"),
+        ({"messages": [{"role": "tool", "content": "hi"}]}, "messages[0].role"),
+    ],
+)
+async def test_bad_parameters_are_400_naming_the_parameter(
+    client: openai.AsyncOpenAI, kwargs: dict[str, object], param: str
+) -> None:
+    request: dict[str, object] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **kwargs}
+    with pytest.raises(openai.BadRequestError) as err:
+        await client.chat.completions.create(**request)  # type: ignore[call-overload]
+    assert isinstance(err.value.body, dict) and err.value.body["param"] == param
+    assert err.value.body["message"].startswith(param + ":")
+
+
+async def test_abandoned_stream_cancels_the_engine_request(client: openai.AsyncOpenAI, stack: Stack) -> None:
+    stream = await client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Write a very long story."}],
+        max_tokens=2000,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    received = 0
+    async for _ in stream:
+        received += 1
+        if received == 3:
+            break
+    assert (await stack.server_info()).active_requests == 1
+    await stream.close()
+    idle = await stack.wait_engine_idle(within=10)
+    assert idle.active_requests == 0 and idle.waiting_requests == 0

@@ -1,0 +1,69 @@
+"""The whole stack in the test process: a real gRPC server (real model) and the real
+bridge in front of it, both on port 0, talking gRPC over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from chatllm.bridge.runner import BridgeServer
+from chatllm.clients import AsyncChatClient
+from chatllm.proto import pb
+from chatllm.server.app import ChatLLMServer
+from chatllm.server.config import Config
+from tests.servers import grpc_server
+
+
+@dataclass
+class Stack:
+    server: ChatLLMServer
+    bridge: BridgeServer
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.bridge.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.bridge.port}"
+
+    async def server_info(self, token: str | None = None) -> pb.ServerInfo:
+        async with AsyncChatClient(self.grpc_target, token=token) as client:
+            return await client.server_info()
+
+    async def wait_engine_idle(self, within: float, token: str | None = None) -> pb.ServerInfo:
+        """Poll until the engine has no running or waiting request (or `within` seconds pass)."""
+        deadline = time.monotonic() + within
+        async with AsyncChatClient(self.grpc_target, token=token) as client:
+            while True:
+                info = await client.server_info()
+                if (info.active_requests == 0 and info.waiting_requests == 0) or time.monotonic() > deadline:
+                    return info
+                await asyncio.sleep(0.05)
+
+    async def wait_engine_busy(self, within: float, token: str | None = None) -> pb.ServerInfo:
+        deadline = time.monotonic() + within
+        async with AsyncChatClient(self.grpc_target, token=token) as client:
+            while True:
+                info = await client.server_info()
+                if info.active_requests + info.waiting_requests > 0 or time.monotonic() > deadline:
+                    return info
+                await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def serving_stack(config: Config) -> AsyncIterator[Stack]:
+    async with grpc_server(config) as server:
+        bridge = BridgeServer(config, f"127.0.0.1:{server.port}")
+        await bridge.start()
+        try:
+            yield Stack(server, bridge)
+        finally:
+            await bridge.stop()
