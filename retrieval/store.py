@@ -121,7 +121,12 @@ class MilvusStore:
         self.is_server = is_server_uri(uri)
         if not self.is_server:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        self._client = MilvusClient(uri=uri, token=token) if token else MilvusClient(uri=uri)
+        options: dict[str, Any] = {"token": token} if token else {}
+        if not self.is_server:
+            # lite's in-process gRPC server allows a ping every 5 minutes; pymilvus pings every 10 s
+            # and gets "GOAWAY too_many_pings" errors in the log for it.
+            options["grpc_options"] = {"grpc.keepalive_time_ms": 600_000, "grpc.keepalive_permit_without_calls": 0}
+        self._client = MilvusClient(uri=uri, **options)
         self._loaded: set[str] = set()
         self._ensure_manifest()
 
