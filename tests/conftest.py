@@ -119,3 +119,23 @@ def chatllm_process(output_dir: Path) -> Iterator[type]:
     yield start  # type: ignore[misc]
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_engine_process_survives_the_session() -> Iterator[None]:
+    """Fail the run if any vLLM engine process the tests started is still alive at the end."""
+    yield
+    import psutil
+
+    from chatllm.server.engines.process_owner import vllm_processes
+
+    left = vllm_processes()
+    described = []
+    for proc in left:
+        try:
+            described.append(f"{proc.pid} {proc.name()}")
+            proc.kill()  # children of this test process: ours to stop
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(left, timeout=10)
+    assert not described, f"vLLM engine processes left running after the tests: {described}"

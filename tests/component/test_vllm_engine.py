@@ -1,0 +1,248 @@
+"""The real gRPC server (in process, port 0) on the vLLM engine, chosen by `--backend auto`.
+
+One server for the whole module: a vLLM engine takes ~4 GiB and ~25 s to start.
+The engine-death test kills the engine, so it is the last test of the module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from chatllm.clients import AsyncChatClient
+from chatllm.proto import SERVICE_NAME, pb
+from chatllm.server.app import ChatLLMServer
+from chatllm.server.engines.process_owner import vllm_processes
+from chatllm.server.engines.vllm_setup import vllm_build
+from tests.servers import grpc_server, make_config
+
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.skipif(vllm_build() is None, reason="vLLM is not installed (make install puts it in .venv)"),
+]
+
+QUESTION = "What is the capital of France?"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def server(data_dir: Path, model_dir: Path) -> AsyncIterator[ChatLLMServer]:
+    config = make_config(data_dir, backend="auto", precision="fp32", max_concurrent=16, max_queue=32)
+    async with grpc_server(config) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def client(server: ChatLLMServer) -> AsyncIterator[AsyncChatClient]:
+    async with AsyncChatClient(f"127.0.0.1:{server.port}") as c:
+        yield c
+
+
+async def wait_engine_idle(client: AsyncChatClient, within: float) -> pb.ServerInfo:
+    deadline = time.monotonic() + within
+    while True:
+        info = await client.server_info()
+        if (info.active_requests == 0 and info.waiting_requests == 0) or time.monotonic() > deadline:
+            return info
+        await asyncio.sleep(0.05)
+
+
+async def test_auto_backend_serves_with_vllm_in_fp32(client: AsyncChatClient) -> None:
+    model = (await client.models()).models[0]
+    assert model.backend == "vllm"
+    assert model.device == "cpu" and model.dtype == "float32"
+    assert model.context_length == 8192 and model.tensor_parallel_size == 1
+
+
+async def test_stream_of_deltas_concatenates_to_the_final_text(client: AsyncChatClient) -> None:
+    responses = [r async for r in client.stream(QUESTION, temperature=0.0, max_new_tokens=24)]
+    deltas = [r.text for r in responses if not r.HasField("final")]
+    assert len(deltas) >= 3 and all(deltas), deltas
+    final = responses[-1]
+    assert final.HasField("final") and sum(r.HasField("final") for r in responses) == 1
+    assert "Paris" in "".join(r.text for r in responses)
+    assert final.final.finish_reason == pb.FINISH_REASON_STOP  # the model ends its answer with EOS
+    assert final.final.usage.completion_tokens == final.completion_tokens > 0
+    assert [r.completion_tokens for r in responses] == sorted(r.completion_tokens for r in responses)
+    t = final.final.timings
+    assert 0 < t.time_to_first_token_seconds <= t.total_seconds
+    assert 0 <= t.queue_seconds < t.total_seconds
+
+
+async def test_greedy_fp32_answer_equals_transformers_generate(client: AsyncChatClient, model_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    question = "Name three colours of the rainbow."
+    result = await client.chat(question, temperature=0.0, max_new_tokens=32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    out = await asyncio.to_thread(model.generate, **ids, max_new_tokens=32, do_sample=False)
+    expected = tokenizer.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert result.text == expected
+    assert result.usage.prompt_tokens == ids["input_ids"].shape[1]
+
+
+async def test_eight_concurrent_streams_finish_with_correct_usage(client: AsyncChatClient) -> None:
+    async def one(i: int) -> tuple[int, int, int, str]:
+        n_deltas = 0
+        final = None
+        text = ""
+        async for r in client.stream(f"Count from {i} to {i + 20}.", max_new_tokens=12, ignore_eos=True,
+                                     temperature=0.0):
+            n_deltas += bool(r.text)
+            text += r.text
+            if r.HasField("final"):
+                final = r.final
+        assert final is not None
+        return final.usage.completion_tokens, final.finish_reason, n_deltas, text
+
+    results = await asyncio.gather(*(one(i) for i in range(8)))
+    for completion, reason, n_deltas, text in results:
+        assert completion == 12 and reason == pb.FINISH_REASON_LENGTH
+        assert n_deltas >= 2 and text
+    # Batched greedy decoding gives each request its own answer, the same as alone.
+    alone = await one(3)
+    assert alone[3] == results[3][3]
+
+
+async def test_stop_strings_end_the_answer_before_the_stop(client: AsyncChatClient) -> None:
+    full = await client.chat(QUESTION, temperature=0.0, max_new_tokens=16)
+    assert "Paris" in full.text
+    cut = await client.chat(QUESTION, temperature=0.0, max_new_tokens=16, stop=["Paris"])
+    assert cut.text == full.text[: full.text.index("Paris")]
+    assert cut.finish_reason == "stop"
+
+
+async def test_seed_makes_sampling_repeatable(client: AsyncChatClient) -> None:
+    prompt = "Invent a name for a new planet."
+
+    async def sample(seed: int) -> str:
+        result = await client.chat(prompt, temperature=1.0, top_k=0, top_p=1.0, seed=seed, max_new_tokens=12,
+                                   ignore_eos=True)
+        return result.text
+
+    first, again = await sample(11), await sample(11)
+    assert first == again
+    others = {await sample(seed) for seed in (12, 13)}
+    assert len(others | {first}) >= 2, "different seeds gave the same sample every time"
+
+
+async def test_repetition_penalty_reaches_the_engine(client: AsyncChatClient) -> None:
+    prompt = "Repeat the word 'hello' ten times."
+    plain = await client.chat(prompt, temperature=0.0, max_new_tokens=16)
+    penalised = await client.chat(prompt, temperature=0.0, max_new_tokens=16, repetition_penalty=2.0)
+    assert plain.text.lower().count("hello") >= 2, plain.text
+    assert penalised.text != plain.text  # greedy either way: only the penalty can change the answer
+
+
+async def test_cancelled_stream_frees_its_engine_request(client: AsyncChatClient, server: ChatLLMServer) -> None:
+    call = client.stream("Write a very long story about a dragon.", max_new_tokens=2000, ignore_eos=True)
+    got = 0
+    async for r in call:
+        got += bool(r.text)
+        if got >= 2:
+            break
+    busy = await client.server_info()
+    assert busy.active_requests == 1 and busy.kv_cache_usage > 0
+    call.cancel()
+    info = await wait_engine_idle(client, within=5.0)
+    assert info.active_requests == 0 and info.waiting_requests == 0
+    assert server.state.admission.active == 0
+
+
+async def test_client_deadline_aborts_the_engine_request(client: AsyncChatClient) -> None:
+    call = client.stream("Tell me everything about Rome.", max_new_tokens=2000, ignore_eos=True, timeout=1.0)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in call:
+            pass
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    info = await wait_engine_idle(client, within=5.0)
+    assert info.active_requests == 0
+
+
+async def test_request_timeout_aborts_through_the_engine(
+    client: AsyncChatClient, server: ChatLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--request-timeout: the server aborts the engine request, which ends its stream with ABORT."""
+    service = server.state.generate
+    assert service is not None
+    monkeypatch.setattr(service, "config", service.config.replace(request_timeout=1.0))
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.chat("Tell me everything about Rome.", max_new_tokens=2000, ignore_eos=True)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "--request-timeout" in err.value.details()
+    assert time.monotonic() - started < 10
+    info = await wait_engine_idle(client, within=5.0)
+    assert info.active_requests == 0
+
+
+@pytest.mark.parametrize(
+    ("sampling", "field"),
+    [
+        ({"temperature": 3.0}, "sampling.temperature"),
+        ({"top_p": 0.0}, "sampling.top_p"),
+        ({"top_k": -1}, "sampling.top_k"),
+        ({"max_new_tokens": 0}, "sampling.max_new_tokens"),
+        ({"repetition_penalty": 20.0}, "sampling.repetition_penalty"),
+        ({"stop": [""]}, "sampling.stop"),
+    ],
+)
+async def test_invalid_sampling_is_invalid_argument_naming_the_field(
+    client: AsyncChatClient, sampling: dict[str, object], field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.chat(QUESTION, **sampling)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field + ":"), err.value.details()
+
+
+async def test_prompt_longer_than_the_context_is_invalid(client: AsyncChatClient) -> None:
+    long_prompt = " ".join(f"w{i}" for i in range(12_000))[:99_000]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.chat(long_prompt)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("prompt:") and "context" in err.value.details()
+
+
+async def test_engine_processes_are_children_of_the_server() -> None:
+    names = {p.name() for p in vllm_processes()}
+    assert any(n.startswith("VLLM::EngineCor") for n in names), names
+
+
+# --------------------------------------------------------------------------- keep last: kills the engine
+async def test_engine_death_fails_requests_unavailable_and_flips_health(
+    client: AsyncChatClient, server: ChatLLMServer
+) -> None:
+    cores = [p for p in vllm_processes() if p.name().startswith("VLLM::EngineCor")]
+    assert len(cores) == 1
+    cores[0].kill()
+    psutil.wait_procs(cores, timeout=10)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 15
+        status = None
+        while time.monotonic() < deadline:
+            status = (await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))).status
+            if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            await asyncio.sleep(0.1)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # A dead engine does not come back: liveness fails too, so an orchestrator restarts the server.
+        alive = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert alive.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.chat(QUESTION, max_new_tokens=4)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
