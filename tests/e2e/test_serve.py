@@ -1,0 +1,201 @@
+"""`chatllm serve` and `chatllm bridge` as subprocesses with the real model: answers over
+HTTP, WebSocket and gRPC, /metrics of both processes after traffic, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import openai
+import requests
+import websocket
+from prometheus_client.parser import text_string_to_metric_families
+
+from chatllm.clients import ChatClient
+from tests.conftest import ChatllmProcess
+
+QUESTION = "What is the capital of France?"
+HTTP_LISTENING = r"HTTP listening on [^:\s]+:(\d+)"
+
+
+def start_serve(chatllm_process: Callable[..., ChatllmProcess], data_dir: Path) -> tuple[ChatllmProcess, int, int]:
+    proc = chatllm_process(
+        [
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--backend",
+            "hf",
+            "--no-knowledge-base",
+            "--data-dir",
+            str(data_dir),
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "32",
+        ],
+        name="serve",
+    )
+    http_port = int(proc.wait_for_log(HTTP_LISTENING, timeout=180).group(1))
+    grpc_port = proc.grpc_port()
+    wait_ready(f"http://127.0.0.1:{http_port}", proc)
+    return proc, http_port, grpc_port
+
+
+def wait_ready(url: str, proc: ChatllmProcess, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.proc.poll() is None, proc.log()[-4000:]
+        if requests.get(url + "/readyz", timeout=10).status_code == 200:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not ready within {timeout}s:\n{proc.log()[-4000:]}")
+
+
+def metric_samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = requests.get(url + "/metrics", timeout=30).text
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    """Sum of a series over the label sets that include `labels`; -1 when the series is absent."""
+    values = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
+    return sum(values) if values else -1.0
+
+
+def nul_stream(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with requests.post(url, json=body, stream=True, timeout=300) as response:
+        return [json.loads(c) for c in response.iter_lines(delimiter=b"\0") if c]
+
+
+def ws_answer(url: str, prompt: str) -> str:
+    ws = websocket.create_connection(url, timeout=300)
+    try:
+        ws.send(json.dumps({"prompt": prompt, "max_new_tokens": 12}))
+        frames = []
+        while (frame := ws.recv()) != "<EOS>":
+            frames.append(frame)
+        return "".join(frames)
+    finally:
+        ws.close()
+
+
+def test_bridge_process_and_serve_process_export_their_metrics(
+    chatllm_process: Callable[..., ChatllmProcess], data_dir: Path, model_dir: Path
+) -> None:
+    """Traffic through a separate `chatllm bridge`; the serve process behind it is the gRPC server."""
+    serve, serve_http, grpc_port = start_serve(chatllm_process, data_dir)
+    bridge = chatllm_process(
+        ["bridge", "--upstream", f"127.0.0.1:{grpc_port}", "--host", "127.0.0.1", "--port", "0"], name="bridge"
+    )
+    url = f"http://127.0.0.1:{int(bridge.wait_for_log(HTTP_LISTENING, timeout=60).group(1))}"
+    wait_ready(url, bridge)
+
+    assert "Paris" in requests.post(url + "/", json={"prompt": QUESTION}, timeout=300).json()["response"]
+    assert nul_stream(url + "/", {"prompt": QUESTION, "use_stream_chat": True})[-1]["response"]
+    assert "Paris" in ws_answer(url.replace("http", "ws") + "/", QUESTION)
+    with openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
+        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTION}])
+        assert "Paris" in (reply.choices[0].message.content or "")
+
+    bridge_metrics = metric_samples(url)
+    assert total(bridge_metrics, "chatllm_http_requests_total", route="legacy", method="POST", status="200") >= 2
+    assert total(bridge_metrics, "chatllm_http_requests_total", route="websocket", status="101") >= 1
+    assert total(bridge_metrics, "chatllm_http_requests_total", route="openai_chat", status="200") >= 1
+    assert total(bridge_metrics, "chatllm_http_requests_in_flight", route="metrics") == 1  # this scrape
+    assert total(bridge_metrics, "chatllm_http_request_duration_seconds_count", route="legacy") >= 2
+    for protocol in ("http", "ws", "openai"):
+        assert total(bridge_metrics, "chatllm_bridge_time_to_first_token_seconds_count", protocol=protocol) >= 1
+        assert total(bridge_metrics, "chatllm_bridge_inter_token_latency_seconds_count", protocol=protocol) >= 1
+        assert total(bridge_metrics, "chatllm_bridge_generation_duration_seconds_count", protocol=protocol) >= 1
+        assert total(bridge_metrics, "chatllm_bridge_prompt_tokens_total", protocol=protocol) > 0
+        assert total(bridge_metrics, "chatllm_bridge_generation_tokens_total", protocol=protocol) > 0
+        assert total(bridge_metrics, "chatllm_bridge_generations_total", protocol=protocol, code="OK") >= 1
+        assert total(bridge_metrics, "chatllm_bridge_finish_reason_total", protocol=protocol) >= 1
+    assert total(bridge_metrics, "chatllm_bridge_websocket_messages_total", outcome="ok") == 1
+    assert total(bridge_metrics, "chatllm_bridge_websocket_connections") == 0
+    assert total(bridge_metrics, "chatllm_requests_total") == -1, "a bridge process has no server series"
+
+    server_metrics = metric_samples(f"http://127.0.0.1:{serve_http}")
+    assert total(server_metrics, "chatllm_requests_total", method="Generate", code="OK") >= 4
+    for channel in ("http", "ws", "openai"):
+        assert total(server_metrics, "chatllm_request_duration_seconds_count", channel=channel) >= 1
+    assert total(server_metrics, "chatllm_time_to_first_token_seconds_count") >= 4
+    assert total(server_metrics, "chatllm_inter_token_latency_seconds_count") > 4
+    assert total(server_metrics, "chatllm_prompt_tokens_total") > 0
+    assert total(server_metrics, "chatllm_generation_tokens_total") > 0
+    assert total(server_metrics, "chatllm_finish_reason_total", reason="stop") >= 1
+    for gauge in (
+        "chatllm_requests_in_flight",
+        "chatllm_queue_depth",
+        "chatllm_engine_running_requests",
+        "chatllm_engine_waiting_requests",
+    ):
+        assert total(server_metrics, gauge) >= 0, gauge
+    # In serve the bridge's /metrics is the whole process: both families side by side.
+    assert total(server_metrics, "chatllm_http_requests_total", route="readyz") >= 1
+
+    assert bridge.terminate() == 0
+    assert serve.terminate() == 0
+
+
+def test_serve_answers_then_drains_on_sigterm(
+    chatllm_process: Callable[..., ChatllmProcess], data_dir: Path, model_dir: Path
+) -> None:
+    proc, http_port, grpc_port = start_serve(chatllm_process, data_dir)
+    url = f"http://127.0.0.1:{http_port}"
+    assert "Paris" in requests.post(url + "/", data=QUESTION.encode(), timeout=300).json()["response"]
+    with ChatClient(f"127.0.0.1:{grpc_port}") as client:
+        assert "Paris" in client.chat(QUESTION, max_new_tokens=12).text
+
+    # SIGTERM with a stream in flight: the stream completes, new work is refused, exit code 0.
+    objects: list[dict[str, Any]] = []
+    first = threading.Event()
+
+    def read() -> None:
+        body = {
+            "prompt": "Count slowly to one hundred.",
+            "use_stream_chat": True,
+            "max_new_tokens": 40,
+            "ignore_eos": True,
+        }
+        with requests.post(url + "/", json=body, stream=True, timeout=300) as response:
+            for chunk in response.iter_lines(chunk_size=1, delimiter=b"\0"):
+                if chunk:
+                    objects.append(json.loads(chunk))
+                    first.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert first.wait(120)
+    proc.proc.send_signal(signal.SIGTERM)
+    proc.wait_for_log(r"shutdown requested: draining", timeout=30)
+    refused = False
+    deadline = time.monotonic() + 30
+    while not refused and time.monotonic() < deadline:
+        try:
+            refused = requests.post(url + "/", data=b"hello", timeout=60).status_code == 503
+        except requests.ConnectionError:
+            refused = True
+    assert refused, "new requests are refused while draining"
+    reader.join(300)
+    assert objects[-1]["usage"]["completion_tokens"] == 40, "the in-flight stream finished"
+    assert proc.proc.wait(120) == 0
+    log = proc.log()
+    assert "drained: all requests finished" in log and "bridge stopped" in log
+    assert "Traceback" not in log
