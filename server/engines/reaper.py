@@ -27,7 +27,7 @@ GRACE_SECONDS = 3.0
 
 def read_until_eof() -> tuple[list[tuple[int, float]], bool]:
     """The listed (pid, create time) pairs, and whether the server said it is done."""
-    listed = []
+    listed: list[tuple[int, float]] = []
     for line in sys.stdin:
         if line.strip() == "done":
             return listed, True
