@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: run test install test-system lint proto bench clean
 
 run: $(STAMP)
-	$(VENV)/bin/chatllm server $(ARGS)
+	$(VENV)/bin/chatllm serve $(ARGS)
 
 test: $(STAMP) $(SYSTEM_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
