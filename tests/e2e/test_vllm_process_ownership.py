@@ -15,8 +15,18 @@ from chatllm.server.engines.vllm_setup import vllm_build
 
 pytestmark = pytest.mark.skipif(vllm_build() is None, reason="vLLM is not installed (make install puts it in .venv)")
 
-ARGS = ["server", "--backend", "vllm", "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
-        "--no-knowledge-base"]
+ARGS = [
+    "server",
+    "--backend",
+    "vllm",
+    "--grpc-host",
+    "127.0.0.1",
+    "--grpc-port",
+    "0",
+    "--metrics-port",
+    "0",
+    "--no-knowledge-base",
+]
 
 
 def wait_for_engine_processes(server_pid: int, timeout: float = 180) -> list[psutil.Process]:

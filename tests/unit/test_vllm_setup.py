@@ -60,8 +60,9 @@ def test_cpu_environment_defaults_and_user_settings_win() -> None:
     assert env["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
     iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
     assert ("LD_PRELOAD" in env) == iomp.is_file()
-    mine = engine_environment(Config(), on_cpu=True,
-                              environ={"VLLM_CPU_NUM_OF_RESERVED_CPU": "1", "LD_PRELOAD": "/x/libgomp.so.1"})
+    mine = engine_environment(
+        Config(), on_cpu=True, environ={"VLLM_CPU_NUM_OF_RESERVED_CPU": "1", "LD_PRELOAD": "/x/libgomp.so.1"}
+    )
     assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in mine and "LD_PRELOAD" not in mine
     gpu = engine_environment(Config(), on_cpu=False, environ={})
     assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in gpu and "LD_PRELOAD" not in gpu
@@ -106,8 +107,8 @@ def test_engine_args_on_cpu_map_our_flags(tmp_path: Path) -> None:
     assert args.kv_cache_memory_bytes == int(1.5 * 1024**3)
     assert args.served_model_name == "m" and args.disable_log_stats
     args, _ = build_engine_args(
-        Config(precision="bf16", enforce_eager=False, enable_prefix_caching=False,
-               distributed_executor_backend="mp"), source,
+        Config(precision="bf16", enforce_eager=False, enable_prefix_caching=False, distributed_executor_backend="mp"),
+        source,
     )
     assert args.dtype == "bfloat16" and not args.enforce_eager and not args.enable_prefix_caching
     assert args.distributed_executor_backend == "mp"
