@@ -58,9 +58,11 @@ async def root(request: web.Request) -> web.StreamResponse:
         return await handle_websocket(request)
     if request.match_info["tail"]:
         raise web.HTTPNotFound(text=f"no such page: {request.path}")
-    if request.app[CONFIG].api_only:
+    config = request.app[CONFIG]
+    if config.api_only:
         raise web.HTTPNotFound(text="the web page is disabled on this server (--api-only)")
-    return web.Response(text=LANDING_TEXT, content_type="text/plain")
+    text = LANDING_TEXT + ("\nThe API routes above are off on this server (--no-api).\n" if config.no_api else "")
+    return web.Response(text=text, content_type="text/plain")
 
 
 async def _unknown_v1_route(request: web.Request) -> web.StreamResponse:
