@@ -66,10 +66,11 @@ class _Timer:
     """Bridge-side TTFT and inter-token latency (what a client of the bridge experiences)."""
 
     def __init__(self, protocol: str) -> None:
-        self.protocol = protocol
         self.started = time.perf_counter()
         self.last: float | None = None
         self.tokens = 0
+        self._first_token = metrics.TIME_TO_FIRST_TOKEN.labels(protocol)
+        self._inter_token = metrics.INTER_TOKEN.labels(protocol)  # looked up once, observed per token
 
     def observe(self, completion_tokens: int) -> None:
         new = completion_tokens - self.tokens
@@ -77,12 +78,11 @@ class _Timer:
             return
         now = time.perf_counter()
         if self.last is None:
-            metrics.TIME_TO_FIRST_TOKEN.labels(self.protocol).observe(now - self.started)
+            self._first_token.observe(now - self.started)
         else:
             per_token = (now - self.last) / new
-            histogram = metrics.INTER_TOKEN.labels(self.protocol)
             for _ in range(new):
-                histogram.observe(per_token)
+                self._inter_token.observe(per_token)
         self.last, self.tokens = now, completion_tokens
 
 

@@ -1,0 +1,333 @@
+"""Bridge benchmark: the same streams sent (a) as gRPC straight to `chatllm server`, (b) as
+the legacy NUL-delimited HTTP stream and (c) as the legacy WebSocket through a separate
+`chatllm bridge` process in front of it, all in one run.
+
+Workload per level: N concurrent streams (N = 1, 8, 32) of 64 new tokens, greedy, EOS
+ignored so every answer has the same length; with N below --min-requests (8) each stream
+sends requests back to back until 8 were sent, so every level has enough tokens for the
+CPU measurement. The three protocols take turns at each level, best of --repeats runs.
+Reports output tokens/s, time to first token p50/p99 (client side: request sent -> first
+text received) and the bridge process's CPU seconds per 1,000 tokens (user + system time
+of its PID from /proc, read by psutil, around each run; for the gRPC leg the bridge is
+idle, which shows the measurement's floor).
+
+    .venv/bin/python bench/bridge.py [--backend vllm|hf] [--concurrency 1 8 32] [--tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REPO, ChatllmSubprocess, markdown_table, percentile, write_results
+
+PROMPTS = [
+    "Explain how a bicycle works.",
+    "Write a short poem about the sea.",
+    "What is photosynthesis?",
+    "Describe the water cycle.",
+    "Give three tips for learning a language.",
+    "What is a neural network?",
+    "Summarise the plot of a detective story.",
+    "Why is the sky blue?",
+]
+ENGINE_FLAGS = {
+    "vllm": ["--backend", "vllm", "--precision", "fp32", "--kv-cache-space", "1", "--max-num-seqs", "256"],
+    "hf": ["--backend", "hf"],
+}
+OneStream = Callable[[int], Awaitable[tuple[int, float]]]  # stream i -> (tokens, seconds to first text)
+GRPC, NUL, WEBSOCKET = "gRPC direct", "NUL stream via bridge", "WebSocket via bridge"
+
+
+@dataclass
+class Run:
+    protocol: str
+    concurrency: int
+    seconds: float
+    tokens: int
+    ttfts: list[float]
+    bridge_cpu_seconds: float
+    load_average: float = field(default_factory=lambda: os.getloadavg()[0])
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def bridge_cpu_per_1k_tokens(self) -> float:
+        return self.bridge_cpu_seconds / self.tokens * 1000 if self.tokens else 0.0
+
+
+# ------------------------------------------------------------------ clients, one stream each
+@contextlib.asynccontextmanager
+async def grpc_streams(target: str, tokens: int) -> AsyncIterator[OneStream]:
+    from chatllm.clients import AsyncChatClient
+
+    async with AsyncChatClient(target) as client:
+
+        async def one(i: int) -> tuple[int, float]:
+            started, first, count = time.perf_counter(), 0.0, 0
+            prompt = PROMPTS[i % len(PROMPTS)]
+            async for r in client.stream(prompt, max_new_tokens=tokens, temperature=0.0, ignore_eos=True):
+                if r.text and not first:
+                    first = time.perf_counter() - started
+                count = r.completion_tokens
+            return count, first
+
+        yield one
+
+
+def legacy_body(i: int, tokens: int, stream: bool = True) -> dict[str, Any]:
+    return {
+        "prompt": PROMPTS[i % len(PROMPTS)],
+        "use_stream_chat": stream,
+        "max_new_tokens": tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
+
+
+@contextlib.asynccontextmanager
+async def nul_streams(url: str, tokens: int) -> AsyncIterator[OneStream]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as session:
+
+        async def one(i: int) -> tuple[int, float]:
+            started, first, last = time.perf_counter(), 0.0, {}
+            buffer = b""
+            async with session.post(url, json=legacy_body(i, tokens)) as response:
+                response.raise_for_status()
+                async for chunk in response.content.iter_any():
+                    *objects, buffer = (buffer + chunk).split(b"\0")
+                    for raw in objects:
+                        last = json.loads(raw)
+                        if last.get("response") and not first:
+                            first = time.perf_counter() - started
+            return int(last["usage"]["completion_tokens"]), first
+
+        yield one
+
+
+@contextlib.asynccontextmanager
+async def ws_streams(url: str, tokens: int) -> AsyncIterator[OneStream]:
+    """WebSocket frames carry text only, so tokens come from the bridge's own counter (see measure())."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as session:
+
+        async def one(i: int) -> tuple[int, float]:
+            started, first = time.perf_counter(), 0.0
+            async with session.ws_connect(url) as ws:
+                await ws.send_str(json.dumps(legacy_body(i, tokens)))
+                while (frame := await ws.receive_str()) != "<EOS>":
+                    if frame.startswith('{"error"'):
+                        raise RuntimeError(frame)
+                    if not first:
+                        first = time.perf_counter() - started
+            return 0, first
+
+        yield one
+
+
+# ------------------------------------------------------------------ measurement
+class Bridge:
+    """The `chatllm bridge` process: its CPU time and its token counter."""
+
+    def __init__(self, proc: ChatllmSubprocess, url: str) -> None:
+        self.process = psutil.Process(proc.proc.pid)
+        self.url = url
+
+    def cpu_seconds(self) -> float:
+        times = self.process.cpu_times()
+        return times.user + times.system
+
+    async def ws_tokens(self) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        async with aiohttp.ClientSession() as session, session.get(self.url + "/metrics") as response:
+            text = await response.text()
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "chatllm_bridge_generation_tokens_total" and s.labels.get("protocol") == "ws"
+        )
+
+
+async def measure(protocol: str, n: int, per_stream: int, one: OneStream, bridge: Bridge) -> Run:
+    """N concurrent streams, each sending `per_stream` requests back to back."""
+
+    async def stream(i: int) -> list[tuple[int, float]]:
+        return [await one(i + k * n) for k in range(per_stream)]
+
+    ws_before = await bridge.ws_tokens() if protocol == WEBSOCKET else 0.0
+    cpu_before = bridge.cpu_seconds()
+    started = time.perf_counter()
+    outcomes = [o for per in await asyncio.gather(*(stream(i) for i in range(n))) for o in per]
+    seconds = time.perf_counter() - started
+    cpu = bridge.cpu_seconds() - cpu_before
+    tokens = sum(t for t, _ in outcomes)
+    if protocol == WEBSOCKET:
+        tokens = int(await bridge.ws_tokens() - ws_before)
+    return Run(protocol, n, seconds, tokens, [f for _, f in outcomes], cpu)
+
+
+async def run_all(args: argparse.Namespace, grpc_target: str, bridge: Bridge) -> list[Run]:
+    http = bridge.url
+    async with (
+        grpc_streams(grpc_target, args.tokens) as grpc_one,
+        nul_streams(http + "/", args.tokens) as nul_one,
+        ws_streams(http.replace("http://", "ws://") + "/", args.tokens) as ws_one,
+    ):
+        legs = {GRPC: grpc_one, NUL: nul_one, WEBSOCKET: ws_one}
+        for one in legs.values():  # warm-up: first requests pay for lazy initialisation
+            await one(0)
+        results = []
+        for n in args.concurrency:
+            best: dict[str, Run] = {}
+            per_stream = -(-args.min_requests // n)  # enough requests that CPU ticks (10 ms) resolve
+            for _ in range(args.repeats):
+                for protocol, one in legs.items():
+                    run = await measure(protocol, n, per_stream, one, bridge)
+                    if protocol not in best or run.tokens_per_second > best[protocol].tokens_per_second:
+                        best[protocol] = run
+            for run in best.values():
+                print(
+                    f"  N={n:>2} {run.protocol:<22} {run.tokens_per_second:7.1f} tok/s  "
+                    f"TTFT p50 {percentile(run.ttfts, 50):.3f}s  bridge CPU {run.bridge_cpu_per_1k_tokens:.3f}"
+                    " s/1k tok",
+                    flush=True,
+                )
+            results += best.values()
+        return results
+
+
+def report(args: argparse.Namespace, results: list[Run]) -> tuple[str, dict[str, Any]]:
+    rows = [
+        (
+            r.protocol,
+            r.concurrency,
+            r.tokens,
+            r.seconds,
+            r.tokens_per_second,
+            percentile(r.ttfts, 50),
+            percentile(r.ttfts, 99),
+            r.bridge_cpu_per_1k_tokens,
+            r.load_average,
+        )
+        for r in results
+    ]
+    body = (
+        f"Workload: N concurrent streams x {args.tokens} new tokens, greedy, EOS ignored; with N < "
+        f"{args.min_requests} each stream sends requests back to back until {args.min_requests} were sent; best of "
+        f"{args.repeats} runs per level, the three protocols taking turns. Engine: `--backend {args.backend}` "
+        "(built-in SmolLM2-135M-Instruct, fp32, CPU). `chatllm server` and `chatllm bridge` run as separate "
+        "processes on this machine, with the benchmark client as a third.\n\n"
+    )
+    body += markdown_table(
+        (
+            "protocol",
+            "N",
+            "tokens",
+            "seconds",
+            "tokens/s",
+            "TTFT p50 s",
+            "TTFT p99 s",
+            "bridge CPU s / 1k tokens",
+            "load avg",
+        ),
+        rows,
+    )
+    direct = {r.concurrency: r for r in results if r.protocol == GRPC}
+    ratios = [
+        (
+            r.protocol,
+            r.concurrency,
+            r.tokens_per_second / direct[r.concurrency].tokens_per_second,
+            percentile(r.ttfts, 50) - percentile(direct[r.concurrency].ttfts, 50),
+        )
+        for r in results
+        if r.protocol != GRPC and direct.get(r.concurrency) and direct[r.concurrency].tokens_per_second
+    ]
+    body += "\n\nThrough the bridge relative to gRPC direct at the same N:\n\n"
+    body += markdown_table(("protocol", "N", "x throughput", "TTFT p50 difference s"), ratios)
+    data = {
+        "backend": args.backend,
+        "tokens": args.tokens,
+        "repeats": args.repeats,
+        "runs": [
+            r.__dict__
+            | {"tokens_per_second": r.tokens_per_second, "bridge_cpu_per_1k_tokens": r.bridge_cpu_per_1k_tokens}
+            for r in results
+        ],
+    }
+    return body, data
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=sorted(ENGINE_FLAGS), default="vllm")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--min-requests", type=int, default=8, help="per level: streams send more than one if N is less"
+    )
+    parser.add_argument("--data-dir", default=str(REPO / ".cache" / "test-data"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as logs:
+        server = ChatllmSubprocess(
+            [
+                "server",
+                *ENGINE_FLAGS[args.backend],
+                "--grpc-host",
+                "127.0.0.1",
+                "--grpc-port",
+                "0",
+                "--metrics-port",
+                "0",
+                "--no-knowledge-base",
+                "--data-dir",
+                args.data_dir,
+                "--max-concurrent",
+                "64",
+            ],
+            Path(logs) / "server.log",
+        )
+        bridge_proc: ChatllmSubprocess | None = None
+        try:
+            grpc_port = server.wait_for(r"gRPC listening on [^:\s]+:(\d+)").group(1)
+            grpc_target = f"127.0.0.1:{grpc_port}"
+            server.wait_for(r"ready: ", timeout=600)
+            bridge_proc = ChatllmSubprocess(
+                ["bridge", "--upstream", grpc_target, "--host", "127.0.0.1", "--port", "0"], Path(logs) / "bridge.log"
+            )
+            http_port = bridge_proc.wait_for(r"HTTP listening on [^:\s]+:(\d+)").group(1)
+            results = await run_all(args, grpc_target, Bridge(bridge_proc, f"http://127.0.0.1:{http_port}"))
+        finally:
+            if bridge_proc is not None:
+                bridge_proc.stop()
+            server.stop()
+    body, data = report(args, results)
+    path = write_results(
+        "bridge", "Bridge benchmark: gRPC direct vs NUL-stream HTTP and WebSocket via the bridge", body, data
+    )
+    print(body)
+    print(f"\nwritten: {path}")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
