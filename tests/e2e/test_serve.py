@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -199,3 +202,31 @@ def test_serve_answers_then_drains_on_sigterm(
     log = proc.log()
     assert "drained: all requests finished" in log and "bridge stopped" in log
     assert "Traceback" not in log
+
+
+def test_bridge_on_a_busy_port_is_a_one_line_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "chatllm.clients.cli",
+                "bridge",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--upstream",
+                "127.0.0.1:1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("chatllm: error:")]
+    assert len(errors) == 1 and str(port) in errors[0]
