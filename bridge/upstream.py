@@ -38,7 +38,10 @@ class Upstream:
 
     def metadata(self, client_authorization: str | None) -> tuple[tuple[str, str], ...]:
         token = self._token or client_authorization
-        return (("authorization", token),) if token else ()
+        # gRPC metadata values must be printable ASCII; anything else cannot be a valid token anyway.
+        if not token or not (token.isascii() and token.isprintable()):
+            return ()
+        return (("authorization", token),)
 
     def generate(self, request: pb.GenerateRequest, client_authorization: str | None) -> grpc.aio.UnaryStreamCall:
         return self.stub.Generate(request, metadata=self.metadata(client_authorization), timeout=self.timeout)

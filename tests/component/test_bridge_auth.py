@@ -142,3 +142,14 @@ async def test_bridge_without_a_token_forwards_the_clients_to_the_server(stack: 
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "UNAUTHENTICATED"
         accepted = await request("POST", url + "/", f"Bearer {TOKEN}", json=BODY)
         assert accepted.status_code == 200 and "Paris" in accepted.json()["response"]
+
+
+async def test_non_ascii_authorization_is_refused_cleanly(stack: Stack, data_dir: Path) -> None:
+    headers = {"Authorization": "tök€n".encode().decode("latin-1")}
+    for url in (stack.http_url, None):
+        if url is None:
+            async with extra_bridge(data_dir, stack.grpc_target) as forwarding:
+                response = await asyncio.to_thread(requests.post, forwarding + "/", json=BODY, headers=headers)
+        else:
+            response = await asyncio.to_thread(requests.post, url + "/", json=BODY, headers=headers)
+        assert response.status_code == 401
