@@ -102,8 +102,10 @@ class VLLMEngine:
         with patched_environ(env):
             try:
                 llm = AsyncLLM.from_engine_args(args, stat_loggers=[stats_sink.logger_factory])
-            except Exception as exc:
-                raise StartupError(f"vLLM could not start: {type(exc).__name__}: {exc}") from exc
+            except Exception as exc:  # its log holds the details; the user gets one line
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                summary = "; ".join(line for line in lines if not line.startswith("For further information"))
+                raise StartupError(f"vLLM could not start: {type(exc).__name__}: {summary[:400]}") from exc
         tokenizer = AutoTokenizer.from_pretrained(source.path)
         try:
             generation_config = GenerationConfig.from_pretrained(source.path)

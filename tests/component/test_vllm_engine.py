@@ -22,6 +22,7 @@ from chatllm.proto import SERVICE_NAME, pb
 from chatllm.server.app import ChatLLMServer
 from chatllm.server.engines.process_owner import vllm_processes
 from chatllm.server.engines.vllm_setup import vllm_build
+from chatllm.server.model_source import builtin_gguf
 from tests.servers import grpc_server, make_config
 
 pytestmark = [
@@ -34,7 +35,11 @@ QUESTION = "What is the capital of France?"
 
 @pytest_asyncio.fixture(scope="module")
 async def server(data_dir: Path, model_dir: Path) -> AsyncIterator[ChatLLMServer]:
-    config = make_config(data_dir, backend="auto", precision="fp32", max_concurrent=16, max_queue=32)
+    # The built-in model's GGUF given as an explicit .gguf path: vLLM serves the cached
+    # conversion (the one `model_dir` made), as it would for any .gguf file.
+    config = make_config(
+        data_dir, backend="auto", precision="fp32", max_concurrent=16, max_queue=32, model_path=str(builtin_gguf())
+    )
     async with grpc_server(config) as running:
         yield running
 
@@ -54,9 +59,10 @@ async def wait_engine_idle(client: AsyncChatClient, within: float) -> pb.ServerI
         await asyncio.sleep(0.05)
 
 
-async def test_auto_backend_serves_with_vllm_in_fp32(client: AsyncChatClient) -> None:
+async def test_auto_backend_serves_the_gguf_with_vllm_in_fp32(client: AsyncChatClient) -> None:
     model = (await client.models()).models[0]
     assert model.backend == "vllm"
+    assert model.model_path == str(builtin_gguf()) and model.id == builtin_gguf().stem
     assert model.device == "cpu" and model.dtype == "float32"
     assert model.context_length == 8192 and model.tensor_parallel_size == 1
 

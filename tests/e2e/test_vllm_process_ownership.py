@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,3 +89,15 @@ def group_members(pgid: int) -> list[str]:
         except (ProcessLookupError, PermissionError):
             continue
     return found
+
+
+def test_a_setting_vllm_rejects_is_a_one_line_startup_error(data_dir: Path, model_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chatllm.clients.cli", *ARGS, "--data-dir", str(data_dir), "--max-model-len", "100000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("chatllm: error:")]
+    assert len(errors) == 1 and "vLLM could not start" in errors[0] and "max_model_len" in errors[0], errors
