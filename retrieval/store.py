@@ -154,7 +154,10 @@ class MilvusStore:
     def _create(self, name: str, schema: Any, vector_field: str) -> None:
         index = self._client.prepare_index_params()
         index.add_index(vector_field, index_type="AUTOINDEX", metric_type="COSINE")
-        self._client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+        self._client.create_collection(name, schema=schema, consistency_level="Strong")
+        # sync=False: waiting calls AllocTimestamp, which lite lacks (it logs an error per collection);
+        # loading the collection afterwards waits for the index anyway.
+        self._client.create_index(name, index, sync=False)
 
     def _load(self, name: str) -> None:
         if name not in self._loaded:

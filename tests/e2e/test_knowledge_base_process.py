@@ -17,8 +17,10 @@ import grpc
 import pytest
 
 from chatllm.clients import ChatClient
+from chatllm.retrieval.store import INSERT_BATCH
 
 DATA = Path(__file__).resolve().parent.parent / "data"
+EMBEDDING_DIMENSIONS = 384  # all-MiniLM-L6-v2, the default
 
 
 def server_args(data_dir: Path, db: Path, *extra: str) -> list[str]:
@@ -89,9 +91,11 @@ def test_kill_9_during_an_ingest_leaves_no_partial_document(
     uploader = threading.Thread(target=ingest)
     uploader.start()
     wait_for_log_fast(proc, r"writing \d+ chunks of pumps\.txt", timeout=600)
-    # Kill once the first chunk rows are durable: milvus-lite appends them to the collection's WAL file.
+    # Kill once the first batch of chunk rows is durable: milvus-lite appends each insert to the
+    # collection's WAL file, so past 1.5 batches of vectors the first batch is whole, the last not begun.
     wal = db / "collections" / "kb_plant" / "wal"
-    wait_for(lambda: any(f.stat().st_size > 0 for f in wal.glob("wal_data_*")), proc, timeout=60)
+    first_batch_written = INSERT_BATCH * EMBEDDING_DIMENSIONS * 4 * 1.5
+    wait_for(lambda: any(f.stat().st_size > first_batch_written for f in wal.glob("wal_data_*")), proc, timeout=60)
     os.kill(proc.proc.pid, signal.SIGKILL)
     uploader.join(60)
     assert outcome.get("error") == grpc.StatusCode.UNAVAILABLE, "the kill must interrupt the ingest"
