@@ -263,6 +263,17 @@ def report(args: argparse.Namespace, results: list[Run]) -> tuple[str, dict[str,
     ]
     body += "\n\nThrough the bridge relative to gRPC direct at the same N:\n\n"
     body += markdown_table(("protocol", "N", "x throughput", "TTFT p50 difference s"), ratios)
+    busiest = max((r.bridge_cpu_seconds / r.seconds for r in results if r.protocol != GRPC and r.seconds), default=0)
+    body += (
+        f"\n\nThe bridge process used at most {busiest:.1%} of one core during a run (CPU seconds / wall seconds).\n"
+    )
+    load = max(r.load_average for r in results)
+    if load > (os.cpu_count() or 1):
+        body += (
+            f"\nCaution: the 1-minute load average reached {load:.1f} on {os.cpu_count()} cores during this run "
+            "(other jobs shared the machine), so differences between rows with a high load average are noise "
+            "as much as signal; the CPU-per-token figures are per process and less affected.\n"
+        )
     data = {
         "backend": args.backend,
         "tokens": args.tokens,
