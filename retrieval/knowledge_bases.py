@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from chatllm.retrieval.embedder import Embedder
 from chatllm.retrieval.errors import UnknownDocument, UnknownKnowledgeBase
 from chatllm.retrieval.fusion import RankedList, reciprocal_rank_fusion
+from chatllm.retrieval.isolation import IsolatedParser
 from chatllm.retrieval.lexical import LexicalIndex, join_terms, tokenize
 from chatllm.retrieval.loaders import load_document
 from chatllm.retrieval.splitter import DocumentSplitter
@@ -89,9 +90,16 @@ class KnowledgeBases:
     then the committed-document cache and the lexical index are re-synced from the manifest on reads."""
 
     def __init__(
-        self, store: MilvusStore, embedder: Embedder, splitter: DocumentSplitter, shared_store: bool | None = None
+        self,
+        store: MilvusStore,
+        embedder: Embedder,
+        splitter: DocumentSplitter,
+        shared_store: bool | None = None,
+        parser: IsolatedParser | None = None,
     ) -> None:
         self.store = store
+        # Untrusted PDF/DOCX are parsed in a bounded child process when a parser is given.
+        self.load = parser.load if parser is not None else load_document
         self.embedder = embedder
         self.splitter = splitter
         self.shared_store = store.is_server if shared_store is None else shared_store
@@ -155,7 +163,7 @@ class KnowledgeBases:
     # --- ingest ------------------------------------------------------------------
     def prepare(self, filename: str, data: bytes, mime_type: str = "") -> PreparedDocument:
         """Parse, split, segment and embed (the slow part, no lock held). DocumentError for bad files."""
-        loaded = load_document(filename, data, mime_type)
+        loaded = self.load(filename, data, mime_type)
         chunks = self.splitter.split(loaded.text, loaded.kind)
         return PreparedDocument(
             filename=filename,

@@ -29,12 +29,21 @@ MIME_EXTENSIONS = {
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document": ".docx",
 }
 EXTENSION_ALIASES = {".markdown": ".md", ".text": ".txt"}
+# Bounds on what a document may expand to (on top of the parse-time limits of
+# chatllm.retrieval.isolation): refused before the parser sees them.
+MAX_PDF_PAGES = 2000
+MAX_DOCX_UNZIPPED_BYTES = 256 * 1024 * 1024
+MAX_ZIP_RATIO = 200  # deflate reaches ~1000:1 only on degenerate (bomb) data
 # C0 controls other than tab/newline/carriage return/form feed mean "this is not text".
 BINARY_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0e-\x1f]")
 
 
 class EncryptedPdfError(ValueError):
     """pdfminer cannot do better, so no fallback."""
+
+
+class TooLargeError(ValueError):
+    """The document expands beyond the bounds above: refused, no fallback parser."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,8 @@ def load_document(filename: str, data: bytes, mime_type: str = "") -> LoadedDocu
         text = loader(data)
     except DocumentError:
         raise
+    except TooLargeError as exc:
+        raise DocumentError(filename, f"refused: {exc}") from None
     except Exception as exc:  # each library has its own zoo of parse errors
         log.info("cannot read %s as %s: %r", filename, extension, exc)
         raise DocumentError(filename, f"not a valid {extension} file ({type(exc).__name__}: {exc})") from None
@@ -131,7 +142,7 @@ def load_pdf(data: bytes) -> str:
     """pypdf first (fast); pdfminer.six when pypdf fails or finds no text."""
     try:
         text = _pypdf_text(data)
-    except EncryptedPdfError:
+    except (EncryptedPdfError, TooLargeError):
         raise
     except Exception as exc:
         log.info("pypdf failed (%r); trying pdfminer.six", exc)
@@ -151,6 +162,8 @@ def _pypdf_text(data: bytes) -> str:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise EncryptedPdfError("the PDF is encrypted with a password")
+        if len(reader.pages) > MAX_PDF_PAGES:
+            raise TooLargeError(f"{len(reader.pages)} pages; at most {MAX_PDF_PAGES} are accepted")
         return "\n\n".join(page.extract_text() or "" for page in reader.pages)
 
 
@@ -163,7 +176,22 @@ def load_pdf_checked(data: bytes) -> str:
 def load_docx_checked(data: bytes) -> str:
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise ValueError("not a ZIP container (a .docx file is one)")
+    check_zip_bounds(data)
     return load_docx(data)
+
+
+def check_zip_bounds(data: bytes) -> None:
+    """Refuse zip bombs from the central directory, before anything is inflated."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = archive.infolist()
+    total = sum(m.file_size for m in members)
+    if total > MAX_DOCX_UNZIPPED_BYTES:
+        raise TooLargeError(f"unpacks to {total} bytes; at most {MAX_DOCX_UNZIPPED_BYTES} are accepted")
+    for member in members:
+        if member.file_size > 1024 * 1024 and member.file_size > MAX_ZIP_RATIO * max(member.compress_size, 1):
+            raise TooLargeError(
+                f"{member.filename} inflates {member.file_size // max(member.compress_size, 1)}:1 (a zip bomb?)"
+            )
 
 
 LOADERS: dict[str, tuple[str, Callable[[bytes], str]]] = {

@@ -102,6 +102,7 @@ class Config:
     chunk_size: int = option(500, "characters per knowledge-base chunk", "kb")
     chunk_overlap: int = option(50, "characters shared by neighbouring chunks", "kb")
     retrieval_top_k: int = option(3, "chunks retrieved per question by default", "kb")
+    parse_timeout: float = option(60.0, "seconds a PDF/DOCX may take to parse before it is refused", "kb")
     max_upload_bytes: int = option(50 * 1024 * 1024, "largest document accepted for ingest", "kb")
     # --- history export --------------------------------------------------------
     export_history_path: str | None = option(

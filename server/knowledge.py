@@ -23,6 +23,7 @@ from chatllm.retrieval.errors import (
     UnknownDocument,
     UnknownKnowledgeBase,
 )
+from chatllm.retrieval.isolation import IsolatedParser, ParseLimits
 from chatllm.retrieval.knowledge_bases import KnowledgeBases, RetrievedChunk
 from chatllm.retrieval.lexical import initialise_segmenter
 from chatllm.retrieval.loaders import clean_filename, document_extension
@@ -63,7 +64,10 @@ def open_knowledge_bases(config: Config) -> KnowledgeBases:
     except Exception as exc:  # pymilvus raises its own types for locked files and unreachable servers
         raise StartupError(f"cannot open the knowledge base store {uri}: {exc}") from None
     library = KnowledgeBases(
-        store, embedder, DocumentSplitter(SplitterSettings(config.chunk_size, config.chunk_overlap))
+        store,
+        embedder,
+        DocumentSplitter(SplitterSettings(config.chunk_size, config.chunk_overlap)),
+        parser=IsolatedParser(ParseLimits(timeout_seconds=config.parse_timeout)),
     )
     report = library.recover()
     log.info(
