@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from aiohttp import web
 
+from chatllm.bridge.relay import InFlightCalls
 from chatllm.bridge.upstream import Upstream
 from chatllm.server.config import Config
 
@@ -19,8 +21,22 @@ class Drainable(Protocol):
 
 @dataclass
 class BridgeState:
+    """Draining flag, open WebSockets, and the requests being handled (for the drain to wait on)."""
+
     draining: bool = False
     websockets: set[Drainable] = field(default_factory=set)
+    active: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    calls: InFlightCalls = field(default_factory=InFlightCalls)
+
+    def started(self) -> None:
+        self.active += 1
+        self.idle.clear()
+
+    def finished(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self.idle.set()
 
 
 CONFIG = web.AppKey("config", Config)

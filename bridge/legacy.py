@@ -20,7 +20,7 @@ from aiohttp import web
 
 from chatllm.bridge import errors
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.keys import CONFIG, UPSTREAM
+from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM
 from chatllm.bridge.legacy_request import LEGACY_FIELDS, LegacyRequest, from_http_body
 from chatllm.bridge.relay import Progress, relay, request_id
 
@@ -63,9 +63,9 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     history = legacy.history or []
     rid = request_id(request.headers.get("X-Request-Id"))
     protocol = "sse" if stream and wants_sse else "http"
-    updates = relay(
-        request.app[UPSTREAM], legacy.to_grpc("http", rid, history), protocol, request.headers.get("Authorization")
-    )
+    grpc_request = legacy.to_grpc("http", rid, history)
+    authorization = request.headers.get("Authorization")
+    updates = relay(request.app[UPSTREAM], grpc_request, protocol, authorization, request.app[STATE].calls)
     async with contextlib.aclosing(updates):
         try:
             progress = await _first(updates)

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from chatllm.bridge import errors, metrics
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.keys import CONFIG
+from chatllm.bridge.keys import CONFIG, STATE
 from chatllm.server.auth import token_matches
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = route_label(request)
     in_flight = metrics.HTTP_IN_FLIGHT.labels(route)
     in_flight.inc()
+    state = request.app[STATE]
+    state.started()
     started = time.perf_counter()
     status = 500
     try:
@@ -50,6 +52,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = CLIENT_CLOSED
         raise
     finally:
+        state.finished()
         in_flight.dec()
         metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
         metrics.HTTP_DURATION.labels(route).observe(time.perf_counter() - started)

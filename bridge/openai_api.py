@@ -15,7 +15,7 @@ from aiohttp import web
 
 from chatllm.bridge import errors, fields
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.keys import CONFIG, UPSTREAM
+from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM
 from chatllm.bridge.openai_request import (
     CHAT_FIELDS,
     COMPLETION_FIELDS,
@@ -123,7 +123,8 @@ async def _complete(request: web.Request, shape: Shape) -> web.StreamResponse:
     created = int(time.time())
     whole_envelope = {"id": f"{shape.id_prefix}-{rid}", "object": shape.object_name, "created": created, "model": model}
     chunk_envelope = {**whole_envelope, "object": shape.chunk_name}
-    async with contextlib.aclosing(relay(upstream, spec.generate, "openai", authorization)) as updates:
+    updates = relay(upstream, spec.generate, "openai", authorization, request.app[STATE].calls)
+    async with contextlib.aclosing(updates):
         try:
             progress = await anext(updates)
             if not spec.stream:

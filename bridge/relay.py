@@ -8,6 +8,7 @@ generator is closed and the gRPC call is cancelled, which aborts the engine requ
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -86,8 +87,46 @@ class _Timer:
         self.last, self.tokens = now, completion_tokens
 
 
+class InFlightCalls:
+    """The bridge's Generate calls, so a shutdown whose grace is over can end them with an error
+    the client can read (a last `{"error": ...}` object, an error frame + `<EOS>`), not a cut stream."""
+
+    def __init__(self) -> None:
+        self._calls: set[grpc.aio.Call] = set()
+        self._cut: set[grpc.aio.Call] = set()
+
+    def add(self, call: grpc.aio.Call) -> None:
+        self._calls.add(call)
+
+    def discard(self, call: grpc.aio.Call) -> None:
+        self._calls.discard(call)
+        self._cut.discard(call)
+
+    def cut_all(self) -> int:
+        for call in self._calls:
+            self._cut.add(call)
+            call.cancel()
+        return len(self._calls)
+
+    def was_cut(self, call: grpc.aio.Call) -> bool:
+        return call in self._cut
+
+
+def _shutdown_error() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details="server shutting down: the answer was cut when the --shutdown-grace period ended",
+    )
+
+
 async def relay(
-    upstream: Upstream, request: pb.GenerateRequest, protocol: str, client_authorization: str | None
+    upstream: Upstream,
+    request: pb.GenerateRequest,
+    protocol: str,
+    client_authorization: str | None,
+    calls: InFlightCalls,
 ) -> AsyncIterator[Progress]:
     """Yield the same Progress object after every upstream message (the last one has `final`).
 
@@ -96,6 +135,7 @@ async def relay(
     progress = Progress()
     code = "CANCELLED"  # until the stream completes or fails
     call = upstream.generate(request, client_authorization)
+    calls.add(call)
     metrics.GENERATIONS_IN_FLIGHT.labels(protocol).inc()
     try:
         async for response in call:
@@ -111,7 +151,14 @@ async def relay(
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
         raise
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if calls.was_cut(call) and not (task is not None and task.cancelling()):
+            code = "UNAVAILABLE"
+            raise _shutdown_error() from None  # our own cancel of the call, not of this task
+        raise
     finally:
+        calls.discard(call)
         call.cancel()
         metrics.GENERATIONS_IN_FLIGHT.labels(protocol).dec()
         metrics.GENERATIONS.labels(protocol, code).inc()

@@ -20,6 +20,7 @@ from chatllm.bridge.keys import STATE
 from chatllm.server.config import Config
 
 log = logging.getLogger(__name__)
+LEFTOVER_TIMEOUT_S = 1.0  # after the grace period: how long cancelled handlers get to unwind
 
 
 class BridgeServer:
@@ -28,7 +29,8 @@ class BridgeServer:
         self.upstream_target = upstream_target
         self.app = build_app(config, upstream_target)
         # handler_cancellation: a client that disconnects cancels its handler, and so its gRPC call.
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, shutdown_timeout=config.shutdown_grace)
+        # The grace period is ours (stop()); aiohttp's own shutdown only cancels what is left.
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, shutdown_timeout=LEFTOVER_TIMEOUT_S)
         self.port = 0
 
     async def start(self) -> None:
@@ -40,8 +42,23 @@ class BridgeServer:
 
     async def stop(self) -> None:
         """Drain (see the module docstring) and release the upstream channel."""
-        self.app[STATE].draining = True
-        await self._runner.cleanup()
+        state = self.app[STATE]
+        state.draining = True
+        for site in list(self._runner.sites):
+            await site.stop()  # no new connections
+        for session in list(state.websockets):
+            session.drain()
+        grace = self.config.shutdown_grace
+        if state.active:
+            try:
+                await asyncio.wait_for(state.idle.wait(), grace)
+                log.info("bridge drained: all streams finished")
+            except TimeoutError:
+                cut = state.calls.cut_all()  # each stream ends with an error its client can read
+                log.info("bridge grace of %gs over: cut %d answers", grace, cut)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(state.idle.wait(), LEFTOVER_TIMEOUT_S)
+        await self._runner.cleanup()  # cancels what is left, closes idle keep-alive connections
         log.info("bridge stopped")
 
 

@@ -24,7 +24,7 @@ from chatllm.bridge import errors, metrics
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM
 from chatllm.bridge.legacy_request import LEGACY_FIELDS, from_text_or_json
-from chatllm.bridge.relay import relay, request_id
+from chatllm.bridge.relay import InFlightCalls, relay, request_id
 from chatllm.bridge.upstream import Upstream
 from chatllm.server.config import Config
 
@@ -39,9 +39,15 @@ class WebSocketSession:
     """One connection: a reader that queues frames and a worker that answers them in order."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, config: Config, upstream: Upstream, authorization: str | None
+        self,
+        ws: web.WebSocketResponse,
+        config: Config,
+        upstream: Upstream,
+        authorization: str | None,
+        calls: InFlightCalls,
     ) -> None:
         self.ws = ws
+        self.calls = calls
         self.config = config
         self.upstream = upstream
         self.authorization = authorization
@@ -100,7 +106,8 @@ class WebSocketSession:
             self.history = self._trim(legacy.history)
         stream = legacy.stream if legacy.stream is not None else True
         request = legacy.to_grpc("ws", request_id(None), self.history)
-        async with contextlib.aclosing(relay(self.upstream, request, "ws", self.authorization)) as updates:
+        updates = relay(self.upstream, request, "ws", self.authorization, self.calls)
+        async with contextlib.aclosing(updates):
             try:
                 answer, sources = "", []
                 async for progress in updates:
@@ -144,7 +151,8 @@ async def handle_websocket(request: web.Request) -> web.StreamResponse:
     if len(state.websockets) >= config.ws_max_connections:
         raise errors.unavailable(f"too many WebSocket connections (limit {config.ws_max_connections})", code="busy")
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=config.max_body_bytes, compress=False)
-    session = WebSocketSession(ws, config, request.app[UPSTREAM], request.headers.get("Authorization"))
+    authorization = request.headers.get("Authorization")
+    session = WebSocketSession(ws, config, request.app[UPSTREAM], authorization, state.calls)
     state.websockets.add(session)  # before the first await, so the limit cannot be overshot
     metrics.WEBSOCKET_CONNECTIONS.inc()
     try:

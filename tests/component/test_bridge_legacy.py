@@ -356,3 +356,20 @@ async def test_api_only_hides_the_page_and_no_api_turns_the_api_off(stack: Stack
     finally:
         await api_only.stop()
         await no_api.stop()
+
+
+async def test_drain_cancels_streams_still_running_after_the_grace(stack: Stack, data_dir: Path) -> None:
+    bridge = BridgeServer(make_config(data_dir, shutdown_grace=1.0), stack.grpc_target)
+    await bridge.start()
+    session = requests.Session()
+    body = {"prompt": "Write a very long story.", "use_stream_chat": True, "max_new_tokens": 2000, "ignore_eos": True}
+    response, lines = await asyncio.to_thread(open_nul_stream, session, f"http://127.0.0.1:{bridge.port}/", body)
+    started = asyncio.get_running_loop().time()
+    await bridge.stop()
+    assert asyncio.get_running_loop().time() - started < 30  # coarse: the grace is 1 s
+    rest = await asyncio.to_thread(lambda: [json.loads(line) for line in lines])  # ends cleanly, not cut
+    error = rest[-1]["error"]
+    assert error["status"] == 503 and "shutting down" in error["message"]
+    await asyncio.to_thread(response.close)
+    await asyncio.to_thread(session.close)
+    assert (await stack.wait_engine_idle(within=10)).active_requests == 0

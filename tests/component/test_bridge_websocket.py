@@ -52,14 +52,18 @@ def read_lines(history_dir: Path) -> list[str]:
     return [line for f in sorted(history_dir.glob("*.jsonl")) for line in f.read_text().splitlines()]
 
 
-async def exported(history_dir: Path, count: int, within: float = 10) -> list[dict[str, Any]]:
-    """The last `count` exported exchanges of the ws channel (polls until they are written)."""
+async def ws_entries(history_dir: Path) -> list[dict[str, Any]]:
+    lines = await asyncio.to_thread(read_lines, history_dir)
+    return [e for e in map(json.loads, lines) if e["channel"] == "ws"]
+
+
+async def exported(history_dir: Path, before: int, count: int, within: float = 10) -> list[dict[str, Any]]:
+    """The `count` exchanges of the ws channel exported after the first `before` (polls until written)."""
     deadline = time.monotonic() + within
     while True:
-        lines = await asyncio.to_thread(read_lines, history_dir)
-        entries = [e for e in map(json.loads, lines) if e["channel"] == "ws"]
-        if len(entries) >= count or time.monotonic() > deadline:
-            return entries[-count:]
+        entries = await ws_entries(history_dir)
+        if len(entries) >= before + count or time.monotonic() > deadline:
+            return entries[before:]
         await asyncio.sleep(0.05)
 
 
@@ -85,22 +89,24 @@ def answer_rounds(url: str, frames: list[str], header: list[str] | None = None) 
 async def test_five_back_to_back_prompts_get_five_eos_and_the_history_grows(stack: Stack, history_dir: Path) -> None:
     prompts = ["Hello, my name is Zorblax.", "What is 2 + 2?", "Name a colour.", "Name a fruit.", "What is my name?"]
     frames = [json.dumps({"prompt": p, "max_new_tokens": 16}) for p in prompts]
+    before = len(await ws_entries(history_dir))
     answers = await asyncio.to_thread(answer_rounds, stack.ws_url + "/", frames)
     assert len(answers) == 5 and all(answers)
     assert "Zorblax" in answers[-1]  # round 5 was answered from rounds 1-4
-    rounds = await exported(history_dir, 5)
+    rounds = await exported(history_dir, before, 5)
     assert [r["prompt"] for r in rounds] == prompts, "answered in order"
     assert [r["history_length"] for r in rounds] == [0, 1, 2, 3, 4]
     assert [r["response"] for r in rounds] == answers
 
 
 async def test_history_is_trimmed_to_max_round(stack: Stack, history_dir: Path) -> None:
+    before = len(await ws_entries(history_dir))
     async with aiohttp.ClientSession() as session, session.ws_connect(stack.ws_url + "/") as ws:
         for i in range(7):
             await ws.send_str(json.dumps({"prompt": f"Say the number {i}.", "max_new_tokens": 4}))
             while (await ws.receive_str(timeout=120)) != EOS:
                 pass
-    rounds = await exported(history_dir, 7)
+    rounds = await exported(history_dir, before, 7)
     assert [r["history_length"] for r in rounds] == [0, 1, 2, 3, 4, 5, 5]
 
 
@@ -188,3 +194,22 @@ async def test_shutdown_finishes_the_answer_in_progress_then_closes_1001(stack: 
         await stopping
         with pytest.raises(aiohttp.ClientConnectionError):
             await session.ws_connect(f"ws://127.0.0.1:{bridge.port}/")
+
+
+async def test_answer_still_running_after_the_grace_ends_with_an_error_frame(stack: Stack, data_dir: Path) -> None:
+    bridge = BridgeServer(make_config(data_dir, shutdown_grace=1.0), stack.grpc_target)
+    await bridge.start()
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"ws://127.0.0.1:{bridge.port}/")
+        await ws.send_str(json.dumps({"prompt": "Write a long story.", "max_new_tokens": 2000, "ignore_eos": True}))
+        assert await ws.receive_str(timeout=120) != EOS
+        stopping = asyncio.create_task(bridge.stop())
+        frames = []
+        while (message := await ws.receive(timeout=120)).type is aiohttp.WSMsgType.TEXT:
+            frames.append(message.data)
+        await stopping
+    assert frames[-1] == EOS
+    error = json.loads(frames[-2])["error"]
+    assert error["status"] == 503 and "shutting down" in error["message"]
+    assert message.type is aiohttp.WSMsgType.CLOSE and message.data == aiohttp.WSCloseCode.GOING_AWAY
+    assert (await stack.wait_engine_idle(within=10)).active_requests == 0
