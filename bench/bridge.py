@@ -271,8 +271,9 @@ def report(args: argparse.Namespace, results: list[Run]) -> tuple[str, dict[str,
     if load > (os.cpu_count() or 1):
         body += (
             f"\nCaution: the 1-minute load average reached {load:.1f} on {os.cpu_count()} cores during this run "
-            "(other jobs shared the machine), so differences between rows with a high load average are noise "
-            "as much as signal; the CPU-per-token figures are per process and less affected.\n"
+            "(the benchmark's own engine, server, bridge and client, plus any other jobs on the machine), so "
+            "small differences between rows are within noise; the CPU-per-token figures are per process and "
+            "less affected.\n"
         )
     data = {
         "backend": args.backend,
