@@ -214,7 +214,20 @@ async def run_all(args: argparse.Namespace, grpc_target: str, bridge: Bridge) ->
         return results
 
 
-def report(args: argparse.Namespace, results: list[Run]) -> tuple[str, dict[str, Any]]:
+RESULT_COLUMNS = (
+    "protocol",
+    "N",
+    "tokens",
+    "seconds",
+    "tokens/s",
+    "TTFT p50 s",
+    "TTFT p99 s",
+    "bridge CPU s / 1k tokens",
+    "load avg",
+)
+
+
+def results_table(results: list[Run]) -> str:
     rows = [
         (
             r.protocol,
@@ -229,27 +242,11 @@ def report(args: argparse.Namespace, results: list[Run]) -> tuple[str, dict[str,
         )
         for r in results
     ]
-    body = (
-        f"Workload: N concurrent streams x {args.tokens} new tokens, greedy, EOS ignored; with N < "
-        f"{args.min_requests} each stream sends requests back to back until {args.min_requests} were sent; best of "
-        f"{args.repeats} runs per level, the three protocols taking turns. Engine: `--backend {args.backend}` "
-        "(built-in SmolLM2-135M-Instruct, fp32, CPU). `chatllm server` and `chatllm bridge` run as separate "
-        "processes on this machine, with the benchmark client as a third.\n\n"
-    )
-    body += markdown_table(
-        (
-            "protocol",
-            "N",
-            "tokens",
-            "seconds",
-            "tokens/s",
-            "TTFT p50 s",
-            "TTFT p99 s",
-            "bridge CPU s / 1k tokens",
-            "load avg",
-        ),
-        rows,
-    )
+    return markdown_table(RESULT_COLUMNS, rows)
+
+
+def comparison(results: list[Run]) -> str:
+    """Bridge legs against gRPC direct at the same N, the bridge's busiest share of a core, a load caveat."""
     direct = {r.concurrency: r for r in results if r.protocol == GRPC}
     ratios = [
         (
@@ -261,31 +258,37 @@ def report(args: argparse.Namespace, results: list[Run]) -> tuple[str, dict[str,
         for r in results
         if r.protocol != GRPC and direct.get(r.concurrency) and direct[r.concurrency].tokens_per_second
     ]
-    body += "\n\nThrough the bridge relative to gRPC direct at the same N:\n\n"
-    body += markdown_table(("protocol", "N", "x throughput", "TTFT p50 difference s"), ratios)
+    text = "Through the bridge relative to gRPC direct at the same N:\n\n"
+    text += markdown_table(("protocol", "N", "x throughput", "TTFT p50 difference s"), ratios)
     busiest = max((r.bridge_cpu_seconds / r.seconds for r in results if r.protocol != GRPC and r.seconds), default=0)
-    body += (
+    text += (
         f"\n\nThe bridge process used at most {busiest:.1%} of one core during a run (CPU seconds / wall seconds).\n"
     )
     load = max(r.load_average for r in results)
     if load > (os.cpu_count() or 1):
-        body += (
+        text += (
             f"\nCaution: the 1-minute load average reached {load:.1f} on {os.cpu_count()} cores during this run "
             "(the benchmark's own engine, server, bridge and client, plus any other jobs on the machine), so "
             "small differences between rows are within noise; the CPU-per-token figures are per process and "
             "less affected.\n"
         )
-    data = {
-        "backend": args.backend,
-        "tokens": args.tokens,
-        "repeats": args.repeats,
-        "runs": [
-            r.__dict__
-            | {"tokens_per_second": r.tokens_per_second, "bridge_cpu_per_1k_tokens": r.bridge_cpu_per_1k_tokens}
-            for r in results
-        ],
-    }
-    return body, data
+    return text
+
+
+def report(args: argparse.Namespace, results: list[Run]) -> tuple[str, dict[str, Any]]:
+    body = (
+        f"Workload: N concurrent streams x {args.tokens} new tokens, greedy, EOS ignored; with N < "
+        f"{args.min_requests} each stream sends requests back to back until {args.min_requests} were sent; best of "
+        f"{args.repeats} runs per level, the three protocols taking turns. Engine: `--backend {args.backend}` "
+        "(built-in SmolLM2-135M-Instruct, fp32, CPU). `chatllm server` and `chatllm bridge` run as separate "
+        "processes on this machine, with the benchmark client as a third.\n\n"
+    )
+    body += results_table(results) + "\n\n" + comparison(results)
+    runs = [
+        r.__dict__ | {"tokens_per_second": r.tokens_per_second, "bridge_cpu_per_1k_tokens": r.bridge_cpu_per_1k_tokens}
+        for r in results
+    ]
+    return body, {"backend": args.backend, "tokens": args.tokens, "repeats": args.repeats, "runs": runs}
 
 
 async def main() -> None:

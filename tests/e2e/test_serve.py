@@ -24,6 +24,7 @@ from tests.conftest import ChatllmProcess
 
 QUESTION = "What is the capital of France?"
 HTTP_LISTENING = r"HTTP listening on [^:\s]+:(\d+)"
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]  # (name, labels) -> value
 
 
 def start_serve(
@@ -69,7 +70,7 @@ def wait_ready(url: str, proc: ChatllmProcess, timeout: float = 300) -> None:
     raise AssertionError(f"not ready within {timeout}s:\n{proc.log()[-4000:]}")
 
 
-def metric_samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+def metric_samples(url: str) -> Samples:
     text = requests.get(url + "/metrics", timeout=30).text
     return {
         (s.name, frozenset(s.labels.items())): s.value
@@ -78,7 +79,7 @@ def metric_samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], flo
     }
 
 
-def total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+def total(samples: Samples, name: str, **labels: str) -> float:
     """Sum of a series over the label sets that include `labels`; -1 when the series is absent."""
     values = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
     return sum(values) if values else -1.0
@@ -101,6 +102,47 @@ def ws_answer(url: str, prompt: str) -> str:
         ws.close()
 
 
+def assert_bridge_series(samples: Samples) -> None:
+    """A bridge process after one legacy JSON, one NUL stream, one WebSocket and one OpenAI answer."""
+    assert total(samples, "chatllm_http_requests_total", route="legacy", method="POST", status="200") >= 2
+    assert total(samples, "chatllm_http_requests_total", route="websocket", status="101") >= 1
+    assert total(samples, "chatllm_http_requests_total", route="openai_chat", status="200") >= 1
+    assert total(samples, "chatllm_http_requests_in_flight", route="metrics") == 1  # this scrape
+    assert total(samples, "chatllm_http_request_duration_seconds_count", route="legacy") >= 2
+    for protocol in ("http", "ws", "openai"):
+        assert total(samples, "chatllm_bridge_time_to_first_token_seconds_count", protocol=protocol) >= 1
+        assert total(samples, "chatllm_bridge_inter_token_latency_seconds_count", protocol=protocol) >= 1
+        assert total(samples, "chatllm_bridge_generation_duration_seconds_count", protocol=protocol) >= 1
+        assert total(samples, "chatllm_bridge_prompt_tokens_total", protocol=protocol) > 0
+        assert total(samples, "chatllm_bridge_generation_tokens_total", protocol=protocol) > 0
+        assert total(samples, "chatllm_bridge_generations_total", protocol=protocol, code="OK") >= 1
+        assert total(samples, "chatllm_bridge_finish_reason_total", protocol=protocol) >= 1
+    assert total(samples, "chatllm_bridge_websocket_messages_total", outcome="ok") == 1
+    assert total(samples, "chatllm_bridge_websocket_connections") == 0
+    assert total(samples, "chatllm_requests_total") == -1, "a bridge process has no server series"
+
+
+def assert_server_series(samples: Samples) -> None:
+    """The serve process behind that bridge: the gRPC server's series, and its own bridge's beside them."""
+    assert total(samples, "chatllm_requests_total", method="Generate", code="OK") >= 4
+    for channel in ("http", "ws", "openai"):
+        assert total(samples, "chatllm_request_duration_seconds_count", channel=channel) >= 1
+    assert total(samples, "chatllm_time_to_first_token_seconds_count") >= 4
+    assert total(samples, "chatllm_inter_token_latency_seconds_count") > 4
+    assert total(samples, "chatllm_prompt_tokens_total") > 0
+    assert total(samples, "chatllm_generation_tokens_total") > 0
+    assert total(samples, "chatllm_finish_reason_total", reason="stop") >= 1
+    for gauge in (
+        "chatllm_requests_in_flight",
+        "chatllm_queue_depth",
+        "chatllm_engine_running_requests",
+        "chatllm_engine_waiting_requests",
+    ):
+        assert total(samples, gauge) >= 0, gauge
+    # In serve the bridge's /metrics is the whole process: both families side by side.
+    assert total(samples, "chatllm_http_requests_total", route="readyz") >= 1
+
+
 def test_bridge_process_and_serve_process_export_their_metrics(
     chatllm_process: Callable[..., ChatllmProcess], data_dir: Path, model_dir: Path
 ) -> None:
@@ -119,43 +161,8 @@ def test_bridge_process_and_serve_process_export_their_metrics(
         reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTION}])
         assert "Paris" in (reply.choices[0].message.content or "")
 
-    bridge_metrics = metric_samples(url)
-    assert total(bridge_metrics, "chatllm_http_requests_total", route="legacy", method="POST", status="200") >= 2
-    assert total(bridge_metrics, "chatllm_http_requests_total", route="websocket", status="101") >= 1
-    assert total(bridge_metrics, "chatllm_http_requests_total", route="openai_chat", status="200") >= 1
-    assert total(bridge_metrics, "chatllm_http_requests_in_flight", route="metrics") == 1  # this scrape
-    assert total(bridge_metrics, "chatllm_http_request_duration_seconds_count", route="legacy") >= 2
-    for protocol in ("http", "ws", "openai"):
-        assert total(bridge_metrics, "chatllm_bridge_time_to_first_token_seconds_count", protocol=protocol) >= 1
-        assert total(bridge_metrics, "chatllm_bridge_inter_token_latency_seconds_count", protocol=protocol) >= 1
-        assert total(bridge_metrics, "chatllm_bridge_generation_duration_seconds_count", protocol=protocol) >= 1
-        assert total(bridge_metrics, "chatllm_bridge_prompt_tokens_total", protocol=protocol) > 0
-        assert total(bridge_metrics, "chatllm_bridge_generation_tokens_total", protocol=protocol) > 0
-        assert total(bridge_metrics, "chatllm_bridge_generations_total", protocol=protocol, code="OK") >= 1
-        assert total(bridge_metrics, "chatllm_bridge_finish_reason_total", protocol=protocol) >= 1
-    assert total(bridge_metrics, "chatllm_bridge_websocket_messages_total", outcome="ok") == 1
-    assert total(bridge_metrics, "chatllm_bridge_websocket_connections") == 0
-    assert total(bridge_metrics, "chatllm_requests_total") == -1, "a bridge process has no server series"
-
-    server_metrics = metric_samples(f"http://127.0.0.1:{serve_http}")
-    assert total(server_metrics, "chatllm_requests_total", method="Generate", code="OK") >= 4
-    for channel in ("http", "ws", "openai"):
-        assert total(server_metrics, "chatllm_request_duration_seconds_count", channel=channel) >= 1
-    assert total(server_metrics, "chatllm_time_to_first_token_seconds_count") >= 4
-    assert total(server_metrics, "chatllm_inter_token_latency_seconds_count") > 4
-    assert total(server_metrics, "chatllm_prompt_tokens_total") > 0
-    assert total(server_metrics, "chatllm_generation_tokens_total") > 0
-    assert total(server_metrics, "chatllm_finish_reason_total", reason="stop") >= 1
-    for gauge in (
-        "chatllm_requests_in_flight",
-        "chatllm_queue_depth",
-        "chatllm_engine_running_requests",
-        "chatllm_engine_waiting_requests",
-    ):
-        assert total(server_metrics, gauge) >= 0, gauge
-    # In serve the bridge's /metrics is the whole process: both families side by side.
-    assert total(server_metrics, "chatllm_http_requests_total", route="readyz") >= 1
-
+    assert_bridge_series(metric_samples(url))
+    assert_server_series(metric_samples(f"http://127.0.0.1:{serve_http}"))
     assert bridge.terminate() == 0
     assert serve.terminate() == 0
 
