@@ -5,7 +5,9 @@ Workload: N concurrent requests (N = 1, 8, 32) of 64 new tokens each, greedy,
 EOS ignored so every answer has the same length. Reports output tokens/s and
 time to first token (p50/p99) per leg, and the ratios between legs.
 
-    .venv/bin/python bench/engine.py [--backends hf] [--concurrency 1 8 32] [--tokens 64]
+    .venv/bin/python bench/engine.py [--backends hf,vllm] [--concurrency 1 8 32] [--tokens 64]
+
+Both engines run by default when vLLM is installed (one at a time, each with its own server).
 """
 
 from __future__ import annotations
@@ -198,7 +200,10 @@ def report(results: list[LegResult], levels: list[int], tokens: int) -> tuple[st
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", default="hf", help="comma-separated: hf,vllm")
+    from chatllm.server.engines.vllm_setup import vllm_build
+
+    default_backends = "hf,vllm" if vllm_build() else "hf"
+    parser.add_argument("--backends", default=default_backends, help=f"comma-separated (default {default_backends})")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / ".cache" / "test-data"))

@@ -105,7 +105,7 @@ class OwnedProcesses:
         psutil.wait_procs(stubborn, timeout=5)
         return [p.pid for p in alive]
 
-    def close(self, grace: float = 3.0) -> None:
+    def close(self, grace: float = 5.0) -> None:
         """Kill what is left, then let the reaper go: "done" tells it there is nothing to kill."""
         leftovers = self.kill_leftovers(grace)
         if leftovers:
