@@ -7,22 +7,12 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from chatllm.bridge import health, kb_api, legacy, openai_api
+from chatllm.bridge import web as web_page
 from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM, BridgeState
 from chatllm.bridge.middleware import MIDDLEWARES, is_websocket
 from chatllm.bridge.upstream import Upstream
 from chatllm.bridge.websocket import handle_websocket
 from chatllm.server.config import Config
-
-LANDING_TEXT = """ChatLLM Serve: HTTP bridge
-
-The chat page is not part of this build yet. Endpoints:
-  POST /                      legacy API: JSON or plain-text prompt; NUL-delimited or SSE stream
-  GET  / (WebSocket Upgrade)  legacy WebSocket API: deltas, then <EOS>
-  POST /v1/chat/completions   OpenAI-compatible
-  POST /v1/completions        OpenAI-compatible
-  GET  /v1/models             OpenAI-compatible
-  GET  /healthz /readyz /metrics
-"""
 
 
 def build_app(config: Config, upstream_target: str) -> web.Application:
@@ -48,6 +38,7 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/v1/models/{model}", openai_api.get_model, name="openai_model")
     router.add_route("*", "/v1/{tail:.*}", _unknown_v1_route, name="openai_unknown")
     kb_api.add_routes(router)  # /api/kb/...: before the catch-alls below
+    web_page.add_routes(app)  # /api/info, /api/chat, /static/
     router.add_get("/{tail:.*}", root, name="root")
     router.add_post("/{tail:.*}", legacy.handle_post, name="legacy")
 
@@ -58,11 +49,7 @@ async def root(request: web.Request) -> web.StreamResponse:
         return await handle_websocket(request)
     if request.match_info["tail"]:
         raise web.HTTPNotFound(text=f"no such page: {request.path}")
-    config = request.app[CONFIG]
-    if config.api_only:
-        raise web.HTTPNotFound(text="the web page is disabled on this server (--api-only)")
-    text = LANDING_TEXT + ("\nThe API routes above are off on this server (--no-api).\n" if config.no_api else "")
-    return web.Response(text=text, content_type="text/plain")
+    return await web_page.index(request)
 
 
 async def _unknown_v1_route(request: web.Request) -> web.StreamResponse:

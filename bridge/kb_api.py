@@ -11,7 +11,9 @@ arrive, never held whole in the bridge. A file over --max-upload-bytes is a 413
 and its Ingest call is cancelled, so the server stores nothing of it. Files are
 ingested one after another and each is atomic; when one fails, the error names
 it and the reply also lists the files stored before it. The same token as every
-other API route is required (see middleware.require_token).
+other API route is required (see middleware.require_token). These routes serve
+the web page too, so they stay on with --no-api (which turns off the legacy and
+OpenAI routes only).
 """
 
 from __future__ import annotations
@@ -44,11 +46,6 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/api/kb/{kb}/documents", upload_documents, name="kb_upload")
     router.add_get("/api/kb/{kb}/documents", list_documents, name="kb_documents")
     router.add_delete("/api/kb/{kb}/documents/{id}", delete_document, name="kb_delete_document")
-
-
-def _check_api(request: web.Request) -> None:
-    if request.app[CONFIG].no_api:
-        raise web.HTTPNotFound(text="the API is disabled on this server (--no-api)")
 
 
 def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
@@ -93,7 +90,6 @@ def rpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
 
 
 async def upload_documents(request: web.Request) -> web.Response:
-    _check_api(request)
     knowledge_base = request.match_info["kb"]
     if not request.content_type.startswith("multipart/"):
         raise errors.bad_request(FILE_FIELD, "send the documents as multipart/form-data in fields named 'file'")
@@ -147,7 +143,6 @@ async def _ingest_part(
 
 
 async def list_documents(request: web.Request) -> web.Response:
-    _check_api(request)
     knowledge_base = request.match_info["kb"]
     upstream = request.app[UPSTREAM]
     try:
@@ -162,7 +157,6 @@ async def list_documents(request: web.Request) -> web.Response:
 
 
 async def delete_document(request: web.Request) -> web.Response:
-    _check_api(request)
     knowledge_base, document_id = request.match_info["kb"], request.match_info["id"]
     upstream = request.app[UPSTREAM]
     message = pb.DeleteDocumentRequest(knowledge_base=knowledge_base, document_id=document_id)
@@ -176,7 +170,6 @@ async def delete_document(request: web.Request) -> web.Response:
 
 
 async def list_knowledge_bases(request: web.Request) -> web.Response:
-    _check_api(request)
     upstream = request.app[UPSTREAM]
     try:
         reply = await upstream.stub.ListKnowledgeBases(
@@ -194,7 +187,6 @@ async def list_knowledge_bases(request: web.Request) -> web.Response:
 
 
 async def delete_knowledge_base(request: web.Request) -> web.Response:
-    _check_api(request)
     knowledge_base = request.match_info["kb"]
     upstream = request.app[UPSTREAM]
     message = pb.DeleteKnowledgeBaseRequest(knowledge_base=knowledge_base)

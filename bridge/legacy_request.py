@@ -30,6 +30,7 @@ class LegacyRequest:
     system_prompt: str = ""
     history: list[tuple[str, str]] | None = None  # None: not given (WS keeps its own)
     stream: bool | None = None  # None: the protocol's default
+    events: bool = False  # WebSocket `stream_format: "events"`: JSON frames with usage, timings, sources
     knowledge_base: str | None = None  # set when `langchain` is true
     sampling: dict[str, Any] = field(default_factory=dict)
     stop: list[str] = field(default_factory=list)
@@ -90,6 +91,7 @@ def from_json(obj: dict[str, Any]) -> LegacyRequest:
         history=_history(obj),
         stream=fields.boolean(obj, "use_stream_chat"),
         stop=fields.string_list(obj, "stop"),
+        events=_stream_format(obj) == "events",
     )
     fields.boolean(obj, "use_cache")  # type-checked, then ignored (see the module docstring)
     if fields.boolean(obj, "langchain"):
@@ -106,6 +108,13 @@ def from_json(obj: dict[str, Any]) -> LegacyRequest:
     }
     request.sampling = {k: v for k, v in sampling.items() if v is not None}
     return request
+
+
+def _stream_format(obj: dict[str, Any]) -> str:
+    value = fields.string(obj, "stream_format") or "text"
+    if value not in ("text", "events"):
+        raise bad_request("stream_format", 'must be "text" (the legacy frames) or "events" (JSON frames)')
+    return value
 
 
 def _history(obj: dict[str, Any]) -> list[tuple[str, str]] | None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -17,6 +18,9 @@ from chatllm.server.auth import token_matches
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ALWAYS_PUBLIC = frozenset({"healthz", "readyz"})
+# Browsers cannot set headers on a WebSocket handshake: the web page sends its token
+# in this cookie (SameSite=Strict), accepted on same-origin WebSocket handshakes only.
+TOKEN_COOKIE = "chatllm_token"
 CLIENT_CLOSED = 499  # nginx's code for "client closed the connection before the answer"
 
 
@@ -83,14 +87,30 @@ def _is_public(request: web.Request) -> bool:
         return True
     if name == "metrics":
         return not request.app[CONFIG].protect_metrics
+    if name == "static":
+        return True
     return name == "root" and not is_websocket(request)  # the web page itself; its API calls need the token
+
+
+def _same_origin(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    return origin is None or urlsplit(origin).netloc == request.host
+
+
+def presented_token(request: web.Request) -> str | None:
+    """The Authorization header, or on a same-origin WebSocket handshake the page's token cookie."""
+    header = request.headers.get("Authorization")
+    if header is None and is_websocket(request) and _same_origin(request):
+        cookie = request.cookies.get(TOKEN_COOKIE)
+        return cookie or None
+    return header
 
 
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     """With --token, every API route and the WebSocket handshake need `Authorization: <token>`."""
     token = request.app[CONFIG].token
-    if token and not _is_public(request) and not token_matches(request.headers.get("Authorization"), token):
+    if token and not _is_public(request) and not token_matches(presented_token(request), token):
         raise errors.unauthorized()
     return await handler(request)
 

@@ -8,6 +8,10 @@ comes just before `<EOS>`. A failed round sends one `{"error": ...}` frame, then
 `<EOS>`, so clients that read until `<EOS>` never hang. The connection keeps its
 own history (a frame that carries `history` replaces it), trimmed to max_round.
 Closing the socket mid-answer cancels that answer's gRPC call.
+
+`"stream_format": "events"` (an extension the web page uses) turns the frames of
+that answer into JSON: `{"delta": "..."}` per delta, then one `{"final": {...}}`
+with finish reason, usage, timings and sources, then `<EOS>` as usual.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from typing import Any
 
 import grpc
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -24,7 +29,8 @@ from chatllm.bridge import errors, metrics
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM
 from chatllm.bridge.legacy_request import LEGACY_FIELDS, from_text_or_json
-from chatllm.bridge.relay import InFlightCalls, relay, request_id
+from chatllm.bridge.middleware import presented_token
+from chatllm.bridge.relay import InFlightCalls, Progress, relay, request_id
 from chatllm.bridge.upstream import Upstream
 from chatllm.server.config import Config
 
@@ -109,18 +115,24 @@ class WebSocketSession:
         updates = relay(self.upstream, request, "ws", self.authorization, self.calls)
         async with contextlib.aclosing(updates):
             try:
-                answer, sources = "", []
+                progress = None
                 async for progress in updates:
-                    if stream and progress.delta:
+                    if progress.delta and legacy.events:
+                        await self.ws.send_str(json.dumps({"delta": progress.delta}, ensure_ascii=False))
+                    elif progress.delta and stream:
                         await self.ws.send_str(progress.delta)
-                    answer, sources = progress.text, progress.sources()
             except grpc.aio.AioRpcError as exc:
                 await self._fail(errors.from_rpc(exc, LEGACY_FIELDS))
                 return
-        if not stream:
-            await self.ws.send_str(answer)
-        if legacy.knowledge_base is not None:  # `langchain: true`: one JSON frame with the sources before <EOS>
-            await self.ws.send_str(json.dumps({"sources": sources}, ensure_ascii=False))
+        answer = progress.text if progress is not None else ""
+        if legacy.events:
+            await self.ws.send_str(json.dumps({"final": final_event(progress)}, ensure_ascii=False))
+        else:
+            if not stream:
+                await self.ws.send_str(answer)
+            if legacy.knowledge_base is not None:  # `langchain: true`: one JSON frame with the sources before <EOS>
+                sources = progress.sources() if progress is not None else []
+                await self.ws.send_str(json.dumps({"sources": sources}, ensure_ascii=False))
         await self.ws.send_str(EOS)
         self.history = self._trim([*self.history, (legacy.prompt, answer)])
         metrics.WEBSOCKET_MESSAGES.labels("ok").inc()
@@ -135,6 +147,25 @@ class WebSocketSession:
         return list(history[-rounds:]) if rounds > 0 else []
 
 
+def final_event(progress: Progress | None) -> dict[str, Any]:
+    """The `{"final": ...}` payload of the events format."""
+    if progress is None or progress.final is None:
+        return {"finish_reason": None, "usage": None, "timings": None, "sources": []}
+    t = progress.final.timings
+    return {
+        "finish_reason": progress.finish_reason,
+        "usage": progress.usage(),
+        "timings": {
+            "queue_seconds": round(t.queue_seconds, 4),
+            "time_to_first_token_seconds": round(t.time_to_first_token_seconds, 4),
+            "total_seconds": round(t.total_seconds, 4),
+            "retrieval_seconds": round(t.retrieval_seconds, 4),
+        },
+        "sources": progress.sources(),
+        "request_id": progress.request_id,
+    }
+
+
 def _utf8_or_none(data: bytes) -> str | None:
     try:
         return data.decode("utf-8")
@@ -142,16 +173,17 @@ def _utf8_or_none(data: bytes) -> str | None:
         return None
 
 
-async def handle_websocket(request: web.Request) -> web.StreamResponse:
+async def handle_websocket(request: web.Request, page: bool = False) -> web.StreamResponse:
+    """The WebSocket API; `page` is the web page's own socket (/api/chat), which --no-api keeps."""
     config, state = request.app[CONFIG], request.app[STATE]
-    if config.no_api:
+    if config.no_api and not page:
         raise web.HTTPNotFound(text="the API is disabled on this server (--no-api)")
     if state.draining:
         raise errors.unavailable("server is shutting down; reconnect to another replica", code="draining")
     if len(state.websockets) >= config.ws_max_connections:
         raise errors.unavailable(f"too many WebSocket connections (limit {config.ws_max_connections})", code="busy")
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=config.max_body_bytes, compress=False)
-    authorization = request.headers.get("Authorization")
+    authorization = presented_token(request)
     session = WebSocketSession(ws, config, request.app[UPSTREAM], authorization, state.calls)
     state.websockets.add(session)  # before the first await, so the limit cannot be overshot
     metrics.WEBSOCKET_CONNECTIONS.inc()

@@ -153,3 +153,42 @@ async def test_non_ascii_authorization_is_refused_cleanly(stack: Stack, data_dir
         else:
             response = await asyncio.to_thread(requests.post, url + "/", json=BODY, headers=headers)
         assert response.status_code == 401
+
+
+def page_socket(ws_url: str, cookie: str | None, origin: str | None) -> websocket.WebSocket:
+    headers = [f"Cookie: chatllm_token={cookie}"] if cookie is not None else []
+    return websocket.create_connection(f"{ws_url}/api/chat", header=headers, origin=origin, timeout=120)
+
+
+async def test_page_socket_takes_the_token_cookie_from_its_own_origin_only(stack: Stack) -> None:
+    """Browsers cannot set Authorization on a WebSocket: the page's cookie is accepted, but never
+    from another site's page (cross-site WebSocket hijacking)."""
+    host = stack.http_url.removeprefix("http://")
+    for cookie, origin in ((None, stack.http_url), ("wrong", stack.http_url), (TOKEN, "http://evil.example")):
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            await asyncio.to_thread(page_socket, stack.ws_url, cookie, origin)
+        assert refused.value.status_code == 401, (cookie, origin)
+    ws = await asyncio.to_thread(page_socket, stack.ws_url, TOKEN, f"http://{host}")
+    try:
+        frames = []
+        ws.send(json.dumps({"prompt": QUESTION, "max_new_tokens": 12, "temperature": 0, "stream_format": "events"}))
+        while (frame := await asyncio.to_thread(ws.recv)) != "<EOS>":
+            frames.append(json.loads(frame))
+    finally:
+        ws.close()
+    deltas = [f["delta"] for f in frames if "delta" in f]
+    final = frames[-1]["final"]
+    assert len(deltas) >= 2 and "Paris" in "".join(deltas)
+    assert final["usage"]["completion_tokens"] >= len(deltas) and final["finish_reason"] in ("stop", "length")
+    assert 0 < final["timings"]["time_to_first_token_seconds"] <= final["timings"]["total_seconds"]
+
+
+async def test_bad_stream_format_is_an_error_frame_naming_the_field(stack: Stack) -> None:
+    ws = await asyncio.to_thread(page_socket, stack.ws_url, TOKEN, None)
+    try:
+        ws.send(json.dumps({"prompt": QUESTION, "stream_format": "xml"}))
+        error = json.loads(await asyncio.to_thread(ws.recv))
+        assert await asyncio.to_thread(ws.recv) == "<EOS>"
+    finally:
+        ws.close()
+    assert error["error"]["status"] == 400 and error["error"]["param"] == "stream_format"

@@ -1,0 +1,69 @@
+"""The web chat page: static files shipped in the package (no build step, no CDN),
+`/api/info` for the model panel, and `/api/chat`, the page's WebSocket.
+
+The page talks the legacy WebSocket protocol with `"stream_format": "events"`, so
+it also gets usage, timings and sources. Its socket lives on `/api/chat` so the
+page keeps working with `--no-api` (legacy routes off).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf.json_format import MessageToDict
+
+from chatllm.bridge import errors
+from chatllm.bridge.keys import CONFIG, UPSTREAM
+from chatllm.bridge.middleware import is_websocket
+from chatllm.bridge.websocket import handle_websocket
+from chatllm.proto import pb
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+NO_CACHE = {"Cache-Control": "no-cache"}
+
+
+def add_routes(app: web.Application) -> None:
+    """Register before the bridge's catch-all routes."""
+    router = app.router
+    router.add_get("/api/info", info, name="api_info")
+    router.add_get("/api/chat", page_socket, name="api_chat")
+    if not app[CONFIG].api_only:
+        router.add_static("/static/", STATIC_DIR, name="static", append_version=False)
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """The chat page itself (public: its API calls carry the token)."""
+    if request.app[CONFIG].api_only:
+        raise web.HTTPNotFound(text="the web page is disabled on this server (--api-only)")
+    return web.FileResponse(STATIC_DIR / "index.html", headers=NO_CACHE)
+
+
+async def page_socket(request: web.Request) -> web.StreamResponse:
+    if not is_websocket(request):
+        raise errors.bad_request("Upgrade", "this endpoint is a WebSocket", code="websocket_required")
+    return await handle_websocket(request, page=True)
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+async def info(request: web.Request) -> web.Response:
+    """The served model, the server's state and the model catalogue, for the page's Model tab."""
+    upstream = request.app[UPSTREAM]
+    metadata = upstream.metadata(request.headers.get("Authorization"))
+    try:
+        models = await upstream.stub.ListModels(pb.ListModelsRequest(), metadata=metadata, timeout=10)
+        server = await upstream.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=metadata, timeout=10)
+    except grpc.aio.AioRpcError as exc:
+        raise errors.from_rpc(exc) from None
+    return web.json_response(
+        {
+            "model": _as_dict(models.models[0]) if models.models else None,
+            "server": _as_dict(server),
+            "catalog": [_as_dict(entry) for entry in models.catalog],
+        }
+    )
