@@ -146,6 +146,7 @@ class GenerateService:
         tokens_seen = 0
         queue_seconds = 0.0
         final = None
+        ended = "abort"  # what to record when no final message went out: abort (client gone), timeout, error
         try:
             async with contextlib.aclosing(self.engine.generate(built.ids, options, engine_id)) as outputs:
                 async for out in outputs:
@@ -168,10 +169,12 @@ class GenerateService:
                         )
                         continue
                     if timer.fired:
+                        ended = "timeout"
                         raise DeadlineExceeded(
                             f"request took longer than --request-timeout {self.config.request_timeout:g}s"
                         )
                     if out.finish is Finish.ERROR:
+                        ended = "error"
                         raise RequestFailed(f"the engine failed this request: {out.error or 'unknown error'}")
                     final = self._final(
                         out, built.ids, arrival, first_token_at, queue_seconds, retrieval_seconds, knowledge
@@ -179,9 +182,14 @@ class GenerateService:
                     yield pb.GenerateResponse(
                         text=out.text, completion_tokens=out.completion_tokens, request_id=request_id, final=final
                     )
+        except Exception:
+            if ended == "abort":
+                ended = "error"  # the engine died or broke
+            raise
         finally:
             timer.cancel()
-            self._record(request, request_id, channel, built.history_rounds, "".join(answer), final, arrival)
+            outcome = _finish_name(final.finish_reason) if final is not None else ended
+            self._record(request, request_id, channel, built.history_rounds, "".join(answer), final, arrival, outcome)
 
     def _final(
         self,
@@ -220,12 +228,11 @@ class GenerateService:
         response: str,
         final: pb.GenerateFinal | None,
         arrival: float,
+        reason: str,
     ) -> None:
         """Metrics and history export for every request that reached the engine."""
         latency = time.perf_counter() - arrival
         metrics.E2E_LATENCY.labels(channel).observe(latency)
-        reason = pb.FinishReason.Name(final.finish_reason) if final else "FINISH_REASON_ABORT"
-        reason = reason.removeprefix("FINISH_REASON_").lower()
         metrics.FINISH_REASONS.labels(reason).inc()
         if final is not None:
             metrics.PROMPT_TOKENS.inc(final.usage.prompt_tokens)
@@ -253,6 +260,10 @@ class GenerateService:
                 "knowledge_base": request.knowledge_base or "default" if request.use_knowledge_base else None,
             }
         )
+
+
+def _finish_name(reason: pb.FinishReason) -> str:
+    return pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower()
 
 
 async def _within(awaitable: Any, deadline: float | None, what: str) -> Any:

@@ -37,11 +37,13 @@ class IncrementalDetokenizer:
         return ""
 
     def flush(self, tokens: Sequence[int]) -> str:
-        """At the end: whatever is left, even an incomplete character."""
+        """At the end: whatever is left, minus a character cut in half by the token limit
+        (its bytes would show as U+FFFD)."""
         prefix_text = self._decode(tokens[self._prefix_offset : self._read_offset])
         new_text = self._decode(tokens[self._prefix_offset :])
         self._prefix_offset = self._read_offset = len(tokens)
-        return new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
+        rest = new_text[len(prefix_text) :] if len(new_text) > len(prefix_text) else ""
+        return rest.rstrip("\ufffd")
 
 
 class StopMatcher:

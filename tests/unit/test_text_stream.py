@@ -43,3 +43,10 @@ def test_earliest_of_several_stops_wins() -> None:
 def test_no_stops_is_a_passthrough() -> None:
     matcher = StopMatcher([])
     assert matcher.feed("abc") == "abc" and matcher.flush() == ""
+
+
+def test_flush_drops_a_character_cut_in_half_by_the_token_limit() -> None:
+    tokens = list("答案".encode())[:-1]  # the last character's final byte never came
+    detok = IncrementalDetokenizer(ByteTokenizer())
+    text = "".join(detok.push(tokens[: i + 1]) for i in range(len(tokens))) + detok.flush(tokens)
+    assert text == "答"
