@@ -45,24 +45,18 @@ def register(subparsers: Any) -> None:
     bridge.set_defaults(handler=run_bridge)
 
 
-def start_metrics_http(config: Config, default_port: int) -> None:
-    """Serve this process's Prometheus registry on its own port (-1 = default_port, 0 = off)."""
-    port = default_port if config.metrics_port == -1 else config.metrics_port
-    if port <= 0:
-        return
-    from prometheus_client import start_http_server
-
-    start_http_server(port, addr=config.grpc_host)
+def with_metrics_port(config: Config, default_port: int) -> Config:
+    """--metrics-port -1 means this command's default (0 = off)."""
+    return config.replace(metrics_port=default_port) if config.metrics_port == -1 else config
 
 
 def run_server(args: argparse.Namespace) -> int:
     from chatllm.clients.cli import setup_logging
     from chatllm.server.app import serve_until_signal
 
-    config = from_args(args)
+    config = with_metrics_port(from_args(args), DEFAULT_SERVER_METRICS_PORT)
     setup_logging(config.log_level)
     try:
-        start_metrics_http(config, DEFAULT_SERVER_METRICS_PORT)
         asyncio.run(serve_until_signal(config))
     except StartupError as exc:
         print(f"chatllm: error: {exc}", file=sys.stderr)
@@ -79,10 +73,9 @@ def run_serve(args: argparse.Namespace) -> int:
     from chatllm.bridge.runner import serve_until_signal
     from chatllm.clients.cli import setup_logging
 
-    config = from_args(args)
+    config = with_metrics_port(from_args(args), default_port=0)
     setup_logging(config.log_level)
     try:
-        start_metrics_http(config, default_port=0)
         asyncio.run(serve_until_signal(config))
     except (StartupError, OSError) as exc:
         print(f"chatllm: error: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ from chatllm.server.config import Config
 from chatllm.server.engines import running_engine
 from chatllm.server.errors import StartupError
 from chatllm.server.generation import GenerateService
+from chatllm.server.metrics_http import MetricsEndpoint
 from chatllm.server.model_source import resolve
 from chatllm.server.servicer import ChatLLMServicer, ServerState
 
@@ -77,6 +78,9 @@ class ChatLLMServer:
         self.port = 0
         # Requests only wait when concurrency is limited; the queue alert divides by this.
         metrics.QUEUE_LIMIT.set(config.max_queue if config.max_concurrent > 0 else 0)
+        self.metrics: MetricsEndpoint | None = None
+        if config.metrics_port > 0:
+            self.metrics = MetricsEndpoint(config, config.grpc_host, config.metrics_port)
 
     async def start(self) -> None:
         """Bind and start answering (liveness SERVING, readiness NOT_SERVING)."""
@@ -88,6 +92,8 @@ class ChatLLMServer:
         if self.port == 0:
             raise StartupError(f"cannot listen on {address} (port in use?)")
         await self._server.start()
+        if self.metrics is not None:
+            await self.metrics.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         metrics.READY.set(0)
@@ -177,6 +183,8 @@ class ChatLLMServer:
 
     async def stop(self) -> None:
         await self._server.stop(grace=1.0)
+        if self.metrics is not None:
+            await self.metrics.stop()
 
     @classmethod
     @contextlib.asynccontextmanager

@@ -74,7 +74,8 @@ class Config:
     grpc_port: int = option(50051, "gRPC port (0 = pick a free one)", "server")
     metrics_port: int = option(
         -1,
-        "port of the gRPC server's own /metrics (-1 = 8001 for `server`, shared with the bridge for `serve`)",
+        "port of the gRPC server's own /metrics (-1: 8001 for `server`, off for `serve` whose bridge /metrics "
+        "shows the same registry; 0: off)",
         "server",
     )
     max_new_tokens: int = option(2048, "default max new tokens per request", "server")

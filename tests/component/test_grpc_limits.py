@@ -145,3 +145,25 @@ def test_fuzzed_generate_requests_never_fail_internally(client: ChatClient, requ
 def test_server_still_answers_after_fuzzing(client: ChatClient) -> None:
     assert wait_idle(client, within=10).active_requests == 0
     assert "Paris" in client.chat("What is the capital of France?", temperature=0.0, max_new_tokens=12).text
+
+
+async def test_server_metrics_endpoint_is_open_by_default_and_protectable(data_dir: Path) -> None:
+    import aiohttp
+
+    from chatllm.server.metrics_http import MetricsEndpoint
+
+    for protect, expected in ((False, 200), (True, 401)):
+        endpoint = MetricsEndpoint(make_config(data_dir, token=TOKEN, protect_metrics=protect), "127.0.0.1", 0)
+        await endpoint.start()
+        try:
+            url = f"http://127.0.0.1:{endpoint.port}/metrics"
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url) as anonymous:
+                    assert anonymous.status == expected
+                    if expected == 200:
+                        assert "chatllm_requests_total" in await anonymous.text()
+                async with session.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as with_token:
+                    assert with_token.status == 200
+                    assert TOKEN not in await with_token.text()
+        finally:
+            await endpoint.stop()
