@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from chatllm.bridge import health, kb_api, legacy, openai_api
+from chatllm.bridge import health, kb_api, legacy, openai_api, openapi
 from chatllm.bridge import web as web_page
 from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM, BridgeState
 from chatllm.bridge.middleware import MIDDLEWARES, is_websocket
@@ -32,6 +32,7 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/healthz", health.healthz, name="healthz")
     router.add_get("/readyz", health.readyz, name="readyz")
     router.add_get("/metrics", health.metrics, name="metrics")
+    router.add_get("/openapi.json", openapi.openapi_json, name="openapi")
     router.add_post("/v1/chat/completions", openai_api.chat_completions, name="openai_chat")
     router.add_post("/v1/completions", openai_api.completions, name="openai_completions")
     router.add_get("/v1/models", openai_api.list_models, name="openai_models")

@@ -17,7 +17,7 @@ from chatllm.server.auth import token_matches
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ALWAYS_PUBLIC = frozenset({"healthz", "readyz"})
+ALWAYS_PUBLIC = frozenset({"healthz", "readyz", "openapi"})
 # Browsers cannot set headers on a WebSocket handshake: the web page sends its token
 # in this cookie (SameSite=Strict), accepted on same-origin WebSocket handshakes only.
 TOKEN_COOKIE = "chatllm_token"
