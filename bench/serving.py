@@ -1,20 +1,22 @@
 """Serving benchmark: our full stack against vLLM's own OpenAI server, in one run.
 
-Legs, one server at a time, all on the vLLM engine with the same model, dtype and flags
-(fp32, eager, prefix caching, 1 GiB KV cache, both cores, Intel OpenMP preloaded on CPU):
+Two servers run side by side, on the vLLM engine with the same model, dtype and flags
+(fp32, eager, prefix caching, 1 GiB KV cache, both cores, Intel OpenMP in the engine
+processes on CPU):
 
-- `chatllm server` over gRPC (the Generate stream);
-- `chatllm serve` over the bridge's legacy NUL-delimited HTTP stream (and gRPC again,
-  through the same process, to show what the bridge adds);
+- `chatllm serve`: the bridge's legacy NUL-delimited HTTP stream, and its gRPC Generate
+  stream (the same server process; `chatllm server` alone is this gRPC path);
 - `python -m vllm.entrypoints.openai.api_server`, streaming /v1/chat/completions (SSE).
 
 Workload: N concurrent streams (1, 8, 32) of 64 new tokens, greedy, EOS ignored, the same
-chat prompts (both sides apply the model's chat template). Reports output tokens/s and
-time to first token p50/p99 per leg, and the serving process's own CPU time per 1k tokens
-(the engine processes excluded): the cost of the code path itself, which the machine's
-load does not change much.
+chat prompts (both sides apply the model's chat template). The legs take turns run by run
+(their order rotating), so a machine whose load drifts treats them alike; an idle vLLM
+engine costs ~2% of a core. Reported per leg and N: output tokens/s (best and median run),
+time to first token p50/p99 (of the best run), and the serving process's own CPU time per
+1k tokens (the engine processes excluded): the cost of the code path itself, which the
+machine's load barely changes.
 
-    .venv/bin/python bench/serving.py [--concurrency 1 8 32] [--tokens 64] [--legs grpc,bridge,vllm] [--rounds 2]
+    .venv/bin/python bench/serving.py [--concurrency 1 8 32] [--tokens 64] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import contextlib
 import json
 import os
 import socket
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,29 +53,46 @@ PROMPTS = [
     "Summarise the plot of a detective story.",
     "Why is the sky blue?",
 ]
-# One place for the engine settings both sides get.
-ENGINE_FLAGS = ["--backend", "vllm", "--precision", "fp32", "--kv-cache-space", "1", "--max-num-seqs", "256"]
-REPEATS = 3  # per level and round; the best run counts (the machine may be shared)
+# The engine settings both servers get.
+CHATLLM_ENGINE_FLAGS = ["--backend", "vllm", "--precision", "fp32", "--kv-cache-space", "1", "--max-num-seqs", "256"]
+VLLM_ENGINE_FLAGS = [
+    "--dtype",
+    "float32",
+    "--enforce-eager",
+    "--enable-prefix-caching",
+    "--kv-cache-memory-bytes",
+    str(1024**3),
+    "--max-num-seqs",
+    "256",
+]
+VLLM_BASELINE = "vLLM OpenAI server, SSE"
 
 OneStream = Callable[[int], Awaitable[tuple[int, float]]]
 
 
 @dataclass
-class LegResult:
+class Leg:
+    name: str
+    one: OneStream  # one stream of request i: (completion tokens, time to first token)
+    frontend: psutil.Process  # the serving process (its engine processes are children)
+
+
+@dataclass
+class Run:
     leg: str
     concurrency: int
     seconds: float
     tokens: int
     ttfts: list[float]
-    frontend_cpu_seconds: float  # CPU time of the serving process itself (not the engine processes)
-    load_average: float = 0.0  # 1-minute load average when the run ended: how busy the machine was
+    frontend_cpu_seconds: float
+    load_average: float  # 1-minute load average when the run ended: how busy the machine was
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
     @property
-    def frontend_cpu_ms_per_1k_tokens(self) -> float:
+    def cpu_ms_per_1k_tokens(self) -> float:
         return 1e6 * self.frontend_cpu_seconds / self.tokens if self.tokens else 0.0
 
 
@@ -80,33 +101,35 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-async def run_levels(leg: str, levels: list[int], one: OneStream, frontend: psutil.Process) -> list[LegResult]:
-    """Each level REPEATS times; the fastest run counts. `frontend` is the serving process: its
-    CPU per token is what our code path (or vLLM's server) costs, independent of machine load."""
-    await one(0)  # warm-up
-    results = []
+async def run_once(leg: Leg, n: int) -> Run:
+    started, cpu_before = time.perf_counter(), cpu_seconds(leg.frontend)
+    outcomes = await asyncio.gather(*(leg.one(i) for i in range(n)))
+    return Run(
+        leg.name,
+        n,
+        time.perf_counter() - started,
+        sum(t for t, _ in outcomes),
+        [f for _, f in outcomes],
+        cpu_seconds(leg.frontend) - cpu_before,
+        os.getloadavg()[0],
+    )
+
+
+async def measure(legs: list[Leg], levels: list[int], repeats: int) -> list[Run]:
+    """Every leg `repeats` times per level, taking turns in a rotating order."""
+    for leg in legs:
+        await leg.one(0)  # warm-up
+    runs = []
     for n in levels:
-        best: LegResult | None = None
-        for _ in range(REPEATS):
-            started, cpu_before = time.perf_counter(), cpu_seconds(frontend)
-            outcomes = await asyncio.gather(*(one(i) for i in range(n)))
-            result = LegResult(
-                leg,
-                n,
-                time.perf_counter() - started,
-                sum(t for t, _ in outcomes),
-                [f for _, f in outcomes],
-                cpu_seconds(frontend) - cpu_before,
-                os.getloadavg()[0],
-            )
-            if best is None or result.tokens_per_second > best.tokens_per_second:
-                best = result
-        assert best is not None
-        results.append(best)
-        print(
-            f"  {leg} N={n}: {best.tokens_per_second:.1f} tok/s, TTFT p50 {percentile(best.ttfts, 50):.3f}s", flush=True
-        )
-    return results
+        for rep in range(repeats):
+            shift = rep % len(legs)
+            for leg in legs[shift:] + legs[:shift]:
+                run = await run_once(leg, n)
+                runs.append(run)
+                print(
+                    f"  N={n} {leg.name}: {run.tokens_per_second:.1f} tok/s (load {run.load_average:.1f})", flush=True
+                )
+    return runs
 
 
 # ------------------------------------------------------------------------ clients
@@ -198,7 +221,7 @@ async def openai_streams(url: str, model: str, tokens: int) -> AsyncIterator[One
         yield one
 
 
-# ------------------------------------------------------------------------ legs
+# ------------------------------------------------------------------------ servers
 def free_port() -> int:
     """For vLLM's server, which cannot report a port it picked itself."""
     with socket.socket() as s:
@@ -222,114 +245,10 @@ def cpu_env() -> dict[str, str]:
     return engine_environment(Config(), vllm_build() == "cpu", {})
 
 
-async def grpc_leg(args: argparse.Namespace, data_dir: Path, logs: Path) -> list[LegResult]:
-    server = ChatllmSubprocess(
-        [
-            "server",
-            *ENGINE_FLAGS,
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--no-knowledge-base",
-            "--data-dir",
-            str(data_dir),
-            "--max-concurrent",
-            "64",
-            "--log-level",
-            "INFO",
-        ],
-        logs / "chatllm-server.log",
-    )
-    try:
-        port = int(server.wait_for(r"gRPC listening on [^:\s]+:(\d+)").group(1))
-        wait_ready(server, r"ready: ")
-        async with grpc_streams(f"127.0.0.1:{port}", args.tokens) as one:
-            return await run_levels("chatllm server, gRPC", args.concurrency, one, psutil.Process(server.proc.pid))
-    finally:
-        server.stop()
-
-
-async def bridge_leg(args: argparse.Namespace, data_dir: Path, logs: Path) -> list[LegResult]:
-    server = ChatllmSubprocess(
-        [
-            "serve",
-            *ENGINE_FLAGS,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--no-knowledge-base",
-            "--data-dir",
-            str(data_dir),
-            "--max-concurrent",
-            "64",
-            "--log-level",
-            "INFO",
-        ],
-        logs / "chatllm-serve.log",
-    )
-    try:
-        grpc_port = int(server.wait_for(r"gRPC listening on [^:\s]+:(\d+)").group(1))
-        http_port = int(server.wait_for(r"(?:bridge|HTTP)[^\n]*listening on [^:\s]+:(\d+)").group(1))
-        wait_ready(server, r"ready: ")
-        frontend = psutil.Process(server.proc.pid)
-        results = []
-        async with nul_streams(f"http://127.0.0.1:{http_port}/", args.tokens) as one:
-            results += await run_levels("chatllm serve, bridge NUL stream", args.concurrency, one, frontend)
-        async with grpc_streams(f"127.0.0.1:{grpc_port}", args.tokens) as one:
-            results += await run_levels("chatllm serve, gRPC", args.concurrency, one, frontend)
-        return results
-    finally:
-        server.stop()
-
-
-async def vllm_leg(args: argparse.Namespace, data_dir: Path, logs: Path) -> list[LegResult]:
-    from chatllm.server.model_source import resolve
-
-    model_dir = resolve(None, data_dir / "models").path
-    port = free_port()
-    cmd = [
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(model_dir),
-        "--served-model-name",
-        "smol",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-        "--enable-prefix-caching",
-        "--kv-cache-memory-bytes",
-        str(1024**3),
-        "--max-num-seqs",
-        "256",
-    ]
-    server = PythonSubprocess(cmd, logs / "vllm-openai.log", env=cpu_env())
-    try:
-        wait_ready(server, r"Application startup complete|Uvicorn running")
-        async with openai_streams(f"http://127.0.0.1:{port}/v1/chat/completions", "smol", args.tokens) as one:
-            return await run_levels("vLLM OpenAI server, SSE", args.concurrency, one, psutil.Process(server.proc.pid))
-    finally:
-        server.stop()
-
-
 class PythonSubprocess(ChatllmSubprocess):
     """`python <args>` (not `chatllm`), in its own process group, same log/stop handling."""
 
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-        import subprocess
-
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
@@ -342,83 +261,149 @@ class PythonSubprocess(ChatllmSubprocess):
         )
 
 
-LEGS = {"grpc": grpc_leg, "bridge": bridge_leg, "vllm": vllm_leg}
-
-
-def best_per_leg_and_level(results: list[LegResult]) -> list[LegResult]:
-    best: dict[tuple[str, int], LegResult] = {}
-    for r in results:
-        key = (r.leg, r.concurrency)
-        if key not in best or r.tokens_per_second > best[key].tokens_per_second:
-            best[key] = r
-    return list(best.values())
-
-
-def report(results: list[LegResult], tokens: int) -> tuple[str, dict[str, Any]]:
-    rows = [
-        (
-            r.leg,
-            r.concurrency,
-            r.tokens,
-            r.seconds,
-            r.tokens_per_second,
-            percentile(r.ttfts, 50),
-            percentile(r.ttfts, 99),
-            r.frontend_cpu_ms_per_1k_tokens,
-            r.load_average,
-        )
-        for r in results
-    ]
-    body = (
-        f"Workload: N concurrent streams x {tokens} new tokens, greedy, EOS ignored; best of {REPEATS} runs "
-        "per level and round, over the rounds (legs in alternating order). Engine: vLLM, fp32, eager, prefix "
-        "caching, 1 GiB KV cache. `load` is the machine's 1-minute load average after that run.\n\n"
-    )
-    header = ("leg", "N", "tokens", "seconds", "tokens/s", "TTFT p50 s", "TTFT p99 s", "server CPU ms / 1k tok", "load")
-    body += markdown_table(header, rows)
-    baseline = {r.concurrency: r.tokens_per_second for r in results if r.leg.startswith("vLLM OpenAI")}
-    if baseline:
-        ratio_rows = [
-            (r.leg, r.concurrency, r.tokens_per_second / baseline[r.concurrency])
-            for r in results
-            if r.concurrency in baseline and not r.leg.startswith("vLLM OpenAI")
-        ]
-        body += "\n\nThroughput relative to vLLM's own OpenAI server at the same N:\n\n"
-        body += markdown_table(("leg", "N", "x vLLM server"), ratio_rows)
-    data = {
-        "tokens": tokens,
-        "rows": [
-            r.__dict__
-            | {
-                "tokens_per_second": r.tokens_per_second,
-                "frontend_cpu_ms_per_1k_tokens": r.frontend_cpu_ms_per_1k_tokens,
-            }
-            for r in results
+async def chatllm_serve(stack: contextlib.AsyncExitStack, args: argparse.Namespace, logs: Path) -> list[Leg]:
+    server = ChatllmSubprocess(
+        [
+            "serve",
+            *CHATLLM_ENGINE_FLAGS,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--no-knowledge-base",
+            "--data-dir",
+            args.data_dir,
+            "--max-concurrent",
+            "64",
         ],
-    }
-    return body, data
+        logs / "chatllm-serve.log",
+    )
+    stack.callback(server.stop)
+    grpc_port = int(server.wait_for(r"gRPC listening on [^:\s]+:(\d+)").group(1))
+    http_port = int(server.wait_for(r"HTTP listening on [^:\s]+:(\d+)").group(1))
+    wait_ready(server, r"ready: ")
+    frontend = psutil.Process(server.proc.pid)
+    nul = await stack.enter_async_context(nul_streams(f"http://127.0.0.1:{http_port}/", args.tokens))
+    grpc_one = await stack.enter_async_context(grpc_streams(f"127.0.0.1:{grpc_port}", args.tokens))
+    return [Leg("chatllm serve, bridge NUL stream", nul, frontend), Leg("chatllm serve, gRPC", grpc_one, frontend)]
+
+
+async def vllm_openai_server(stack: contextlib.AsyncExitStack, args: argparse.Namespace, logs: Path) -> list[Leg]:
+    from chatllm.server.model_source import resolve
+
+    model_dir = resolve(None, Path(args.data_dir) / "models").path
+    port = free_port()
+    server = PythonSubprocess(
+        [
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model_dir),
+            "--served-model-name",
+            "smol",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *VLLM_ENGINE_FLAGS,
+        ],
+        logs / "vllm-openai.log",
+        env=cpu_env(),
+    )
+    stack.callback(server.stop)
+    wait_ready(server, r"Application startup complete|Uvicorn running")
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    one = await stack.enter_async_context(openai_streams(url, "smol", args.tokens))
+    return [Leg(VLLM_BASELINE, one, psutil.Process(server.proc.pid))]
+
+
+# ------------------------------------------------------------------------ report
+def summarize(runs: list[Run]) -> list[dict[str, Any]]:
+    by_key: dict[tuple[str, int], list[Run]] = {}
+    for run in runs:
+        by_key.setdefault((run.leg, run.concurrency), []).append(run)
+    rows = []
+    for (leg, n), group in by_key.items():
+        best = max(group, key=lambda r: r.tokens_per_second)
+        rows.append(
+            {
+                "leg": leg,
+                "N": n,
+                "runs": len(group),
+                "best_tokens_per_second": best.tokens_per_second,
+                "median_tokens_per_second": statistics.median(r.tokens_per_second for r in group),
+                "ttft_p50": percentile(best.ttfts, 50),
+                "ttft_p99": percentile(best.ttfts, 99),
+                "cpu_ms_per_1k_tokens": statistics.median(r.cpu_ms_per_1k_tokens for r in group),
+                "load_min": min(r.load_average for r in group),
+                "load_max": max(r.load_average for r in group),
+            }
+        )
+    return rows
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    body = (
+        f"Workload: N concurrent streams x {args.tokens} new tokens, greedy, EOS ignored; {args.repeats} runs per "
+        "leg and N, the legs taking turns. Engine: vLLM, fp32, eager, prefix caching, 1 GiB KV cache. `load` is "
+        "the machine's 1-minute load average over the runs (the machine may be shared).\n\n"
+    )
+    header = ("leg", "N", "best tok/s", "median tok/s", "TTFT p50 s", "TTFT p99 s", "server CPU ms / 1k tok", "load")
+    body += markdown_table(
+        header,
+        [
+            (
+                r["leg"],
+                r["N"],
+                r["best_tokens_per_second"],
+                r["median_tokens_per_second"],
+                r["ttft_p50"],
+                r["ttft_p99"],
+                r["cpu_ms_per_1k_tokens"],
+                f"{r['load_min']:.1f}-{r['load_max']:.1f}",
+            )
+            for r in rows
+        ],
+    )
+    baseline = {r["N"]: r for r in rows if r["leg"] == VLLM_BASELINE}
+    ratios = [
+        (
+            r["leg"],
+            r["N"],
+            r["best_tokens_per_second"] / baseline[r["N"]]["best_tokens_per_second"],
+            r["median_tokens_per_second"] / baseline[r["N"]]["median_tokens_per_second"],
+            r["cpu_ms_per_1k_tokens"] / baseline[r["N"]]["cpu_ms_per_1k_tokens"],
+        )
+        for r in rows
+        if r["leg"] != VLLM_BASELINE and r["N"] in baseline
+    ]
+    body += (
+        "\n\nRelative to vLLM's own OpenAI server at the same N (above 1 = more tokens/s; CPU below 1 = cheaper):\n\n"
+    )
+    body += markdown_table(("leg", "N", "best tok/s x", "median tok/s x", "server CPU x"), ratios)
+    return body
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--legs", default="grpc,bridge,vllm", help="comma-separated: grpc, bridge, vllm")
-    parser.add_argument("--rounds", type=int, default=2, help="passes over the legs, in alternating order")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per leg and N")
     parser.add_argument("--data-dir", default=str(REPO / ".cache" / "test-data"))
     args = parser.parse_args()
-    data_dir = Path(args.data_dir)
-    legs = [name.strip() for name in args.legs.split(",")]
-    results: list[LegResult] = []
     logs = Path(tempfile.mkdtemp(prefix="chatllm-serving-bench-"))
     print(f"server logs: {logs}", flush=True)
-    for round_no in range(args.rounds):
-        # Alternate the order, so no leg always runs first (or last) on a machine whose load drifts.
-        for name in legs if round_no % 2 == 0 else legs[::-1]:
-            print(f"round {round_no + 1}, leg {name} ...", flush=True)
-            results += await LEGS[name](args, data_dir, logs)
-    results = best_per_leg_and_level(results)
-    body, data = report(results, args.tokens)
+    async with contextlib.AsyncExitStack() as stack:
+        legs = await chatllm_serve(stack, args, logs)
+        legs += await vllm_openai_server(stack, args, logs)
+        runs = await measure(legs, args.concurrency, args.repeats)
+    rows = summarize(runs)
+    body = report(rows, args)
+    data = {"tokens": args.tokens, "repeats": args.repeats, "rows": rows, "runs": [r.__dict__ for r in runs]}
     path = write_results("serving", "Serving benchmark: our stack vs vLLM's OpenAI server", body, data)
     print(body)
     print(f"\nwritten: {path}")

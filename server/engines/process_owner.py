@@ -64,6 +64,24 @@ class OwnedProcesses:
         )
         self._before = {p.pid for p in self._me.children(recursive=True)} | {self._reaper.pid}
         self._owned: dict[int, psutil.Process] = {}
+        self._poller: asyncio.Task[None] | None = None
+
+    def start_polling(self) -> None:
+        async def poll() -> None:
+            while True:
+                self.scan()
+                await asyncio.sleep(POLL_SECONDS)
+
+        self._poller = asyncio.create_task(poll())
+
+    async def settle(self) -> None:
+        """Stop polling, after one last scan."""
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
+        self.scan()
 
     @property
     def processes(self) -> list[psutil.Process]:
@@ -92,9 +110,15 @@ class OwnedProcesses:
                     self._reaper.stdin.flush()
 
     def kill_leftovers(self, grace: float) -> list[int]:
-        """SIGTERM the owned processes still alive, SIGKILL them after `grace` s; returns the killed pids."""
-        self.scan()
+        """SIGTERM the owned processes still alive (and their children), SIGKILL them after `grace` s;
+        returns the pids. Only a start still in progress looks for new processes first: later, a new
+        child of this process is someone else's (a test's subprocess, a document parser)."""
+        if self._poller is not None:
+            self.scan()
         alive = [p for p in self._owned.values() if p.is_running()]
+        for proc in list(alive):
+            with contextlib.suppress(psutil.Error):
+                alive += [c for c in proc.children(recursive=True) if c.pid not in self._owned]
         for proc in alive:
             with contextlib.suppress(psutil.Error):
                 proc.terminate()
@@ -123,19 +147,14 @@ class OwnedProcesses:
 
 @contextlib.asynccontextmanager
 async def owned_processes() -> AsyncIterator[OwnedProcesses]:
-    """Track the processes spawned inside the block; none of them survives it."""
+    """Track the processes spawned inside the block; none of them survives it.
+
+    Polls until `settle()`: call it once the engine has started (all its processes
+    exist then, and each scan walks /proc, which is not free under load)."""
     owned = await asyncio.to_thread(OwnedProcesses)
-
-    async def poll() -> None:
-        while True:
-            owned.scan()
-            await asyncio.sleep(POLL_SECONDS)
-
-    poller = asyncio.create_task(poll())
+    owned.start_polling()
     try:
         yield owned
     finally:
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poller
+        await owned.settle()
         await asyncio.to_thread(owned.close)

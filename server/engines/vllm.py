@@ -64,6 +64,7 @@ class VLLMEngine:
     async def running(cls, config: Config, source: ModelSource) -> AsyncIterator[VLLMEngine]:
         async with owned_processes() as processes:
             engine = await cls._start_owned(config, source, processes)
+            await processes.settle()
             try:
                 yield engine
             finally:
@@ -101,7 +102,7 @@ class VLLMEngine:
         # configures; the spawned engine needs those, the rest of this process must not keep them.
         with patched_environ(env):
             try:
-                llm = AsyncLLM.from_engine_args(args, stat_loggers=[stats_sink.logger_factory])
+                llm = AsyncLLM.from_engine_args(args, stat_loggers=[stats_sink.logger_class()])
             except Exception as exc:  # its log holds the details; the user gets one line
                 lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
                 summary = "; ".join(line for line in lines if not line.startswith("For further information"))

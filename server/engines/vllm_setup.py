@@ -203,15 +203,20 @@ class SchedulerStatsSink:
             max((s.kv_cache_usage for s in snaps), default=0.0),
         )
 
-    def logger_factory(self, vllm_config: Any, engine_index: int = 0) -> Any:
-        """A vLLM per-engine StatLoggerFactory feeding this sink."""
-        from vllm.v1.metrics.loggers import StatLoggerBase
+    def logger_class(self) -> type:
+        """A vLLM stat logger class feeding this sink (give it in AsyncLLM's `stat_loggers`).
+
+        It subclasses vLLM's PrometheusStatLogger without calling its __init__: vLLM adds
+        that logger whenever none is given, and it would register `vllm:*` metrics in this
+        process's Prometheus registry next to ours (and cost CPU on every step).
+        """
+        from vllm.v1.metrics.loggers import PrometheusStatLogger
 
         sink = self
 
-        class _SinkLogger(StatLoggerBase):
-            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-                self.engine_index = engine_index
+        class SinkStatLogger(PrometheusStatLogger):
+            def __init__(self, vllm_config: Any, engine_indexes: list[int] | None = None) -> None:
+                self.engine_indexes = engine_indexes or [0]
 
             def record(
                 self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
@@ -219,7 +224,16 @@ class SchedulerStatsSink:
                 if scheduler_stats is not None:
                     sink.record(engine_idx, scheduler_stats)
 
+            def record_admission_rejection(self, reason: str) -> None:
+                pass
+
+            def record_sleep_state(self, sleep: int = 0, level: int = 0) -> None:
+                pass
+
             def log_engine_initialized(self) -> None:
                 pass
 
-        return _SinkLogger(vllm_config, engine_index)
+            def log(self) -> None:
+                pass
+
+        return SinkStatLogger

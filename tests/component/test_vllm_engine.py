@@ -224,6 +224,24 @@ async def test_prompt_longer_than_the_context_is_invalid(client: AsyncChatClient
     assert err.value.details().startswith("prompt:") and "context" in err.value.details()
 
 
+async def test_metrics_are_ours_only_and_show_the_engine(client: AsyncChatClient) -> None:
+    """vLLM's own Prometheus metrics (`vllm:*`) stay out of this process's registry."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    call = client.stream("Write a long story about a lighthouse.", max_new_tokens=200, ignore_eos=True)
+    async for r in call:
+        if r.completion_tokens >= 2:
+            break
+    exposition = generate_latest(REGISTRY).decode()
+    call.cancel()
+    assert "vllm:" not in exposition
+    running = [line for line in exposition.splitlines() if line.startswith("chatllm_engine_running_requests ")]
+    assert running and float(running[0].split()[1]) >= 1
+    usage = [line for line in exposition.splitlines() if line.startswith("chatllm_kv_cache_usage_ratio ")]
+    assert usage and float(usage[0].split()[1]) > 0
+    await wait_engine_idle(client, within=5.0)
+
+
 async def test_engine_processes_are_children_of_the_server() -> None:
     names = {p.name() for p in vllm_processes()}
     assert any(n.startswith("VLLM::EngineCor") for n in names), names
