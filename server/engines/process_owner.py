@@ -47,7 +47,8 @@ def vllm_processes(parent: psutil.Process | None = None) -> list[psutil.Process]
     found = []
     for proc in parent.children(recursive=True):
         try:
-            if proc.name().startswith("VLLM::") or any("vllm" in part for part in proc.cmdline()[:3]):
+            # Engine processes name themselves VLLM::EngineCore, VLLM::Worker...; vLLM's own servers run as modules.
+            if proc.name().startswith("VLLM::") or any(part.startswith("vllm.") for part in proc.cmdline()[:3]):
                 found.append(proc)
         except psutil.Error:
             continue
