@@ -28,7 +28,22 @@ def json_object(text: str | bytes, what: str = "body") -> dict[str, Any]:
         raise bad_request(what, f"invalid JSON: {exc}", code="invalid_json") from None
     if not isinstance(value, dict):
         raise bad_request(what, f"must be a JSON object, got {type(value).__name__}", code="invalid_json")
+    reject_lone_surrogates(value, what)
     return value
+
+
+def reject_lone_surrogates(value: Any, what: str = "body") -> None:
+    """400 when parsed JSON holds a lone UTF-16 surrogate.
+
+    `json.loads` turns an escape such as `\\udc80` into a lone surrogate, which is not
+    Unicode: it cannot be encoded as UTF-8, so protobuf (and the gRPC call) would fail on it."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        surrogate = f"\\u{ord(exc.object[exc.start]):04x}"
+        raise bad_request(
+            what, f"contains {surrogate}, a lone UTF-16 surrogate, which is not valid Unicode", code="invalid_encoding"
+        ) from None
 
 
 def string(obj: Mapping[str, Any], name: str) -> str | None:

@@ -18,10 +18,13 @@ OpenAI routes only).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from chatllm.bridge import errors
 from chatllm.bridge.errors import ApiError
@@ -83,6 +86,28 @@ def too_large(filename: str, limit: int) -> ApiError:
     )
 
 
+@contextlib.contextmanager
+def multipart_errors() -> Iterator[None]:
+    """aiohttp's multipart parser raises ValueError / HttpProcessingError on a broken body
+    (no boundary, a bad part header, a body cut short): the client's fault, a 400."""
+    try:
+        yield
+    except (ValueError, HttpProcessingError) as exc:
+        reason = str(exc).replace("\n", " ")[:200]
+        raise errors.bad_request(
+            FILE_FIELD, f"malformed multipart/form-data body: {reason}", code="invalid_multipart"
+        ) from None
+
+
+def utf8_header(value: str, what: str) -> str:
+    """aiohttp decodes header bytes that are not UTF-8 as surrogates, which protobuf cannot send."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.bad_request(FILE_FIELD, f"the part's {what} is not valid UTF-8", code="invalid_encoding") from None
+    return value
+
+
 def rpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
     if exc.code() is grpc.StatusCode.INVALID_ARGUMENT and "upload limit" in (exc.details() or ""):
         return ApiError(413, exc.details() or "", "request_too_large", param=FILE_FIELD, code="file_too_large")
@@ -93,18 +118,23 @@ async def upload_documents(request: web.Request) -> web.Response:
     knowledge_base = request.match_info["kb"]
     if not request.content_type.startswith("multipart/"):
         raise errors.bad_request(FILE_FIELD, "send the documents as multipart/form-data in fields named 'file'")
-    reader = await request.multipart()
     stored: list[dict[str, Any]] = []
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader) or part.name != FILE_FIELD:
-            continue  # other form fields are not ours to judge
-        filename = part.filename or ""
-        try:
+    try:
+        with multipart_errors():
+            reader = await request.multipart()
+        while True:
+            with multipart_errors():
+                part = await reader.next()
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader) or part.name != FILE_FIELD:
+                continue  # other form fields are not ours to judge
+            filename = utf8_header(part.filename or "", "filename")
             response = await _ingest_part(request, knowledge_base, filename, part)
-        except ApiError as err:
-            body = err.body() | {"documents": stored}
-            return web.json_response(body, status=err.status, headers=err.headers)
-        stored.append(ingested_json(filename, response))
+            stored.append(ingested_json(filename, response))
+    except ApiError as err:
+        body = err.body() | {"documents": stored}
+        return web.json_response(body, status=err.status, headers=err.headers)
     if not stored:
         raise errors.bad_request(FILE_FIELD, "no file in the upload (multipart field 'file' with a filename)")
     return web.json_response({"knowledge_base": knowledge_base, "documents": stored})
@@ -118,12 +148,19 @@ async def _ingest_part(
     limit = request.app[CONFIG].max_upload_bytes
     call = upstream.stub.Ingest(metadata=_metadata(request), timeout=upstream.timeout)
     try:
-        header = pb.IngestHeader(
-            knowledge_base=knowledge_base, filename=filename, mime_type=part.headers.get("Content-Type", "")
-        )
+        mime_type = utf8_header(part.headers.get("Content-Type", ""), "Content-Type")
+        header = pb.IngestHeader(knowledge_base=knowledge_base, filename=filename, mime_type=mime_type)
         await call.write(pb.IngestRequest(header=header))
         size = 0
-        while block := await part.read_chunk(UPLOAD_CHUNK_BYTES):
+        while True:
+            with multipart_errors():
+                block = await part.read_chunk(UPLOAD_CHUNK_BYTES)
+            if not block:
+                if not part.at_eof():  # the body ended before this part's boundary: the file is cut short
+                    raise errors.bad_request(
+                        FILE_FIELD, f"{filename}: the upload ended before the file did", code="invalid_multipart"
+                    )
+                break
             size += len(block)
             if size > limit:
                 raise too_large(filename, limit)

@@ -77,6 +77,7 @@ def from_text_or_json(text: str) -> LegacyRequest:
                 ) from None
             return LegacyRequest(prompt=text)
         if isinstance(value, dict):
+            fields.reject_lone_surrogates(value)
             return from_json(value)
     return LegacyRequest(prompt=text)
 

@@ -31,7 +31,7 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/api/info", info, name="api_info")
     router.add_get("/api/chat", page_socket, name="api_chat")
     if not app[CONFIG].api_only:
-        router.add_static("/static/", STATIC_DIR, name="static", append_version=False)
+        router.add_get("/static/{filename:.+}", static_file, name="static")
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -39,6 +39,16 @@ async def index(request: web.Request) -> web.StreamResponse:
     if request.app[CONFIG].api_only:
         raise web.HTTPNotFound(text="the web page is disabled on this server (--api-only)")
     return web.FileResponse(STATIC_DIR / "index.html", headers=NO_CACHE)
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """A file under static/. Not aiohttp's add_static: its FileResponse answers a missing file with
+    an empty 404 after the middlewares ran, where every other error is the JSON error object."""
+    name = request.match_info["filename"]
+    path = (STATIC_DIR / name).resolve()
+    if not (path.is_relative_to(STATIC_DIR) and path.is_file()):
+        raise web.HTTPNotFound(text=f"no such file: /static/{name}")
+    return web.FileResponse(path)
 
 
 async def page_socket(request: web.Request) -> web.StreamResponse:

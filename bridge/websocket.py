@@ -95,7 +95,14 @@ class WebSocketSession:
         while True:
             item = await self.queue.get()
             if item is not _DRAIN:
-                await self._answer(item if isinstance(item, str) else None)
+                try:
+                    await self._answer(item if isinstance(item, str) else None)
+                except (asyncio.CancelledError, ConnectionResetError):
+                    raise
+                except Exception:
+                    # A bug must not kill the worker: the client would wait for <EOS> forever.
+                    log.exception("unexpected error answering a WebSocket frame")
+                    await self._fail(errors.internal_error())
             if self.draining:
                 await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
                 return

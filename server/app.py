@@ -26,6 +26,7 @@ from chatllm.server.admission import Admission
 from chatllm.server.auth import TokenAuthInterceptor
 from chatllm.server.chat import Chat
 from chatllm.server.config import Config
+from chatllm.server.decoding import DecodeErrorInterceptor
 from chatllm.server.engines import running_engine
 from chatllm.server.errors import StartupError
 from chatllm.server.generation import GenerateService
@@ -65,7 +66,9 @@ class ChatLLMServer:
             Admission(config.max_concurrent, config.max_queue), bool(config.token), package_version()
         )
         self.health = health_aio.HealthServicer()
+        # The token is checked first: an unauthenticated caller learns nothing about its bytes.
         interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
+        interceptors.append(DecodeErrorInterceptor())
         self._server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
         pb_grpc.add_ChatLLMServicer_to_server(ChatLLMServicer(self.state), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

@@ -14,7 +14,7 @@ from chatllm.clients import AsyncChatClient
 from chatllm.proto import pb
 from chatllm.server.app import ChatLLMServer
 from chatllm.server.config import Config
-from tests.servers import grpc_server
+from tests.servers import ServerThread, grpc_server
 
 
 @dataclass
@@ -67,3 +67,32 @@ async def serving_stack(config: Config) -> AsyncIterator[Stack]:
             yield Stack(server, bridge)
         finally:
             await bridge.stop()
+
+
+class StackThread(ServerThread):
+    """The whole stack (server + bridge, one event loop) in a background thread, for tests that
+    use blocking clients (requests, websocket-client, schemathesis, hypothesis) from the test thread."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.bridge_port = 0
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.bridge_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.bridge_port}"
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            async with serving_stack(self.config) as stack:
+                self.server, self.port, self.bridge_port = stack.server, stack.server.port, stack.bridge.port
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as exc:  # surfaced to the test thread by start()
+            self._error = exc
+            self._ready.set()

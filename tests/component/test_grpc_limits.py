@@ -142,6 +142,44 @@ def test_fuzzed_generate_requests_never_fail_internally(client: ChatClient, requ
         call.cancel()
 
 
+RAW_METHODS = ("Generate", "GetServerInfo", "ListModels", "Retrieve", "ListDocuments")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(RAW_METHODS), payload=st.binary(max_size=300))
+def test_fuzzed_request_bytes_are_refused_as_invalid_argument(client: ChatClient, method: str, payload: bytes) -> None:
+    """Arbitrary bytes on the wire: a message that parses is served or refused as above; one that
+    does not parse is INVALID_ARGUMENT (grpcio alone answers UNKNOWN, which reads as a server fault)."""
+    path = f"/{SERVICE_NAME}/{method}"
+    if method == "Generate":
+        call = client.channel.unary_stream(path)(payload, metadata=(("authorization", TOKEN),), timeout=30)
+        try:
+            next(call, None)
+        except grpc.RpcError as err:
+            assert err.code() in ALLOWED, (err.code(), err.details())
+        finally:
+            call.cancel()
+        return
+    try:
+        client.channel.unary_unary(path)(payload, metadata=(("authorization", TOKEN),), timeout=30)
+    except grpc.RpcError as err:
+        assert err.code() in ALLOWED | {grpc.StatusCode.NOT_FOUND}, (err.code(), err.details())
+
+
+@pytest.mark.parametrize("method", ["GetServerInfo", "Generate"])
+def test_corrupt_request_bytes_are_invalid_argument(client: ChatClient, method: str) -> None:
+    """A truncated varint cannot parse as any message: the answer says so, with INVALID_ARGUMENT."""
+    path = f"/{SERVICE_NAME}/{method}"
+    corrupt = b"\x08\xff"  # field 1, varint, then a continuation byte with nothing after it
+    with pytest.raises(grpc.RpcError) as raised:
+        if method == "Generate":
+            list(client.channel.unary_stream(path)(corrupt, metadata=(("authorization", TOKEN),), timeout=30))
+        else:
+            client.channel.unary_unary(path)(corrupt, metadata=(("authorization", TOKEN),), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf message" in raised.value.details()
+
+
 def test_server_still_answers_after_fuzzing(client: ChatClient) -> None:
     assert wait_idle(client, within=10).active_requests == 0
     assert "Paris" in client.chat("What is the capital of France?", temperature=0.0, max_new_tokens=12).text

@@ -33,9 +33,7 @@ def documented_operations() -> set[tuple[str, str]]:
 
 
 def openapi_path(resource: web.AbstractResource) -> str:
-    """aiohttp's pattern in OpenAPI templating: `{tail:.*}` -> `{tail}`, the static prefix -> `/static/{filename}`."""
-    if isinstance(resource, web.StaticResource):
-        return resource.canonical.rstrip("/") + "/{filename}"
+    """aiohttp's pattern in OpenAPI templating: `{tail:.*}` -> `{tail}`."""
     return re.sub(r"\{(\w+):[^}]*\}", r"{\1}", resource.canonical)
 
 

@@ -1,0 +1,104 @@
+"""Undecodable request messages are INVALID_ARGUMENT, not a server failure.
+
+grpcio answers a request whose bytes do not parse (corrupt wire format, a string
+field that is not UTF-8) with UNKNOWN "Unexpected DecodeError", a code clients
+and alerts read as the server's fault. This interceptor swaps each ChatLLM
+method's deserializer for one that turns a DecodeError into a marker, and the
+method's behaviour refuses the marker with INVALID_ARGUMENT naming the message type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from chatllm.proto import SERVICE_NAME
+from chatllm.server.errors import InvalidArgument
+
+
+class Undecodable:
+    """Stands in for a request message whose bytes did not parse."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc))
+
+    return deserialize
+
+
+def _invalid(request: Undecodable) -> str:
+    return f"request: not a valid protobuf message ({request.reason})"
+
+
+def _unary_unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _invalid(request))
+        return await behaviour(request, context)
+
+    return checked
+
+
+def _unary_stream(behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def checked(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _invalid(request))
+        # aclosing: when grpc closes this generator, the servicer's own cleanup (abort the engine request) runs now
+        async with contextlib.aclosing(behaviour(request, context)) as responses:
+            async for response in responses:
+                yield response
+
+    return checked
+
+
+def _stream_unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def checked_messages(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, Undecodable):
+                raise InvalidArgument("request", f"not a valid protobuf message ({request.reason})")
+            yield request
+
+    async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        return await behaviour(checked_messages(requests), context)
+
+    return checked
+
+
+class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Applies to the chatllm.v1.ChatLLM methods; health and reflection are grpcio's own."""
+
+    def __init__(self) -> None:
+        self._prefix = f"/{SERVICE_NAME}/"
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not (details.method or "").startswith(self._prefix):
+            return handler
+        if handler.request_deserializer is None:
+            return handler
+        kwargs = {
+            "request_deserializer": tolerant(handler.request_deserializer),
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(_unary_unary(handler.unary_unary), **kwargs)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(_unary_stream(handler.unary_stream), **kwargs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(_stream_unary(handler.stream_unary), **kwargs)
+        return handler  # no stream-stream methods in the API
