@@ -68,6 +68,7 @@ def test_overload_is_refused_at_once(client: ChatClient) -> None:
     running = client.stream("Tell a long story.", max_new_tokens=500, ignore_eos=True)
     assert next(running).text  # generating
     queued = client.stream("Another long story.", max_new_tokens=500, ignore_eos=True)
+
     def wait_in_queue() -> None:
         with contextlib.suppress(grpc.RpcError):  # cancelled below
             next(queued, None)
