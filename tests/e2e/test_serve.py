@@ -4,6 +4,7 @@ HTTP, WebSocket and gRPC, /metrics of both processes after traffic, drain on SIG
 from __future__ import annotations
 
 import json
+import secrets
 import signal
 import socket
 import subprocess
@@ -14,7 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import openai
+import pytest
 import requests
 import websocket
 from prometheus_client.parser import text_string_to_metric_families
@@ -213,6 +216,55 @@ def test_serve_answers_then_drains_on_sigterm(
     log = proc.log()
     assert "drained: all requests finished" in log and "bridge drained: all streams finished" in log
     assert "Traceback" not in log
+
+
+def test_the_token_never_reaches_logs_or_metrics(
+    chatllm_process: Callable[..., ChatllmProcess], data_dir: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """Right and wrong tokens on every door (HTTP, SSE, WebSocket, OpenAI, upload, gRPC), DEBUG logging:
+    neither appears in the log or in /metrics (values or labels)."""
+    token, wrong = f"tok-{secrets.token_hex(8)}", f"wrong-{secrets.token_hex(8)}"
+    proc, http_port, grpc_port = start_serve(
+        chatllm_process, data_dir, "--token", token, "--log-level", "DEBUG",
+        "--knowledge-base", "--milvus-uri", str(tmp_path / "kb.db"),
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{http_port}"
+    for key, expected in ((token, 200), (f"Bearer {token}", 200), (wrong, 401), (f"Bearer {wrong}", 401)):
+        headers = {"Authorization": key}
+        assert (
+            requests.post(url + "/", json={"prompt": "Hi", "max_new_tokens": 2}, headers=headers).status_code
+            == expected
+        )
+        sse = requests.post(url + "/", data=b"Hi", headers=headers | {"Accept": "text/event-stream"})
+        assert sse.status_code == expected
+        upload = requests.post(url + "/api/kb/t/documents", files={"file": ("n.md", b"# Note\nBlue.")}, headers=headers)
+        assert upload.status_code == expected, upload.text
+    ws = websocket.create_connection(url.replace("http", "ws") + "/", header=[f"Authorization: {token}"], timeout=300)
+    ws.send(json.dumps({"prompt": "Hi", "max_new_tokens": 2}))
+    while ws.recv() != "<EOS>":
+        pass
+    ws.close()
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        websocket.create_connection(url.replace("http", "ws") + "/", header=[f"Authorization: {wrong}"], timeout=60)
+    with openai.OpenAI(base_url=url + "/v1", api_key=token, max_retries=0) as client:
+        client.completions.create(model="m", prompt="Hi", max_tokens=2)
+    with openai.OpenAI(base_url=url + "/v1", api_key=wrong, max_retries=0) as client:
+        with pytest.raises(openai.AuthenticationError):
+            client.completions.create(model="m", prompt="Hi", max_tokens=2)
+    with ChatClient(f"127.0.0.1:{grpc_port}", token=token) as client:
+        assert client.chat("Hi", max_new_tokens=2).usage.completion_tokens == 2
+    with ChatClient(f"127.0.0.1:{grpc_port}", token=wrong) as client:
+        with pytest.raises(grpc.RpcError):
+            client.server_info()
+
+    metrics = requests.get(url + "/metrics", timeout=30).text
+    assert "chatllm_http_requests_total" in metrics and 'status="401"' in metrics
+    assert proc.terminate() == 0
+    log = proc.log()
+    assert "DEBUG" in log and "401" in log  # the log did record the traffic
+    for secret in (token, wrong):
+        assert secret not in metrics
+        assert secret not in log
 
 
 def test_bridge_on_a_busy_port_is_a_one_line_error() -> None:

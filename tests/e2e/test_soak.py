@@ -1,0 +1,32 @@
+"""The short version of bench/soak.py through a real `chatllm serve` (hf engine): mid-stream
+disconnects, 5x overload, fuzzed inputs, kill -9 during an ingest, SIGTERM under 32 streams.
+
+Asserts the counts the soak promises (0 leaked, 0 hung, 0 5xx, 0 partial, 0 dropped, exit 0),
+not the refusal latency: timings live in bench/results/soak-*.md, measured on a quiet machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.soak import QUICK, soak
+
+
+async def test_quick_soak_leaks_hangs_fails_and_drops_nothing(
+    data_dir: Path, model_dir: Path, output_dir: Path
+) -> None:
+    report = await soak("hf", QUICK, str(data_dir), output_dir)
+    table = "\n".join(" | ".join(map(str, row)) for row in report.rows)
+    values = report.values
+    assert values["disconnects"] == {"count": QUICK.disconnects, "leaked": 0}, table
+
+    overload = values["overload"]
+    assert overload["offered"] == QUICK.overload_factor * QUICK.capacity
+    assert overload["hung"] == 0 and overload["accepted_unanswered"] == 0, table
+    assert overload["refused"] >= (QUICK.overload_factor - 1) * QUICK.capacity // 2, table  # at most half freed slots
+    assert set(overload["refused_statuses"]) <= {429, 503}
+
+    assert values["fuzz"]["server_errors"] == 0 and values["fuzz"]["hung"] == 0, values["fuzz"]["examples"]
+    assert values["fuzz"]["still_answers"]
+    assert values["kill_during_ingest"] == {"kills": QUICK.kills, "partial": 0, "orphan_chunks": 0}, table
+    drain = values["drain"]
+    assert drain["completed"] == QUICK.drain_streams and drain["exit_code"] == 0, drain["failures"]
