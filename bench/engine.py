@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ChatllmSubprocess, markdown_table, percentile, write_results
+from bench.common import REPO, ChatllmSubprocess, markdown_table, percentile, write_results
 
 PROMPTS = [
     "Explain how a bicycle works.",
@@ -206,7 +206,7 @@ async def main() -> None:
     parser.add_argument("--backends", default=default_backends, help=f"comma-separated (default {default_backends})")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / ".cache" / "test-data"))
+    parser.add_argument("--data-dir", default=str(REPO / ".cache" / "test-data"))
     args = parser.parse_args()
     data_dir = Path(args.data_dir)
     results: list[LegResult] = []

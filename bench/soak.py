@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
 import re
@@ -227,8 +226,9 @@ def pumps_document(round_: int) -> bytes:
     return "\n".join(lines).encode()
 
 
-async def kill_during_ingest(stack: Stack, plan: Plan, round_: int, restart: Callable[[], Awaitable[Stack]]) -> Stack:
-    """Start an ingest, kill -9 the server while it writes chunks, restart on the same database."""
+async def kill_during_ingest(stack: Stack, round_: int, restart: Callable[[], Awaitable[Stack]]) -> tuple[Stack, bool]:
+    """Start an ingest, kill -9 the server while it writes chunks, restart on the same database.
+    Also says whether the kill interrupted the ingest (it may finish writing first)."""
     assert stack.client is not None
     filename = f"pumps-{round_}.txt"
     ingest = asyncio.create_task(
@@ -237,10 +237,13 @@ async def kill_during_ingest(stack: Stack, plan: Plan, round_: int, restart: Cal
     await asyncio.to_thread(stack.process.wait_for, rf"writing \d+ chunks of {filename}", 600)
     await asyncio.sleep(random.Random(round_).uniform(0.0, 0.3))
     os.kill(stack.process.proc.pid, signal.SIGKILL)
-    with contextlib.suppress(grpc.aio.AioRpcError):
+    try:
         await ingest
+        interrupted = False
+    except grpc.aio.AioRpcError:
+        interrupted = True
     await stack.close()
-    return await restart()
+    return await restart(), interrupted
 
 
 async def partial_documents(stack: Stack) -> tuple[int, int]:
@@ -308,14 +311,17 @@ async def soak(backend: str, plan: Plan, data_dir: str, workdir: Path) -> Report
             await disconnects(stack, session, plan, report)
             await overload(stack, session, plan, report)
             await fuzz(stack, session, plan, report)
-            partial = orphans = 0
+            partial = orphans = interrupted = 0
             for round_ in range(plan.kills):
-                stack = await kill_during_ingest(stack, plan, round_, start)
+                stack, cut = await kill_during_ingest(stack, round_, start)
                 found = await partial_documents(stack)
-                partial, orphans = partial + found[0], orphans + found[1]
-            report.values["kill_during_ingest"] = {"kills": plan.kills, "partial": partial, "orphan_chunks": orphans}
+                partial, orphans, interrupted = partial + found[0], orphans + found[1], interrupted + cut
+            report.values["kill_during_ingest"] = {
+                "kills": plan.kills, "interrupted": interrupted, "partial": partial, "orphan_chunks": orphans,
+            }  # fmt: skip
             report.add(
-                "kill -9 during ingest", f"{plan.kills} kill(s) while chunks are written, restart",
+                "kill -9 during ingest",
+                f"{plan.kills} kill(s) while chunks are written ({interrupted} cut an ingest short), restart",
                 f"{partial} partial documents, {orphans} orphaned chunks", "0 partial", partial == 0 and orphans == 0,
             )  # fmt: skip
             await drain(stack, session, plan, report)

@@ -21,7 +21,7 @@ def ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def obj(required: tuple[str, ...] = (), description: str = "", **properties: Schema) -> Schema:
+def obj(required: tuple[str, ...] = (), description: str = "", /, **properties: Schema) -> Schema:
     schema: Schema = {"type": "object", "properties": properties}
     if required:
         schema["required"] = list(required)

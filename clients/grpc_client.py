@@ -10,6 +10,7 @@ with ChatClient("localhost:50051") as client:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +156,7 @@ class AsyncChatClient:
     ) -> pb.IngestResponse:
         """Add a document (a file path, or `data` + `filename`) to a knowledge base."""
         if path is not None:
-            data = Path(path).read_bytes()
+            data = await asyncio.to_thread(Path(path).read_bytes)  # a big file must not stall the loop
             filename = filename or Path(path).name
         if data is None or not filename:
             raise ValueError("ingest needs a path, or data and filename")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import multiprocessing
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from collections.abc import Callable
 from typing import Any
 
 from chatllm.retrieval.errors import DocumentError

@@ -13,7 +13,7 @@ import contextlib
 import importlib.metadata
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,6 +28,7 @@ from chatllm.server.chat import Chat
 from chatllm.server.config import Config
 from chatllm.server.decoding import DecodeErrorInterceptor
 from chatllm.server.engines import running_engine
+from chatllm.server.engines.base import Engine
 from chatllm.server.errors import StartupError
 from chatllm.server.generation import GenerateService
 from chatllm.server.metrics_http import MetricsEndpoint
@@ -150,14 +151,14 @@ class ChatLLMServer:
         metrics.READY.set(1)
         log.info("ready: %s via %s on %s/%s", source.name, info.backend, info.device, info.dtype)
 
-    def _watch_engine(self, engine: object) -> object:
+    def _watch_engine(self, engine: Engine) -> Callable[[], Awaitable[None]]:
         """Flip readiness when the engine dies; returns the stopper for the exit stack."""
 
         async def watch() -> None:
             while True:
                 await asyncio.sleep(1.0)
                 try:
-                    await engine.check_health()  # type: ignore[attr-defined]
+                    await engine.check_health()
                 except Exception as exc:
                     # Liveness too: a dead engine does not come back, so let the orchestrator restart us.
                     log.error("engine is dead: %s; readiness and liveness NOT_SERVING", exc)

@@ -10,7 +10,7 @@ method's behaviour refuses the marker with INVALID_ARGUMENT naming the message t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -50,7 +50,7 @@ def _unary_unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
     return checked
 
 
-def _unary_stream(behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _unary_stream(behaviour: Callable[..., AsyncGenerator[Any, None]]) -> Callable[..., AsyncIterator[Any]]:
     async def checked(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         if isinstance(request, Undecodable):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _invalid(request))

@@ -27,6 +27,7 @@ async def test_quick_soak_leaks_hangs_fails_and_drops_nothing(
 
     assert values["fuzz"]["server_errors"] == 0 and values["fuzz"]["hung"] == 0, values["fuzz"]["examples"]
     assert values["fuzz"]["still_answers"]
-    assert values["kill_during_ingest"] == {"kills": QUICK.kills, "partial": 0, "orphan_chunks": 0}, table
+    killed = values["kill_during_ingest"]
+    assert (killed["kills"], killed["partial"], killed["orphan_chunks"]) == (QUICK.kills, 0, 0), table
     drain = values["drain"]
     assert drain["completed"] == QUICK.drain_streams and drain["exit_code"] == 0, drain["failures"]
