@@ -210,14 +210,16 @@ async def main() -> None:
     args = parser.parse_args()
     data_dir = Path(args.data_dir)
     results: list[LegResult] = []
+    from chatllm.server.model_source import resolve
+
+    # model.generate first, in a process no engine has touched yet: vLLM's CPU set-up changes
+    # process-wide thread settings that would slow a later torch run in this process.
+    model_dir = resolve(None, data_dir / "models").path
+    baseline = [generate_leg(model_dir, n, args.tokens) for n in args.concurrency]
     with tempfile.TemporaryDirectory() as logs:
         for backend in args.backends.split(","):
             results += await run_backend(backend.strip(), data_dir, args.concurrency, args.tokens, Path(logs))
-    from chatllm.server.model_source import resolve
-
-    model_dir = resolve(None, data_dir / "models").path
-    for n in args.concurrency:
-        results.append(generate_leg(model_dir, n, args.tokens))
+    results += baseline
     body, data = report(results, args.concurrency, args.tokens)
     path = write_results("engine", "Engine benchmark", body, data)
     print(body)
