@@ -62,7 +62,7 @@ class Config:
     tensor_parallel_size: int = option(1, "vLLM: GPUs to shard each layer over", "vllm")
     pipeline_parallel_size: int = option(1, "vLLM: pipeline stages (GPUs or nodes)", "vllm")
     gpu_memory_utilization: float = option(0.9, "vLLM: fraction of GPU memory to use", "vllm")
-    max_model_len: int = option(0, "cap on context length (0 = model's)", "vllm")
+    max_model_len: int = option(0, "cap on context length (0 = model's)", "engine")
     max_num_seqs: int = option(256, "vLLM: max sequences per batch", "vllm")
     enforce_eager: bool | None = option(None, "vLLM: no compilation/CUDA graphs (default: on for CPU)", "vllm")
     enable_prefix_caching: bool = option(True, "vLLM: reuse KV of shared prefixes", "vllm")

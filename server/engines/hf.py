@@ -22,7 +22,7 @@ from typing import Any
 from chatllm.server.config import Config
 from chatllm.server.engines.base import EngineInfo, EngineOutput, EngineStats, Finish
 from chatllm.server.engines.text_stream import IncrementalDetokenizer, StopMatcher
-from chatllm.server.errors import EngineDeadError, InvalidArgument
+from chatllm.server.errors import EngineDeadError, InvalidArgument, StartupError
 from chatllm.server.model_source import ModelSource
 from chatllm.server.sampling import SamplingOptions
 
@@ -55,6 +55,19 @@ def _kv_blocks(model_config: Any, dtype_bytes: int, space_gib: float) -> int:
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     bytes_per_token = 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
     return max(1, int(space_gib * 1024**3 // (bytes_per_token * PAGE_SIZE)))
+
+
+def _check_cache_holds_context(blocks: int, context: int, space_gib: float) -> None:
+    """A request as long as the context must fit in the cache: the library's scheduler would
+    otherwise wait forever for blocks that can never free up (as vLLM, refuse to start)."""
+    capacity = blocks * PAGE_SIZE
+    if capacity >= context:
+        return
+    needed = space_gib * context / capacity
+    raise StartupError(
+        f"--kv-cache-space {space_gib:g} GiB holds {capacity} tokens, less than the context of {context}: "
+        f"give it at least {needed:.2f} GiB, or cap the context with --max-model-len {capacity}"
+    )
 
 
 class HFEngine:
@@ -114,6 +127,10 @@ class HFEngine:
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
         )
         blocks = _kv_blocks(model.config, dtype.itemsize, config.kv_cache_space)
+        context = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 2048)
+        if config.max_model_len:
+            context = min(context, config.max_model_len)
+        _check_cache_holds_context(blocks, context, config.kv_cache_space)
         cb_config = ContinuousBatchingConfig(
             page_size=PAGE_SIZE,
             num_blocks=blocks,
@@ -122,9 +139,6 @@ class HFEngine:
         )
         manager = model.init_continuous_batching(generation_config=cb_generation, continuous_batching_config=cb_config)
         manager.start()
-        context = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 2048)
-        if config.max_model_len:
-            context = min(context, config.max_model_len)
         info = EngineInfo(backend="hf", device=device, dtype=dtype_name, context_length=context)
         log.info(
             "hf engine ready in %.1fs: %s on %s/%s, KV cache %d blocks of %d tokens, context %d",

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from chatllm.clients import AsyncChatClient
 from chatllm.proto import SERVICE_NAME, pb
 from chatllm.server.app import ChatLLMServer
+from chatllm.server.errors import StartupError
 from tests.servers import grpc_server, make_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -210,3 +211,25 @@ async def test_knowledge_base_disabled_is_unavailable(client: AsyncChatClient) -
         await client.chat(QUESTION, knowledge_base="default")
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "knowledge base" in err.value.details()
+
+
+async def test_a_kv_cache_smaller_than_the_context_is_a_startup_error(data_dir: Path, model_dir: Path) -> None:
+    """One 256-token block cannot hold the model's 8192-token context: refuse to start, saying what
+    to change, rather than let a long request wait forever for blocks that never free up."""
+    with pytest.raises(StartupError, match=r"holds 256 tokens.*--max-model-len 256"):
+        async with grpc_server(make_config(data_dir, kv_cache_space=0.02)):
+            pass
+
+
+async def test_requests_that_each_fill_the_whole_cache_take_turns(data_dir: Path, model_dir: Path) -> None:
+    """With the context capped to the cache, two answers that each need every block both finish."""
+    async with grpc_server(make_config(data_dir, kv_cache_space=0.02, max_model_len=256)) as server:
+        async with AsyncChatClient(f"127.0.0.1:{server.port}") as client:
+            answers = await asyncio.wait_for(
+                asyncio.gather(
+                    *(client.chat(QUESTION, max_new_tokens=180, ignore_eos=True, temperature=0.0) for _ in range(2))
+                ),
+                timeout=300,
+            )
+            assert [a.usage.completion_tokens for a in answers] == [180, 180]
+            assert (await client.server_info()).model.context_length == 256
