@@ -18,6 +18,17 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = RESULTS.parent.parent
+# The benchmarks' questions: short, varied, each answered at length (EOS is ignored anyway).
+PROMPTS = [
+    "Explain how a bicycle works.",
+    "Write a short poem about the sea.",
+    "What is photosynthesis?",
+    "Describe the water cycle.",
+    "Give three tips for learning a language.",
+    "What is a neural network?",
+    "Summarise the plot of a detective story.",
+    "Why is the sky blue?",
+]
 
 
 def machine() -> dict[str, Any]:

@@ -41,18 +41,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, ChatllmSubprocess, markdown_table, percentile, write_results
+from bench.common import PROMPTS, REPO, ChatllmSubprocess, markdown_table, percentile, write_results
 
-PROMPTS = [
-    "Explain how a bicycle works.",
-    "Write a short poem about the sea.",
-    "What is photosynthesis?",
-    "Describe the water cycle.",
-    "Give three tips for learning a language.",
-    "What is a neural network?",
-    "Summarise the plot of a detective story.",
-    "Why is the sky blue?",
-]
 # The engine settings both servers get.
 CHATLLM_ENGINE_FLAGS = ["--backend", "vllm", "--precision", "fp32", "--kv-cache-space", "1", "--max-num-seqs", "256"]
 VLLM_ENGINE_FLAGS = [

@@ -28,18 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, markdown_table, write_results
-
-PROMPTS = [
-    "Explain how a bicycle works.",
-    "Write a short poem about the sea.",
-    "What is photosynthesis?",
-    "Describe the water cycle.",
-    "Give three tips for learning a language.",
-    "What is a neural network?",
-    "Summarise the plot of a detective story.",
-    "Why is the sky blue?",
-]
+from bench.common import PROMPTS, REPO, markdown_table, write_results
 
 
 def torch_libgomp() -> str:

@@ -5,12 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from chatllm.clients import AsyncChatClient
+from chatllm.proto import pb
 from chatllm.server.app import ChatLLMServer
 from chatllm.server.config import Config
+
+
+async def wait_engine_idle(client: AsyncChatClient, within: float) -> pb.ServerInfo:
+    """Poll until the engine has no running or waiting request (or `within` seconds pass)."""
+    deadline = time.monotonic() + within
+    while True:
+        info = await client.server_info()
+        if (info.active_requests == 0 and info.waiting_requests == 0) or time.monotonic() > deadline:
+            return info
+        await asyncio.sleep(0.05)
 
 
 def make_config(data_dir: Path, **overrides: Any) -> Config:

@@ -14,7 +14,7 @@ from chatllm.clients import AsyncChatClient
 from chatllm.proto import pb
 from chatllm.server.app import ChatLLMServer
 from chatllm.server.config import Config
-from tests.servers import ServerThread, grpc_server
+from tests.servers import ServerThread, grpc_server, wait_engine_idle
 
 
 @dataclass
@@ -40,13 +40,8 @@ class Stack:
 
     async def wait_engine_idle(self, within: float, token: str | None = None) -> pb.ServerInfo:
         """Poll until the engine has no running or waiting request (or `within` seconds pass)."""
-        deadline = time.monotonic() + within
         async with AsyncChatClient(self.grpc_target, token=token) as client:
-            while True:
-                info = await client.server_info()
-                if (info.active_requests == 0 and info.waiting_requests == 0) or time.monotonic() > deadline:
-                    return info
-                await asyncio.sleep(0.05)
+            return await wait_engine_idle(client, within)
 
     async def wait_engine_busy(self, within: float, token: str | None = None) -> pb.ServerInfo:
         deadline = time.monotonic() + within

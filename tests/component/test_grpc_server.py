@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from chatllm.clients import AsyncChatClient
 from chatllm.proto import SERVICE_NAME, pb
 from chatllm.server.app import ChatLLMServer
 from chatllm.server.errors import StartupError
-from tests.servers import grpc_server, make_config
+from tests.servers import grpc_server, make_config, wait_engine_idle
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -33,15 +32,6 @@ async def server(data_dir: Path, model_dir: Path) -> AsyncIterator[ChatLLMServer
 async def client(server: ChatLLMServer) -> AsyncIterator[AsyncChatClient]:
     async with AsyncChatClient(f"127.0.0.1:{server.port}") as c:
         yield c
-
-
-async def wait_engine_idle(client: AsyncChatClient, within: float) -> pb.ServerInfo:
-    deadline = time.monotonic() + within
-    while True:
-        info = await client.server_info()
-        if (info.active_requests == 0 and info.waiting_requests == 0) or time.monotonic() > deadline:
-            return info
-        await asyncio.sleep(0.05)
 
 
 async def test_stream_of_deltas_concatenates_to_the_final_text(client: AsyncChatClient) -> None:

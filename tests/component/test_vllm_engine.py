@@ -23,7 +23,7 @@ from chatllm.server.app import ChatLLMServer
 from chatllm.server.engines.process_owner import vllm_processes
 from chatllm.server.engines.vllm_setup import vllm_build
 from chatllm.server.model_source import builtin_gguf
-from tests.servers import grpc_server, make_config
+from tests.servers import grpc_server, make_config, wait_engine_idle
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="session"),
@@ -48,15 +48,6 @@ async def server(data_dir: Path, model_dir: Path) -> AsyncIterator[ChatLLMServer
 async def client(server: ChatLLMServer) -> AsyncIterator[AsyncChatClient]:
     async with AsyncChatClient(f"127.0.0.1:{server.port}") as c:
         yield c
-
-
-async def wait_engine_idle(client: AsyncChatClient, within: float) -> pb.ServerInfo:
-    deadline = time.monotonic() + within
-    while True:
-        info = await client.server_info()
-        if (info.active_requests == 0 and info.waiting_requests == 0) or time.monotonic() > deadline:
-            return info
-        await asyncio.sleep(0.05)
 
 
 async def test_auto_backend_serves_the_gguf_with_vllm_in_fp32(client: AsyncChatClient) -> None:
