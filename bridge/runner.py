@@ -103,23 +103,14 @@ async def serve_until_signal(config: Config) -> None:
         bridge = BridgeServer(config, loopback_target(config.grpc_host, server.port))
         await bridge.start()
         bridge_stopped = False
-        load = asyncio.create_task(server.load(stack))
-        stopped = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if not load.done():
-                log.info("stop requested while loading")
-                load.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await load
+            if not await server.load_unless_stopped(stack, stop):
                 return
-            load.result()  # raise StartupError and friends
-            await stopped
+            await stop.wait()
             log.info("shutdown requested: draining")
             # Both at once: the bridge's in-flight streams need the server while it drains.
             await asyncio.gather(server.drain(), bridge.stop())
             bridge_stopped = True
         finally:
-            stopped.cancel()
             if not bridge_stopped:
                 await bridge.stop()

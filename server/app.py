@@ -190,6 +190,24 @@ class ChatLLMServer:
         if self.metrics is not None:
             await self.metrics.stop()
 
+    async def load_unless_stopped(self, stack: contextlib.AsyncExitStack, stop: asyncio.Event) -> bool:
+        """Load the model, unless `stop` is set first (then cancel the load: False).
+        StartupError and friends propagate."""
+        load = asyncio.create_task(self.load(stack))
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not load.done():
+            log.info("stop requested while loading")
+            load.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await load
+            return False
+        load.result()
+        return True
+
     @classmethod
     @contextlib.asynccontextmanager
     async def running(cls, config: Config) -> AsyncIterator[ChatLLMServer]:
@@ -215,21 +233,10 @@ async def serve_until_signal(config: Config, on_ready: asyncio.Event | None = No
     async with contextlib.AsyncExitStack() as stack:
         await server.start()
         stack.push_async_callback(server.stop)
-        load = asyncio.create_task(server.load(stack))
-        stopped = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait({load, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if not load.done():
-                log.info("stop requested while loading")
-                load.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await load
-                return
-            load.result()  # raise StartupError and friends
-            if on_ready is not None:
-                on_ready.set()
-            await stopped
-            log.info("shutdown requested: draining")
-            await server.drain()
-        finally:
-            stopped.cancel()
+        if not await server.load_unless_stopped(stack, stop):
+            return
+        if on_ready is not None:
+            on_ready.set()
+        await stop.wait()
+        log.info("shutdown requested: draining")
+        await server.drain()
