@@ -34,7 +34,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import PROMPTS, REPO, ChatllmSubprocess, markdown_table, percentile, write_results
+from bench.common import PROMPTS, REPO, ChatllmSubprocess, grpc_timed_stream, markdown_table, percentile, write_results
 
 ENGINE_FLAGS = {
     "vllm": ["--backend", "vllm", "--precision", "fp32", "--kv-cache-space", "1", "--max-num-seqs", "256"],
@@ -69,17 +69,7 @@ async def grpc_streams(target: str, tokens: int) -> AsyncIterator[OneStream]:
     from chatllm.clients import AsyncChatClient
 
     async with AsyncChatClient(target) as client:
-
-        async def one(i: int) -> tuple[int, float]:
-            started, first, count = time.perf_counter(), 0.0, 0
-            prompt = PROMPTS[i % len(PROMPTS)]
-            async for r in client.stream(prompt, max_new_tokens=tokens, temperature=0.0, ignore_eos=True):
-                if r.text and not first:
-                    first = time.perf_counter() - started
-                count = r.completion_tokens
-            return count, first
-
-        yield one
+        yield lambda i: grpc_timed_stream(client, i, tokens)
 
 
 def legacy_body(i: int, tokens: int, stream: bool = True) -> dict[str, Any]:
@@ -184,7 +174,7 @@ async def run_all(args: argparse.Namespace, grpc_target: str, bridge: Bridge) ->
         legs = {GRPC: grpc_one, NUL: nul_one, WEBSOCKET: ws_one}
         for one in legs.values():  # warm-up: first requests pay for lazy initialisation
             await one(0)
-        results = []
+        results: list[Run] = []
         for n in args.concurrency:
             best: dict[str, Run] = {}
             per_stream = -(-args.min_requests // n)  # enough requests that CPU ticks (10 ms) resolve

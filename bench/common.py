@@ -31,6 +31,18 @@ PROMPTS = [
 ]
 
 
+async def grpc_timed_stream(client: Any, i: int, tokens: int) -> tuple[int, float]:
+    """Stream prompt i through an AsyncChatClient, greedy with EOS ignored:
+    (completion tokens, seconds until the first text arrived)."""
+    started, first, count = time.perf_counter(), 0.0, 0
+    prompt = PROMPTS[i % len(PROMPTS)]
+    async for response in client.stream(prompt, max_new_tokens=tokens, temperature=0.0, ignore_eos=True):
+        if response.text and not first:
+            first = time.perf_counter() - started
+        count = response.completion_tokens
+    return count, first
+
+
 def machine() -> dict[str, Any]:
     """CPU model, cores, memory, GPU (if any), Python and library versions."""
     cpu = platform.processor()

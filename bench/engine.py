@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import PROMPTS, REPO, ChatllmSubprocess, markdown_table, percentile, write_results
+from bench.common import PROMPTS, REPO, ChatllmSubprocess, grpc_timed_stream, markdown_table, percentile, write_results
 
 
 @dataclass
@@ -53,17 +53,8 @@ async def grpc_leg(target: str, n: int, tokens: int, leg: str) -> LegResult:
 
     async with AsyncChatClient(target) as client:
 
-        async def one(i: int) -> tuple[int, float]:
-            start = time.perf_counter()
-            first = None
-            count = 0
-            async for r in client.stream(
-                PROMPTS[i % len(PROMPTS)], max_new_tokens=tokens, temperature=0.0, ignore_eos=True
-            ):
-                if r.text and first is None:
-                    first = time.perf_counter() - start
-                count = r.completion_tokens
-            return count, first or 0.0
+        def one(i: int) -> Awaitable[tuple[int, float]]:
+            return grpc_timed_stream(client, i, tokens)
 
         await one(0)  # warm-up
         return await timed(n, one, leg)

@@ -41,7 +41,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import PROMPTS, REPO, ChatllmSubprocess, markdown_table, percentile, write_results
+from bench.common import PROMPTS, REPO, ChatllmSubprocess, grpc_timed_stream, markdown_table, percentile, write_results
 
 # The engine settings both servers get.
 CHATLLM_ENGINE_FLAGS = ["--backend", "vllm", "--precision", "fp32", "--kv-cache-space", "1", "--max-num-seqs", "256"]
@@ -128,20 +128,7 @@ async def grpc_streams(target: str, tokens: int) -> AsyncIterator[OneStream]:
     from chatllm.clients import AsyncChatClient
 
     async with AsyncChatClient(target) as client:
-
-        async def one(i: int) -> tuple[int, float]:
-            start = time.perf_counter()
-            first = None
-            count = 0
-            async for r in client.stream(
-                PROMPTS[i % len(PROMPTS)], max_new_tokens=tokens, temperature=0.0, ignore_eos=True
-            ):
-                if r.text and first is None:
-                    first = time.perf_counter() - start
-                count = r.completion_tokens
-            return count, first or 0.0
-
-        yield one
+        yield lambda i: grpc_timed_stream(client, i, tokens)
 
 
 @contextlib.asynccontextmanager
