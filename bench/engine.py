@@ -106,8 +106,8 @@ def generate_leg(model_dir: Path, n: int, tokens: int) -> LegResult:
 
 
 async def run_backend(backend: str, data_dir: Path, levels: list[int], tokens: int, log_dir: Path) -> list[LegResult]:
+    from chatllm.clients.config import Config
     from chatllm.server.chat import Chat
-    from chatllm.server.config import Config
     from chatllm.server.engines import running_engine
     from chatllm.server.model_source import resolve
 
@@ -139,8 +139,8 @@ async def run_backend(backend: str, data_dir: Path, levels: list[int], tokens: i
     finally:
         server.stop()
 
-    config = Config(backend=backend, data_dir=str(data_dir), knowledge_base=False)
-    source = resolve(None, config.models_dir)
+    config = Config.build(backend=backend, data_dir=str(data_dir), knowledge_base=False)
+    source = resolve(None, config.common.models_dir)
     async with running_engine(config, source) as engine:
         chat = Chat(engine.tokenizer, engine.info.context_length, max_round=5)
         for n in levels:

@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.common import markdown_table, percentile, write_results
+from chatllm.clients.config import Config
 from chatllm.retrieval.evaluation import documents, load_questions, recall_at_k
 from chatllm.retrieval.knowledge_bases import KnowledgeBases
 from chatllm.retrieval.lexical import join_terms, tokenize
 from chatllm.retrieval.loaders import load_document
 from chatllm.retrieval.store import ChunkRow, DocumentRecord, MilvusStore
-from chatllm.server.config import Config
 from chatllm.server.knowledge import open_knowledge_bases
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
@@ -133,8 +133,8 @@ def summary(samples: list[float]) -> dict[str, float]:
 def bench_latency(config: Config, sizes: list[int], queries: int, rng: random.Random) -> list[dict[str, Any]]:
     results = []
     for size in sizes:
-        uri = str(Path(config.data_dir) / f"lat{size}.db")
-        knowledge = open_knowledge_bases(config.replace(milvus_uri=uri))
+        uri = str(Path(config.common.data_dir) / f"lat{size}.db")
+        knowledge = open_knowledge_bases(config.replace(milvus_uri=uri).kb, config.common.kb_dir)
         fill_seconds = fill(knowledge, "big", size, rng)
         knowledge.store.close()
         # A restart: what a server start-up costs at this size (lexical index rebuilt from the store).
@@ -178,7 +178,9 @@ def measure(knowledge: KnowledgeBases, asked: list[str]) -> dict[str, Any]:
 
 
 def bench_recall(config: Config) -> list[dict[str, Any]]:
-    knowledge = open_knowledge_bases(config.replace(milvus_uri=str(Path(config.data_dir) / "recall.db")))
+    knowledge = open_knowledge_bases(
+        config.replace(milvus_uri=str(Path(config.common.data_dir) / "recall.db")).kb, config.common.kb_dir
+    )
     rows = []
     for name in ("en", "zh"):
         folder = DATA / f"kb_{name}"
@@ -203,10 +205,12 @@ def main() -> None:
     rng = random.Random(7)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="chatllm-bench-kb-") as tmp:
-        config = Config(data_dir=tmp)
+        config = Config.build(data_dir=tmp)
         recall = bench_recall(config)
         print(f"recall: {recall}", flush=True)
-        knowledge = open_knowledge_bases(config.replace(milvus_uri=str(Path(tmp) / "ingest.db")))
+        knowledge = open_knowledge_bases(
+            config.replace(milvus_uri=str(Path(tmp) / "ingest.db")).kb, config.common.kb_dir
+        )
         ingest = bench_ingest(knowledge, args.ingest_docs, rng)
         knowledge.store.close()
         print(f"ingest: {ingest}", flush=True)

@@ -51,14 +51,14 @@ def variants() -> dict[str, dict[str, str]]:
 
 async def measure(levels: list[int], tokens: int, repeats: int, data_dir: Path) -> dict[str, Any]:
     """In the child: start the engine (our adapter, so our env handling is what is measured)."""
+    from chatllm.clients.config import Config
     from chatllm.server.chat import Chat, ChatInput
-    from chatllm.server.config import Config
     from chatllm.server.engines.vllm import VLLMEngine
     from chatllm.server.model_source import resolve
     from chatllm.server.sampling import SamplingOptions
 
-    config = Config(backend="vllm", data_dir=str(data_dir), knowledge_base=False, log_level="WARNING")
-    source = resolve(None, config.models_dir)
+    config = Config.build(backend="vllm", data_dir=str(data_dir), knowledge_base=False, log_level="WARNING")
+    source = resolve(None, config.common.models_dir)
     options = SamplingOptions(max_new_tokens=tokens, temperature=0.0, top_k=0, top_p=1.0, greedy=True, ignore_eos=True)
     started = time.perf_counter()
     async with VLLMEngine.running(config, source) as engine:

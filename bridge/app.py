@@ -8,16 +8,15 @@ from aiohttp import web
 
 from chatllm.bridge import health, kb_api, legacy, openai_api, openapi
 from chatllm.bridge import web as web_page
-from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM, BridgeState
+from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM, BridgeSettings, BridgeState
 from chatllm.bridge.middleware import MIDDLEWARES, is_websocket
 from chatllm.bridge.upstream import Upstream
 from chatllm.bridge.websocket import handle_websocket
-from chatllm.server.config import Config
 
 
-def build_app(config: Config, upstream_target: str) -> web.Application:
+def build_app(config: BridgeSettings, upstream_target: str) -> web.Application:
     """The bridge for `upstream_target` (host:port, or dns:///name:port for round-robin)."""
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=MIDDLEWARES)
+    app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=MIDDLEWARES)
     app[CONFIG] = config
     app[STATE] = BridgeState()
     app.cleanup_ctx.append(_upstream_channel(config, upstream_target))
@@ -57,9 +56,9 @@ async def _unknown_v1_route(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound(text=f"no such OpenAI-compatible route: {request.method} {request.path}")
 
 
-def _upstream_channel(config: Config, target: str) -> Callable[[web.Application], AsyncIterator[None]]:
+def _upstream_channel(config: BridgeSettings, target: str) -> Callable[[web.Application], AsyncIterator[None]]:
     async def channel(app: web.Application) -> AsyncIterator[None]:
-        upstream = Upstream(target, config.token, config.request_timeout)
+        upstream = Upstream(target, config.security.token, config.limits.request_timeout)
         app[UPSTREAM] = upstream
         yield
         await upstream.close()

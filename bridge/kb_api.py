@@ -145,7 +145,7 @@ async def _ingest_part(
 ) -> pb.IngestResponse:
     """Relay one file part to Ingest as it arrives; cancel the call when it grows past the limit."""
     upstream = request.app[UPSTREAM]
-    limit = request.app[CONFIG].max_upload_bytes
+    limit = request.app[CONFIG].limits.max_upload_bytes
     call = upstream.stub.Ingest(metadata=_metadata(request), timeout=upstream.timeout)
     try:
         mime_type = utf8_header(part.headers.get("Content-Type", ""), "Content-Type")

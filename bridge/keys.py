@@ -10,7 +10,21 @@ from aiohttp import web
 
 from chatllm.bridge.relay import InFlightCalls
 from chatllm.bridge.upstream import Upstream
-from chatllm.server.config import Config
+from chatllm.clients.config import BridgeConfig, Config, HistoryConfig, LimitsConfig, SecurityConfig
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    """The config sections the bridge uses (it never sees the model's, the engine's or the server's)."""
+
+    bridge: BridgeConfig
+    history: HistoryConfig
+    limits: LimitsConfig
+    security: SecurityConfig
+
+    @classmethod
+    def of(cls, config: Config) -> BridgeSettings:
+        return cls(config.bridge, config.history, config.limits, config.security)
 
 
 class Drainable(Protocol):
@@ -39,6 +53,6 @@ class BridgeState:
             self.idle.set()
 
 
-CONFIG = web.AppKey("config", Config)
+CONFIG = web.AppKey("config", BridgeSettings)
 UPSTREAM = web.AppKey("upstream", Upstream)
 STATE = web.AppKey("state", BridgeState)

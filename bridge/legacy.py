@@ -53,7 +53,7 @@ def server_sent_event(obj: dict[str, Any]) -> bytes:
 
 async def handle_post(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
-    if config.no_api:
+    if config.bridge.no_api:
         raise web.HTTPNotFound(text="the API is disabled on this server (--no-api)")
     legacy = from_http_body(await request.read(), request.content_type)
     wants_sse = "text/event-stream" in request.headers.get("Accept", "")

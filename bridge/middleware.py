@@ -13,7 +13,7 @@ from aiohttp import web
 from chatllm.bridge import errors, metrics
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.keys import CONFIG, STATE
-from chatllm.server.auth import token_matches
+from chatllm.clients.auth import token_matches
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -86,7 +86,7 @@ def _is_public(request: web.Request) -> bool:
     if name in ALWAYS_PUBLIC:
         return True
     if name == "metrics":
-        return not request.app[CONFIG].protect_metrics
+        return not request.app[CONFIG].security.protect_metrics
     if name == "static":
         return True
     return name == "root" and not is_websocket(request)  # the web page itself; its API calls need the token
@@ -109,7 +109,7 @@ def presented_token(request: web.Request) -> str | None:
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     """With --token, every API route and the WebSocket handshake need `Authorization: <token>`."""
-    token = request.app[CONFIG].token
+    token = request.app[CONFIG].security.token
     if token and not _is_public(request) and not token_matches(presented_token(request), token):
         raise errors.unauthorized()
     return await handler(request)

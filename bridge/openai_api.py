@@ -107,7 +107,7 @@ async def _models(request: web.Request) -> Any:
 
 
 def _require_api(request: web.Request) -> None:
-    if request.app[CONFIG].no_api:
+    if request.app[CONFIG].bridge.no_api:
         raise web.HTTPNotFound(text="the API is disabled on this server (--no-api)")
 
 

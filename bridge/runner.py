@@ -1,5 +1,5 @@
-"""Running the bridge: alone (`chatllm bridge`) or with the gRPC server in one
-process and event loop (`chatllm serve`), with a graceful drain on SIGTERM/SIGINT.
+"""Running the bridge (`chatllm bridge`; `chatllm serve` runs it beside the gRPC server in
+one event loop, see chatllm.clients.cli_server), with a graceful drain on SIGTERM/SIGINT.
 
 Drain: readiness flips to 503, the listening socket closes, each WebSocket
 finishes its current answer and closes with 1001, HTTP streams get
@@ -16,8 +16,8 @@ import signal
 from aiohttp import web
 
 from chatllm.bridge.app import build_app
-from chatllm.bridge.keys import STATE
-from chatllm.server.config import Config
+from chatllm.bridge.keys import STATE, BridgeSettings
+from chatllm.clients.config import Config
 
 log = logging.getLogger(__name__)
 LEFTOVER_TIMEOUT_S = 1.0  # after the grace period: how long cancelled handlers get to unwind
@@ -25,9 +25,9 @@ LEFTOVER_TIMEOUT_S = 1.0  # after the grace period: how long cancelled handlers 
 
 class BridgeServer:
     def __init__(self, config: Config, upstream_target: str) -> None:
-        self.config = config
+        self.settings = BridgeSettings.of(config)
         self.upstream_target = upstream_target
-        self.app = build_app(config, upstream_target)
+        self.app = build_app(self.settings, upstream_target)
         # handler_cancellation: a client that disconnects cancels its handler, and so its gRPC call.
         # The grace period is ours (stop()); aiohttp's own shutdown only cancels what is left.
         self._runner = web.AppRunner(self.app, handler_cancellation=True, shutdown_timeout=LEFTOVER_TIMEOUT_S)
@@ -35,10 +35,10 @@ class BridgeServer:
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        site = web.TCPSite(self._runner, self.settings.bridge.host, self.settings.bridge.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
-        log.info("HTTP listening on %s:%d (upstream %s)", self.config.host, self.port, self.upstream_target)
+        log.info("HTTP listening on %s:%d (upstream %s)", self.settings.bridge.host, self.port, self.upstream_target)
 
     async def stop(self) -> None:
         """Drain (see the module docstring) and release the upstream channel."""
@@ -48,7 +48,7 @@ class BridgeServer:
             await site.stop()  # no new connections
         for session in list(state.websockets):
             session.drain()
-        grace = self.config.shutdown_grace
+        grace = self.settings.limits.shutdown_grace
         if state.active:
             try:
                 await asyncio.wait_for(state.idle.wait(), grace)
@@ -70,7 +70,7 @@ def loopback_target(grpc_host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def _stop_event() -> asyncio.Event:
+def stop_event() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -80,7 +80,7 @@ def _stop_event() -> asyncio.Event:
 
 async def bridge_until_signal(config: Config, upstream_target: str) -> None:
     """`chatllm bridge`: serve until SIGTERM/SIGINT, then drain."""
-    stop = _stop_event()
+    stop = stop_event()
     bridge = BridgeServer(config, upstream_target)
     await bridge.start()
     try:
@@ -88,29 +88,3 @@ async def bridge_until_signal(config: Config, upstream_target: str) -> None:
         log.info("shutdown requested: draining")
     finally:
         await bridge.stop()
-
-
-async def serve_until_signal(config: Config) -> None:
-    """`chatllm serve`: gRPC server and bridge in this event loop, the bridge calling the server
-    over loopback gRPC (the same path as a separate bridge). StartupError propagates."""
-    from chatllm.server.app import ChatLLMServer  # not imported by `chatllm bridge`: no server metrics there
-
-    stop = _stop_event()
-    server = ChatLLMServer(config)
-    async with contextlib.AsyncExitStack() as stack:
-        await server.start()
-        stack.push_async_callback(server.stop)
-        bridge = BridgeServer(config, loopback_target(config.grpc_host, server.port))
-        await bridge.start()
-        bridge_stopped = False
-        try:
-            if not await server.load_unless_stopped(stack, stop):
-                return
-            await stop.wait()
-            log.info("shutdown requested: draining")
-            # Both at once: the bridge's in-flight streams need the server while it drains.
-            await asyncio.gather(server.drain(), bridge.stop())
-            bridge_stopped = True
-        finally:
-            if not bridge_stopped:
-                await bridge.stop()

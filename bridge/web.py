@@ -30,13 +30,13 @@ def add_routes(app: web.Application) -> None:
     router = app.router
     router.add_get("/api/info", info, name="api_info")
     router.add_get("/api/chat", page_socket, name="api_chat")
-    if not app[CONFIG].api_only:
+    if not app[CONFIG].bridge.api_only:
         router.add_get("/static/{filename:.+}", static_file, name="static")
 
 
 async def index(request: web.Request) -> web.StreamResponse:
     """The chat page itself (public: its API calls carry the token)."""
-    if request.app[CONFIG].api_only:
+    if request.app[CONFIG].bridge.api_only:
         raise web.HTTPNotFound(text="the web page is disabled on this server (--api-only)")
     return web.FileResponse(STATIC_DIR / "index.html", headers=NO_CACHE)
 

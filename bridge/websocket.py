@@ -27,12 +27,11 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from chatllm.bridge import errors, metrics
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM
+from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM, BridgeSettings
 from chatllm.bridge.legacy_request import LEGACY_FIELDS, from_text_or_json
 from chatllm.bridge.middleware import presented_token
 from chatllm.bridge.relay import InFlightCalls, Progress, relay, request_id
 from chatllm.bridge.upstream import Upstream
-from chatllm.server.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ class WebSocketSession:
     def __init__(
         self,
         ws: web.WebSocketResponse,
-        config: Config,
+        config: BridgeSettings,
         upstream: Upstream,
         authorization: str | None,
         calls: InFlightCalls,
@@ -58,7 +57,7 @@ class WebSocketSession:
         self.upstream = upstream
         self.authorization = authorization
         self.history: list[tuple[str, str]] = []
-        self.queue: asyncio.Queue[object] = asyncio.Queue(maxsize=config.ws_max_pending)
+        self.queue: asyncio.Queue[object] = asyncio.Queue(maxsize=config.limits.ws_max_pending)
         self.draining = False
 
     def drain(self) -> None:
@@ -82,7 +81,9 @@ class WebSocketSession:
                     self.queue.put_nowait(text)
                 except asyncio.QueueFull:
                     close_code = WSCloseCode.TRY_AGAIN_LATER
-                    close_reason = f"more than {self.config.ws_max_pending} prompts pending; wait for <EOS>".encode()
+                    close_reason = (
+                        f"more than {self.config.limits.ws_max_pending} prompts pending; wait for <EOS>".encode()
+                    )
                     break
         finally:
             worker.cancel()  # a close mid-answer cancels the answer (and so its gRPC call)
@@ -150,7 +151,7 @@ class WebSocketSession:
         await self.ws.send_str(EOS)
 
     def _trim(self, history: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        rounds = self.config.max_round
+        rounds = self.config.history.max_round
         return list(history[-rounds:]) if rounds > 0 else []
 
 
@@ -183,13 +184,15 @@ def _utf8_or_none(data: bytes) -> str | None:
 async def handle_websocket(request: web.Request, page: bool = False) -> web.StreamResponse:
     """The WebSocket API; `page` is the web page's own socket (/api/chat), which --no-api keeps."""
     config, state = request.app[CONFIG], request.app[STATE]
-    if config.no_api and not page:
+    if config.bridge.no_api and not page:
         raise web.HTTPNotFound(text="the API is disabled on this server (--no-api)")
     if state.draining:
         raise errors.unavailable("server is shutting down; reconnect to another replica", code="draining")
-    if len(state.websockets) >= config.ws_max_connections:
-        raise errors.unavailable(f"too many WebSocket connections (limit {config.ws_max_connections})", code="busy")
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=config.max_body_bytes, compress=False)
+    if len(state.websockets) >= config.limits.ws_max_connections:
+        raise errors.unavailable(
+            f"too many WebSocket connections (limit {config.limits.ws_max_connections})", code="busy"
+        )
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=config.limits.max_body_bytes, compress=False)
     authorization = presented_token(request)
     session = WebSocketSession(ws, config, request.app[UPSTREAM], authorization, state.calls)
     state.websockets.add(session)  # before the first await, so the limit cannot be overshot

@@ -7,21 +7,12 @@ function; this module only assembles them.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from chatllm.clients import cli_chat, cli_kb, cli_server
 
 COMMAND_MODULES = [cli_server, cli_chat, cli_kb]
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,97 +1,97 @@
 """`chatllm server` (the gRPC server alone), `chatllm serve` (server + bridge in one
-process) and `chatllm bridge` (the HTTP/WebSocket bridge alone)."""
+process) and `chatllm bridge` (the HTTP/WebSocket bridge alone).
+
+`serve` is where the two halves meet: the bridge and the server never import each other."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from chatllm.server.config import Config, add_config_arguments, from_args
-from chatllm.server.errors import StartupError
+from chatllm.clients.config import Config, add_config_arguments, from_args
 
-DEFAULT_SERVER_METRICS_PORT = 8001
 DEFAULT_UPSTREAM = "localhost:50051"
+log = logging.getLogger("chatllm.serve")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def register(subparsers: Any) -> None:
-    server = subparsers.add_parser("server", help="run the gRPC server alone")
-    add_config_arguments(server, "server")
-    server.set_defaults(handler=run_server)
-
-    serve = subparsers.add_parser("serve", help="run the gRPC server and the HTTP/WebSocket bridge in one process")
-    add_config_arguments(serve, "serve")
-    serve.set_defaults(handler=run_serve)
-
-    bridge = subparsers.add_parser("bridge", help="run the HTTP/WebSocket bridge alone, in front of --upstream")
-    add_config_arguments(bridge, "bridge")
-    # Server-group options the bridge also uses: the WebSocket history bound and the drain time.
-    bridge.add_argument(
-        "--max-round",
-        "--max_round",
-        dest="max_round",
-        type=int,
-        default=None,
-        help="history rounds each WebSocket connection keeps [env CHATLLM_MAX_ROUND; default 5]",
-    )
-    bridge.add_argument(
-        "--shutdown-grace",
-        dest="shutdown_grace",
-        type=float,
-        default=None,
-        help="seconds in-flight streams get on SIGTERM [env CHATLLM_SHUTDOWN_GRACE; default 30]",
-    )
-    bridge.set_defaults(handler=run_bridge)
+    for name, handler, help_text in (
+        ("server", run_server, "run the gRPC server alone"),
+        ("serve", run_serve, "run the gRPC server and the HTTP/WebSocket bridge in one process"),
+        ("bridge", run_bridge, "run the HTTP/WebSocket bridge alone, in front of --upstream"),
+    ):
+        parser = subparsers.add_parser(name, help=help_text)
+        add_config_arguments(parser, name)
+        parser.set_defaults(handler=handler)
 
 
-def with_metrics_port(config: Config, default_port: int) -> Config:
-    """--metrics-port -1 means this command's default (0 = off)."""
-    return config.replace(metrics_port=default_port) if config.metrics_port == -1 else config
+def _run(args: argparse.Namespace, main: Callable[[Config], Coroutine[Any, Any, None]]) -> int:
+    """Build the config, log, run `main` until a signal; a start-up failure is one line and exit code 2."""
+    from chatllm.server.errors import StartupError
 
-
-def run_server(args: argparse.Namespace) -> int:
-    from chatllm.clients.cli import setup_logging
-    from chatllm.server.app import serve_until_signal
-
-    config = with_metrics_port(from_args(args), DEFAULT_SERVER_METRICS_PORT)
-    setup_logging(config.log_level)
+    config = from_args(args)
+    setup_logging(config.common.log_level)
     try:
-        asyncio.run(serve_until_signal(config))
-    except StartupError as exc:
-        print(f"chatllm: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"chatllm: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    """gRPC server + bridge; /metrics of the bridge shows both (one registry), so the
-    server's own metrics port stays off unless --metrics-port names one."""
-    from chatllm.bridge.runner import serve_until_signal
-    from chatllm.clients.cli import setup_logging
-
-    config = with_metrics_port(from_args(args), default_port=0)
-    setup_logging(config.log_level)
-    try:
-        asyncio.run(serve_until_signal(config))
+        asyncio.run(main(config))
     except (StartupError, OSError) as exc:
         print(f"chatllm: error: {exc}", file=sys.stderr)
         return 2
     return 0
 
 
+def run_server(args: argparse.Namespace) -> int:
+    from chatllm.server.app import serve_until_signal
+
+    return _run(args, serve_until_signal)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """gRPC server + bridge; /metrics of the bridge shows both (one registry), so the
+    server's own metrics port stays off unless --metrics-port names one."""
+    return _run(args, serve_both_until_signal)
+
+
 def run_bridge(args: argparse.Namespace) -> int:
     from chatllm.bridge.runner import bridge_until_signal
-    from chatllm.clients.cli import setup_logging
 
-    config = from_args(args)
-    setup_logging(config.log_level)
-    try:
-        asyncio.run(bridge_until_signal(config, config.upstream or DEFAULT_UPSTREAM))
-    except OSError as exc:
-        print(f"chatllm: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return _run(args, lambda config: bridge_until_signal(config, config.bridge.upstream or DEFAULT_UPSTREAM))
+
+
+async def serve_both_until_signal(config: Config) -> None:
+    """`chatllm serve`: gRPC server and bridge in this event loop, the bridge calling the server
+    over loopback gRPC (the same path as a separate bridge). StartupError propagates."""
+    from chatllm.bridge.runner import BridgeServer, loopback_target, stop_event
+    from chatllm.server.app import ChatLLMServer
+
+    stop = stop_event()
+    server = ChatLLMServer(config)
+    async with contextlib.AsyncExitStack() as stack:
+        await server.start()
+        stack.push_async_callback(server.stop)
+        bridge = BridgeServer(config, loopback_target(config.server.grpc_host, server.port))
+        await bridge.start()
+        bridge_stopped = False
+        try:
+            if not await server.load_unless_stopped(stack, stop):
+                return
+            await stop.wait()
+            log.info("shutdown requested: draining")
+            # Both at once: the bridge's in-flight streams need the server while it drains.
+            await asyncio.gather(server.drain(), bridge.stop())
+            bridge_stopped = True
+        finally:
+            if not bridge_stopped:
+                await bridge.stop()

@@ -20,12 +20,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from chatllm.clients.config import Config
 from chatllm.proto import SERVICE_NAME, pb, pb_grpc
 from chatllm.server import metrics
 from chatllm.server.admission import Admission
 from chatllm.server.auth import TokenAuthInterceptor
 from chatllm.server.chat import Chat
-from chatllm.server.config import Config
 from chatllm.server.decoding import DecodeErrorInterceptor
 from chatllm.server.engines import running_engine
 from chatllm.server.engines.base import Engine
@@ -64,11 +64,13 @@ class ChatLLMServer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.state = ServerState(
-            Admission(config.max_concurrent, config.max_queue), bool(config.token), package_version()
+            Admission(config.limits.max_concurrent, config.limits.max_queue),
+            bool(config.security.token),
+            package_version(),
         )
         self.health = health_aio.HealthServicer()
         # The token is checked first: an unauthenticated caller learns nothing about its bytes.
-        interceptors = [TokenAuthInterceptor(config.token)] if config.token else []
+        interceptors = [TokenAuthInterceptor(config.security.token)] if config.security.token else []
         interceptors.append(DecodeErrorInterceptor())
         self._server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
         pb_grpc.add_ChatLLMServicer_to_server(ChatLLMServicer(self.state), self._server)
@@ -81,14 +83,14 @@ class ChatLLMServer:
         reflection.enable_server_reflection(names, self._server)
         self.port = 0
         # Requests only wait when concurrency is limited; the queue alert divides by this.
-        metrics.QUEUE_LIMIT.set(config.max_queue if config.max_concurrent > 0 else 0)
+        metrics.QUEUE_LIMIT.set(config.limits.max_queue if config.limits.max_concurrent > 0 else 0)
         self.metrics: MetricsEndpoint | None = None
-        if config.metrics_port > 0:
-            self.metrics = MetricsEndpoint(config, config.grpc_host, config.metrics_port)
+        if config.server.metrics_port > 0:
+            self.metrics = MetricsEndpoint(config.security, config.server.grpc_host, config.server.metrics_port)
 
     async def start(self) -> None:
         """Bind and start answering (liveness SERVING, readiness NOT_SERVING)."""
-        address = f"{self.config.grpc_host}:{self.config.grpc_port}"
+        address = f"{self.config.server.grpc_host}:{self.config.server.grpc_port}"
         try:
             self.port = self._server.add_insecure_port(address)
         except RuntimeError as exc:
@@ -101,33 +103,34 @@ class ChatLLMServer:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         metrics.READY.set(0)
-        log.info("gRPC listening on %s:%d (loading the model)", self.config.grpc_host, self.port)
+        log.info("gRPC listening on %s:%d (loading the model)", self.config.server.grpc_host, self.port)
 
     async def load(self, stack: contextlib.AsyncExitStack) -> None:
         """Load model, knowledge base and history export; then report SERVING."""
         config = self.config
-        source = await asyncio.to_thread(resolve, config.model_path, config.models_dir, config.model_name)
+        model = config.model
+        source = await asyncio.to_thread(resolve, model.model_path, config.common.models_dir, model.model_name)
         engine = await stack.enter_async_context(running_engine(config, source))
         try:
             chat = Chat(
                 engine.tokenizer,
                 engine.info.context_length,
-                max_round=config.max_round,
-                default_system_prompt=config.system_prompt,
-                no_template=config.no_template,
-                model_type=config.model_type,
+                max_round=config.history.max_round,
+                default_system_prompt=model.system_prompt,
+                no_template=model.no_template,
+                model_type=model.model_type,
             )
         except ValueError as exc:
             raise StartupError(str(exc)) from None
         retriever = history = None
-        if config.knowledge_base:
+        if config.kb.knowledge_base:
             from chatllm.server.knowledge import KnowledgeService
 
-            retriever = await stack.enter_async_context(KnowledgeService.running(config))
-        if config.export_history_path:
+            retriever = await stack.enter_async_context(KnowledgeService.running(config.kb, config.common.kb_dir))
+        if config.history.export_history_path:
             from chatllm.server.history import HistoryExporter
 
-            history = await stack.enter_async_context(HistoryExporter.running(config))
+            history = await stack.enter_async_context(HistoryExporter.running(config.history))
         info = engine.info
         self.state.model = pb.ModelInfo(
             id=source.name,
@@ -145,7 +148,9 @@ class ChatLLMServer:
         stack.callback(metrics.ENGINES.sources.remove, engine.stats)
         self.state.knowledge = retriever
         self.state.engine = engine
-        self.state.generate = GenerateService(config, engine, chat, self.state.admission, retriever, history)
+        self.state.generate = GenerateService(
+            config.server, config.limits, config.kb, engine, chat, self.state.admission, retriever, history
+        )
         stack.push_async_callback(self._watch_engine(engine))
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         metrics.READY.set(1)
@@ -178,7 +183,7 @@ class ChatLLMServer:
 
     async def drain(self, grace: float | None = None) -> None:
         """Refuse new work, report NOT_SERVING, give in-flight requests `grace` seconds."""
-        grace = self.config.shutdown_grace if grace is None else grace
+        grace = self.config.limits.shutdown_grace if grace is None else grace
         self.state.admission.draining = True
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         metrics.READY.set(0)

@@ -1,26 +1,15 @@
-"""Token auth: `authorization: <token>` (a `Bearer ` prefix is accepted), compared in
-constant time. Shared by the gRPC interceptor and the bridge. The token is never
-logged: only whether a check passed."""
+"""gRPC token auth: the `authorization` metadata must carry the token (see
+chatllm.clients.auth). The token is never logged: only whether a check passed."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from chatllm.clients.auth import token_matches
 from chatllm.proto import SERVICE_NAME
-
-
-def token_matches(header: str | None, token: str) -> bool:
-    """True when an Authorization header value carries `token`."""
-    if header is None:
-        return False
-    value = header.strip()
-    if value[:7].lower() == "bearer ":
-        value = value[7:].strip()
-    return hmac.compare_digest(value.encode("utf-8", "surrogateescape"), token.encode("utf-8"))
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):

@@ -16,11 +16,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
+from chatllm.clients.config import KnowledgeConfig, LimitsConfig, ServerConfig
 from chatllm.proto import pb
 from chatllm.server import metrics, sampling
 from chatllm.server.admission import Admission
 from chatllm.server.chat import Chat, ChatInput, ChatTurn, Retrieved
-from chatllm.server.config import Config
 from chatllm.server.engines.base import Engine, Finish
 from chatllm.server.errors import DeadlineExceeded, InvalidArgument, NotReady, RequestFailed
 
@@ -52,16 +52,16 @@ def knowledge_base_name(name: str, field: str = "knowledge_base") -> str:
     return name
 
 
-def validate(request: pb.GenerateRequest, config: Config) -> None:
+def validate(request: pb.GenerateRequest, limits: LimitsConfig) -> None:
     if not request.prompt.strip():
         raise InvalidArgument("prompt", "must not be empty")
-    if len(request.prompt) + len(request.system_prompt) > config.max_prompt_chars:
-        raise InvalidArgument("prompt", f"prompt and system prompt exceed {config.max_prompt_chars} characters")
-    if len(request.history) > config.max_history_rounds:
-        raise InvalidArgument("history", f"at most {config.max_history_rounds} rounds")
+    if len(request.prompt) + len(request.system_prompt) > limits.max_prompt_chars:
+        raise InvalidArgument("prompt", f"prompt and system prompt exceed {limits.max_prompt_chars} characters")
+    if len(request.history) > limits.max_history_rounds:
+        raise InvalidArgument("history", f"at most {limits.max_history_rounds} rounds")
     history_chars = sum(len(t.user) + len(t.assistant) for t in request.history)
-    if history_chars > config.max_prompt_chars * 4:
-        raise InvalidArgument("history", f"history exceeds {config.max_prompt_chars * 4} characters")
+    if history_chars > limits.max_prompt_chars * 4:
+        raise InvalidArgument("history", f"history exceeds {limits.max_prompt_chars * 4} characters")
     if len(request.request_id) > MAX_REQUEST_ID:
         raise InvalidArgument("request_id", f"at most {MAX_REQUEST_ID} characters")
     if request.retrieval_top_k > MAX_RETRIEVAL_TOP_K:
@@ -73,21 +73,24 @@ def validate(request: pb.GenerateRequest, config: Config) -> None:
 class GenerateService:
     def __init__(
         self,
-        config: Config,
+        server: ServerConfig,
+        limits: LimitsConfig,
+        kb: KnowledgeConfig,
         engine: Engine,
         chat: Chat,
         admission: Admission,
         retriever: Retriever | None = None,
         history: HistorySink | None = None,
     ) -> None:
-        self.config = config
+        self.limits = limits
+        self.kb = kb
         self.engine = engine
         self.chat = chat
         self.admission = admission
         self.retriever = retriever
         self.history = history
         self.defaults = sampling.SamplingDefaults.resolve(
-            config.max_new_tokens, config.temperature, config.top_k, config.top_p, engine.generation_config
+            server.max_new_tokens, server.temperature, server.top_k, server.top_p, engine.generation_config
         )
 
     async def _retrieve(self, request: pb.GenerateRequest) -> list[Retrieved] | None:
@@ -95,17 +98,18 @@ class GenerateService:
             return None
         if self.retriever is None:
             raise NotReady("the knowledge base is not enabled on this server")
-        top_k = request.retrieval_top_k or self.config.retrieval_top_k
+        top_k = request.retrieval_top_k or self.kb.retrieval_top_k
         return await self.retriever.retrieve_chunks(knowledge_base_name(request.knowledge_base), request.prompt, top_k)
 
     async def stream(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
         arrival = time.perf_counter()
-        validate(request, self.config)
+        validate(request, self.limits)
         options = sampling.from_pb(request.sampling if request.HasField("sampling") else None, self.defaults)
         self.engine.check_options(options)
         request_id = request.request_id or uuid.uuid4().hex
         channel = request.channel or "grpc"
-        deadline = arrival + self.config.request_timeout if self.config.request_timeout > 0 else None
+        timeout = self.limits.request_timeout
+        deadline = arrival + timeout if timeout > 0 else None
         metrics.QUEUE_DEPTH.inc()
         try:
             slot = self.admission.slot()
@@ -171,7 +175,7 @@ class GenerateService:
                     if timer.fired:
                         ended = "timeout"
                         raise DeadlineExceeded(
-                            f"request took longer than --request-timeout {self.config.request_timeout:g}s"
+                            f"request took longer than --request-timeout {self.limits.request_timeout:g}s"
                         )
                     if out.finish is Finish.ERROR:
                         ended = "error"

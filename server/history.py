@@ -43,8 +43,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from chatllm.clients.config import HistoryConfig
 from chatllm.server import metrics
-from chatllm.server.config import Config
 from chatllm.server.errors import StartupError
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class HistoryExporter:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def running(cls, config: Config) -> AsyncIterator[HistoryExporter]:
+    async def running(cls, config: HistoryConfig) -> AsyncIterator[HistoryExporter]:
         """Writing on entry; every queued line written, fsynced and closed on exit."""
         assert config.export_history_path
         exporter = cls(Path(config.export_history_path), config.export_interval)

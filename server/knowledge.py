@@ -13,7 +13,9 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+from chatllm.clients.config import KnowledgeConfig
 from chatllm.proto import pb
 from chatllm.retrieval.embedder import Embedder
 from chatllm.retrieval.errors import (
@@ -31,7 +33,6 @@ from chatllm.retrieval.splitter import DocumentSplitter, SplitterSettings
 from chatllm.retrieval.store import DocumentRecord, MilvusStore
 from chatllm.server import metrics
 from chatllm.server.chat import Retrieved
-from chatllm.server.config import Config
 from chatllm.server.errors import InvalidArgument, NotFound, StartupError
 from chatllm.server.generation import MAX_RETRIEVAL_TOP_K, knowledge_base_name
 
@@ -43,12 +44,12 @@ MAX_QUERY_CHARS = 10_000
 DOCUMENT_ID_LENGTH = 64
 
 
-def milvus_uri(config: Config) -> str:
-    """A Milvus server when --milvus-uri is given, else a milvus-lite database under the data dir."""
-    return config.milvus_uri or str(config.kb_dir / "milvus.db")
+def milvus_uri(config: KnowledgeConfig, kb_dir: Path) -> str:
+    """A Milvus server when --milvus-uri is given, else a milvus-lite database in `kb_dir` (under the data dir)."""
+    return config.milvus_uri or str(kb_dir / "milvus.db")
 
 
-def open_knowledge_bases(config: Config) -> KnowledgeBases:
+def open_knowledge_bases(config: KnowledgeConfig, kb_dir: Path) -> KnowledgeBases:
     """Load the embedder, open the store and recover from interrupted writes (blocking, seconds)."""
     if config.chunk_size > MAX_CHUNK_SIZE:
         raise StartupError(f"--chunk-size must be at most {MAX_CHUNK_SIZE} characters")
@@ -58,7 +59,7 @@ def open_knowledge_bases(config: Config) -> KnowledgeBases:
         embedder = Embedder(config.embedding_model)
     except RetrievalError as exc:
         raise StartupError(str(exc)) from None
-    uri = milvus_uri(config)
+    uri = milvus_uri(config, kb_dir)
     try:
         store = MilvusStore(uri, embedder.dimension)
     except Exception as exc:  # pymilvus raises its own types for locked files and unreachable servers
@@ -115,14 +116,14 @@ def source_pb(chunk: RetrievedChunk) -> pb.Source:
 class KnowledgeService:
     """Implements the servicer's KnowledgeRPCs and GenerateService's Retriever."""
 
-    def __init__(self, config: Config, library: KnowledgeBases) -> None:
+    def __init__(self, config: KnowledgeConfig, library: KnowledgeBases) -> None:
         self.config = config
         self.library = library
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def running(cls, config: Config) -> AsyncIterator[KnowledgeService]:
-        library = await asyncio.to_thread(open_knowledge_bases, config)
+    async def running(cls, config: KnowledgeConfig, kb_dir: Path) -> AsyncIterator[KnowledgeService]:
+        library = await asyncio.to_thread(open_knowledge_bases, config, kb_dir)
         try:
             yield cls(config, library)
         finally:

@@ -9,16 +9,16 @@ import logging
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from chatllm.server.auth import token_matches
-from chatllm.server.config import Config
+from chatllm.clients.auth import token_matches
+from chatllm.clients.config import SecurityConfig
 
 log = logging.getLogger(__name__)
 
 
-def metrics_app(config: Config) -> web.Application:
+def metrics_app(security: SecurityConfig) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
-        if config.protect_metrics and config.token:
-            if not token_matches(request.headers.get("Authorization"), config.token):
+        if security.protect_metrics and security.token:
+            if not token_matches(request.headers.get("Authorization"), security.token):
                 return web.json_response(
                     {"error": {"message": "missing or wrong token", "type": "authentication_error", "status": 401}},
                     status=401,
@@ -34,8 +34,8 @@ def metrics_app(config: Config) -> web.Application:
 class MetricsEndpoint:
     """Started and stopped with the server; `port` 0 picks a free one (tests)."""
 
-    def __init__(self, config: Config, host: str, port: int) -> None:
-        self._runner = web.AppRunner(metrics_app(config), access_log=None)
+    def __init__(self, security: SecurityConfig, host: str, port: int) -> None:
+        self._runner = web.AppRunner(metrics_app(security), access_log=None)
         self._host = host
         self._requested_port = port
         self.port = 0

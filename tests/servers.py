@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from chatllm.clients import AsyncChatClient
+from chatllm.clients.config import Config
 from chatllm.proto import pb
 from chatllm.server.app import ChatLLMServer
-from chatllm.server.config import Config
 
 
 async def wait_engine_idle(client: AsyncChatClient, within: float) -> pb.ServerInfo:
@@ -40,7 +40,7 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
         "shutdown_grace": 10.0,
     }
     values.update(overrides)
-    return Config(**values)
+    return Config.build(**values)
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,7 @@ import importlib.util
 import logging
 from collections.abc import AsyncIterator
 
-from chatllm.server.config import Config
+from chatllm.clients.config import Config
 from chatllm.server.engines.base import Engine, EngineInfo, EngineOutput, EngineStats, Finish
 from chatllm.server.errors import StartupError
 from chatllm.server.model_source import ModelSource
@@ -23,7 +23,7 @@ def vllm_installed() -> bool:
 
 def choose_backend(config: Config) -> tuple[str, str]:
     """The backend to use and why (logged at start-up)."""
-    wanted = config.engine_backend
+    wanted = config.engine.engine_backend
     if wanted == "hf":
         return "hf", "--backend hf"
     if wanted == "vllm":

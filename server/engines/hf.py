@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from chatllm.server.config import Config
+from chatllm.clients.config import Config
 from chatllm.server.engines.base import EngineInfo, EngineOutput, EngineStats, Finish
 from chatllm.server.engines.text_stream import IncrementalDetokenizer, StopMatcher
 from chatllm.server.errors import EngineDeadError, InvalidArgument, StartupError
@@ -39,9 +39,9 @@ _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 def pick_device_and_dtype(config: Config) -> tuple[str, str]:
     import torch
 
-    device = "cuda" if torch.cuda.is_available() and not config.cpu else "cpu"
-    if config.precision != "auto":
-        return device, _DTYPES[config.precision]
+    device = "cuda" if torch.cuda.is_available() and not config.engine.cpu else "cpu"
+    if config.engine.precision != "auto":
+        return device, _DTYPES[config.engine.precision]
     if device == "cuda":
         return device, "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     return device, "float32"
@@ -104,7 +104,7 @@ class HFEngine:
             GenerationConfig,
         )
 
-        torch.set_num_threads(config.num_threads or os.cpu_count() or 1)
+        torch.set_num_threads(config.engine.num_threads or os.cpu_count() or 1)
         # The library's logger has its own handler at INFO; keep its chatter out of our logs.
         logging.getLogger("ContinuousBatchingLogger").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
         device, dtype_name = pick_device_and_dtype(config)
@@ -122,19 +122,19 @@ class HFEngine:
             temperature=0.5,
             top_k=50,
             top_p=0.5,
-            max_new_tokens=config.max_new_tokens,
+            max_new_tokens=config.server.max_new_tokens,
             eos_token_id=eos,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
         )
-        blocks = _kv_blocks(model.config, dtype.itemsize, config.kv_cache_space)
+        blocks = _kv_blocks(model.config, dtype.itemsize, config.engine.kv_cache_space)
         context = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 2048)
-        if config.max_model_len:
-            context = min(context, config.max_model_len)
-        _check_cache_holds_context(blocks, context, config.kv_cache_space)
+        if config.engine.max_model_len:
+            context = min(context, config.engine.max_model_len)
+        _check_cache_holds_context(blocks, context, config.engine.kv_cache_space)
         cb_config = ContinuousBatchingConfig(
             page_size=PAGE_SIZE,
             num_blocks=blocks,
-            max_batch_tokens=config.max_batch_tokens,
+            max_batch_tokens=config.engine.max_batch_tokens,
             per_request_processors=True,
         )
         manager = model.init_continuous_batching(generation_config=cb_generation, continuous_batching_config=cb_config)

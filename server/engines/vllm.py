@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from chatllm.server.config import Config
+from chatllm.clients.config import Config
 from chatllm.server.engines.base import EngineInfo, EngineOutput, EngineStats, Finish
 from chatllm.server.engines.process_owner import OwnedProcesses, owned_processes
 from chatllm.server.engines.vllm_setup import (

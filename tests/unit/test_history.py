@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from chatllm.clients.config import Config, validate
 from chatllm.server import history, metrics
-from chatllm.server.config import Config, validate
 from chatllm.server.errors import StartupError
 from chatllm.server.history import HistoryExporter, HistoryFiles, cut_incomplete_tail, file_name, period_start
 
@@ -171,7 +171,7 @@ def test_an_unwritable_directory_is_a_clear_startup_error(tmp_path: Path) -> Non
 
 def test_export_interval_must_be_positive() -> None:
     with pytest.raises(SystemExit, match="--export-interval"):
-        validate(Config(export_interval=0))
+        validate(Config.build(export_interval=0))
 
 
 WRITER_SCRIPT = """

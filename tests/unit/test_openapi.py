@@ -11,6 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 from openapi_spec_validator import validate
 
 from chatllm.bridge.app import build_app
+from chatllm.bridge.keys import BridgeSettings
 from chatllm.bridge.openapi import DOCUMENT_FILE, document, render
 from tests.servers import make_config
 
@@ -20,7 +21,9 @@ SAMPLE_PARAMETERS = {"kb": "manuals", "id": "ab" * 32, "model": "m", "filename":
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> web.Application:
-    return build_app(make_config(tmp_path_factory.mktemp("openapi")), "127.0.0.1:1")  # never connects
+    return build_app(
+        BridgeSettings.of(make_config(tmp_path_factory.mktemp("openapi"))), "127.0.0.1:1"
+    )  # never connects
 
 
 def documented_operations() -> set[tuple[str, str]]:

