@@ -5,35 +5,30 @@ the `openai` client and the legacy clients both read it):
 
     {"error": {"message": "...", "type": "...", "param": "temperature", "code": "...", "status": 400}}
 
-gRPC statuses from the server map to HTTP statuses here and nowhere else. The
-bridge never answers with a bare 500 or a traceback: bugs in the bridge itself
-become a JSON 500 whose message names no internals (the traceback goes to the log).
+`code` is one snake_case vocabulary on every route (OpenAI's own words where it has one:
+`invalid_api_key`, `model_not_found`, `context_length_exceeded`). gRPC failures map here and
+nowhere else, from the status code and the `ErrorInfo.reason` / `BadRequest` field the server
+attaches (google.rpc details): no message text is matched. A failure without our details
+never came from the server: it is the bridge's upstream failing (unreachable, timed out).
+The bridge never answers with a bare 500 or a traceback: bugs in the bridge itself become a
+JSON 500 whose message names no internals (the traceback goes to the log).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from aiohttp import web
+from google.rpc import error_details_pb2, status_pb2
 
 RETRY_AFTER_OVERLOADED_S = 1
 RETRY_AFTER_UNAVAILABLE_S = 5
-
-# Substrings of grpc's own messages when it never reached (or lost) the server:
-# those are the bridge's upstream failing (502), not the server saying "not now" (503).
-_TRANSPORT_FAILURES = (
-    "failed to connect",
-    "connection refused",
-    "socket closed",
-    "connection reset",
-    "broken pipe",
-    "dns resolution failed",
-    "connections to all backends failing",
-)
+ERROR_DOMAIN = "chatllm.v1"
+_DETAILS_KEY = "grpc-status-details-bin"
 
 
 @dataclass
@@ -78,12 +73,14 @@ def bad_request(param: str, reason: str, code: str = "invalid_field") -> ApiErro
     return ApiError(400, f"{param}: {reason}", "invalid_request_error", param=param, code=code)
 
 
-def unauthorized() -> ApiError:
+def unauthorized(
+    reason: str = "missing or wrong token: send the header `Authorization: <token>` (or `Bearer <token>`)",
+) -> ApiError:
     return ApiError(
         401,
-        "missing or wrong token: send the header `Authorization: <token>` (or `Bearer <token>`)",
+        reason,
         "authentication_error",
-        code="unauthorized",
+        code="invalid_api_key",
         headers={"WWW-Authenticate": 'Bearer realm="chatllm"'},
     )
 
@@ -92,50 +89,108 @@ def unavailable(message: str, code: str = "unavailable") -> ApiError:
     return ApiError(503, message, "server_unavailable", code=code, retry_after=RETRY_AFTER_UNAVAILABLE_S)
 
 
-# gRPC status -> (HTTP status, error type). UNAVAILABLE is split below (502 vs 503).
-_STATUS_BY_CODE: dict[grpc.StatusCode, tuple[int, str]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
-    grpc.StatusCode.OUT_OF_RANGE: (400, "invalid_request_error"),
-    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
-    grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
-    grpc.StatusCode.ALREADY_EXISTS: (409, "conflict_error"),
-    grpc.StatusCode.ABORTED: (409, "conflict_error"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
-    grpc.StatusCode.UNIMPLEMENTED: (501, "not_implemented_error"),
-    grpc.StatusCode.UNAVAILABLE: (503, "server_unavailable"),
-    grpc.StatusCode.CANCELLED: (503, "server_unavailable"),  # the server cancelled it (shutdown)
-    grpc.StatusCode.DEADLINE_EXCEEDED: (504, "timeout_error"),
-    # The server failed the request (engine error): a gateway's upstream failure, never a bare 500.
-    grpc.StatusCode.INTERNAL: (502, "upstream_error"),
-    grpc.StatusCode.UNKNOWN: (502, "upstream_error"),
-    grpc.StatusCode.DATA_LOSS: (502, "upstream_error"),
+def upstream_failed(message: str, code: str = "upstream_error") -> ApiError:
+    return ApiError(502, message, "upstream_error", code=code)
+
+
+def internal_error() -> ApiError:
+    return ApiError(500, "internal error in the bridge (logged)", "server_error", code="internal")
+
+
+@dataclass(frozen=True)
+class ErrorMapping:
+    status: int
+    kind: str
+    code: str
+
+
+# The server's ErrorInfo.reason -> what the client sees (server/errors.py Reason).
+_BY_REASON: dict[str, ErrorMapping] = {
+    "INVALID_FIELD": ErrorMapping(400, "invalid_request_error", "invalid_field"),
+    "UNSUPPORTED_BY_BACKEND": ErrorMapping(400, "invalid_request_error", "unsupported_field"),
+    "CONTEXT_LENGTH_EXCEEDED": ErrorMapping(400, "invalid_request_error", "context_length_exceeded"),
+    "UNDECODABLE_REQUEST": ErrorMapping(400, "invalid_request_error", "invalid_request"),
+    "UPLOAD_TOO_LARGE": ErrorMapping(413, "request_too_large", "file_too_large"),
+    "UNAUTHENTICATED": ErrorMapping(401, "authentication_error", "invalid_api_key"),
+    "MODEL_NOT_FOUND": ErrorMapping(404, "not_found_error", "model_not_found"),
+    "DOCUMENT_NOT_FOUND": ErrorMapping(404, "not_found_error", "document_not_found"),
+    "KNOWLEDGE_BASE_NOT_FOUND": ErrorMapping(404, "not_found_error", "knowledge_base_not_found"),
+    "OVERLOADED": ErrorMapping(429, "rate_limit_error", "overloaded"),
+    "LOADING": ErrorMapping(503, "server_unavailable", "loading"),
+    "DRAINING": ErrorMapping(503, "server_unavailable", "draining"),
+    "KNOWLEDGE_BASE_DISABLED": ErrorMapping(503, "server_unavailable", "knowledge_base_disabled"),
+    "ENGINE_DEAD": ErrorMapping(503, "server_unavailable", "engine_dead"),
+    "ENGINE_FAILED": ErrorMapping(502, "upstream_error", "engine_failed"),
+    "REQUEST_TIMEOUT": ErrorMapping(504, "timeout_error", "request_timeout"),
+    "INTERNAL": ErrorMapping(502, "upstream_error", "internal"),
 }
+# A status without our details: grpc's own (the bridge's channel), or a proxy in between.
+_BY_CODE: dict[grpc.StatusCode, ErrorMapping] = {
+    grpc.StatusCode.UNAVAILABLE: ErrorMapping(502, "upstream_unreachable", "upstream_unreachable"),
+    grpc.StatusCode.DEADLINE_EXCEEDED: ErrorMapping(504, "timeout_error", "upstream_timeout"),
+    grpc.StatusCode.CANCELLED: ErrorMapping(503, "server_unavailable", "cancelled"),
+    grpc.StatusCode.UNAUTHENTICATED: ErrorMapping(401, "authentication_error", "invalid_api_key"),
+    grpc.StatusCode.PERMISSION_DENIED: ErrorMapping(403, "permission_error", "permission_denied"),
+    grpc.StatusCode.INVALID_ARGUMENT: ErrorMapping(400, "invalid_request_error", "invalid_argument"),
+    grpc.StatusCode.OUT_OF_RANGE: ErrorMapping(400, "invalid_request_error", "out_of_range"),
+    grpc.StatusCode.FAILED_PRECONDITION: ErrorMapping(400, "invalid_request_error", "failed_precondition"),
+    grpc.StatusCode.NOT_FOUND: ErrorMapping(404, "not_found_error", "not_found"),
+    grpc.StatusCode.ALREADY_EXISTS: ErrorMapping(409, "conflict_error", "already_exists"),
+    grpc.StatusCode.ABORTED: ErrorMapping(409, "conflict_error", "aborted"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ErrorMapping(429, "rate_limit_error", "resource_exhausted"),
+    grpc.StatusCode.UNIMPLEMENTED: ErrorMapping(501, "not_implemented_error", "unimplemented"),
+}
+_UPSTREAM_FAILURE = ErrorMapping(502, "upstream_error", "upstream_error")
 
 
-def _rename_field(details: str, fields: Mapping[str, str]) -> tuple[str | None, str]:
-    """Server messages start with the proto field ("sampling.top_p: ..."); name the client's field instead."""
-    name, sep, reason = details.partition(": ")
-    if not sep or " " in name:
-        return None, details
-    param = fields.get(name, name.removeprefix("sampling."))
-    return param, f"{param}: {reason}"
+@dataclass(frozen=True)
+class RpcDetails:
+    """What the server's google.rpc details say about a failed call."""
+
+    reason: str | None = None
+    field: str | None = None
+    description: str = ""
 
 
-def from_rpc(exc: grpc.aio.AioRpcError, fields: Mapping[str, str] | None = None) -> ApiError:
-    """Map a failed gRPC call to the ApiError the client sees."""
+def rpc_details(exc: grpc.aio.AioRpcError) -> RpcDetails:
+    """The ErrorInfo reason (domain chatllm.v1) and the BadRequest field of a failed call, if any."""
+    raw = next((value for key, value in exc.trailing_metadata() or () if key == _DETAILS_KEY), None)
+    if not isinstance(raw, bytes):
+        return RpcDetails()
+    status = status_pb2.Status.FromString(raw)
+    reason, violation = None, None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.domain == ERROR_DOMAIN:
+                reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violation = bad.field_violations[0] if bad.field_violations else None
+    if violation is None:
+        return RpcDetails(reason)
+    return RpcDetails(reason, violation.field, violation.description)
+
+
+def from_rpc(exc: grpc.aio.AioRpcError, client_field: Callable[[str], str] | None = None) -> ApiError:
+    """Map a failed gRPC call to the ApiError the client sees; `client_field` renames the server's
+    field (`sampling.top_p`) to the one the client sent (`top_p`)."""
     code = exc.code()
     details = exc.details() or code.name
-    status, kind = _STATUS_BY_CODE.get(code, (502, "upstream_error"))
-    if code is grpc.StatusCode.INVALID_ARGUMENT:
-        param, message = _rename_field(details, fields or {})
-        return ApiError(status, message, kind, param=param, code=code.name)
-    if code is grpc.StatusCode.UNAVAILABLE and any(m in details.lower() for m in _TRANSPORT_FAILURES):
-        return ApiError(502, f"upstream gRPC server unreachable: {details}", "upstream_unreachable", code=code.name)
-    retry_after = {429: RETRY_AFTER_OVERLOADED_S, 503: RETRY_AFTER_UNAVAILABLE_S}.get(status)
-    error = ApiError(status, details, kind, code=code.name, retry_after=retry_after)
-    if status == 401:
+    info = rpc_details(exc)
+    mapping = _BY_REASON.get(info.reason or "") or _BY_CODE.get(code, _UPSTREAM_FAILURE)
+    if info.reason is None and code is grpc.StatusCode.UNAVAILABLE:
+        details = f"upstream gRPC server unreachable: {details}"
+    param = None
+    message = details
+    if info.field is not None:
+        param = client_field(info.field) if client_field else info.field.removeprefix("sampling.")
+        message = f"{param}: {info.description}"
+    retry_after = {429: RETRY_AFTER_OVERLOADED_S, 503: RETRY_AFTER_UNAVAILABLE_S}.get(mapping.status)
+    error = ApiError(mapping.status, message, mapping.kind, param=param, code=mapping.code, retry_after=retry_after)
+    if mapping.status == 401:
         error.headers["WWW-Authenticate"] = 'Bearer realm="chatllm"'
     return error
 
@@ -150,7 +205,3 @@ def from_http_exception(exc: web.HTTPException) -> ApiError:
         message = f"request body too large ({message})"
     headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
     return ApiError(exc.status, message, kind, code=exc.reason.lower().replace(" ", "_"), headers=headers)
-
-
-def internal_error() -> ApiError:
-    return ApiError(500, "internal error in the bridge (logged)", "server_error", code="internal")

@@ -43,6 +43,11 @@ KB_FIELDS = {
 }
 
 
+def client_field(server_field: str) -> str:
+    """A field named by the server as this API's clients know it (the path's kb and id, the form's file)."""
+    return KB_FIELDS.get(server_field, server_field)
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/api/kb", list_knowledge_bases, name="kb_list")
     router.add_delete("/api/kb/{kb}", delete_knowledge_base, name="kb_delete")
@@ -51,8 +56,8 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_delete("/api/kb/{kb}/documents/{id}", delete_document, name="kb_delete_document")
 
 
-def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
-    return request.app[UPSTREAM].metadata(request.headers.get("Authorization"))
+def _authorization(request: web.Request) -> str | None:
+    return request.headers.get("Authorization")
 
 
 def document_json(document: pb.Document) -> dict[str, Any]:
@@ -109,9 +114,7 @@ def utf8_header(value: str, what: str) -> str:
 
 
 def rpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
-    if exc.code() is grpc.StatusCode.INVALID_ARGUMENT and "upload limit" in (exc.details() or ""):
-        return ApiError(413, exc.details() or "", "request_too_large", param=FILE_FIELD, code="file_too_large")
-    return errors.from_rpc(exc, KB_FIELDS)
+    return errors.from_rpc(exc, client_field)
 
 
 async def upload_documents(request: web.Request) -> web.Response:
@@ -146,7 +149,7 @@ async def _ingest_part(
     """Relay one file part to Ingest as it arrives; cancel the call when it grows past the limit."""
     upstream = request.app[UPSTREAM]
     limit = request.app[CONFIG].limits.max_upload_bytes
-    call = upstream.stub.Ingest(metadata=_metadata(request), timeout=upstream.timeout)
+    call = upstream.ingest(_authorization(request))
     try:
         mime_type = utf8_header(part.headers.get("Content-Type", ""), "Content-Type")
         header = pb.IngestHeader(knowledge_base=knowledge_base, filename=filename, mime_type=mime_type)
@@ -183,9 +186,7 @@ async def list_documents(request: web.Request) -> web.Response:
     knowledge_base = request.match_info["kb"]
     upstream = request.app[UPSTREAM]
     try:
-        reply = await upstream.stub.ListDocuments(
-            pb.ListDocumentsRequest(knowledge_base=knowledge_base), metadata=_metadata(request), timeout=30
-        )
+        reply = await upstream.list_documents(knowledge_base, _authorization(request))
     except grpc.aio.AioRpcError as exc:
         raise rpc_error(exc) from None
     return web.json_response(
@@ -196,9 +197,8 @@ async def list_documents(request: web.Request) -> web.Response:
 async def delete_document(request: web.Request) -> web.Response:
     knowledge_base, document_id = request.match_info["kb"], request.match_info["id"]
     upstream = request.app[UPSTREAM]
-    message = pb.DeleteDocumentRequest(knowledge_base=knowledge_base, document_id=document_id)
     try:
-        reply = await upstream.stub.DeleteDocument(message, metadata=_metadata(request), timeout=60)
+        reply = await upstream.delete_document(knowledge_base, document_id, _authorization(request))
     except grpc.aio.AioRpcError as exc:
         raise rpc_error(exc) from None
     return web.json_response(
@@ -209,9 +209,7 @@ async def delete_document(request: web.Request) -> web.Response:
 async def list_knowledge_bases(request: web.Request) -> web.Response:
     upstream = request.app[UPSTREAM]
     try:
-        reply = await upstream.stub.ListKnowledgeBases(
-            pb.ListKnowledgeBasesRequest(), metadata=_metadata(request), timeout=30
-        )
+        reply = await upstream.list_knowledge_bases(_authorization(request))
     except grpc.aio.AioRpcError as exc:
         raise rpc_error(exc) from None
     return web.json_response(
@@ -226,9 +224,8 @@ async def list_knowledge_bases(request: web.Request) -> web.Response:
 async def delete_knowledge_base(request: web.Request) -> web.Response:
     knowledge_base = request.match_info["kb"]
     upstream = request.app[UPSTREAM]
-    message = pb.DeleteKnowledgeBaseRequest(knowledge_base=knowledge_base)
     try:
-        reply = await upstream.stub.DeleteKnowledgeBase(message, metadata=_metadata(request), timeout=120)
+        reply = await upstream.delete_knowledge_base(knowledge_base, _authorization(request))
     except grpc.aio.AioRpcError as exc:
         raise rpc_error(exc) from None
     return web.json_response({"knowledge_base": knowledge_base, "documents_deleted": reply.documents_deleted})

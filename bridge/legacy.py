@@ -1,46 +1,31 @@
 """`POST /` (on any path): the legacy HTTP protocol.
 
 Non-stream: one JSON object `{"response", "history", "usage"}`. Stream
-(`use_stream_chat` true): the same objects with the cumulative `response`, each
-followed by one NUL byte, or as SSE `data:` events when the client accepts
-`text/event-stream`. Nothing is buffered: each upstream delta is written (and
-the socket drained) as it arrives. A failure before the first token keeps its
-HTTP status; a failure mid-stream is sent as a last `{"error": ...}` object.
+(`use_stream_chat` true): the same objects, each followed by one NUL byte, or as
+SSE `data:` events when the client accepts `text/event-stream`. `response` is the
+whole answer so far (`cumulative`, the seed's clients) or only the new text (`delta`,
+LangChain's PAI-EAS classes): `--legacy-stream`, or the request's `stream_mode`.
+`history` includes this round as generated so far in both. The answer pipeline
+(chatllm.bridge.answer) owns relaying, coalescing and the failure rules.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import grpc
 from aiohttp import web
 
-from chatllm.bridge import errors
+from chatllm.bridge.answer import ChoiceChange, http_stream, whole_answer
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM
-from chatllm.bridge.legacy_request import LEGACY_FIELDS, LegacyRequest, from_http_body
+from chatllm.bridge.legacy_request import LegacyRequest, from_http_body
 from chatllm.bridge.relay import Progress, relay, request_id
-
-STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering either
 
 
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
-
-
-def reply_object(legacy: LegacyRequest, history: list[tuple[str, str]], progress: Progress) -> dict[str, Any]:
-    """The legacy reply: the answer so far, the history including this round, usage (+ sources)."""
-    reply: dict[str, Any] = {
-        "response": progress.text,
-        "history": [[q, a] for q, a in history] + [[legacy.prompt, progress.text]],
-        "usage": progress.usage(),
-    }
-    if progress.final is not None and progress.final.sources:
-        reply["sources"] = progress.sources()
-    return reply
 
 
 def nul_delimited(obj: dict[str, Any]) -> bytes:
@@ -49,6 +34,48 @@ def nul_delimited(obj: dict[str, Any]) -> bytes:
 
 def server_sent_event(obj: dict[str, Any]) -> bytes:
     return b"data: " + dumps(obj).encode() + b"\n\n"  # json.dumps never emits a raw newline
+
+
+class LegacyReplies:
+    """The legacy reply objects of one request: the answer (so far or its new piece), the
+    history including this round, usage (+ sources once known)."""
+
+    def __init__(self, legacy: LegacyRequest, history: list[tuple[str, str]], delta: bool) -> None:
+        self.legacy = legacy
+        self.history = [[q, a] for q, a in history]
+        self.delta = delta
+
+    def reply(self, progress: Progress, new_text: str | None = None) -> dict[str, Any]:
+        """`new_text` is what this object adds (delta mode); None for the whole answer."""
+        reply: dict[str, Any] = {
+            "response": progress.text if new_text is None or not self.delta else new_text,
+            "history": [*self.history, [self.legacy.prompt, progress.text]],
+            "usage": progress.usage(),
+        }
+        if progress.final is not None and progress.final.sources:
+            reply["sources"] = progress.sources()
+        return reply
+
+
+class LegacyStream:
+    """Encoder of the NUL-delimited and SSE streams: one reply object per update."""
+
+    def __init__(self, replies: LegacyReplies, frame: Callable[[dict[str, Any]], bytes]) -> None:
+        self.replies = replies
+        self.frame = frame
+
+    def opening(self, progress: Progress) -> list[bytes]:
+        return []
+
+    def update(self, progress: Progress, changes: list[ChoiceChange]) -> list[bytes]:
+        new_text = "".join(c.text for c in changes if c.index == 0)
+        return [self.frame(self.replies.reply(progress, new_text))]
+
+    def closing(self, progress: Progress, changes: list[ChoiceChange]) -> list[bytes]:
+        return self.update(progress, changes)
+
+    def failure(self, error: ApiError) -> list[bytes]:
+        return [self.frame(error.body())]
 
 
 async def handle_post(request: web.Request) -> web.StreamResponse:
@@ -60,52 +87,20 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     # No `use_stream_chat`: one JSON reply, which the seed's curl and LangChain's PaiEasEndpoint
     # expect; asking for SSE in Accept is asking for a stream.
     stream = legacy.stream if legacy.stream is not None else wants_sse
-    history = legacy.history or []
+    history = legacy.history_pairs() or []
     rid = request_id(request.headers.get("X-Request-Id"))
     protocol = "sse" if stream and wants_sse else "http"
-    grpc_request = legacy.to_grpc("http", rid, history)
+    grpc_request = legacy.to_generate_request("http", rid, history)
     authorization = request.headers.get("Authorization")
     updates = relay(request.app[UPSTREAM], grpc_request, protocol, authorization, request.app[STATE].calls)
-    async with contextlib.aclosing(updates):
-        try:
-            progress = await _first(updates)
-            if not stream:
-                async for progress in updates:  # noqa: B007 - the last one is the answer
-                    pass
-                body = dumps(reply_object(legacy, history, progress))
-                return web.Response(text=body, content_type="application/json", headers={"X-Request-Id": rid})
-        except grpc.aio.AioRpcError as exc:
-            raise errors.from_rpc(exc, LEGACY_FIELDS) from None
-        encode = server_sent_event if protocol == "sse" else nul_delimited
-        response = web.StreamResponse(headers={**STREAM_HEADERS, "X-Request-Id": rid})
-        response.content_type = "text/event-stream" if protocol == "sse" else "text/plain"
-        response.charset = "utf-8"
-        await response.prepare(request)
-        return await _stream(response, updates, progress, encode, lambda p: reply_object(legacy, history, p))
-
-
-async def _first(updates: AsyncIterator[Progress]) -> Progress:
-    try:
-        return await anext(updates)
-    except StopAsyncIteration:
-        raise ApiError(502, "the upstream server ended the answer without a final message", "upstream_error") from None
-
-
-async def _stream(
-    response: web.StreamResponse,
-    updates: AsyncIterator[Progress],
-    first: Progress,
-    encode: Callable[[dict[str, Any]], bytes],
-    shape: Callable[[Progress], dict[str, Any]],
-) -> web.StreamResponse:
-    try:
-        try:
-            await response.write(encode(shape(first)))
-            async for progress in updates:
-                await response.write(encode(shape(progress)))
-        except grpc.aio.AioRpcError as exc:
-            await response.write(encode(errors.from_rpc(exc, LEGACY_FIELDS).body()))
-        await response.write_eof()
-    except ConnectionResetError:
-        pass  # the client left; leaving the caller's `async with` cancels the gRPC call
-    return response
+    delta = (legacy.stream_mode or config.bridge.legacy_stream) == "delta"
+    replies = LegacyReplies(legacy, history, delta)
+    client_field = legacy.client_field
+    if not stream:
+        progress = await whole_answer(updates, client_field)
+        body = dumps(replies.reply(progress))
+        return web.Response(text=body, content_type="application/json", headers={"X-Request-Id": rid})
+    frame = server_sent_event if protocol == "sse" else nul_delimited
+    content_type = "text/event-stream" if protocol == "sse" else "text/plain"
+    encoder = LegacyStream(replies, frame)
+    return await http_stream(request, updates, encoder, content_type, {"X-Request-Id": rid}, client_field)

@@ -1,50 +1,117 @@
-"""The legacy request (PAI-EAS ChatLLM): a plain-text prompt or a JSON object.
+"""The legacy request (PAI-EAS ChatLLM): a plain-text prompt or a JSON object, as one pydantic model.
 
 JSON fields: prompt, system_prompt, history [[q, a], ...], max_new_tokens,
 use_stream_chat, temperature, top_k, top_p, do_sample, use_cache, stop, langchain
-(+ kb: which knowledge base, default "default"). Extensions that map straight
-onto SamplingParams: ignore_eos, seed, repetition_penalty. Unknown fields are
-ignored; a wrong type is a 400 naming the field. `use_cache` is accepted and
-ignored: it was a transformers `generate()` flag (reuse the KV cache while
-decoding), which every engine here always does, so it has nothing to switch.
+(+ kb: which knowledge base, default "default"). Extensions: ignore_eos, seed,
+repetition_penalty, model, stream_mode, stream_format. Unknown fields are ignored (the
+protocol's rule); a wrong type is a 400 naming the field. `use_cache` is accepted and
+ignored: it was a transformers `generate()` flag (reuse the KV cache while decoding),
+which every engine here always does, so it has nothing to switch.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from chatllm.bridge import fields
+from pydantic import BaseModel, ConfigDict, Field
+
 from chatllm.bridge.errors import bad_request
+from chatllm.bridge.field_types import Count, LegacyBoolean, Number, Seed, String, StringList, TopK
+from chatllm.bridge.validation import check_depth, decode_json, parse, reject_lone_surrogates
 from chatllm.proto import pb
 
 DEFAULT_KB = "default"
-# Server field names (in INVALID_ARGUMENT messages) -> the legacy names clients sent.
-LEGACY_FIELDS = {"knowledge_base": "kb", "history": "history", "prompt": "prompt"}
+StreamMode = Literal["cumulative", "delta"]
 
 
-@dataclass
-class LegacyRequest:
-    prompt: str
-    system_prompt: str = ""
-    history: list[tuple[str, str]] | None = None  # None: not given (WS keeps its own)
-    stream: bool | None = None  # None: the protocol's default
-    events: bool = False  # WebSocket `stream_format: "events"`: JSON frames with usage, timings, sources
-    knowledge_base: str | None = None  # set when `langchain` is true
-    sampling: dict[str, Any] = field(default_factory=dict)
-    stop: list[str] = field(default_factory=list)
+class LegacyRequest(BaseModel):
+    """A question in the PAI-EAS ChatLLM protocol (HTTP body or WebSocket frame)."""
 
-    def to_grpc(self, channel: str, request_id: str, history: list[tuple[str, str]]) -> pb.GenerateRequest:
+    model_config = ConfigDict(extra="ignore", title="LegacyRequest")
+
+    prompt: String = Field(description="the question (required, non-empty)")
+    system_prompt: String | None = Field(None, description="replaces the server's default system prompt")
+    history: list[tuple[String | None, String | None]] | None = Field(
+        None,
+        description="earlier rounds, oldest first, as [question, answer] pairs; only the last --max_round "
+        "reach the model. On the WebSocket a frame with `history` replaces the connection's own.",
+    )
+    max_new_tokens: Count | None = None
+    use_stream_chat: LegacyBoolean | None = Field(
+        None,
+        description="stream the answer (HTTP: NUL-delimited JSON objects, or SSE with Accept: text/event-stream; "
+        "default false). WebSocket: delta frames (default true).",
+    )
+    stream_mode: StreamMode | None = Field(
+        None,
+        description="HTTP streams: `response` is the whole answer so far (`cumulative`, the seed's clients) or "
+        "only the new text (`delta`, LangChain's PAI-EAS classes); default: the server's --legacy-stream",
+    )
+    temperature: Number | None = Field(None, description="0-2; 0 = deterministic")
+    top_k: TopK | None = None
+    top_p: Number | None = Field(None, description="in (0, 1]")
+    do_sample: LegacyBoolean | None = Field(None, description="false = greedy, whatever the temperature")
+    use_cache: LegacyBoolean | None = Field(
+        None, description="accepted and ignored: engines always reuse their KV cache"
+    )
+    stop: StringList | None = Field(None, description="stop strings (not included in the answer)")
+    langchain: LegacyBoolean | None = Field(None, description="answer from the knowledge base `kb`")
+    kb: String | None = Field(None, description="knowledge base for `langchain: true` (default: default)")
+    model: String | None = Field(None, description="served model or LoRA adapter (default: the base model)")
+    stream_format: Literal["text", "events"] | None = Field(
+        None,
+        description='WebSocket: "text" (the legacy frames) or "events" (JSON frames with usage, timings, sources)',
+    )
+    ignore_eos: LegacyBoolean | None = None
+    seed: Seed | None = None
+    repetition_penalty: Number | None = None
+
+    @property
+    def stream(self) -> bool | None:
+        return self.use_stream_chat
+
+    @property
+    def events(self) -> bool:
+        return self.stream_format == "events"
+
+    @property
+    def knowledge_base(self) -> str | None:
+        """The knowledge base to answer from (`langchain: true`), else None."""
+        return (self.kb or DEFAULT_KB) if self.langchain else None
+
+    @staticmethod
+    def client_field(server_field: str) -> str:
+        """A field named by the server as this protocol's clients wrote it."""
+        return "kb" if server_field == "knowledge_base" else server_field.removeprefix("sampling.")
+
+    def history_pairs(self) -> list[tuple[str, str]] | None:
+        """`history` with nulls as empty strings; None when not given (the WebSocket keeps its own)."""
+        if self.history is None:
+            return None
+        return [(q or "", a or "") for q, a in self.history]
+
+    def to_generate_request(self, channel: str, request_id: str, history: list[tuple[str, str]]) -> pb.GenerateRequest:
+        sampling = {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "do_sample": self.do_sample,
+            "repetition_penalty": self.repetition_penalty,
+            "seed": self.seed,
+            "ignore_eos": self.ignore_eos,
+        }
         return pb.GenerateRequest(
             prompt=self.prompt,
-            system_prompt=self.system_prompt,
+            system_prompt=self.system_prompt or "",
             history=[pb.Turn(user=q, assistant=a) for q, a in history],
-            sampling=pb.SamplingParams(stop=self.stop, **self.sampling),
+            sampling=pb.SamplingParams(stop=self.stop or [], **{k: v for k, v in sampling.items() if v is not None}),
             request_id=request_id,
             use_knowledge_base=self.knowledge_base is not None,
             knowledge_base=self.knowledge_base or "",
             channel=channel,
+            model=self.model or "",
         )
 
 
@@ -53,9 +120,12 @@ def from_http_body(body: bytes, content_type: str) -> LegacyRequest:
     text = _utf8(body)
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "application/json" or media.endswith("+json"):
-        return from_json(fields.json_object(text))
+        value = decode_json(text)
+        if not isinstance(value, dict):
+            raise bad_request("body", "must be a JSON object", code="invalid_json")
+        return parse(LegacyRequest, value)
     if media.startswith("text/"):
-        return LegacyRequest(prompt=text)
+        return _prompt(text)
     return from_text_or_json(text)
 
 
@@ -65,74 +135,25 @@ def from_text_or_json(text: str) -> LegacyRequest:
     Text that looks like an object ({...}) but does not parse is a 400 rather than a
     prompt: it is far more likely a broken JSON request than a question."""
     stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            value = json.loads(stripped)
-        except ValueError as exc:
-            if stripped.endswith("}"):
-                raise bad_request(
-                    "body",
-                    f"invalid JSON: {exc} (send Content-Type: text/plain to use it as the prompt)",
-                    code="invalid_json",
-                ) from None
-            return LegacyRequest(prompt=text)
-        if isinstance(value, dict):
-            fields.reject_lone_surrogates(value)
-            return from_json(value)
-    return LegacyRequest(prompt=text)
+    if not stripped.startswith("{"):
+        return _prompt(text)
+    check_depth(stripped)
+    try:
+        value = json.loads(stripped)
+    except ValueError as exc:
+        if not stripped.endswith("}"):
+            return _prompt(text)
+        raise bad_request(
+            "body", f"invalid JSON: {exc} (send Content-Type: text/plain to use it as the prompt)", code="invalid_json"
+        ) from None
+    if not isinstance(value, dict):
+        return _prompt(text)
+    reject_lone_surrogates(value)
+    return parse(LegacyRequest, value)
 
 
-def from_json(obj: dict[str, Any]) -> LegacyRequest:
-    prompt = fields.string(obj, "prompt")
-    if prompt is None:
-        raise bad_request("prompt", "is required")
-    request = LegacyRequest(
-        prompt=prompt,
-        system_prompt=fields.string(obj, "system_prompt") or "",
-        history=_history(obj),
-        stream=fields.boolean(obj, "use_stream_chat"),
-        stop=fields.string_list(obj, "stop"),
-        events=_stream_format(obj) == "events",
-    )
-    fields.boolean(obj, "use_cache")  # type-checked, then ignored (see the module docstring)
-    if fields.boolean(obj, "langchain"):
-        request.knowledge_base = fields.string(obj, "kb") or DEFAULT_KB
-    sampling: dict[str, Any] = {
-        "max_new_tokens": fields.integer(obj, "max_new_tokens", 1, fields.UINT32_MAX),
-        "temperature": fields.number(obj, "temperature"),
-        "top_k": fields.integer(obj, "top_k", 0, fields.INT32_MAX),
-        "top_p": fields.number(obj, "top_p"),
-        "do_sample": fields.boolean(obj, "do_sample"),
-        "repetition_penalty": fields.number(obj, "repetition_penalty"),
-        "seed": fields.integer(obj, "seed", 0, fields.UINT64_MAX),
-        "ignore_eos": fields.boolean(obj, "ignore_eos"),
-    }
-    request.sampling = {k: v for k, v in sampling.items() if v is not None}
-    return request
-
-
-def _stream_format(obj: dict[str, Any]) -> str:
-    value = fields.string(obj, "stream_format") or "text"
-    if value not in ("text", "events"):
-        raise bad_request("stream_format", 'must be "text" (the legacy frames) or "events" (JSON frames)')
-    return value
-
-
-def _history(obj: dict[str, Any]) -> list[tuple[str, str]] | None:
-    value = obj.get("history")
-    if value is None:
-        return None
-    if not isinstance(value, list):
-        raise bad_request("history", "must be a list of [question, answer] pairs")
-    turns = []
-    for i, pair in enumerate(value):
-        if not (isinstance(pair, list) and len(pair) == 2):
-            raise bad_request(f"history[{i}]", "must be a [question, answer] pair")
-        question, answer = ("" if part is None else part for part in pair)
-        if not isinstance(question, str) or not isinstance(answer, str):
-            raise bad_request(f"history[{i}]", "question and answer must be strings")
-        turns.append((question, answer))
-    return turns
+def _prompt(text: str) -> LegacyRequest:
+    return parse(LegacyRequest, {"prompt": text})
 
 
 def _utf8(body: bytes) -> str:
@@ -142,3 +163,8 @@ def _utf8(body: bytes) -> str:
         raise bad_request(
             "body", f"not valid UTF-8 ({exc.reason} at byte {exc.start})", code="invalid_encoding"
         ) from None
+
+
+def legacy_schema() -> dict[str, Any]:
+    """The JSON schema of LegacyRequest (for the OpenAPI document)."""
+    return LegacyRequest.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -1,163 +1,310 @@
-"""OpenAI request bodies -> GenerateRequest (chat messages become system prompt, history, prompt).
+"""OpenAI request bodies as pydantic models, each with `to_generate_request()`.
 
-Parameters the engines cannot honour are a 400 naming them (n > 1, logprobs,
-tools, non-zero presence/frequency penalties, ...), never silently dropped;
-`model` is accepted whatever it says (LangChain and friends send their own
-defaults) and replies name the served model. Extensions, as in vLLM: top_k,
-ignore_eos, repetition_penalty.
+Every field of OpenAI's chat and completions bodies is either implemented or answered 400
+naming it (`extra="forbid"` for names nobody defined; `Refused` for OpenAI fields this server
+cannot honour). vLLM's extensions are implemented too: top_k, min_p, repetition_penalty,
+min_tokens, stop_token_ids, include_stop_str_in_output, skip_special_tokens, ignore_eos,
+structured_outputs, the older guided_json / guided_regex / guided_choice / guided_grammar,
+and chat_template_kwargs. `messages` reach the chat template exactly as sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from chatllm.bridge import fields
-from chatllm.bridge.errors import bad_request
+from google.protobuf import struct_pb2
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from chatllm.bridge.field_types import (
+    UINT32_MAX,
+    Boolean,
+    Choices,
+    Count,
+    Number,
+    Seed,
+    String,
+    StringList,
+    TopK,
+    TopLogprobs,
+    UInt32,
+)
+from chatllm.bridge.openai_types import (
+    ChatMessage,
+    FunctionTool,
+    NamedToolChoice,
+    ResponseFormat,
+    StreamOptions,
+    Strict,
+    StructuredOutputs,
+    ToolChoiceMode,
+    structured_output,
+    tool_choice_pb,
+)
 from chatllm.proto import pb
 
-# Server field names (INVALID_ARGUMENT messages) -> OpenAI names.
-CHAT_FIELDS = {
-    "sampling.max_new_tokens": "max_tokens",
-    "prompt": "messages",
-    "history": "messages",
-    "system_prompt": "messages",
-}
-COMPLETION_FIELDS = {"sampling.max_new_tokens": "max_tokens"}
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for /v1/completions
-SYSTEM_ROLES = ("system", "developer")
+# OpenAI fields this server cannot honour: only null (or absent) passes; anything else is a 400.
+CHAT_REFUSED = {
+    "audio": "audio output: this server generates text",
+    "functions": "the deprecated `functions`: use `tools`",
+    "function_call": "the deprecated `function_call`: use `tool_choice`",
+    "prediction": "predicted outputs",
+    "web_search_options": "web search",
+    "verbosity": "verbosity",
+    "moderation": "moderation",
+    "prompt_cache_key": "prompt cache keys (prefix caching is automatic)",
+    "prompt_cache_options": "prompt cache options (prefix caching is automatic)",
+    "prompt_cache_retention": "prompt cache retention (prefix caching is automatic)",
+}
+COMPLETION_REFUSED = {
+    "suffix": "suffix (insertion): the models here complete left to right",
+}
 
 
-@dataclass
-class OpenAIRequest:
-    generate: pb.GenerateRequest
-    stream: bool
-    include_usage: bool
-    echo: str = ""  # /v1/completions with echo: the prompt, prepended to the text
+REFUSED_FIELD = "not supported: null or absent only (anything else is a 400 saying why)"
 
 
-def _common(body: dict[str, Any], default_max_tokens: int | None) -> tuple[pb.SamplingParams, bool, bool]:
-    fields.string(body, "model")
-    n = fields.integer(body, "n", 1, 1_000)
-    if n not in (None, 1):
-        raise bad_request("n", "only n=1 is supported")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if fields.number(body, name) not in (None, 0.0):
-            raise bad_request(name, "not supported; use repetition_penalty")
-    if body.get("logprobs") not in (None, False, 0):
-        raise bad_request("logprobs", "not supported")
-    if body.get("logit_bias"):
-        raise bad_request("logit_bias", "not supported")
-    max_tokens = fields.integer(body, "max_completion_tokens", 1, fields.UINT32_MAX)
-    if max_tokens is None:
-        max_tokens = fields.integer(body, "max_tokens", 1, fields.UINT32_MAX)
-    sampling = {
-        "max_new_tokens": max_tokens if max_tokens is not None else default_max_tokens,
-        "temperature": fields.number(body, "temperature"),
-        "top_p": fields.number(body, "top_p"),
-        "top_k": fields.integer(body, "top_k", 0, fields.INT32_MAX),
-        "seed": fields.integer(body, "seed", 0, fields.UINT64_MAX),
-        "repetition_penalty": fields.number(body, "repetition_penalty"),
-        "ignore_eos": fields.boolean(body, "ignore_eos"),
-    }
-    params = pb.SamplingParams(
-        stop=fields.string_list(body, "stop"), **{k: v for k, v in sampling.items() if v is not None}
+def refuse(reasons: dict[str, str]) -> Any:
+    """A before-validator that refuses any non-null value of the fields in `reasons`."""
+
+    def check(cls: type, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        raise PydanticCustomError(
+            "unsupported_field", "not supported: {reason}", {"reason": reasons[str(info.field_name)]}
+        )
+
+    return classmethod(check)  # type: ignore[arg-type]
+
+
+class SamplingFields(Strict):
+    """What chat and completions bodies share (OpenAI's sampling fields and vLLM's extensions)."""
+
+    model: String | None = Field(None, description="served model or LoRA adapter; default: the base model")
+    stream: Boolean | None = None
+    stream_options: StreamOptions | None = None
+    n: Choices | None = None
+    temperature: Number | None = None
+    top_p: Number | None = None
+    max_tokens: Count | None = None
+    stop: StringList | None = None
+    seed: Seed | None = None
+    presence_penalty: Number | None = None
+    frequency_penalty: Number | None = None
+    logit_bias: dict[str, Number] | None = Field(None, description="token id (as a string) -> bias, -100 to 100")
+    user: String | None = Field(None, description="the end user's id, kept in the history export")
+    response_format: ResponseFormat | None = None
+    # vLLM's extensions
+    top_k: TopK | None = None
+    min_p: Number | None = None
+    repetition_penalty: Number | None = None
+    min_tokens: UInt32 | None = None
+    stop_token_ids: list[UInt32] | None = None
+    include_stop_str_in_output: Boolean | None = None
+    skip_special_tokens: Boolean | None = None
+    ignore_eos: Boolean | None = None
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict[str, Any] | String | None = None
+    guided_regex: String | None = None
+    guided_choice: StringList | None = None
+    guided_grammar: String | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for key in bias or {}:
+            if not key.isdigit() or int(key) > UINT32_MAX:
+                raise PydanticCustomError("invalid_field", "keys are token ids, got {key}", {"key": key})
+        return bias
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> SamplingFields:
+        given = [name for name in self._constraint_fields() if getattr(self, name) is not None]
+        if self.response_format is not None and self.response_format.type != "text":
+            given.append("response_format")
+        if len(given) > 1:
+            raise PydanticCustomError("invalid_field", "give one of {given}, not several", {"given": ", ".join(given)})
+        return self
+
+    @staticmethod
+    def _constraint_fields() -> tuple[str, ...]:
+        return ("structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+
+    def structured_output_pb(self) -> pb.StructuredOutput | None:
+        if self.structured_outputs is not None:
+            return self.structured_outputs.to_pb()
+        if any(getattr(self, n) is not None for n in self._constraint_fields()):
+            return structured_output(self.guided_json, self.guided_regex, self.guided_choice, self.guided_grammar)
+        return self.response_format.to_pb() if self.response_format is not None else None
+
+    def constraint_field(self) -> str:
+        """The field the client used for a structured-output constraint (for error messages)."""
+        for name in self._constraint_fields():
+            if getattr(self, name) is not None:
+                return name
+        return "response_format"
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and (self.stream_options.include_usage or self.continuous_usage))
+
+    @property
+    def continuous_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
+    def sampling(self, max_tokens: int | None, logprobs: int | None) -> pb.SamplingParams:
+        values: dict[str, Any] = {
+            "max_new_tokens": max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "n": self.n,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "repetition_penalty": self.repetition_penalty,
+            "min_p": self.min_p,
+            "min_tokens": self.min_tokens,
+            "logprobs": logprobs,
+            "skip_special_tokens": self.skip_special_tokens,
+            "ignore_eos": self.ignore_eos,
+            "include_stop_str_in_output": self.include_stop_str_in_output,
+        }
+        return pb.SamplingParams(
+            stop=self.stop or [],
+            stop_token_ids=self.stop_token_ids or [],
+            logit_bias=_logit_bias(self.logit_bias),
+            **{k: v for k, v in values.items() if v is not None},
+        )
+
+    def client_field(self, server_field: str) -> str:
+        """A field named by the server (`sampling.top_p`) as this client wrote it (`top_p`)."""
+        if server_field.startswith("structured_output"):
+            return self.constraint_field()
+        if server_field == "model":
+            return "model"
+        return server_field.removeprefix("sampling.")
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    return {int(key): value for key, value in (bias or {}).items()}
+
+
+class ChatCompletionRequest(SamplingFields):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: Count | None = None
+    logprobs: Boolean | None = None
+    top_logprobs: TopLogprobs | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: ToolChoiceMode | NamedToolChoice | None = None
+    parallel_tool_calls: Boolean | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="extra variables for the chat template")
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = Field(
+        None, description="passed to the chat template as `reasoning_effort` (templates that know it use it)"
     )
-    stream = bool(fields.boolean(body, "stream"))
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise bad_request("stream_options", "must be an object")
-    include_usage = bool(fields.boolean(options or {}, "include_usage"))
-    return params, stream, include_usage
-
-
-def _text_content(message: dict[str, Any], where: str) -> str:
-    content = message.get("content")
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise bad_request(f"{where}.content", "only text parts are supported")
-            texts.append(part["text"])
-        return "".join(texts)
-    raise bad_request(f"{where}.content", "must be a string or a list of text parts")
-
-
-def _conversation(messages: Any) -> tuple[str, list[pb.Turn], str]:
-    """(system prompt, earlier rounds, this round's user message) from a messages list."""
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("messages", "must be a non-empty list")
-    system: list[str] = []
-    turns: list[list[str]] = []  # [user, assistant], same-role neighbours merged
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise bad_request(where, "must be an object with role and content")
-        role, text = message.get("role"), _text_content(message, where)
-        if role in SYSTEM_ROLES:
-            system.append(text)
-        elif role == "user":
-            if turns and not turns[-1][1]:
-                turns[-1][0] += "\n\n" + text
-            else:
-                turns.append([text, ""])
-        elif role == "assistant":
-            if not turns:
-                turns.append(["", text])
-            else:
-                turns[-1][1] += ("\n\n" if turns[-1][1] else "") + text
-        else:
-            raise bad_request(f"{where}.role", f"must be system, developer, user or assistant, got {role!r}")
-    if not turns or turns[-1][1]:
-        raise bad_request("messages", "the last message must be from the user")
-    history = [pb.Turn(user=u, assistant=a) for u, a in turns[:-1]]
-    return "\n\n".join(system), history, turns[-1][0]
-
-
-def chat_request(body: dict[str, Any], request_id: str) -> OpenAIRequest:
-    if body.get("tools") or body.get("functions"):
-        raise bad_request("tools", "tool calling is not supported")
-    response_format = body.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type") not in (None, "text"):
-        raise bad_request("response_format", "only type 'text' is supported")
-    system_prompt, history, prompt = _conversation(body.get("messages"))
-    sampling, stream, include_usage = _common(body, None)
-    generate = pb.GenerateRequest(
-        prompt=prompt,
-        system_prompt=system_prompt,
-        history=history,
-        sampling=sampling,
-        request_id=request_id,
-        channel="openai",
+    metadata: dict[str, String] | None = Field(None, description="your tags, kept in the history export")
+    safety_identifier: String | None = Field(None, description="as `user`: kept in the history export")
+    store: Literal[False] | None = Field(None, description="only false (use the server's --export-history-path)")
+    service_tier: Literal["auto", "default"] | None = Field(None, description="one tier: auto and default only")
+    modalities: list[Literal["text"]] | None = Field(None, description="text only")
+    audio: Any = Field(None, description=REFUSED_FIELD)
+    functions: Any = Field(None, description=REFUSED_FIELD)
+    function_call: Any = Field(None, description=REFUSED_FIELD)
+    prediction: Any = Field(None, description=REFUSED_FIELD)
+    web_search_options: Any = Field(None, description=REFUSED_FIELD)
+    verbosity: Any = Field(None, description=REFUSED_FIELD)
+    moderation: Any = Field(None, description=REFUSED_FIELD)
+    prompt_cache_key: Any = Field(None, description=REFUSED_FIELD)
+    prompt_cache_options: Any = Field(
+        None, description="not supported: prompt cache options (prefix caching is automatic)"
     )
-    return OpenAIRequest(generate, stream, include_usage)
-
-
-def completion_request(body: dict[str, Any], request_id: str) -> OpenAIRequest:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
-    if not isinstance(prompt, str):
-        raise bad_request("prompt", "must be a string (one prompt per request)")
-    if fields.string(body, "suffix"):
-        raise bad_request("suffix", "not supported")
-    if fields.integer(body, "best_of", 1, 1_000) not in (None, 1):
-        raise bad_request("best_of", "only best_of=1 is supported")
-    sampling, stream, include_usage = _common(body, COMPLETIONS_DEFAULT_MAX_TOKENS)
-    generate = pb.GenerateRequest(
-        prompt=prompt,
-        sampling=sampling,
-        request_id=request_id,
-        raw_prompt=True,
-        channel="openai",
+    prompt_cache_retention: Any = Field(
+        None, description="not supported: prompt cache retention (prefix caching is automatic)"
     )
-    echo = prompt if fields.boolean(body, "echo") else ""
-    return OpenAIRequest(generate, stream, include_usage, echo=echo)
+
+    _refuse = field_validator(*CHAT_REFUSED, mode="before")(refuse(CHAT_REFUSED))
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise PydanticCustomError("invalid_field", "top_logprobs needs `logprobs: true`")
+        return self
+
+    def to_generate_request(self, request_id: str) -> pb.GenerateRequest:
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        kwargs = dict(self.chat_template_kwargs or {})
+        if self.reasoning_effort is not None:
+            kwargs.setdefault("reasoning_effort", self.reasoning_effort)
+        template_kwargs = struct_pb2.Struct()
+        template_kwargs.update(kwargs)
+        return pb.GenerateRequest(
+            messages=[m.to_pb() for m in self.messages],
+            sampling=self.sampling(max_tokens, logprobs),
+            request_id=request_id,
+            channel="openai",
+            model=self.model or "",
+            tools=[t.to_pb() for t in self.tools or []],
+            tool_choice=tool_choice_pb(self.tool_choice),
+            parallel_tool_calls=self.parallel_tool_calls,
+            structured_output=self.structured_output_pb(),
+            chat_template_kwargs=template_kwargs if kwargs else None,
+            user=self.user or self.safety_identifier or "",
+            metadata=self.metadata or {},
+        )
+
+    def client_field(self, server_field: str) -> str:
+        if server_field == "sampling.max_new_tokens":
+            return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+        if server_field == "sampling.logprobs":
+            return "top_logprobs"
+        if server_field in ("prompt", "history", "system_prompt") or server_field.startswith("messages"):
+            return server_field if server_field.startswith("messages") else "messages"
+        return super().client_field(server_field)
 
 
-RequestBuilder = Callable[[dict[str, Any], str], OpenAIRequest]
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions: the prompt goes to the model as is (no chat template)."""
+
+    prompt: String | list[String] = Field(description="one prompt (a string, or a list holding one string)")
+    echo: Boolean | None = Field(None, description="prepend the prompt to the text (and to logprobs)")
+    logprobs: TopLogprobs | None = Field(None, description="logprobs of this many top tokens")
+    best_of: Choices | None = Field(None, description="candidates to pick the n best from (not streamed)")
+    suffix: Any = Field(None, description=REFUSED_FIELD)
+
+    _refuse = field_validator(*COMPLETION_REFUSED, mode="before")(refuse(COMPLETION_REFUSED))
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> CompletionRequest:
+        if isinstance(self.prompt, list) and len(self.prompt) != 1:
+            raise PydanticCustomError("invalid_field", "one prompt per request (a string or a list of one)")
+        if self.best_of is not None and self.best_of < (self.n or 1):
+            raise PydanticCustomError("invalid_field", "best_of must be at least n")
+        if self.best_of not in (None, 1) and self.stream:
+            raise PydanticCustomError("invalid_field", "best_of > 1 cannot be streamed")
+        return self
+
+    @property
+    def text(self) -> str:
+        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+
+    def to_generate_request(self, request_id: str) -> pb.GenerateRequest:
+        max_tokens = self.max_tokens if self.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
+        sampling = self.sampling(max_tokens, self.logprobs)
+        if self.best_of is not None:
+            sampling.best_of = self.best_of
+        if self.echo and self.logprobs is not None:
+            sampling.prompt_logprobs = self.logprobs
+        return pb.GenerateRequest(
+            prompt=self.text,
+            sampling=sampling,
+            request_id=request_id,
+            raw_prompt=True,
+            channel="openai",
+            model=self.model or "",
+            structured_output=self.structured_output_pb(),
+            user=self.user or "",
+        )

@@ -1,9 +1,11 @@
-"""The bridge's OpenAPI 3 document, served at GET /openapi.json (public, like the probes).
+"""The bridge's OpenAPI 3.1 document, served at GET /openapi.json (public, like the probes).
 
-The document is built here from the schemas in openapi_schemas.py and committed as
-bridge/openapi.json, which is what the bridge serves; after changing a route or a
-body, regenerate it with `python -m chatllm.bridge.openapi`. tests/unit/test_openapi.py
-fails when the committed file is stale, invalid, or lists other routes than the app.
+The routes are described here; every body schema is generated from the pydantic models the
+handlers parse with (legacy_request.py, openai_request.py) and the response models
+(schemas.py). The document is committed as bridge/openapi.json, which is what the bridge
+serves; after changing a route or a model, regenerate it with `python -m chatllm.bridge.openapi`.
+tests/unit/test_openapi.py fails when the committed file is stale, invalid, or lists other
+routes than the app.
 """
 
 from __future__ import annotations
@@ -14,8 +16,46 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
-from chatllm.bridge.openapi_schemas import KB_NAME_PATTERN, Schema, all_schemas, ref
+from chatllm.bridge.legacy_request import LegacyRequest
+from chatllm.bridge.openai_request import ChatCompletionRequest, CompletionRequest
+from chatllm.bridge.schemas import RESPONSES
+
+Schema = dict[str, Any]
+REQUESTS: tuple[type[BaseModel], ...] = (LegacyRequest, ChatCompletionRequest, CompletionRequest)
+KB_NAME_PATTERN = "^[A-Za-z0-9_-]{1,64}$"  # the server's knowledge-base names (server/generation.py KB_NAME)
+# A text/event-stream body is described per event (OpenAPI 3.2's itemSchema; schemathesis reads it so).
+SSE_EVENT: Schema = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}},
+    "required": ["data"],
+}
+UPLOAD_FORM: Schema = {
+    "type": "object",
+    "properties": {
+        "file": {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "minItems": 1,
+            "description": "one or more files: .txt .md .docx .pdf",
+        }
+    },
+    "required": ["file"],
+}
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def all_schemas() -> dict[str, Schema]:
+    """Every body schema, generated from the models (request models as validated, replies as sent)."""
+    models = [(m, "validation") for m in REQUESTS] + [(m, "serialization") for m in RESPONSES]
+    _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
+    return {**top["$defs"], "UploadForm": UPLOAD_FORM}
+
 
 DOCUMENT_FILE = Path(__file__).resolve().with_name("openapi.json")
 TOKEN: list[dict[str, list[str]]] = [{"token": []}]
@@ -103,7 +143,7 @@ def legacy_operations(suffix: str = "", parameters: tuple[dict[str, Any], ...] =
                 "content": {
                     **json_body(ref("LegacyReply")),
                     "text/plain": text,
-                    "text/event-stream": text,
+                    "text/event-stream": {"schema": SSE_EVENT},
                 },
             },
             **errors(*GENERATION_ERRORS),
@@ -144,7 +184,7 @@ def openai_paths() -> dict[str, Any]:
                     "200": {
                         "description": "the completion, or SSE chunks ending with `data: [DONE]` when stream is true",
                         "headers": REQUEST_ID_HEADER,
-                        "content": {**json_body(ref(reply)), "text/event-stream": {"schema": {"type": "string"}}},
+                        "content": {**json_body(ref(reply)), "text/event-stream": {"schema": SSE_EVENT}},
                     },
                     **errors(*GENERATION_ERRORS),
                 },
@@ -297,7 +337,7 @@ def operations_paths() -> dict[str, Any]:
                 "openapiDocument",
                 "operations",
                 "This document",
-                {"200": {"description": "OpenAPI 3 document", "content": json_body({"type": "object"})}},
+                {"200": {"description": "OpenAPI 3.1 document", "content": json_body({"type": "object"})}},
                 security=PUBLIC,
             )
         },
@@ -342,7 +382,7 @@ def web_page_paths() -> dict[str, Any]:
 
 
 def document() -> dict[str, Any]:
-    """The whole OpenAPI 3.0 document of the bridge."""
+    """The whole OpenAPI 3.1 document of the bridge."""
     paths: dict[str, Any] = {
         "/": legacy_operations(),
         **openai_paths(),
@@ -352,7 +392,7 @@ def document() -> dict[str, Any]:
         "/{tail}": legacy_operations("AnyPath", (TAIL,)),
     }
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "ChatLLM Serve bridge",
             "version": "1",

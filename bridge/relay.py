@@ -1,9 +1,9 @@
-"""One Generate call relayed to a bridge client: progress updates, metrics, cancellation.
+"""One Generate call relayed to a bridge client: the answer so far (`Progress`), metrics, cancellation.
 
-Every protocol (legacy HTTP, SSE, WebSocket, OpenAI) consumes the same
-`relay()` generator, so timing, token counts and the cancel-on-exit rule live in
-one place: when the consumer stops early (client gone, handler cancelled) the
-generator is closed and the gRPC call is cancelled, which aborts the engine request.
+Every protocol (legacy HTTP, SSE, WebSocket, OpenAI) consumes the same `relay()`
+generator, so timing, token counts and the cancel-on-exit rule live in one place:
+when the consumer stops early (client gone, handler cancelled) the generator is
+closed and the gRPC call is cancelled, which aborts the engine request.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from chatllm.bridge import metrics
+from chatllm.bridge import errors, metrics
 from chatllm.bridge.upstream import Upstream
 from chatllm.proto import pb
 
@@ -26,33 +26,85 @@ FINISH_NAMES = {
     pb.FINISH_REASON_LENGTH: "length",
     pb.FINISH_REASON_ABORT: "abort",
     pb.FINISH_REASON_ERROR: "error",
+    pb.FINISH_REASON_TOOL_CALLS: "tool_calls",
 }
+
+
+@dataclass
+class Choice:
+    """One choice's answer so far (everything received, whether or not a client was sent it yet)."""
+
+    index: int
+    text: str = ""
+    logprobs: list[pb.TokenLogprob] = field(default_factory=list)
+    tool_calls: list[pb.ToolCallDelta] = field(default_factory=list)
+    completion_tokens: int = 0
+    finish_reason: str | None = None
 
 
 @dataclass
 class Progress:
     """The answer so far, updated in place after each upstream message."""
 
-    text: str = ""
-    delta: str = ""
-    completion_tokens: int = 0
+    choices: dict[int, Choice] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    prompt_logprobs: list[pb.TokenLogprob] = field(default_factory=list)
     request_id: str = ""
     final: pb.GenerateFinal | None = None
+
+    def choice(self, index: int = 0) -> Choice:
+        found = self.choices.get(index)
+        if found is None:
+            found = self.choices[index] = Choice(index)
+        return found
+
+    @property
+    def text(self) -> str:
+        """Choice 0's text (the legacy protocols have one choice)."""
+        return self.choice(0).text
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.completion_tokens for c in self.choices.values())
 
     @property
     def finish_reason(self) -> str | None:
         return FINISH_NAMES.get(self.final.finish_reason, "stop") if self.final is not None else None
 
-    def usage(self) -> dict[str, int]:
-        """Token counts; prompt_tokens is only known once the final message arrived (0 before)."""
+    def apply(self, response: pb.GenerateResponse) -> None:
+        choice = self.choice(response.index)
+        choice.text += response.text
+        choice.logprobs.extend(response.logprobs)
+        choice.tool_calls.extend(response.tool_calls)
+        choice.completion_tokens = max(choice.completion_tokens, response.completion_tokens)
+        if response.finish_reason:
+            choice.finish_reason = FINISH_NAMES.get(response.finish_reason, "stop")
+        self.prompt_tokens = self.prompt_tokens or response.prompt_tokens
+        self.prompt_logprobs.extend(response.prompt_logprobs)
+        self.request_id = response.request_id
+        if response.HasField("final"):
+            self.final = response.final
+            for end in response.final.choices:
+                self.choice(end.index).finish_reason = FINISH_NAMES.get(end.finish_reason, "stop")
+
+    def usage(self) -> dict[str, Any]:
+        """Token counts; the final message's once it arrived, else what is known so far."""
         if self.final is not None:
             u = self.final.usage
-            return {
+            usage: dict[str, Any] = {
                 "prompt_tokens": u.prompt_tokens,
                 "completion_tokens": u.completion_tokens,
                 "total_tokens": u.total_tokens,
             }
-        return {"prompt_tokens": 0, "completion_tokens": self.completion_tokens, "total_tokens": self.completion_tokens}
+            if u.cached_prompt_tokens:
+                usage["prompt_tokens_details"] = {"cached_tokens": u.cached_prompt_tokens}
+            return usage
+        done = self.completion_tokens
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": done,
+            "total_tokens": self.prompt_tokens + done,
+        }
 
     def sources(self) -> list[dict[str, Any]]:
         """Knowledge-base chunks the answer was given, as the legacy replies carry them."""
@@ -112,12 +164,9 @@ class InFlightCalls:
         return call in self._cut
 
 
-def _shutdown_error() -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.aio.Metadata(),
-        grpc.aio.Metadata(),
-        details="server shutting down: the answer was cut when the --shutdown-grace period ended",
+def _shutdown_error() -> errors.ApiError:
+    return errors.unavailable(
+        "server shutting down: the answer was cut when the --shutdown-grace period ended", code="draining"
     )
 
 
@@ -130,7 +179,8 @@ async def relay(
 ) -> AsyncIterator[Progress]:
     """Yield the same Progress object after every upstream message (the last one has `final`).
 
-    Raises grpc.aio.AioRpcError for a failed call; use with contextlib.aclosing."""
+    Raises grpc.aio.AioRpcError for a failed call, ApiError when the bridge's shutdown cut it;
+    use with contextlib.aclosing."""
     timer = _Timer(protocol)
     progress = Progress()
     code = "CANCELLED"  # until the stream completes or fails
@@ -139,13 +189,8 @@ async def relay(
     metrics.GENERATIONS_IN_FLIGHT.labels(protocol).inc()
     try:
         async for response in call:
-            timer.observe(response.completion_tokens)
-            progress.delta = response.text
-            progress.text += response.text
-            progress.completion_tokens = response.completion_tokens
-            progress.request_id = response.request_id
-            if response.HasField("final"):
-                progress.final = response.final
+            progress.apply(response)
+            timer.observe(progress.completion_tokens)
             yield progress
         code = "OK"
     except grpc.aio.AioRpcError as exc:

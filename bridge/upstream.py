@@ -1,4 +1,8 @@
-"""The bridge's one gRPC channel to the server (client-side round-robin over DNS)."""
+"""The bridge's one gRPC channel to the server, and every RPC it makes (each with its deadline).
+
+Handlers call these methods, never the stub: the auth to forward and the time limits
+live here only.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,13 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 20_000),
 ]
 MODEL_ID_TTL_S = 60.0
+# Deadlines of the calls that do not generate (those take --request-timeout).
+QUICK_RPC_S = 10.0  # answered from memory: models, server info, tokenize
+LIST_RPC_S = 30.0  # knowledge-base listings read the store
+DELETE_RPC_S = 120.0  # deleting a knowledge base rewrites the store
+HEALTH_RPC_S = 2.0
+
+Metadata = tuple[tuple[str, str], ...]
 
 
 class Upstream:
@@ -30,42 +41,72 @@ class Upstream:
     def __init__(self, target: str, token: str | None, request_timeout: float) -> None:
         self.target = target
         self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self.stub = pb_grpc.ChatLLMStub(self.channel)
+        self._stub = pb_grpc.ChatLLMStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._token = token
         self.timeout = request_timeout if request_timeout > 0 else None
         self._model_id: tuple[float, str] | None = None
 
-    def metadata(self, client_authorization: str | None) -> tuple[tuple[str, str], ...]:
+    def metadata(self, client_authorization: str | None) -> Metadata:
         token = self._token or client_authorization
         # gRPC metadata values must be printable ASCII; anything else cannot be a valid token anyway.
         if not token or not (token.isascii() and token.isprintable()):
             return ()
         return (("authorization", token),)
 
-    def generate(self, request: pb.GenerateRequest, client_authorization: str | None) -> grpc.aio.UnaryStreamCall:
-        return self.stub.Generate(request, metadata=self.metadata(client_authorization), timeout=self.timeout)
+    def generate(self, request: pb.GenerateRequest, authorization: str | None) -> grpc.aio.UnaryStreamCall:
+        return self._stub.Generate(request, metadata=self.metadata(authorization), timeout=self.timeout)
 
-    async def list_models(self, client_authorization: str | None) -> pb.ListModelsResponse:
-        return await self.stub.ListModels(
-            pb.ListModelsRequest(), metadata=self.metadata(client_authorization), timeout=10
+    def ingest(self, authorization: str | None) -> grpc.aio.StreamUnaryCall:
+        """An Ingest call to write the header and the file's chunks to."""
+        return self._stub.Ingest(metadata=self.metadata(authorization), timeout=self.timeout)
+
+    async def list_documents(self, knowledge_base: str, authorization: str | None) -> pb.ListDocumentsResponse:
+        request = pb.ListDocumentsRequest(knowledge_base=knowledge_base)
+        return await self._stub.ListDocuments(request, metadata=self.metadata(authorization), timeout=LIST_RPC_S)
+
+    async def delete_document(
+        self, knowledge_base: str, document_id: str, authorization: str | None
+    ) -> pb.DeleteDocumentResponse:
+        request = pb.DeleteDocumentRequest(knowledge_base=knowledge_base, document_id=document_id)
+        return await self._stub.DeleteDocument(request, metadata=self.metadata(authorization), timeout=DELETE_RPC_S)
+
+    async def list_knowledge_bases(self, authorization: str | None) -> pb.ListKnowledgeBasesResponse:
+        request = pb.ListKnowledgeBasesRequest()
+        return await self._stub.ListKnowledgeBases(request, metadata=self.metadata(authorization), timeout=LIST_RPC_S)
+
+    async def delete_knowledge_base(
+        self, knowledge_base: str, authorization: str | None
+    ) -> pb.DeleteKnowledgeBaseResponse:
+        request = pb.DeleteKnowledgeBaseRequest(knowledge_base=knowledge_base)
+        return await self._stub.DeleteKnowledgeBase(
+            request, metadata=self.metadata(authorization), timeout=DELETE_RPC_S
         )
 
-    async def model_id(self, client_authorization: str | None) -> str:
-        """The served model's name (cached for a minute: it only changes when the server restarts)."""
+    async def server_info(self, authorization: str | None) -> pb.ServerInfo:
+        request = pb.GetServerInfoRequest()
+        return await self._stub.GetServerInfo(request, metadata=self.metadata(authorization), timeout=QUICK_RPC_S)
+
+    async def list_models(self, authorization: str | None) -> pb.ListModelsResponse:
+        """The served models (base and adapters) and the catalogue."""
+        request = pb.ListModelsRequest()
+        return await self._stub.ListModels(request, metadata=self.metadata(authorization), timeout=QUICK_RPC_S)
+
+    async def model_id(self, authorization: str | None) -> str:
+        """The base model's name (cached for a minute: it only changes when the server restarts)."""
         now = time.monotonic()
         if self._model_id is not None and now - self._model_id[0] < MODEL_ID_TTL_S:
             return self._model_id[1]
-        models = (await self.list_models(client_authorization)).models
+        models = (await self.list_models(authorization)).models
         name = models[0].id if models else "unknown"
         self._model_id = (now, name)
         return name
 
-    async def readiness(self, timeout: float = 2.0) -> tuple[bool, str]:
+    async def readiness(self) -> tuple[bool, str]:
         """(ready, why) from the server's standard health service."""
         request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
         try:
-            reply = await self._health.Check(request, timeout=timeout)
+            reply = await self._health.Check(request, timeout=HEALTH_RPC_S)
         except grpc.aio.AioRpcError as exc:
             return False, f"upstream {self.target}: {exc.code().name}: {exc.details()}"
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

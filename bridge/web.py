@@ -19,7 +19,6 @@ from chatllm.bridge import errors
 from chatllm.bridge.keys import CONFIG, UPSTREAM
 from chatllm.bridge.middleware import is_websocket
 from chatllm.bridge.websocket import handle_websocket
-from chatllm.proto import pb
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 NO_CACHE = {"Cache-Control": "no-cache"}
@@ -63,11 +62,10 @@ def _as_dict(message: Any) -> dict[str, Any]:
 
 async def info(request: web.Request) -> web.Response:
     """The served model, the server's state and the model catalogue, for the page's Model tab."""
-    upstream = request.app[UPSTREAM]
-    metadata = upstream.metadata(request.headers.get("Authorization"))
+    upstream, authorization = request.app[UPSTREAM], request.headers.get("Authorization")
     try:
-        models = await upstream.stub.ListModels(pb.ListModelsRequest(), metadata=metadata, timeout=10)
-        server = await upstream.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=metadata, timeout=10)
+        models = await upstream.list_models(authorization)
+        server = await upstream.server_info(authorization)
     except grpc.aio.AioRpcError as exc:
         raise errors.from_rpc(exc) from None
     return web.json_response(

@@ -22,13 +22,13 @@ import json
 import logging
 from typing import Any
 
-import grpc
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from chatllm.bridge import errors, metrics
+from chatllm.bridge.answer import ChoiceChange, Encoder, WebSocketSink, stream_answer
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM, BridgeSettings
-from chatllm.bridge.legacy_request import LEGACY_FIELDS, from_text_or_json
+from chatllm.bridge.legacy_request import from_text_or_json
 from chatllm.bridge.middleware import presented_token
 from chatllm.bridge.relay import InFlightCalls, Progress, relay, request_id
 from chatllm.bridge.upstream import Upstream
@@ -117,32 +117,22 @@ class WebSocketSession:
             await self._fail(err)
             return
         if legacy.history is not None:
-            self.history = self._trim(legacy.history)
+            self.history = self._trim(legacy.history_pairs() or [])
         stream = legacy.stream if legacy.stream is not None else True
-        request = legacy.to_grpc("ws", request_id(None), self.history)
+        request = legacy.to_generate_request("ws", request_id(None), self.history)
         updates = relay(self.upstream, request, "ws", self.authorization, self.calls)
-        async with contextlib.aclosing(updates):
-            try:
-                progress = None
-                async for progress in updates:
-                    if progress.delta and legacy.events:
-                        await self.ws.send_str(json.dumps({"delta": progress.delta}, ensure_ascii=False))
-                    elif progress.delta and stream:
-                        await self.ws.send_str(progress.delta)
-            except grpc.aio.AioRpcError as exc:
-                await self._fail(errors.from_rpc(exc, LEGACY_FIELDS))
-                return
-        answer = progress.text if progress is not None else ""
-        if legacy.events:
-            await self.ws.send_str(json.dumps({"final": final_event(progress)}, ensure_ascii=False))
-        else:
-            if not stream:
-                await self.ws.send_str(answer)
-            if legacy.knowledge_base is not None:  # `langchain: true`: one JSON frame with the sources before <EOS>
-                sources = progress.sources() if progress is not None else []
-                await self.ws.send_str(json.dumps({"sources": sources}, ensure_ascii=False))
-        await self.ws.send_str(EOS)
-        self.history = self._trim([*self.history, (legacy.prompt, answer)])
+        encoder: Encoder[str] = (
+            EventFrames() if legacy.events else TextFrames(stream, legacy.knowledge_base is not None)
+        )
+        try:
+            progress = await stream_answer(updates, encoder, WebSocketSink(self.ws), legacy.client_field)
+        except ApiError as err:
+            await self._fail(err)
+            return
+        if progress is None:
+            metrics.WEBSOCKET_MESSAGES.labels("error").inc()
+            return
+        self.history = self._trim([*self.history, (legacy.prompt, progress.text)])
         metrics.WEBSOCKET_MESSAGES.labels("ok").inc()
 
     async def _fail(self, error: ApiError) -> None:
@@ -155,10 +145,48 @@ class WebSocketSession:
         return list(history[-rounds:]) if rounds > 0 else []
 
 
-def final_event(progress: Progress | None) -> dict[str, Any]:
+class TextFrames:
+    """The legacy frames: deltas (or the whole answer at the end), the sources with `langchain`, `<EOS>`."""
+
+    def __init__(self, stream: bool, with_sources: bool) -> None:
+        self.stream = stream
+        self.with_sources = with_sources
+
+    def opening(self, progress: Progress) -> list[str]:
+        return []
+
+    def update(self, progress: Progress, changes: list[ChoiceChange]) -> list[str]:
+        text = "".join(c.text for c in changes if c.index == 0)
+        return [text] if self.stream and text else []
+
+    def closing(self, progress: Progress, changes: list[ChoiceChange]) -> list[str]:
+        frames = self.update(progress, changes) if self.stream else [progress.text]
+        if self.with_sources:  # `langchain: true`: one JSON frame with the sources before <EOS>
+            frames.append(json.dumps({"sources": progress.sources()}, ensure_ascii=False))
+        return [*frames, EOS]
+
+    def failure(self, error: ApiError) -> list[str]:
+        return [error.frame(), EOS]
+
+
+class EventFrames(TextFrames):
+    """`"stream_format": "events"`: `{"delta": ...}` frames, then `{"final": ...}`, then `<EOS>`."""
+
+    def __init__(self) -> None:
+        super().__init__(stream=True, with_sources=False)
+
+    def update(self, progress: Progress, changes: list[ChoiceChange]) -> list[str]:
+        text = "".join(c.text for c in changes if c.index == 0)
+        return [json.dumps({"delta": text}, ensure_ascii=False)] if text else []
+
+    def closing(self, progress: Progress, changes: list[ChoiceChange]) -> list[str]:
+        final = json.dumps({"final": final_event(progress)}, ensure_ascii=False)
+        return [*self.update(progress, changes), final, EOS]
+
+
+def final_event(progress: Progress) -> dict[str, Any]:
     """The `{"final": ...}` payload of the events format."""
-    if progress is None or progress.final is None:
-        return {"finish_reason": None, "usage": None, "timings": None, "sources": []}
+    assert progress.final is not None  # the pipeline calls closing() only with the final message
     t = progress.final.timings
     return {
         "finish_reason": progress.finish_reason,

@@ -127,6 +127,13 @@ class BridgeConfig:
         "gRPC server the bridge talks to (host:port, dns:///name:port for round-robin; default localhost:50051)",
         commands=("bridge",),
     )
+    legacy_stream: str = option(
+        "cumulative",
+        "legacy NUL/SSE streams: `response` is the whole answer so far (cumulative, the seed's clients) or the "
+        "new text only (delta, LangChain's PAI-EAS classes); a request's `stream_mode` overrides it",
+        choices=("cumulative", "delta"),
+        commands=("serve", "bridge"),
+    )
     api_only: bool = option(False, "no web page, API only", commands=("serve", "bridge"))
     no_api: bool = option(False, "web page only: legacy API routes off", commands=("serve", "bridge"))
 

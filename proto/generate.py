@@ -20,12 +20,16 @@ _IMPORT = re.compile(r"^from chatllm\.v1 import", re.MULTILINE)
 
 def generate(out_dir: Path) -> list[Path]:
     """Run protoc (from grpcio-tools) over the protos, writing stubs under out_dir."""
+    import importlib.resources
+
     from grpc_tools import protoc
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    well_known = importlib.resources.files("grpc_tools") / "_proto"  # google/protobuf/*.proto
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",

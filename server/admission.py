@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from chatllm.server.errors import NotReady, Overloaded
+from chatllm.server.errors import NotReady, Overloaded, Reason
 
 
 class Admission:
@@ -26,7 +26,7 @@ class Admission:
     async def slot(self) -> AsyncIterator[None]:
         """Hold a generation slot for the duration of the block."""
         if self.draining:
-            raise NotReady("server is shutting down; retry on another replica")
+            raise NotReady("server is shutting down; retry on another replica", Reason.DRAINING)
         if self._slots is not None and self._slots.locked():
             if self.waiting >= self.max_queue:
                 raise Overloaded(

@@ -10,6 +10,7 @@ import grpc
 
 from chatllm.clients.auth import token_matches
 from chatllm.proto import SERVICE_NAME
+from chatllm.server.errors import Reason, rich_status
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
@@ -37,12 +38,13 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
 def _denying(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     message = "missing or wrong authorization token (metadata 'authorization: <token>')"
+    status = rich_status(grpc.StatusCode.UNAUTHENTICATED, message, Reason.UNAUTHENTICATED)
 
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort_with_status(status)
 
     async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort_with_status(status)
         yield  # pragma: no cover - makes this an async generator
 
     kwargs = {

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chatllm.server.errors import InvalidArgument
+from chatllm.server.errors import InvalidArgument, Reason
 from chatllm.server.templates import family_template
 
 
@@ -126,5 +126,6 @@ class Chat:
                 "prompt",
                 f"{len(ids)} tokens (with system prompt, history and context) do not fit the model's "
                 f"context of {self.context_length} tokens",
+                Reason.CONTEXT_LENGTH_EXCEEDED,
             )
         return BuiltPrompt(ids=ids, text=text, max_new_tokens=min(max_new_tokens, room), history_rounds=rounds)

@@ -17,7 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from chatllm.proto import SERVICE_NAME
-from chatllm.server.errors import InvalidArgument
+from chatllm.server.errors import InvalidArgument, Reason, rich_status
 
 
 class Undecodable:
@@ -37,14 +37,21 @@ def tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return deserialize
 
 
-def _invalid(request: Undecodable) -> str:
-    return f"request: not a valid protobuf message ({request.reason})"
+def _invalid(request: Undecodable) -> grpc.Status:
+    description = f"not a valid protobuf message ({request.reason})"
+    return rich_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"request: {description}",
+        Reason.UNDECODABLE_REQUEST,
+        "request",
+        description,
+    )
 
 
 def _unary_unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _invalid(request))
+            await context.abort_with_status(_invalid(request))
         return await behaviour(request, context)
 
     return checked
@@ -53,7 +60,7 @@ def _unary_unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
 def _unary_stream(behaviour: Callable[..., AsyncGenerator[Any, None]]) -> Callable[..., AsyncIterator[Any]]:
     async def checked(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _invalid(request))
+            await context.abort_with_status(_invalid(request))
         # aclosing: when grpc closes this generator, the servicer's own cleanup (abort the engine request) runs now
         async with contextlib.aclosing(behaviour(request, context)) as responses:
             async for response in responses:
@@ -66,7 +73,9 @@ def _stream_unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awa
     async def checked_messages(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         async for request in requests:
             if isinstance(request, Undecodable):
-                raise InvalidArgument("request", f"not a valid protobuf message ({request.reason})")
+                raise InvalidArgument(
+                    "request", f"not a valid protobuf message ({request.reason})", Reason.UNDECODABLE_REQUEST
+                )
             yield request
 
     async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:

@@ -1,48 +1,94 @@
-"""Errors the server raises, and the one table that maps them to gRPC codes.
+"""Errors the server raises, and the one table that turns them into gRPC statuses.
 
 Per-request errors (bad input, overload, a request the engine failed) and fatal
 engine errors (the engine is dead: every request fails, health flips) are
-different types, as in vLLM.
+different types, as in vLLM. Every status the server sends carries
+`google.rpc.Status` details (grpcio-status): an `ErrorInfo` with a stable
+`reason` (see `Reason`) in domain `chatllm.v1`, and for bad input a
+`BadRequest.FieldViolation` naming the field, so clients act on the reason and
+the field without parsing the message.
 """
 
 from __future__ import annotations
 
+import enum
+
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "chatllm.v1"
+
+
+class Reason(str, enum.Enum):
+    """The `ErrorInfo.reason` values. Stable: clients and the bridge's error table key on them."""
+
+    INVALID_FIELD = "INVALID_FIELD"
+    UNSUPPORTED_BY_BACKEND = "UNSUPPORTED_BY_BACKEND"
+    CONTEXT_LENGTH_EXCEEDED = "CONTEXT_LENGTH_EXCEEDED"
+    UPLOAD_TOO_LARGE = "UPLOAD_TOO_LARGE"
+    UNDECODABLE_REQUEST = "UNDECODABLE_REQUEST"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
+    DOCUMENT_NOT_FOUND = "DOCUMENT_NOT_FOUND"
+    KNOWLEDGE_BASE_NOT_FOUND = "KNOWLEDGE_BASE_NOT_FOUND"
+    OVERLOADED = "OVERLOADED"
+    LOADING = "LOADING"
+    DRAINING = "DRAINING"
+    KNOWLEDGE_BASE_DISABLED = "KNOWLEDGE_BASE_DISABLED"
+    ENGINE_DEAD = "ENGINE_DEAD"
+    ENGINE_FAILED = "ENGINE_FAILED"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+    INTERNAL = "INTERNAL"
 
 
 class ChatLLMError(Exception):
-    """Base class: carries a client-safe message."""
+    """Base class: carries a client-safe message, a status code and a reason."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: Reason = Reason.INTERNAL
+
+    def __init__(self, message: str, reason: Reason | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
 
 
 class InvalidArgument(ChatLLMError):
-    """Bad input; the message names the field (`field: reason`)."""
+    """Bad input; the message names the field (`field: reason`), and so does the BadRequest detail."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = Reason.INVALID_FIELD
 
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
+    def __init__(self, field: str, description: str, reason: Reason | None = None) -> None:
+        super().__init__(f"{field}: {description}", reason)
         self.field = field
-        self.reason = reason
+        self.description = description
+
+
+class Unsupported(InvalidArgument):
+    """A field this backend cannot honour (another backend can): refused, never silently ignored."""
+
+    reason = Reason.UNSUPPORTED_BY_BACKEND
+
+    def __init__(self, field: str, backend: str, alternative: str = "--backend vllm supports it") -> None:
+        super().__init__(field, f"not supported by the {backend} backend ({alternative})")
 
 
 class NotFound(ChatLLMError):
     code = grpc.StatusCode.NOT_FOUND
 
 
-class Unauthenticated(ChatLLMError):
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
 class Overloaded(ChatLLMError):
     """Admission refused: concurrency and queue limits are full."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = Reason.OVERLOADED
 
 
 class NotReady(ChatLLMError):
-    """Model still loading, or the server is draining."""
+    """Model still loading, the server draining, or a part (the knowledge base) switched off."""
 
     code = grpc.StatusCode.UNAVAILABLE
 
@@ -51,16 +97,19 @@ class EngineDeadError(ChatLLMError):
     """The engine cannot serve anymore (its process or thread died)."""
 
     code = grpc.StatusCode.UNAVAILABLE
+    reason = Reason.ENGINE_DEAD
 
 
 class RequestFailed(ChatLLMError):
     """The engine failed this one request; others are unaffected."""
 
     code = grpc.StatusCode.INTERNAL
+    reason = Reason.ENGINE_FAILED
 
 
 class DeadlineExceeded(ChatLLMError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = Reason.REQUEST_TIMEOUT
 
 
 class StartupError(Exception):
@@ -72,3 +121,28 @@ def grpc_code(exc: BaseException) -> grpc.StatusCode:
     if isinstance(exc, ChatLLMError):
         return exc.code
     return grpc.StatusCode.INTERNAL
+
+
+def rich_status(
+    code: grpc.StatusCode, message: str, reason: Reason, field: str | None = None, description: str = ""
+) -> grpc.Status:
+    """A gRPC status with ErrorInfo (and BadRequest when a field is named) in its details."""
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason.value, domain=ERROR_DOMAIN))
+    details = [info]
+    if field is not None:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+        bad_request = any_pb2.Any()
+        bad_request.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+        details.append(bad_request)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
+    return rpc_status.to_status(status)
+
+
+def status_of(exc: BaseException) -> grpc.Status:
+    """The status to send for an exception raised while handling an RPC."""
+    if isinstance(exc, InvalidArgument):
+        return rich_status(exc.code, str(exc), exc.reason, exc.field, exc.description)
+    if isinstance(exc, ChatLLMError):
+        return rich_status(exc.code, str(exc), exc.reason)
+    return rich_status(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", Reason.INTERNAL)

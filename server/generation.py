@@ -22,7 +22,7 @@ from chatllm.server import metrics, sampling
 from chatllm.server.admission import Admission
 from chatllm.server.chat import Chat, ChatInput, ChatTurn, Retrieved
 from chatllm.server.engines.base import Engine, Finish
-from chatllm.server.errors import DeadlineExceeded, InvalidArgument, NotReady, RequestFailed
+from chatllm.server.errors import DeadlineExceeded, InvalidArgument, NotReady, Reason, RequestFailed
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class GenerateService:
         if not request.use_knowledge_base:
             return None
         if self.retriever is None:
-            raise NotReady("the knowledge base is not enabled on this server")
+            raise NotReady("the knowledge base is not enabled on this server", Reason.KNOWLEDGE_BASE_DISABLED)
         top_k = request.retrieval_top_k or self.kb.retrieval_top_k
         return await self.retriever.retrieve_chunks(knowledge_base_name(request.knowledge_base), request.prompt, top_k)
 

@@ -33,7 +33,7 @@ from chatllm.retrieval.splitter import DocumentSplitter, SplitterSettings
 from chatllm.retrieval.store import DocumentRecord, MilvusStore
 from chatllm.server import metrics
 from chatllm.server.chat import Retrieved
-from chatllm.server.errors import InvalidArgument, NotFound, StartupError
+from chatllm.server.errors import InvalidArgument, NotFound, Reason, StartupError
 from chatllm.server.generation import MAX_RETRIEVAL_TOP_K, knowledge_base_name
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,10 @@ def library_errors() -> Iterator[None]:
         yield
     except DocumentError as exc:
         raise InvalidArgument("filename", str(exc)) from None
-    except (UnknownDocument, UnknownKnowledgeBase) as exc:
-        raise NotFound(str(exc)) from None
+    except UnknownDocument as exc:
+        raise NotFound(str(exc), Reason.DOCUMENT_NOT_FOUND) from None
+    except UnknownKnowledgeBase as exc:
+        raise NotFound(str(exc), Reason.KNOWLEDGE_BASE_NOT_FOUND) from None
     except EmbeddingMismatch as exc:
         raise InvalidArgument("knowledge_base", str(exc)) from None
 
@@ -116,16 +118,19 @@ def source_pb(chunk: RetrievedChunk) -> pb.Source:
 class KnowledgeService:
     """Implements the servicer's KnowledgeRPCs and GenerateService's Retriever."""
 
-    def __init__(self, config: KnowledgeConfig, library: KnowledgeBases) -> None:
+    def __init__(self, config: KnowledgeConfig, library: KnowledgeBases, max_upload_bytes: int) -> None:
         self.config = config
+        self.max_upload_bytes = max_upload_bytes
         self.library = library
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def running(cls, config: KnowledgeConfig, kb_dir: Path) -> AsyncIterator[KnowledgeService]:
+    async def running(
+        cls, config: KnowledgeConfig, kb_dir: Path, max_upload_bytes: int
+    ) -> AsyncIterator[KnowledgeService]:
         library = await asyncio.to_thread(open_knowledge_bases, config, kb_dir)
         try:
-            yield cls(config, library)
+            yield cls(config, library, max_upload_bytes)
         finally:
             await asyncio.to_thread(library.store.close)
 
@@ -161,7 +166,7 @@ class KnowledgeService:
         header: pb.IngestHeader | None = None
         parts: list[bytes] = []
         size = 0
-        limit = self.config.max_upload_bytes
+        limit = self.max_upload_bytes
         async for request in requests:
             if request.HasField("header"):
                 if header is not None:
@@ -179,6 +184,7 @@ class KnowledgeService:
                     "chunk",
                     f"{clean_filename(header.filename)}: larger than the {limit}-byte "
                     "upload limit (--max-upload-bytes)",
+                    Reason.UPLOAD_TOO_LARGE,
                 )
             parts.append(request.chunk)
         if header is None:

@@ -15,7 +15,7 @@ from chatllm.proto import pb, pb_grpc
 from chatllm.server import catalog, metrics
 from chatllm.server.admission import Admission
 from chatllm.server.engines.base import Engine
-from chatllm.server.errors import ChatLLMError, NotReady, grpc_code
+from chatllm.server.errors import ChatLLMError, NotReady, Reason, grpc_code, status_of
 from chatllm.server.generation import GenerateService
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,9 @@ class ServerState:
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    code = grpc_code(exc)
-    if isinstance(exc, ChatLLMError):
-        message = str(exc)
-    else:
+    if not isinstance(exc, ChatLLMError):
         log.exception("unexpected error in RPC")
-        message = f"internal error: {type(exc).__name__}"
-    await context.abort(code, message)
+    await context.abort_with_status(status_of(exc))
 
 
 def unary(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
@@ -89,12 +85,12 @@ class ChatLLMServicer(pb_grpc.ChatLLMServicer):
 
     def _generate_service(self) -> GenerateService:
         if self.state.generate is None:
-            raise NotReady("the model is still loading; retry shortly")
+            raise NotReady("the model is still loading; retry shortly", Reason.LOADING)
         return self.state.generate
 
     def _knowledge(self) -> KnowledgeRPCs:
         if self.state.knowledge is None:
-            raise NotReady("the knowledge base is not enabled on this server")
+            raise NotReady("the knowledge base is not enabled on this server", Reason.KNOWLEDGE_BASE_DISABLED)
         return self.state.knowledge
 
     async def Generate(

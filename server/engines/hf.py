@@ -22,7 +22,7 @@ from typing import Any
 from chatllm.clients.config import Config
 from chatllm.server.engines.base import EngineInfo, EngineOutput, EngineStats, Finish
 from chatllm.server.engines.text_stream import IncrementalDetokenizer, StopMatcher
-from chatllm.server.errors import EngineDeadError, InvalidArgument, StartupError
+from chatllm.server.errors import EngineDeadError, StartupError, Unsupported
 from chatllm.server.model_source import ModelSource
 from chatllm.server.sampling import SamplingOptions
 
@@ -184,9 +184,9 @@ class HFEngine:
 
     def check_options(self, options: SamplingOptions) -> None:
         if options.repetition_penalty != 1.0:
-            raise InvalidArgument("sampling.repetition_penalty", "not supported by the hf backend (use --backend vllm)")
+            raise Unsupported("sampling.repetition_penalty", "hf")
         if options.seed is not None:
-            raise InvalidArgument("sampling.seed", "not supported by the hf backend (use --backend vllm)")
+            raise Unsupported("sampling.seed", "hf")
 
     # ------------------------------------------------------------------ requests
     def _sampling_kwargs(self, options: SamplingOptions) -> dict[str, Any]:
