@@ -41,6 +41,7 @@ from chatllm.bridge.openai_types import (
     structured_output,
     tool_choice_pb,
 )
+from chatllm.bridge.validation import FieldProblem
 from chatllm.proto import pb
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's (and vLLM's) default for /v1/completions
@@ -124,7 +125,7 @@ class SamplingFields(Strict):
         if self.response_format is not None and self.response_format.type != "text":
             given.append("response_format")
         if len(given) > 1:
-            raise PydanticCustomError("invalid_field", "give one of {given}, not several", {"given": ", ".join(given)})
+            raise FieldProblem(given[-1], f"give one of {', '.join(given)}, not several")
         return self
 
     @staticmethod
@@ -230,7 +231,7 @@ class ChatCompletionRequest(SamplingFields):
     @model_validator(mode="after")
     def _top_logprobs_need_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
-            raise PydanticCustomError("invalid_field", "top_logprobs needs `logprobs: true`")
+            raise FieldProblem("top_logprobs", "needs `logprobs: true`")
         return self
 
     def to_generate_request(self, request_id: str) -> pb.GenerateRequest:
@@ -280,11 +281,11 @@ class CompletionRequest(SamplingFields):
     @model_validator(mode="after")
     def _one_prompt(self) -> CompletionRequest:
         if isinstance(self.prompt, list) and len(self.prompt) != 1:
-            raise PydanticCustomError("invalid_field", "one prompt per request (a string or a list of one)")
+            raise FieldProblem("prompt", "one prompt per request (a string or a list of one)")
         if self.best_of is not None and self.best_of < (self.n or 1):
-            raise PydanticCustomError("invalid_field", "best_of must be at least n")
+            raise FieldProblem("best_of", "must be at least n")
         if self.best_of not in (None, 1) and self.stream:
-            raise PydanticCustomError("invalid_field", "best_of > 1 cannot be streamed")
+            raise FieldProblem("best_of", "best_of > 1 cannot be streamed")
         return self
 
     @property

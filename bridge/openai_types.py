@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from pydantic_core import PydanticCustomError
 
 from chatllm.bridge.field_types import Boolean, String, StringList
+from chatllm.bridge.validation import FieldProblem
 from chatllm.proto import pb
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -167,7 +168,7 @@ class ResponseFormat(Strict):
     @model_validator(mode="after")
     def _schema_when_needed(self) -> ResponseFormat:
         if self.type == "json_schema" and self.json_schema is None:
-            raise PydanticCustomError("invalid_field", "type json_schema needs `json_schema`")
+            raise FieldProblem("response_format.json_schema", "type json_schema needs it")
         return self
 
     def to_pb(self) -> pb.StructuredOutput | None:
@@ -195,7 +196,7 @@ class StructuredOutputs(Strict):
         if self.json_object:
             given.append("json_object")
         if len(given) != 1:
-            raise PydanticCustomError("invalid_field", "give exactly one of json, regex, choice, grammar, json_object")
+            raise FieldProblem("structured_outputs", "give exactly one of json, regex, choice, grammar, json_object")
         return self
 
     def to_pb(self) -> pb.StructuredOutput:

@@ -106,9 +106,21 @@ def as_api_error(error: ValidationError) -> ApiError:
     return bad_request(param, message[:1].lower() + message[1:], code=code)
 
 
+class FieldProblem(Exception):
+    """Raised by a model validator that checks several fields: names the one at fault (pydantic would say
+    the whole body). Not a ValueError, so pydantic lets it through to `parse`."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
 def parse(model: type[M], value: Any) -> M:
     """Validate decoded JSON against `model`; a 400 naming the field otherwise."""
     try:
         return model.model_validate(value)
     except ValidationError as exc:
         raise as_api_error(exc) from None
+    except FieldProblem as problem:
+        raise bad_request(problem.field, problem.reason) from None

@@ -53,8 +53,31 @@ class ModelConfig:
     model_type: str | None = option(
         None, "chat template family when the tokenizer has none (llama3, qwen, chatglm, ...)", commands=SERVER_COMMANDS
     )
-    model_name: str | None = option(
-        None, "name clients see (OpenAI `model`); default from the path", commands=SERVER_COMMANDS
+    served_model_name: str | None = option(
+        None, "the base model's name (OpenAI `model`, gRPC `model`); default from the path", commands=SERVER_COMMANDS
+    )
+    lora_modules: tuple[str, ...] = option(
+        (),
+        "LoRA adapters to serve beside the base model, as NAME=PATH (PEFT directories; --backend vllm)",
+        commands=SERVER_COMMANDS,
+    )
+    chat_template: str | None = option(
+        None,
+        "chat template to use instead of the tokenizer's: a Jinja file, or a family name (chatml-tools, qwen, ...)",
+        commands=SERVER_COMMANDS,
+    )
+    tool_call_parser: str = option(
+        "hermes",
+        "vLLM tool parser that reads tool calls out of the model's text (hermes, llama3_json, mistral, qwen3_xml, "
+        "...; none: refuse tools)",
+        commands=SERVER_COMMANDS,
+    )
+    tool_strict_level: str = option(
+        "parameter",
+        "what the grammar enforces in tool calls: parameter (arguments valid against the tool's schema), function "
+        "(the call's envelope), auto (vLLM's default: only tools marked strict)",
+        choices=("auto", "function", "parameter"),
+        commands=SERVER_COMMANDS,
     )
     no_template: bool = option(
         False, "send the raw prompt: no chat template, system prompt or history", commands=SERVER_COMMANDS
@@ -262,7 +285,7 @@ def option_fields() -> Iterator[tuple[str, dataclasses.Field[Any], type]]:
 def _base_type(hint: Any) -> type:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return typing.cast(type, hint)
+    return typing.cast(type, typing.get_origin(hint) or hint)  # tuple[str, ...] -> tuple
 
 
 SECTION_OF: dict[str, str] = {f.name: section for section, f, _ in option_fields()}
@@ -322,7 +345,7 @@ def from_args(args: argparse.Namespace | Mapping[str, Any], env: Mapping[str, st
         if command not in f.metadata["commands"]:
             continue
         if given.get(f.name) is not None:
-            values[f.name] = given[f.name]
+            values[f.name] = tuple(given[f.name]) if kind is tuple else given[f.name]
             continue
         raw = env.get(ENV_PREFIX + f.name.upper())
         if raw is None:
@@ -331,7 +354,7 @@ def from_args(args: argparse.Namespace | Mapping[str, Any], env: Mapping[str, st
                 values[f.name] = default
             continue
         try:
-            values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
+            values[f.name] = _parse_bool(raw) if kind is bool else tuple(raw.split()) if kind is tuple else kind(raw)
         except ValueError as exc:
             raise SystemExit(f"error: {ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from None
         choices = f.metadata["choices"]
@@ -367,5 +390,9 @@ def validate(config: Config) -> None:
     for name in ("max_concurrent", "max_queue"):
         if getattr(limits, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
+    for module in config.model.lora_modules:
+        name, sep, path = module.partition("=")
+        if not (sep and name and path):
+            problems.append(f"--lora-modules {module!r}: give NAME=PATH")
     if problems:
         raise SystemExit("error: " + "; ".join(problems))

@@ -13,6 +13,7 @@ import contextlib
 import importlib.metadata
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -32,8 +33,10 @@ from chatllm.server.engines.base import Engine
 from chatllm.server.errors import StartupError
 from chatllm.server.generation import GenerateService
 from chatllm.server.metrics_http import MetricsEndpoint
-from chatllm.server.model_source import resolve
+from chatllm.server.model_source import ModelSource, resolve
+from chatllm.server.models import ServedModels
 from chatllm.server.servicer import ChatLLMServicer, ServerState
+from chatllm.server.tools import ToolCalling
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,31 @@ GRPC_OPTIONS = [
     ("grpc.max_connection_age_ms", 5 * 60_000),
     ("grpc.max_connection_age_grace_ms", 15 * 60_000),
 ]
+
+
+def served_models(source: ModelSource, engine: Engine, template_source: str) -> ServedModels:
+    """The base model and the engine's adapters, as ListModels describes them."""
+    info = engine.info
+    now = time.time()
+    base = pb.ModelInfo(
+        id=source.name,
+        model_path=source.given or f"builtin:{source.path.name}",
+        backend=info.backend,
+        device=info.device,
+        dtype=info.dtype,
+        context_length=info.context_length,
+        chat_template=template_source,
+        tensor_parallel_size=info.tensor_parallel_size,
+        pipeline_parallel_size=info.pipeline_parallel_size,
+        created_unix=now,
+    )
+    adapters = []
+    for adapter in engine.adapters:
+        card = pb.ModelInfo()
+        card.CopyFrom(base)
+        card.id, card.model_path, card.parent, card.created_unix = adapter.name, adapter.path, base.id, adapter.loaded
+        adapters.append(card)
+    return ServedModels(base, adapters)
 
 
 def package_version() -> str:
@@ -109,52 +137,61 @@ class ChatLLMServer:
         """Load model, knowledge base and history export; then report SERVING."""
         config = self.config
         model = config.model
-        source = await asyncio.to_thread(resolve, model.model_path, config.common.models_dir, model.model_name)
+        source = await asyncio.to_thread(resolve, model.model_path, config.common.models_dir, model.served_model_name)
         engine = await stack.enter_async_context(running_engine(config, source))
-        try:
-            chat = Chat(
-                engine.tokenizer,
-                engine.info.context_length,
-                max_round=config.history.max_round,
-                default_system_prompt=model.system_prompt,
-                no_template=model.no_template,
-                model_type=model.model_type,
-            )
-        except ValueError as exc:
-            raise StartupError(str(exc)) from None
+        chat = self._chat(engine)
+        tool_calling = None
+        if model.tool_call_parser != "none":
+            tool_calling = ToolCalling(model.tool_call_parser, model.tool_strict_level, engine.tokenizer)
         retriever = history = None
         if config.kb.knowledge_base:
             from chatllm.server.knowledge import KnowledgeService
 
-            retriever = await stack.enter_async_context(KnowledgeService.running(config.kb, config.common.kb_dir, config.limits.max_upload_bytes))
+            knowledge = KnowledgeService.running(config.kb, config.common.kb_dir, config.limits.max_upload_bytes)
+            retriever = await stack.enter_async_context(knowledge)
         if config.history.export_history_path:
             from chatllm.server.history import HistoryExporter
 
             history = await stack.enter_async_context(HistoryExporter.running(config.history))
+        models = served_models(source, engine, chat.template_source)
         info = engine.info
-        self.state.model = pb.ModelInfo(
-            id=source.name,
-            model_path=source.given or f"builtin:{source.path.name}",
-            backend=info.backend,
-            device=info.device,
-            dtype=info.dtype,
-            context_length=info.context_length,
-            chat_template=chat.template_source,
-            tensor_parallel_size=info.tensor_parallel_size,
-            pipeline_parallel_size=info.pipeline_parallel_size,
-        )
+        self.state.models = models
         metrics.MODEL_INFO.labels(source.name, info.backend, info.device, info.dtype).set(1)
         metrics.ENGINES.sources.append(engine.stats)
         stack.callback(metrics.ENGINES.sources.remove, engine.stats)
         self.state.knowledge = retriever
         self.state.engine = engine
         self.state.generate = GenerateService(
-            config.server, config.limits, config.kb, engine, chat, self.state.admission, retriever, history
+            config.server,
+            config.limits,
+            config.kb,
+            engine,
+            chat,
+            self.state.admission,
+            models,
+            tool_calling,
+            retriever,
+            history,
         )
         stack.push_async_callback(self._watch_engine(engine))
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         metrics.READY.set(1)
-        log.info("ready: %s via %s on %s/%s", source.name, info.backend, info.device, info.dtype)
+        log.info("ready: %s via %s on %s/%s", ", ".join(models.names), info.backend, info.device, info.dtype)
+
+    def _chat(self, engine: Engine) -> Chat:
+        model = self.config.model
+        try:
+            return Chat(
+                engine.tokenizer,
+                engine.info.context_length,
+                max_round=self.config.history.max_round,
+                default_system_prompt=model.system_prompt,
+                no_template=model.no_template,
+                model_type=model.model_type,
+                chat_template=model.chat_template,
+            )
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
 
     def _watch_engine(self, engine: Engine) -> Callable[[], Awaitable[None]]:
         """Flip readiness when the engine dies; returns the stopper for the exit stack."""

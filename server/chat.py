@@ -6,12 +6,14 @@ history), so gRPC, HTTP, WebSocket and OpenAI clients get the same behaviour.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import jinja2
+
 from chatllm.server.errors import InvalidArgument, Reason
-from chatllm.server.templates import family_template
+from chatllm.server.templates import family_template, load_template
 
 
 @dataclass(frozen=True)
@@ -33,18 +35,30 @@ class ChatTurn:
 
 @dataclass(frozen=True)
 class ChatInput:
-    prompt: str
+    """One request's conversation: `messages` (the general form, as the chat template sees
+    them), or the legacy prompt + system prompt + history, which become messages here."""
+
+    prompt: str = ""
     system_prompt: str = ""
     history: Sequence[ChatTurn] = ()
     raw: bool = False  # this request only: no template/system/history
+    messages: Sequence[Mapping[str, Any]] = ()
+    tools: Sequence[Mapping[str, Any]] = ()  # shown to the chat template
+    template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def question(self) -> str:
+        """What the knowledge base is searched for: the prompt, or the last user message."""
+        if not self.messages:
+            return self.prompt
+        return next((str(m.get("content") or "") for m in reversed(self.messages) if m.get("role") == "user"), "")
 
 
 @dataclass(frozen=True)
 class BuiltPrompt:
     ids: list[int]
-    text: str
     max_new_tokens: int  # clipped to what fits the context
-    history_rounds: int  # rounds that reached the model
+    history_rounds: int  # legacy rounds that reached the model
 
 
 KNOWLEDGE_PROMPT = """Answer the question using only the context below. Answer in the same language as the question.
@@ -74,6 +88,7 @@ class Chat:
         default_system_prompt: str = "",
         no_template: bool = False,
         model_type: str | None = None,
+        chat_template: str | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.context_length = context_length
@@ -83,6 +98,8 @@ class Chat:
         self.template: str | None = None
         if no_template:
             self.template_source = "none"
+        elif chat_template:
+            self.template, self.template_source = load_template(chat_template)
         elif getattr(tokenizer, "chat_template", None):
             self.template_source = "tokenizer"
         elif model_type:
@@ -96,9 +113,17 @@ class Chat:
     def trim_history(self, history: Sequence[ChatTurn]) -> list[ChatTurn]:
         return list(history[-self.max_round :]) if self.max_round > 0 else []
 
-    def messages(self, chat: ChatInput, knowledge: Sequence[Retrieved] | None = None) -> list[dict[str, str]]:
+    def messages(self, chat: ChatInput, knowledge: Sequence[Retrieved] | None = None) -> list[dict[str, Any]]:
+        """What the template renders. `messages` as sent (the knowledge-base context wraps the last user
+        message); legacy input with the default system prompt and its history trimmed to max_round."""
+        if chat.messages:
+            given = [dict(m) for m in chat.messages]
+            if knowledge is not None:
+                last_user = max(i for i, m in enumerate(given) if m.get("role") == "user")
+                given[last_user]["content"] = knowledge_prompt(str(given[last_user].get("content") or ""), knowledge)
+            return given
         system = chat.system_prompt or self.default_system_prompt
-        out: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+        out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
         for turn in self.trim_history(chat.history):
             out.append({"role": "user", "content": turn.user})
             out.append({"role": "assistant", "content": turn.assistant})
@@ -108,14 +133,28 @@ class Chat:
 
     def render(self, chat: ChatInput, knowledge: Sequence[Retrieved] | None = None) -> tuple[str, bool, int]:
         """The prompt text, whether the tokenizer should add special tokens, and the history rounds used."""
-        if self.no_template or chat.raw:
+        if chat.raw or (self.no_template and not chat.messages):
             text = knowledge_prompt(chat.prompt, knowledge) if knowledge is not None else chat.prompt
             return text, True, 0
+        if self.no_template:
+            raise InvalidArgument(
+                "messages",
+                "this server sends raw prompts (--no-template, or a model without "
+                "a chat template): send `prompt` instead",
+            )
         messages = self.messages(chat, knowledge)
-        text = self.tokenizer.apply_chat_template(
-            messages, chat_template=self.template, tokenize=False, add_generation_prompt=True
-        )
-        return str(text), False, len(self.trim_history(chat.history))
+        options: dict[str, Any] = dict(chat.template_kwargs)
+        if chat.tools:
+            options["tools"] = [dict(t) for t in chat.tools]
+        if messages[-1].get("role") == "assistant":  # continue this answer (prefill), as vLLM's continue_final_message
+            options.update(add_generation_prompt=False, continue_final_message=True)
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, chat_template=self.template, tokenize=False, **{"add_generation_prompt": True, **options}
+            )
+        except (jinja2.TemplateError, ValueError, TypeError) as exc:
+            raise InvalidArgument("messages", f"the model's chat template rejected them: {exc}") from None
+        return str(text), False, 0 if chat.messages else len(self.trim_history(chat.history))
 
     def build(self, chat: ChatInput, max_new_tokens: int, knowledge: Sequence[Retrieved] | None = None) -> BuiltPrompt:
         text, add_special, rounds = self.render(chat, knowledge)
@@ -128,4 +167,4 @@ class Chat:
                 f"context of {self.context_length} tokens",
                 Reason.CONTEXT_LENGTH_EXCEEDED,
             )
-        return BuiltPrompt(ids=ids, text=text, max_new_tokens=min(max_new_tokens, room), history_rounds=rounds)
+        return BuiltPrompt(ids=ids, max_new_tokens=min(max_new_tokens, room), history_rounds=rounds)

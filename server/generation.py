@@ -9,32 +9,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
+
+from google.protobuf.json_format import MessageToDict
 
 from chatllm.clients.config import KnowledgeConfig, LimitsConfig, ServerConfig
 from chatllm.proto import pb
 from chatllm.server import metrics, sampling
 from chatllm.server.admission import Admission
 from chatllm.server.chat import Chat, ChatInput, ChatTurn, Retrieved
+from chatllm.server.choices import ChoiceSet
 from chatllm.server.engines.base import Engine, Finish
 from chatllm.server.errors import DeadlineExceeded, InvalidArgument, NotReady, Reason, RequestFailed
+from chatllm.server.models import ServedModels
+from chatllm.server.tools import ToolCalling, ToolSession, tool_dicts
+from chatllm.server.validation import knowledge_base_name, validate
 
 log = logging.getLogger(__name__)
-
-MAX_REQUEST_ID = 128
-MAX_RETRIEVAL_TOP_K = 50
-KB_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-FINISH_TO_PB = {
-    Finish.STOP: pb.FINISH_REASON_STOP,
-    Finish.LENGTH: pb.FINISH_REASON_LENGTH,
-    Finish.ABORT: pb.FINISH_REASON_ABORT,
-    Finish.ERROR: pb.FINISH_REASON_ERROR,
-}
 
 
 class Retriever(Protocol):
@@ -45,29 +41,50 @@ class HistorySink(Protocol):
     def record(self, entry: dict[str, Any]) -> None: ...
 
 
-def knowledge_base_name(name: str, field: str = "knowledge_base") -> str:
-    name = name or "default"
-    if not KB_NAME.match(name):
-        raise InvalidArgument(field, "use 1-64 letters, digits, '_' or '-'")
-    return name
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a validated request asks of the engine."""
+
+    options: sampling.SamplingOptions
+    tools: ToolSession | None
+    adapter: str | None
+    model: str
 
 
-def validate(request: pb.GenerateRequest, limits: LimitsConfig) -> None:
-    if not request.prompt.strip():
-        raise InvalidArgument("prompt", "must not be empty")
-    if len(request.prompt) + len(request.system_prompt) > limits.max_prompt_chars:
-        raise InvalidArgument("prompt", f"prompt and system prompt exceed {limits.max_prompt_chars} characters")
-    if len(request.history) > limits.max_history_rounds:
-        raise InvalidArgument("history", f"at most {limits.max_history_rounds} rounds")
-    history_chars = sum(len(t.user) + len(t.assistant) for t in request.history)
-    if history_chars > limits.max_prompt_chars * 4:
-        raise InvalidArgument("history", f"history exceeds {limits.max_prompt_chars * 4} characters")
-    if len(request.request_id) > MAX_REQUEST_ID:
-        raise InvalidArgument("request_id", f"at most {MAX_REQUEST_ID} characters")
-    if request.retrieval_top_k > MAX_RETRIEVAL_TOP_K:
-        raise InvalidArgument("retrieval_top_k", f"at most {MAX_RETRIEVAL_TOP_K}")
-    if request.use_knowledge_base:
-        knowledge_base_name(request.knowledge_base)
+def template_message(message: pb.Message) -> dict[str, Any]:
+    """A message as chat templates read it (OpenAI's shape; call arguments as objects, as vLLM passes them)."""
+    out: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role}
+    out["content"] = message.content
+    if message.name:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _arguments(c.arguments)}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _arguments(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def chat_input(request: pb.GenerateRequest, tools: ToolSession | None) -> ChatInput:
+    return ChatInput(
+        prompt=request.prompt,
+        system_prompt=request.system_prompt,
+        history=[ChatTurn(t.user, t.assistant) for t in request.history],
+        raw=request.raw_prompt,
+        messages=[template_message(m) for m in request.messages],
+        tools=tool_dicts(request.tools) if tools is not None else (),
+        template_kwargs=MessageToDict(request.chat_template_kwargs) if request.HasField("chat_template_kwargs") else {},
+    )
 
 
 class GenerateService:
@@ -79,6 +96,8 @@ class GenerateService:
         engine: Engine,
         chat: Chat,
         admission: Admission,
+        models: ServedModels,
+        tool_calling: ToolCalling | None = None,
         retriever: Retriever | None = None,
         history: HistorySink | None = None,
     ) -> None:
@@ -87,27 +106,46 @@ class GenerateService:
         self.engine = engine
         self.chat = chat
         self.admission = admission
+        self.models = models
+        self.tool_calling = tool_calling
         self.retriever = retriever
         self.history = history
         self.defaults = sampling.SamplingDefaults.resolve(
             server.max_new_tokens, server.temperature, server.top_k, server.top_p, engine.generation_config
         )
 
-    async def _retrieve(self, request: pb.GenerateRequest) -> list[Retrieved] | None:
+    def plan(self, request: pb.GenerateRequest) -> Plan:
+        """Validate the request and decide what the engine is asked (refusals before admission)."""
+        validate(request, self.limits)
+        options = sampling.from_pb(request.sampling if request.HasField("sampling") else None, self.defaults)
+        constraint = None
+        if request.HasField("structured_output"):
+            constraint = sampling.constraint_from_pb(request.structured_output)
+        tools = None
+        if request.tools:
+            if self.tool_calling is None:
+                raise InvalidArgument("tools", "tool calling is off on this server (--tool-call-parser none)")
+            tools = self.tool_calling.session(request, constraint)
+        if tools is not None:
+            constraint = tools.constraint
+            options = dataclasses.replace(options, skip_special_tokens=tools.skip_special_tokens)
+        options = dataclasses.replace(options, constraint=constraint)
+        self.engine.check_options(options)
+        adapter = self.models.adapter_for(request.model)
+        return Plan(options, tools, adapter, adapter or self.models.base.id)
+
+    async def _retrieve(self, request: pb.GenerateRequest, question: str) -> list[Retrieved] | None:
         if not request.use_knowledge_base:
             return None
         if self.retriever is None:
             raise NotReady("the knowledge base is not enabled on this server", Reason.KNOWLEDGE_BASE_DISABLED)
         top_k = request.retrieval_top_k or self.kb.retrieval_top_k
-        return await self.retriever.retrieve_chunks(knowledge_base_name(request.knowledge_base), request.prompt, top_k)
+        return await self.retriever.retrieve_chunks(knowledge_base_name(request.knowledge_base), question, top_k)
 
     async def stream(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
         arrival = time.perf_counter()
-        validate(request, self.limits)
-        options = sampling.from_pb(request.sampling if request.HasField("sampling") else None, self.defaults)
-        self.engine.check_options(options)
+        plan = self.plan(request)
         request_id = request.request_id or uuid.uuid4().hex
-        channel = request.channel or "grpc"
         timeout = self.limits.request_timeout
         deadline = arrival + timeout if timeout > 0 else None
         metrics.QUEUE_DEPTH.inc()
@@ -117,62 +155,38 @@ class GenerateService:
         finally:
             metrics.QUEUE_DEPTH.dec()
         try:
-            async for response in self._generate(request, options, request_id, channel, arrival, deadline):
+            async for response in self._generate(request, plan, request_id, arrival, deadline):
                 yield response
         finally:
             await slot.__aexit__(None, None, None)
 
     async def _generate(
-        self,
-        request: pb.GenerateRequest,
-        options: sampling.SamplingOptions,
-        request_id: str,
-        channel: str,
-        arrival: float,
-        deadline: float | None,
+        self, request: pb.GenerateRequest, plan: Plan, request_id: str, arrival: float, deadline: float | None
     ) -> AsyncIterator[pb.GenerateResponse]:
         retrieval_started = time.perf_counter()
-        knowledge = await _within(self._retrieve(request), deadline, "retrieving knowledge-base chunks")
+        conversation = chat_input(request, plan.tools)
+        knowledge = await _within(self._retrieve(request, conversation.question), deadline, "retrieving chunks")
         retrieval_seconds = time.perf_counter() - retrieval_started if knowledge is not None else 0.0
-        chat_input = ChatInput(
-            prompt=request.prompt,
-            system_prompt=request.system_prompt,
-            history=[ChatTurn(t.user, t.assistant) for t in request.history],
-            raw=request.raw_prompt,
-        )
-        built = self.chat.build(chat_input, options.max_new_tokens, knowledge)
+        options = plan.options
+        built = self.chat.build(conversation, options.max_new_tokens, knowledge)
         options = dataclasses.replace(options, max_new_tokens=built.max_new_tokens)
+        collect = options.best_of is not None and options.best_of > options.n
+        if collect:  # best_of: generate the candidates, rank them by total log probability, answer at the end
+            options = dataclasses.replace(options, n=options.best_of, logprobs=options.logprobs or 0)
         engine_id = f"{request_id}:{uuid.uuid4().hex[:8]}"  # unique even if a client reuses ids
         timer = _Deadline(deadline, lambda: self.engine.abort(engine_id))
-        answer: list[str] = []
-        first_token_at: float | None = None
-        last_at = arrival
-        tokens_seen = 0
-        queue_seconds = 0.0
+        choices = ChoiceSet(options.n, built.ids, request_id, plan.tools, plan.options.logprobs is not None)
+        clock = _TokenClock(arrival)
         final = None
         ended = "abort"  # what to record when no final message went out: abort (client gone), timeout, error
         try:
-            async with contextlib.aclosing(self.engine.generate(built.ids, options, engine_id)) as outputs:
+            outputs = self.engine.generate(built.ids, options, engine_id, plan.adapter)
+            async with contextlib.aclosing(outputs):
                 async for out in outputs:
-                    now = time.perf_counter()
+                    clock.tick(out.completion_tokens - choices.choices[out.index].completion_tokens)
                     if out.queue_seconds is not None:
-                        queue_seconds = out.queue_seconds
-                    new_tokens = out.completion_tokens - tokens_seen
-                    if new_tokens > 0:
-                        if first_token_at is None:
-                            first_token_at = now
-                            metrics.TIME_TO_FIRST_TOKEN.observe(now - arrival)
-                        else:
-                            for _ in range(new_tokens):
-                                metrics.INTER_TOKEN.observe((now - last_at) / new_tokens)
-                        last_at, tokens_seen = now, out.completion_tokens
-                    answer.append(out.text)
-                    if out.finish is None:
-                        yield pb.GenerateResponse(
-                            text=out.text, completion_tokens=out.completion_tokens, request_id=request_id
-                        )
-                        continue
-                    if timer.fired:
+                        clock.queue_seconds = out.queue_seconds
+                    if out.finish is not None and timer.fired:
                         ended = "timeout"
                         raise DeadlineExceeded(
                             f"request took longer than --request-timeout {self.limits.request_timeout:g}s"
@@ -180,12 +194,20 @@ class GenerateService:
                     if out.finish is Finish.ERROR:
                         ended = "error"
                         raise RequestFailed(f"the engine failed this request: {out.error or 'unknown error'}")
-                    final = self._final(
-                        out, built.ids, arrival, first_token_at, queue_seconds, retrieval_seconds, knowledge
-                    )
-                    yield pb.GenerateResponse(
-                        text=out.text, completion_tokens=out.completion_tokens, request_id=request_id, final=final
-                    )
+                    response = choices.response(out)
+                    if collect or response is None:
+                        continue
+                    if choices.done:
+                        final = self._final(choices, plan, arrival, clock, retrieval_seconds, knowledge)
+                        response.final.CopyFrom(final)
+                    yield response
+            if collect:
+                choices = choices.best(plan.options.n)
+                final = self._final(choices, plan, arrival, clock, retrieval_seconds, knowledge)
+                responses = choices.whole_responses()
+                responses[-1].final.CopyFrom(final)
+                for response in responses:
+                    yield response
         except Exception:
             if ended == "abort":
                 ended = "error"  # the engine died or broke
@@ -193,27 +215,28 @@ class GenerateService:
         finally:
             timer.cancel()
             outcome = _finish_name(final.finish_reason) if final is not None else ended
-            self._record(request, request_id, channel, built.history_rounds, "".join(answer), final, arrival, outcome)
+            self._record(request, request_id, built.history_rounds, choices.answer(), final, arrival, outcome)
 
     def _final(
         self,
-        out: Any,
-        prompt_ids: list[int],
+        choices: ChoiceSet,
+        plan: Plan,
         arrival: float,
-        first_token_at: float | None,
-        queue_seconds: float,
+        clock: _TokenClock,
         retrieval_seconds: float,
         knowledge: list[Retrieved] | None,
     ) -> pb.GenerateFinal:
         now = time.perf_counter()
+        prompt_tokens, completion_tokens = len(choices.prompt_ids), choices.completion_tokens
         usage = pb.Usage(
-            prompt_tokens=len(prompt_ids),
-            completion_tokens=out.completion_tokens,
-            total_tokens=len(prompt_ids) + out.completion_tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            cached_prompt_tokens=choices.cached_tokens,
         )
         timings = pb.Timings(
-            queue_seconds=queue_seconds,
-            time_to_first_token_seconds=(first_token_at - arrival) if first_token_at else 0.0,
+            queue_seconds=clock.queue_seconds,
+            time_to_first_token_seconds=(clock.first_token_at - arrival) if clock.first_token_at else 0.0,
             total_seconds=now - arrival,
             retrieval_seconds=retrieval_seconds,
         )
@@ -221,13 +244,20 @@ class GenerateService:
             pb.Source(document_id=k.document_id, file=k.file, chunk=k.chunk, score=k.score, text=k.text)
             for k in knowledge or []
         ]
-        return pb.GenerateFinal(finish_reason=FINISH_TO_PB[out.finish], usage=usage, timings=timings, sources=sources)
+        ends = choices.ends()
+        return pb.GenerateFinal(
+            finish_reason=ends[0].finish_reason,
+            usage=usage,
+            timings=timings,
+            sources=sources,
+            choices=ends,
+            model=plan.model,
+        )
 
     def _record(
         self,
         request: pb.GenerateRequest,
         request_id: str,
-        channel: str,
         rounds: int,
         response: str,
         final: pb.GenerateFinal | None,
@@ -236,6 +266,7 @@ class GenerateService:
     ) -> None:
         """Metrics and history export for every request that reached the engine."""
         latency = time.perf_counter() - arrival
+        channel = request.channel or "grpc"
         metrics.E2E_LATENCY.labels(channel).observe(latency)
         metrics.FINISH_REASONS.labels(reason).inc()
         if final is not None:
@@ -245,25 +276,53 @@ class GenerateService:
         if self.history is None:
             return
         usage = final.usage if final else pb.Usage()
-        self.history.record(
-            {  # the exporter stamps "time" (UTC) when it takes the line
-                "request_id": request_id,
-                "channel": channel,
-                "prompt": request.prompt,
-                "system_prompt": request.system_prompt,
-                "history_length": len(request.history),
-                "history_rounds_used": rounds,
-                "response": response,
-                "finish_reason": reason,
-                "usage": {
-                    "prompt_tokens": usage.prompt_tokens,
-                    "completion_tokens": usage.completion_tokens,
-                    "total_tokens": usage.total_tokens,
-                },
-                "latency_seconds": round(latency, 4),
-                "knowledge_base": request.knowledge_base or "default" if request.use_knowledge_base else None,
-            }
-        )
+        entry: dict[str, Any] = {  # the exporter stamps "time" (UTC) when it takes the line
+            "request_id": request_id,
+            "channel": channel,
+            "prompt": request.prompt,
+            "system_prompt": request.system_prompt,
+            "history_length": len(request.history),
+            "history_rounds_used": rounds,
+            "response": response,
+            "finish_reason": reason,
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+            "latency_seconds": round(latency, 4),
+            "knowledge_base": request.knowledge_base or "default" if request.use_knowledge_base else None,
+        }
+        if request.messages:
+            entry["messages"] = [MessageToDict(m, preserving_proto_field_name=True) for m in request.messages]
+        for name in ("model", "user"):
+            if getattr(request, name):
+                entry[name] = getattr(request, name)
+        if request.metadata:
+            entry["metadata"] = dict(request.metadata)
+        self.history.record(entry)
+
+
+class _TokenClock:
+    """Time to first token and inter-token latency over all of a request's choices."""
+
+    def __init__(self, arrival: float) -> None:
+        self.arrival = arrival
+        self.first_token_at: float | None = None
+        self.last_at = arrival
+        self.queue_seconds = 0.0
+
+    def tick(self, new_tokens: int) -> None:
+        if new_tokens <= 0:
+            return
+        now = time.perf_counter()
+        if self.first_token_at is None:
+            self.first_token_at = now
+            metrics.TIME_TO_FIRST_TOKEN.observe(now - self.arrival)
+        else:
+            for _ in range(new_tokens):
+                metrics.INTER_TOKEN.observe((now - self.last_at) / new_tokens)
+        self.last_at = now
 
 
 def _finish_name(reason: pb.FinishReason) -> str:
@@ -287,7 +346,7 @@ class _Deadline:
     def __init__(self, deadline: float | None, abort: Callable[[], Any]) -> None:
         self.fired = False
         self._handle: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[Any] | None = None
+        self._aborting: set[asyncio.Future[Any]] = set()  # the loop keeps only weak references to tasks
         if deadline is not None:
             loop = asyncio.get_running_loop()
             delay = max(deadline - time.perf_counter(), 0.0)
@@ -295,7 +354,9 @@ class _Deadline:
 
     def _fire(self, abort: Callable[[], Any]) -> None:
         self.fired = True
-        self._task = asyncio.ensure_future(abort())
+        task = asyncio.ensure_future(abort())
+        self._aborting.add(task)
+        task.add_done_callback(self._aborting.discard)
 
     def cancel(self) -> None:
         if self._handle is not None:

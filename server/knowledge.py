@@ -34,7 +34,7 @@ from chatllm.retrieval.store import DocumentRecord, MilvusStore
 from chatllm.server import metrics
 from chatllm.server.chat import Retrieved
 from chatllm.server.errors import InvalidArgument, NotFound, Reason, StartupError
-from chatllm.server.generation import MAX_RETRIEVAL_TOP_K, knowledge_base_name
+from chatllm.server.validation import MAX_RETRIEVAL_TOP_K, knowledge_base_name
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from chatllm.server.admission import Admission
 from chatllm.server.engines.base import Engine
 from chatllm.server.errors import ChatLLMError, NotReady, Reason, grpc_code, status_of
 from chatllm.server.generation import GenerateService
+from chatllm.server.models import ServedModels
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,7 +43,7 @@ class ServerState:
         self.auth_required = auth_required
         self.version = version
         self.engine: Engine | None = None
-        self.model: pb.ModelInfo | None = None
+        self.models: ServedModels | None = None
         self.generate: GenerateService | None = None
         self.knowledge: KnowledgeRPCs | None = None
 
@@ -151,7 +152,7 @@ class ChatLLMServicer(pb_grpc.ChatLLMServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        models = [self.state.model] if self.state.model is not None else []
+        models = self.state.models.all() if self.state.models is not None else []
         return pb.ListModelsResponse(models=models, catalog=catalog.catalog_pb())
 
     @unary("GetServerInfo")
@@ -164,7 +165,7 @@ class ChatLLMServicer(pb_grpc.ChatLLMServicer):
             waiting_requests=admission.waiting + (stats.waiting if stats else 0),
             uptime_seconds=time.monotonic() - state.started,
             version=state.version,
-            model=state.model,
+            model=state.models.base if state.models is not None else None,
             draining=admission.draining,
             kv_cache_usage=stats.kv_cache_usage if stats else 0.0,
             max_concurrent=admission.max_concurrent,

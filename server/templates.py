@@ -6,6 +6,8 @@ Jinja templates in the Hugging Face format (rendered by the tokenizer's own
 
 from __future__ import annotations
 
+from pathlib import Path
+
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -62,7 +64,34 @@ DEEPSEEK = (
     "{% if add_generation_prompt %}### Response:\n{% endif %}"
 )
 
+# ChatML that shows the tools to the model and writes calls and results in the hermes format
+# (<tool_call>{"name": ..., "arguments": ...}</tool_call>), which --tool-call-parser hermes reads back:
+# for ChatML models whose own template ignores tools (SmolLM2, older Qwen and Yi).
+CHATML_TOOLS = (
+    "{%- if messages[0]['role'] == 'system' -%}{%- set system = messages[0]['content'] -%}"
+    "{%- set rest = messages[1:] -%}{%- else -%}{%- set system = '' -%}{%- set rest = messages -%}{%- endif -%}"
+    "{%- if system or tools -%}{{- '<|im_start|>system\n' + system -}}"
+    "{%- if tools -%}{{- ('\n\n' if system else '') + '# Tools\n\nYou may call one or more functions to assist with "
+    "the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>' -}}"
+    "{%- for tool in tools -%}{{- '\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
+    "<args-json-object>}\n</tool_call>' -}}{%- endif -%}{{- '<|im_end|>\n' -}}{%- endif -%}"
+    "{%- for message in rest -%}"
+    "{%- if message['role'] == 'assistant' and message.get('tool_calls') -%}"
+    "{{- '<|im_start|>assistant\n' + (message['content'] or '') -}}"
+    "{%- for tc in message['tool_calls'] -%}{{- '<tool_call>\n{\"name\": \"' + tc['function']['name'] + "
+    "'\", \"arguments\": ' + (tc['function']['arguments'] | tojson) + '}\n</tool_call>' -}}{%- endfor -%}"
+    "{{- '<|im_end|>\n' -}}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{{- '<|im_start|>user\n<tool_response>\n' + message['content'] + '\n</tool_response><|im_end|>\n' -}}"
+    "{%- else -%}{{- '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') + '<|im_end|>\n' -}}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+)
+
 TEMPLATES: dict[str, str] = {
+    "chatml-tools": CHATML_TOOLS,
     "chatml": CHATML,
     "qwen": CHATML,
     "yi": CHATML,
@@ -83,3 +112,13 @@ def family_template(model_type: str) -> str:
     if key not in TEMPLATES:
         raise ValueError(f"unknown --model-type {model_type!r}; known: {', '.join(sorted(TEMPLATES))}")
     return TEMPLATES[key]
+
+
+def load_template(given: str) -> tuple[str, str]:
+    """--chat-template: a family name or a Jinja file -> (template, where it came from)."""
+    if given.lower() in TEMPLATES:
+        return TEMPLATES[given.lower()], f"family:{given.lower()}"
+    path = Path(given).expanduser()
+    if not path.is_file():
+        raise ValueError(f"--chat-template {given!r}: neither a file nor a family ({', '.join(sorted(TEMPLATES))})")
+    return path.read_text(encoding="utf-8"), f"file:{path.name}"

@@ -9,7 +9,7 @@ aborted so its slot and KV cache are freed.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,15 +24,40 @@ class Finish(enum.Enum):
 
 
 @dataclass(frozen=True)
+class TopToken:
+    token_id: int
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated (or prompt) token's log probability and the most likely alternatives."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[TopToken, ...] = ()
+
+
+@dataclass(frozen=True)
 class EngineOutput:
-    """One step of a request's stream: the new text since the previous output."""
+    """One step of one choice's stream: what it generated since its previous output.
+
+    A request's stream ends when every choice (SamplingOptions.n) has had its last output."""
 
     text: str
-    completion_tokens: int  # generated so far
-    prompt_tokens: int
-    finish: Finish | None = None  # set on the last output
+    completion_tokens: int  # generated so far by this choice
+    finish: Finish | None = None  # set on this choice's last output
     queue_seconds: float | None = None  # known once scheduled
     error: str | None = None
+    index: int = 0  # the choice
+    token_ids: tuple[int, ...] = ()  # this step's token ids
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token of this step (SamplingOptions.logprobs)
+    stop_reason: str | int | None = None  # the stop string or token id that ended the choice
+    cached_tokens: int | None = None  # prompt tokens served from the prefix cache (known from the first output)
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # SamplingOptions.prompt_logprobs, first output only
+    cumulative_logprob: float | None = None  # of the choice so far, when logprobs are computed
 
 
 @dataclass(frozen=True)
@@ -52,14 +77,27 @@ class EngineInfo:
     pipeline_parallel_size: int = 1
 
 
+@dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter the engine serves (--lora-modules NAME=PATH)."""
+
+    name: str
+    path: str
+    loaded: float  # when it was loaded, seconds since the Unix epoch
+
+
 @runtime_checkable
 class Engine(Protocol):
     info: EngineInfo
     tokenizer: Any  # a Hugging Face tokenizer
     generation_config: Any  # the model's GenerationConfig (for default sampling)
+    adapters: Sequence[Adapter]  # LoRA adapters loaded at start-up
 
-    def generate(self, prompt_ids: list[int], options: SamplingOptions, request_id: str) -> AsyncIterator[EngineOutput]:
-        """Stream outputs; the last one has `finish` set. Raises EngineDeadError if the engine is dead."""
+    def generate(
+        self, prompt_ids: list[int], options: SamplingOptions, request_id: str, adapter: str | None = None
+    ) -> AsyncIterator[EngineOutput]:
+        """Stream outputs of every choice; each choice's last has `finish` set. `adapter` names a LoRA
+        adapter the engine serves (None: the base model). Raises EngineDeadError if the engine is dead."""
         ...
 
     async def abort(self, request_id: str) -> None:

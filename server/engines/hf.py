@@ -5,8 +5,11 @@ cache; results reach the event loop through `register_result_handler`. Sampling
 is per request (`per_request_processors=True`): the manager's generation config
 only has to *enable* the temperature/top-k/top-p processors, so it is built with
 placeholder values and every request passes all three explicitly. Greedy is
-top_k=1. The library has no per-request seed or repetition penalty: such
-requests are refused with INVALID_ARGUMENT instead of being silently ignored.
+top_k=1. The library has no per-request seed, penalties, min-p, logit bias,
+logprobs, parallel sampling (n) or structured outputs: such requests are refused
+with INVALID_ARGUMENT naming the field (UNSUPPORTED_BY_BACKEND), never silently
+ignored. Stop strings (with include_stop_str_in_output) and skip_special_tokens are
+applied here, on the generated token ids.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from chatllm.clients.config import Config
-from chatllm.server.engines.base import EngineInfo, EngineOutput, EngineStats, Finish
+from chatllm.server.engines.base import Adapter, EngineInfo, EngineOutput, EngineStats, Finish
 from chatllm.server.engines.text_stream import IncrementalDetokenizer, StopMatcher
 from chatllm.server.errors import EngineDeadError, StartupError, Unsupported
 from chatllm.server.model_source import ModelSource
@@ -78,6 +81,7 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.generation_config = model.generation_config
         self.info = info
+        self.adapters: list[Adapter] = []  # LoRA needs --backend vllm (refused at start-up)
         self._manager = manager
         self._vocab_size = int(model.config.get_text_config().vocab_size)
         self._stopping = False
@@ -96,6 +100,10 @@ class HFEngine:
 
     @classmethod
     def _load(cls, config: Config, source: ModelSource) -> HFEngine:
+        if config.model.lora_modules:
+            raise StartupError(
+                "--lora-modules needs --backend vllm (transformers' continuous batching serves one model)"
+            )
         import torch
         from transformers import (
             AutoModelForCausalLM,
@@ -183,10 +191,11 @@ class HFEngine:
         )
 
     def check_options(self, options: SamplingOptions) -> None:
-        if options.repetition_penalty != 1.0:
-            raise Unsupported("sampling.repetition_penalty", "hf")
-        if options.seed is not None:
-            raise Unsupported("sampling.seed", "hf")
+        """transformers' continuous batching samples with temperature / top-k / top-p only."""
+        for name in options.differs_from_default():
+            raise Unsupported(f"sampling.{name}", "hf")
+        if options.constraint is not None:
+            raise Unsupported("structured_output", "hf")
 
     # ------------------------------------------------------------------ requests
     def _sampling_kwargs(self, options: SamplingOptions) -> dict[str, Any]:
@@ -223,8 +232,10 @@ class HFEngine:
                     raise EngineDeadError("hf engine stopped while generating") from None
 
     async def generate(
-        self, prompt_ids: list[int], options: SamplingOptions, request_id: str
+        self, prompt_ids: list[int], options: SamplingOptions, request_id: str, adapter: str | None = None
     ) -> AsyncIterator[EngineOutput]:
+        if adapter is not None:  # the server refuses --lora-modules with this backend at start-up
+            raise Unsupported("model", "hf", "LoRA adapters need --backend vllm")
         if self.errored:
             raise EngineDeadError("hf engine is not running")
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -242,28 +253,28 @@ class HFEngine:
             self._unregister(request_id)
             del self._queues[request_id]
             raise EngineDeadError("hf engine is not accepting requests")
-        detokenizer = IncrementalDetokenizer(self.tokenizer)
-        stops = StopMatcher(options.stop)
+        detokenizer = IncrementalDetokenizer(self.tokenizer, options.skip_special_tokens)
+        stops = StopMatcher(options.stop, options.include_stop_str_in_output)
         done = False
-        completion_tokens = 0
+        completion_tokens = ids_sent = 0
         try:
             while not done:
                 out = await self._next_output(queue)
                 if out is _ABORTED:
                     done = True
-                    yield EngineOutput("", completion_tokens, len(prompt_ids), Finish.ABORT, None)
+                    yield EngineOutput("", completion_tokens, Finish.ABORT)
                     return
                 tokens = out.generated_tokens
                 queued = out.lifespan[0] - out.created_time if out.lifespan[0] > 0 else None
                 if out.error is not None:
                     done = True
-                    yield EngineOutput("", len(tokens), len(prompt_ids), Finish.ERROR, queued, out.error)
+                    yield EngineOutput("", len(tokens), Finish.ERROR, queued, out.error)
                     return
                 finished = out.is_finished()
                 text = stops.feed(detokenizer.flush(tokens) if finished else detokenizer.push(tokens))
-                finish = None
+                finish, stop_reason = None, None
                 if stops.stopped:
-                    finish = Finish.STOP
+                    finish, stop_reason = Finish.STOP, stops.stopped_by
                     self._cancel(request_id)
                 elif finished:
                     text += stops.flush()
@@ -271,7 +282,8 @@ class HFEngine:
                 done = finish is not None
                 completion_tokens = len(tokens)
                 if text or done:
-                    yield EngineOutput(text, len(tokens), len(prompt_ids), finish, queued)
+                    new_ids, ids_sent = tuple(tokens[ids_sent:]), len(tokens)
+                    yield EngineOutput(text, len(tokens), finish, queued, token_ids=new_ids, stop_reason=stop_reason)
         finally:
             self._queues.pop(request_id, None)
             # Consumer gone (CancelledError / GeneratorExit) or engine error: free the slot.

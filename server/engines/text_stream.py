@@ -18,13 +18,14 @@ class IncrementalDetokenizer:
     decoding the window with the token before it keeps spacing right.
     """
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
         self._tokenizer = tokenizer
+        self._skip_special_tokens = skip_special_tokens
         self._prefix_offset = 0
         self._read_offset = 0
 
     def _decode(self, tokens: Sequence[int]) -> str:
-        return str(self._tokenizer.decode(tokens, skip_special_tokens=True))
+        return str(self._tokenizer.decode(tokens, skip_special_tokens=self._skip_special_tokens))
 
     def push(self, tokens: Sequence[int]) -> str:
         """All tokens generated so far -> the text not returned before ("" if incomplete)."""
@@ -50,10 +51,12 @@ class StopMatcher:
     """Cut a text stream before the first stop string, holding back only the
     characters that could still be the start of one."""
 
-    def __init__(self, stops: Sequence[str]) -> None:
+    def __init__(self, stops: Sequence[str], include_stop: bool = False) -> None:
         self._stops = [s for s in stops if s]
+        self._include_stop = include_stop
         self._pending = ""
         self.stopped = False
+        self.stopped_by = ""
 
     def feed(self, delta: str) -> str:
         """Add generated text; return what can be emitted now. Sets `stopped` on a match."""
@@ -62,10 +65,12 @@ class StopMatcher:
         if self.stopped:
             return ""
         self._pending += delta
-        cut = min((i for i in (self._pending.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            out, self._pending = self._pending[:cut], ""
+        found = [(i, s) for s in self._stops if (i := self._pending.find(s)) >= 0]
+        if found:
+            cut, stop = min(found)
+            self.stopped, self.stopped_by = True, stop
+            end = cut + len(stop) if self._include_stop else cut
+            out, self._pending = self._pending[:end], ""
             return out
         hold = self._hold_length()
         out = self._pending[: len(self._pending) - hold]

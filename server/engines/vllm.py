@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from chatllm.clients.config import Config
-from chatllm.server.engines.base import EngineInfo, EngineOutput, EngineStats, Finish
+from chatllm.server.engines.base import Adapter, EngineInfo, EngineOutput, EngineStats, Finish, TokenLogprob, TopToken
+from chatllm.server.engines.lora import AdapterSpec, LoadedAdapters, adapter_specs, engine_arguments
 from chatllm.server.engines.process_owner import OwnedProcesses, owned_processes
 from chatllm.server.engines.vllm_setup import (
     SchedulerStatsSink,
@@ -27,9 +28,9 @@ from chatllm.server.engines.vllm_setup import (
     patched_environ,
     vllm_unusable_reason,
 )
-from chatllm.server.errors import EngineDeadError, InvalidArgument, StartupError
+from chatllm.server.errors import EngineDeadError, InvalidArgument, Reason, StartupError
 from chatllm.server.model_source import ModelSource
-from chatllm.server.sampling import SamplingOptions
+from chatllm.server.sampling import Constraint, SamplingOptions
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class VLLMEngine:
     def __init__(
         self, llm: Any, tokenizer: Any, generation_config: Any, info: EngineInfo, stats_sink: SchedulerStatsSink
     ) -> None:
+        self._loras = LoadedAdapters()
         self.tokenizer = tokenizer
         self.generation_config = generation_config
         self.info = info
@@ -62,23 +64,27 @@ class VLLMEngine:
     @classmethod
     @contextlib.asynccontextmanager
     async def running(cls, config: Config, source: ModelSource) -> AsyncIterator[VLLMEngine]:
+        specs = adapter_specs(config.model.lora_modules, source.name)
         async with owned_processes() as processes:
-            engine = await cls._start_owned(config, source, processes)
+            engine = await cls._start_owned(config, source, processes, specs)
             await processes.settle()
             try:
+                await engine._loras.load(engine._llm, specs)
                 yield engine
             finally:
                 await engine._stop()
 
     @classmethod
-    async def _start_owned(cls, config: Config, source: ModelSource, processes: OwnedProcesses) -> VLLMEngine:
+    async def _start_owned(
+        cls, config: Config, source: ModelSource, processes: OwnedProcesses, specs: list[AdapterSpec]
+    ) -> VLLMEngine:
         """Start in a worker thread (the loop keeps answering health checks meanwhile).
 
         A start cannot be interrupted from outside the thread, so a cancelled
         start (SIGTERM while loading) kills the engine processes it has spawned so
         far, which makes the thread fail fast, and waits for it.
         """
-        starting = asyncio.ensure_future(asyncio.to_thread(cls._start, config, source))
+        starting = asyncio.ensure_future(asyncio.to_thread(cls._start, config, source, specs))
         try:
             return await asyncio.shield(starting)
         except asyncio.CancelledError:
@@ -90,13 +96,15 @@ class VLLMEngine:
             raise
 
     @classmethod
-    def _start(cls, config: Config, source: ModelSource) -> VLLMEngine:
+    def _start(cls, config: Config, source: ModelSource, specs: list[AdapterSpec]) -> VLLMEngine:
         from transformers import AutoTokenizer, GenerationConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
         started = time.perf_counter()
         stats_sink = SchedulerStatsSink()
         args, on_cpu = build_engine_args(config, source)
+        for name, value in engine_arguments(specs).items():
+            setattr(args, name, value)
         env = engine_environment(config, on_cpu)
         # vLLM's CPU platform also edits os.environ (LD_PRELOAD, thread binding) while it
         # configures; the spawned engine needs those, the rest of this process must not keep them.
@@ -157,6 +165,10 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ status
     @property
+    def adapters(self) -> list[Adapter]:
+        return self._loras.adapters
+
+    @property
     def errored(self) -> bool:
         return self._stopped or bool(self._llm.errored)
 
@@ -180,29 +192,43 @@ class VLLMEngine:
     # ------------------------------------------------------------------ requests
     def _sampling_params(self, options: SamplingOptions) -> Any:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMValidationError
         from vllm.sampling_params import RequestOutputKind
 
         try:
             return SamplingParams(
+                n=options.n,
                 max_tokens=options.max_new_tokens,
                 temperature=0.0 if options.greedy else options.temperature,
                 top_k=0 if options.greedy else options.top_k,  # 0 disables top-k in vLLM >= 0.10
                 top_p=1.0 if options.greedy else options.top_p,
+                min_p=options.min_p,
                 repetition_penalty=options.repetition_penalty,
+                presence_penalty=options.presence_penalty,
+                frequency_penalty=options.frequency_penalty,
                 seed=options.seed,
                 stop=list(options.stop) or None,
+                stop_token_ids=list(options.stop_token_ids) or None,
+                include_stop_str_in_output=options.include_stop_str_in_output,
                 ignore_eos=options.ignore_eos,
+                min_tokens=options.min_tokens,
+                logit_bias=dict(options.logit_bias) or None,
+                logprobs=options.logprobs,
+                prompt_logprobs=options.prompt_logprobs,
+                skip_special_tokens=options.skip_special_tokens,
+                structured_outputs=structured_outputs(options.constraint),
                 output_kind=RequestOutputKind.DELTA,
             )
-        except ValueError as exc:
-            raise InvalidArgument("sampling", str(exc)) from None
+        except (ValueError, VLLMValidationError) as exc:
+            raise invalid_argument(exc) from None
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)
 
     async def generate(
-        self, prompt_ids: list[int], options: SamplingOptions, request_id: str
+        self, prompt_ids: list[int], options: SamplingOptions, request_id: str, adapter: str | None = None
     ) -> AsyncIterator[EngineOutput]:
+        from vllm.exceptions import VLLMValidationError
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
         from vllm.v1.engine.exceptions import EngineGenerateError
@@ -211,36 +237,121 @@ class VLLMEngine:
             raise EngineDeadError("the vLLM engine is not running")
         params = self._sampling_params(options)
         prompt = TokensPrompt(prompt_token_ids=list(prompt_ids))
-        prompt_tokens = len(prompt_ids)
-        completion_tokens = 0
-        queued: float | None = None
+        steps = _Steps(self.tokenizer, options.logprobs)
         try:
             # aclosing: when our consumer goes away, vLLM's generator is closed at once,
             # which aborts the request in the engine.
-            async with contextlib.aclosing(self._llm.generate(prompt, params, request_id)) as outputs:
-                async for out in outputs:
-                    completion = out.outputs[0]
-                    completion_tokens += len(completion.token_ids)
-                    if queued is None:
-                        queued = _queue_seconds(out.metrics)
-                    finish = _FINISH.get(str(completion.finish_reason), Finish.STOP) if out.finished else None
-                    if completion.text or finish is not None:
-                        error = "vLLM reported an error for this request" if finish is Finish.ERROR else None
-                        yield EngineOutput(completion.text, completion_tokens, prompt_tokens, finish, queued, error)
+            lora = self._loras.request_for(adapter)
+            async with contextlib.aclosing(self._llm.generate(prompt, params, request_id, lora_request=lora)) as outs:
+                async for out in outs:
+                    for output in steps.outputs(out):
+                        yield output
         except VLLMEngineDead:
             raise EngineDeadError("the vLLM engine died while generating") from None
         except EngineGenerateError as exc:
             cause = exc.__cause__
-            yield EngineOutput(
-                "",
-                completion_tokens,
-                prompt_tokens,
-                Finish.ERROR,
-                queued,
-                f"{type(cause).__name__}: {cause}" if cause else "generation failed",
+            message = f"{type(cause).__name__}: {cause}" if cause else "generation failed"
+            for index in steps.unfinished(options.n):
+                yield EngineOutput("", steps.tokens.get(index, 0), Finish.ERROR, steps.queued, message, index=index)
+        except (ValueError, VLLMValidationError) as exc:  # vLLM's input validation (prompt too long, grammar, ...)
+            raise invalid_argument(exc) from None
+
+
+class _Steps:
+    """vLLM's RequestOutputs (each with the choices that moved: one, several, or all when the
+    consumer lagged) -> one EngineOutput per choice step."""
+
+    def __init__(self, tokenizer: Any, logprobs: int | None) -> None:
+        self.tokenizer = tokenizer
+        self.top = logprobs
+        self.tokens: dict[int, int] = {}
+        self.finished: set[int] = set()
+        self.queued: float | None = None
+        self.first = True
+
+    def unfinished(self, n: int) -> list[int]:
+        return [i for i in range(n) if i not in self.finished]
+
+    def outputs(self, out: Any) -> list[EngineOutput]:
+        if self.queued is None:
+            self.queued = _queue_seconds(out.metrics)
+        prompt_logprobs: tuple[TokenLogprob, ...] = ()
+        if self.first and out.prompt_logprobs:
+            prompt_logprobs = logprob_steps(out.prompt_token_ids, out.prompt_logprobs, self.top or 0)
+        produced = []
+        for completion in out.outputs:
+            index = completion.index
+            self.tokens[index] = self.tokens.get(index, 0) + len(completion.token_ids)
+            finish = _FINISH.get(str(completion.finish_reason), Finish.STOP) if completion.finish_reason else None
+            if not (completion.text or completion.token_ids or finish or self.first):
+                continue
+            if finish is not None:
+                self.finished.add(index)
+            produced.append(
+                EngineOutput(
+                    completion.text,
+                    self.tokens[index],
+                    finish,
+                    self.queued,
+                    "vLLM reported an error for this request" if finish is Finish.ERROR else None,
+                    index=index,
+                    token_ids=tuple(completion.token_ids),
+                    logprobs=logprob_steps(completion.token_ids, completion.logprobs, self.top or 0)
+                    if self.top is not None
+                    else (),
+                    stop_reason=completion.stop_reason,
+                    cached_tokens=out.num_cached_tokens if self.first else None,
+                    prompt_logprobs=prompt_logprobs if self.first else (),
+                    cumulative_logprob=completion.cumulative_logprob,
+                )
             )
-        except ValueError as exc:  # vLLM's input validation (e.g. prompt longer than the model)
-            raise InvalidArgument("prompt", str(exc)) from None
+            self.first = False
+        return produced
+
+
+def logprob_steps(token_ids: Any, steps: Any, top: int) -> tuple[TokenLogprob, ...]:
+    """vLLM's per-position {token_id: Logprob} (the sampled token first) -> TokenLogprobs whose `top`
+    holds the `top` most likely tokens by rank. Prompt logprobs start with None (no logprob for the
+    first token)."""
+    out = []
+    for token_id, step in zip(token_ids, steps or (), strict=False):
+        if step is None:
+            out.append(TokenLogprob(int(token_id), "", 0.0))
+            continue
+        chosen = step.get(token_id)
+        ranked = sorted((item for item in step.items() if item[1].rank is not None), key=lambda item: item[1].rank)
+        alternatives = tuple(
+            TopToken(int(tid), lp.decoded_token or "", float(lp.logprob)) for tid, lp in ranked if lp.rank <= top
+        )
+        token = chosen.decoded_token if chosen is not None else ""
+        logprob = float(chosen.logprob) if chosen is not None else 0.0
+        out.append(TokenLogprob(int(token_id), token or "", logprob, alternatives))
+    return tuple(out)
+
+
+def structured_outputs(constraint: Constraint | None) -> Any:
+    if constraint is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if constraint.kind == "choice":
+        return StructuredOutputsParams(choice=list(constraint.value))
+    if constraint.kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    return StructuredOutputsParams(**{constraint.kind: constraint.value})
+
+
+def invalid_argument(exc: Exception) -> InvalidArgument:
+    """vLLM's validation errors, naming our field where vLLM names one."""
+    parameter = getattr(exc, "parameter", None)
+    message = " ".join(str(exc).split())[:500]
+    if parameter in ("logprobs", "prompt_logprobs", "logit_bias", "n", "seed", "stop", "temperature", "top_p"):
+        return InvalidArgument(f"sampling.{parameter}", message)
+    if "grammar" in message.lower() or "json" in message.lower() or "regex" in message.lower():
+        return InvalidArgument("structured_output", message)
+    if "maximum context length" in message or "longer than the maximum model length" in message:
+        return InvalidArgument("prompt", message, Reason.CONTEXT_LENGTH_EXCEEDED)
+    return InvalidArgument("sampling", message)
 
 
 def _already_shut_down(timeout: float | None = None) -> None:

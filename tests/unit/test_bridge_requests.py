@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
 import pytest
 
 from chatllm.bridge import errors
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.legacy_request import from_http_body, from_text_or_json
-from chatllm.bridge.openai_request import CHAT_FIELDS, chat_request, completion_request
+from chatllm.bridge.openai_request import ChatCompletionRequest, CompletionRequest
+from chatllm.bridge.validation import parse
+from chatllm.server.errors import Reason, rich_status
 
 
-def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+def rpc_error(
+    code: grpc.StatusCode, details: str, reason: Reason | None = None, field: str | None = None
+) -> grpc.aio.AioRpcError:
+    """A failed call as the bridge sees it; with `reason`, carrying the server's google.rpc details."""
+    trailing = grpc.aio.Metadata()
+    if reason is not None:
+        description = details.partition(": ")[2] if field else ""
+        for key, value in rich_status(code, details, reason, field, description).trailing_metadata:
+            trailing.add(key, value)
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details=details)
 
 
 @pytest.mark.parametrize(
@@ -38,17 +50,19 @@ def test_json_fields_map_to_the_grpc_request() -> None:
         b' "use_cache": true, "stop": "x", "langchain": "true", "seed": 5, "ignore_eos": true, "unknown": [1]}'
     )
     legacy = from_http_body(body, "application/json")
-    assert legacy.stream is True and legacy.history == [("a", "b"), ("c", "")]
-    request = legacy.to_grpc("http", "rid", legacy.history or [])
+    assert legacy.stream is True and legacy.history_pairs() == [("a", "b"), ("c", "")]
+    request = legacy.to_generate_request("http", "rid", legacy.history_pairs() or [])
     assert request.prompt == "q" and request.system_prompt == "s" and request.channel == "http"
     assert [(t.user, t.assistant) for t in request.history] == [("a", "b"), ("c", "")]
     s = request.sampling
     assert (s.max_new_tokens, s.top_k, s.do_sample, list(s.stop), s.seed, s.ignore_eos) == (7, 3, False, ["x"], 5, True)
     assert s.temperature == pytest.approx(0.5) and s.top_p == pytest.approx(0.9)
     assert request.use_knowledge_base and request.knowledge_base == "default"
-    named = from_text_or_json('{"prompt": "q", "langchain": true, "kb": "manuals"}').to_grpc("ws", "r", [])
+    named = from_text_or_json('{"prompt": "q", "langchain": true, "kb": "manuals"}').to_generate_request("ws", "r", [])
     assert named.knowledge_base == "manuals"
-    unset = from_text_or_json('{"prompt": "q", "kb": "manuals", "temperature": null}').to_grpc("ws", "r", [])
+    unset = from_text_or_json('{"prompt": "q", "kb": "manuals", "temperature": null}').to_generate_request(
+        "ws", "r", []
+    )
     assert not unset.use_knowledge_base and not unset.sampling.HasField("temperature")
 
 
@@ -71,52 +85,61 @@ def test_wrong_types_name_the_field(text: str, param: str) -> None:
     assert err.value.status == 400 and err.value.param == param and str(err.value).startswith(param + ":")
 
 
-def test_chat_messages_become_system_prompt_history_and_prompt() -> None:
-    body = {
-        "messages": [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "Hi"},
-            {"role": "user", "content": [{"type": "text", "text": "I am Zorblax."}]},
-            {"role": "assistant", "content": "Hello Zorblax."},
-            {"role": "developer", "content": "No emojis."},
-            {"role": "user", "content": "Who am I?"},
-        ],
-        "max_tokens": 9,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    spec = chat_request(body, "rid")
-    request = spec.generate
-    assert request.system_prompt == "Be brief.\n\nNo emojis."
-    assert [(t.user, t.assistant) for t in request.history] == [("Hi\n\nI am Zorblax.", "Hello Zorblax.")]
-    assert request.prompt == "Who am I?" and request.sampling.max_new_tokens == 9 and request.channel == "openai"
+def test_chat_messages_reach_the_server_exactly_as_sent() -> None:
+    """No folding into pairs, no merging of same-role neighbours, no trimming (issue: the deep contract)."""
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "user", "content": [{"type": "text", "text": "I am Zorblax."}]},
+        {"role": "assistant", "content": "Hello Zorblax."},
+        {"role": "developer", "content": "No emojis."},
+        {"role": "user", "content": "Who am I?"},
+    ]
+    body = {"messages": messages, "max_tokens": 9, "stream": True, "stream_options": {"include_usage": True}}
+    spec = parse(ChatCompletionRequest, body)
+    request = spec.to_generate_request("rid")
+    sent = [(m.role, m.content) for m in request.messages]
+    assert sent == [
+        ("system", "Be brief."),
+        ("user", "Hi"),
+        ("user", "I am Zorblax."),
+        ("assistant", "Hello Zorblax."),
+        ("developer", "No emojis."),
+        ("user", "Who am I?"),
+    ]
+    assert not request.prompt and not request.history and not request.system_prompt
+    assert request.sampling.max_new_tokens == 9 and request.channel == "openai"
     assert spec.stream and spec.include_usage
 
 
 def test_completions_are_raw_and_default_to_16_tokens() -> None:
-    spec = completion_request({"prompt": ["Once upon a time"], "echo": True}, "rid")
-    assert spec.generate.raw_prompt and spec.generate.sampling.max_new_tokens == 16
-    assert spec.echo == "Once upon a time"
+    spec = parse(CompletionRequest, {"prompt": ["Once upon a time"], "echo": True})
+    generate = spec.to_generate_request("rid")
+    assert generate.raw_prompt and generate.sampling.max_new_tokens == 16
+    assert spec.echo and spec.text == "Once upon a time"
     with pytest.raises(ApiError) as err:
-        completion_request({"prompt": ["a", "b"]}, "rid")
+        parse(CompletionRequest, {"prompt": ["a", "b"]})
     assert err.value.param == "prompt"
 
 
 @pytest.mark.parametrize(
-    ("code", "details", "status", "retry_after"),
+    ("code", "details", "status", "retry_after", "reason"),
     [
-        (grpc.StatusCode.INVALID_ARGUMENT, "prompt: must not be empty", 400, None),
-        (grpc.StatusCode.UNAUTHENTICATED, "missing token", 401, None),
-        (grpc.StatusCode.NOT_FOUND, "no such knowledge base", 404, None),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, "server at capacity", 429, errors.RETRY_AFTER_OVERLOADED_S),
-        (grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly", 503, 5),
-        (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: ...", 502, None),
-        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", 504, None),
-        (grpc.StatusCode.INTERNAL, "the engine failed this request: boom", 502, None),
+        (grpc.StatusCode.INVALID_ARGUMENT, "prompt: must not be empty", 400, None, Reason.INVALID_FIELD),
+        (grpc.StatusCode.UNAUTHENTICATED, "missing token", 401, None, Reason.UNAUTHENTICATED),
+        (grpc.StatusCode.NOT_FOUND, "no such knowledge base", 404, None, Reason.KNOWLEDGE_BASE_NOT_FOUND),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "server at capacity", 429, errors.RETRY_AFTER_OVERLOADED_S, Reason.OVERLOADED),
+        (grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly", 503, 5, Reason.LOADING),
+        (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: ...", 502, None, None),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", 504, None, None),
+        (grpc.StatusCode.INTERNAL, "the engine failed this request: boom", 502, None, Reason.ENGINE_FAILED),
     ],
 )
-def test_grpc_status_table(code: grpc.StatusCode, details: str, status: int, retry_after: int | None) -> None:
-    error = errors.from_rpc(rpc_error(code, details))
+def test_grpc_status_table(
+    code: grpc.StatusCode, details: str, status: int, retry_after: int | None, reason: Reason | None
+) -> None:
+    field = "prompt" if code is grpc.StatusCode.INVALID_ARGUMENT else None
+    error = errors.from_rpc(rpc_error(code, details, reason, field))
     assert (error.status, error.retry_after) == (status, retry_after)
     response = error.response()
     assert response.status == status
@@ -127,13 +150,19 @@ def test_grpc_status_table(code: grpc.StatusCode, details: str, status: int, ret
 def test_no_grpc_status_becomes_a_500(code: grpc.StatusCode) -> None:
     error = errors.from_rpc(rpc_error(code, "x"))
     assert 400 <= error.status < 600 and error.status != 500
-    assert error.body()["error"]["code"] == code.name
+    # One snake_case `code` vocabulary on every route (issue: the EAS ecosystem's clients, part 4).
+    assert re.fullmatch(r"[a-z_]+", error.body()["error"]["code"])
 
 
 def test_invalid_argument_names_the_clients_field() -> None:
-    legacy = errors.from_rpc(rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "sampling.top_p: must be in (0, 1]"))
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    legacy = errors.from_rpc(
+        rpc_error(invalid, "sampling.top_p: must be in (0, 1]", Reason.INVALID_FIELD, "sampling.top_p")
+    )
     assert legacy.param == "top_p" and legacy.message == "top_p: must be in (0, 1]"
+    chat = parse(ChatCompletionRequest, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0.0 + 5})
     openai = errors.from_rpc(
-        rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "sampling.max_new_tokens: must be >= 1"), CHAT_FIELDS
+        rpc_error(invalid, "sampling.max_new_tokens: must be >= 1", Reason.INVALID_FIELD, "sampling.max_new_tokens"),
+        chat.client_field,
     )
     assert openai.param == "max_tokens" and openai.message.startswith("max_tokens:")

@@ -1,0 +1,120 @@
+"""Checks of a GenerateRequest before anything is admitted: every problem is INVALID_ARGUMENT
+naming the field (the BadRequest detail carries it too)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from chatllm.clients.config import LimitsConfig
+from chatllm.proto import pb
+from chatllm.server.errors import InvalidArgument
+
+MAX_REQUEST_ID = 128
+MAX_RETRIEVAL_TOP_K = 50
+MAX_TOOLS = 128
+MAX_NAME = 256
+MAX_METADATA = 16
+KB_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ROLES = ("system", "developer", "user", "assistant", "tool")
+# Template variables the server sets itself (or that would swap the template): not a client's to pass.
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {"chat_template", "tokenize", "messages", "conversation", "tools", "add_generation_prompt",
+     "continue_final_message", "documents", "return_dict", "tokenizer_kwargs"}
+)  # fmt: skip
+
+
+def knowledge_base_name(name: str, field: str = "knowledge_base") -> str:
+    name = name or "default"
+    if not KB_NAME.match(name):
+        raise InvalidArgument(field, "use 1-64 letters, digits, '_' or '-'")
+    return name
+
+
+def validate(request: pb.GenerateRequest, limits: LimitsConfig) -> None:
+    if request.messages:
+        _messages(request, limits)
+    else:
+        _legacy(request, limits)
+    if len(request.request_id) > MAX_REQUEST_ID:
+        raise InvalidArgument("request_id", f"at most {MAX_REQUEST_ID} characters")
+    if request.retrieval_top_k > MAX_RETRIEVAL_TOP_K:
+        raise InvalidArgument("retrieval_top_k", f"at most {MAX_RETRIEVAL_TOP_K}")
+    if request.use_knowledge_base:
+        knowledge_base_name(request.knowledge_base)
+    _tools(request)
+    for key in request.chat_template_kwargs.fields:
+        if key in RESERVED_TEMPLATE_KWARGS:
+            raise InvalidArgument(f"chat_template_kwargs.{key}", "set by the server; not a request's to pass")
+    if len(request.model) > MAX_NAME or len(request.user) > MAX_NAME:
+        raise InvalidArgument("model" if len(request.model) > MAX_NAME else "user", f"at most {MAX_NAME} characters")
+    if len(request.metadata) > MAX_METADATA or any(len(k) > 64 or len(v) > 512 for k, v in request.metadata.items()):
+        raise InvalidArgument(
+            "metadata", f"at most {MAX_METADATA} pairs, keys up to 64 and values up to 512 characters"
+        )
+
+
+def _legacy(request: pb.GenerateRequest, limits: LimitsConfig) -> None:
+    if not request.prompt.strip():
+        raise InvalidArgument("prompt", "must not be empty")
+    if len(request.prompt) + len(request.system_prompt) > limits.max_prompt_chars:
+        raise InvalidArgument("prompt", f"prompt and system prompt exceed {limits.max_prompt_chars} characters")
+    if len(request.history) > limits.max_history_rounds:
+        raise InvalidArgument("history", f"at most {limits.max_history_rounds} rounds")
+    history_chars = sum(len(t.user) + len(t.assistant) for t in request.history)
+    if history_chars > limits.max_prompt_chars * 4:
+        raise InvalidArgument("history", f"history exceeds {limits.max_prompt_chars * 4} characters")
+    if request.tools:
+        raise InvalidArgument("tools", "tools go with `messages` (the legacy prompt has no tool messages)")
+
+
+def _messages(request: pb.GenerateRequest, limits: LimitsConfig) -> None:
+    if request.prompt or request.system_prompt or request.history:
+        raise InvalidArgument("messages", "give either messages or prompt / system_prompt / history, not both")
+    if request.raw_prompt:
+        raise InvalidArgument("raw_prompt", "a raw prompt is `prompt`, not messages")
+    if len(request.messages) > 2 * limits.max_history_rounds + 2:
+        raise InvalidArgument("messages", f"at most {2 * limits.max_history_rounds + 2} messages")
+    chars = 0
+    for i, message in enumerate(request.messages):
+        where = f"messages[{i}]"
+        if message.role not in ROLES:
+            raise InvalidArgument(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {message.role!r}")
+        if message.role == "tool" and not message.tool_call_id:
+            raise InvalidArgument(f"{where}.tool_call_id", "a tool message answers a call: give its id")
+        if message.role != "tool" and message.tool_call_id:
+            raise InvalidArgument(f"{where}.tool_call_id", "only tool messages answer a call")
+        if message.role != "assistant" and message.tool_calls:
+            raise InvalidArgument(f"{where}.tool_calls", "only assistant messages make tool calls")
+        for j, call in enumerate(message.tool_calls):
+            if not call.name:
+                raise InvalidArgument(f"{where}.tool_calls[{j}].name", "must not be empty")
+        chars += len(message.content) + sum(len(c.arguments) for c in message.tool_calls)
+    if chars > limits.max_prompt_chars * 5:
+        raise InvalidArgument("messages", f"exceed {limits.max_prompt_chars * 5} characters")
+    if request.use_knowledge_base and not any(m.role == "user" for m in request.messages):
+        raise InvalidArgument("messages", "the knowledge base answers the last user message, and there is none")
+
+
+def _tools(request: pb.GenerateRequest) -> None:
+    if len(request.tools) > MAX_TOOLS:
+        raise InvalidArgument("tools", f"at most {MAX_TOOLS} tools")
+    names = set()
+    for i, tool in enumerate(request.tools):
+        if not tool.name or len(tool.name) > MAX_NAME:
+            raise InvalidArgument(f"tools[{i}].name", f"1-{MAX_NAME} characters")
+        if tool.name in names:
+            raise InvalidArgument(f"tools[{i}].name", f"{tool.name!r} is given twice")
+        names.add(tool.name)
+        if tool.parameters_json:
+            try:
+                parameters = json.loads(tool.parameters_json)
+            except ValueError as exc:
+                raise InvalidArgument(f"tools[{i}].parameters", f"not valid JSON: {exc}") from None
+            if not isinstance(parameters, dict):
+                raise InvalidArgument(f"tools[{i}].parameters", "a JSON Schema object")
+    wanted = request.tool_choice.function
+    if wanted and wanted not in names:
+        raise InvalidArgument("tool_choice", f"{wanted!r} is not one of the tools")
+    if request.HasField("tool_choice") and not request.tools and (wanted or request.tool_choice.mode):
+        raise InvalidArgument("tool_choice", "needs `tools`")
