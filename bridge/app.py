@@ -34,9 +34,12 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/openapi.json", openapi.openapi_json, name="openapi")
     router.add_post("/v1/chat/completions", openai_api.chat_completions, name="openai_chat")
     router.add_post("/v1/completions", openai_api.completions, name="openai_completions")
+    router.add_post("/v1/embeddings", openai_api.embeddings, name="openai_embeddings")
     router.add_get("/v1/models", openai_api.list_models, name="openai_models")
     router.add_get("/v1/models/{model}", openai_api.get_model, name="openai_model")
     router.add_route("*", "/v1/{tail:.*}", _unknown_v1_route, name="openai_unknown")
+    router.add_post("/tokenize", openai_api.tokenize, name="tokenize")
+    router.add_post("/detokenize", openai_api.detokenize, name="detokenize")
     kb_api.add_routes(router)  # /api/kb/...: before the catch-alls below
     web_page.add_routes(app)  # /api/info, /api/chat, /static/
     router.add_get("/{tail:.*}", root, name="root")

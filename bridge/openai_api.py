@@ -1,21 +1,30 @@
 """OpenAI-compatible routes: /v1/chat/completions, /v1/completions (SSE ending in
-`data: [DONE]` when streamed) and /v1/models, so the `openai` client, LangChain and
-LlamaIndex work against the bridge. Bodies are the pydantic models of openai_request.py;
-shapes are openai_shapes.py; the answer pipeline (chatllm.bridge.answer) does the rest."""
+`data: [DONE]` when streamed), /v1/models, /v1/embeddings, and vLLM's /tokenize and
+/detokenize, so the `openai` client, LangChain and LlamaIndex work against the bridge.
+Bodies are the pydantic models of openai_request.py; shapes are openai_shapes.py; the
+answer pipeline (chatllm.bridge.answer) does the rest."""
 
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
 import grpc
+import numpy as np
 from aiohttp import web
 
 from chatllm.bridge import errors
 from chatllm.bridge.answer import http_stream, whole_answer
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM
-from chatllm.bridge.openai_request import ChatCompletionRequest, CompletionRequest
+from chatllm.bridge.openai_request import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+)
 from chatllm.bridge.openai_shapes import ChatShape, CompletionShape, OpenAIStream, Shape, whole_body
 from chatllm.bridge.relay import relay, request_id
 from chatllm.bridge.validation import json_object, parse
@@ -52,7 +61,9 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 def model_card(model: pb.ModelInfo) -> dict[str, Any]:
-    return {"id": model.id, "object": "model", "created": int(model.created_unix), "owned_by": OWNER}
+    """OpenAI's model object (+ vLLM's `parent`: an adapter's base model, null for the base)."""
+    card = {"id": model.id, "object": "model", "created": int(model.created_unix), "owned_by": OWNER}
+    return {**card, "parent": model.parent or None}
 
 
 async def _models(request: web.Request) -> pb.ListModelsResponse:
@@ -86,3 +97,49 @@ async def _complete(
         return web.json_response(whole_body(shape, envelope, progress), headers=headers)
     encoder = OpenAIStream(shape, envelope, body.n or 1, body.include_usage, body.continuous_usage)
     return await http_stream(request, updates, encoder, "text/event-stream", headers, body.client_field)
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """The knowledge base's embedder, OpenAI's shape (`float` lists, or `base64` of little-endian float32)."""
+    _require_api(request)
+    body = parse(EmbeddingRequest, json_object(await request.read()))
+    try:
+        reply = await request.app[UPSTREAM].embed(body.to_embed_request(), request.headers.get("Authorization"))
+    except grpc.aio.AioRpcError as exc:
+        raise errors.from_rpc(exc) from None
+    data = [
+        {"object": "embedding", "index": i, "embedding": _encode(list(e.values), body.encoding_format)}
+        for i, e in enumerate(reply.embeddings)
+    ]
+    usage = {"prompt_tokens": reply.prompt_tokens, "total_tokens": reply.prompt_tokens}
+    return web.json_response({"object": "list", "data": data, "model": reply.model, "usage": usage})
+
+
+def _encode(values: list[float], encoding: str | None) -> list[float] | str:
+    if encoding != "base64":
+        return values
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode("ascii")
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    """vLLM's /tokenize: {count, max_model_len, tokens, token_strs}."""
+    _require_api(request)
+    body = parse(TokenizeRequest, json_object(await request.read()))
+    try:
+        reply = await request.app[UPSTREAM].tokenize(body.to_pb(), request.headers.get("Authorization"))
+    except grpc.aio.AioRpcError as exc:
+        raise errors.from_rpc(exc) from None
+    out: dict[str, Any] = {"count": reply.count, "max_model_len": reply.max_model_len, "tokens": list(reply.tokens)}
+    out["token_strs"] = list(reply.token_strs) if body.return_token_strs else None
+    return web.json_response(out)
+
+
+async def detokenize(request: web.Request) -> web.Response:
+    """vLLM's /detokenize: {prompt}."""
+    _require_api(request)
+    body = parse(DetokenizeRequest, json_object(await request.read()))
+    try:
+        reply = await request.app[UPSTREAM].detokenize(body.to_pb(), request.headers.get("Authorization"))
+    except grpc.aio.AioRpcError as exc:
+        raise errors.from_rpc(exc) from None
+    return web.json_response({"prompt": reply.prompt})

@@ -309,3 +309,63 @@ class CompletionRequest(SamplingFields):
             structured_output=self.structured_output_pb(),
             user=self.user or "",
         )
+
+
+class EmbeddingRequest(Strict):
+    """POST /v1/embeddings: the knowledge base's embedder."""
+
+    input: String | list[String] = Field(description="a text or a list of texts (token arrays are not supported)")
+    model: String | None = Field(None, description="the embedding model's name (/api/info shows it; default: it)")
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: Count | None = Field(None, description="only the model's own number")
+    user: String | None = None
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+    def to_embed_request(self) -> pb.EmbedRequest:
+        return pb.EmbedRequest(model=self.model or "", input=self.texts, dimensions=self.dimensions)
+
+
+class TokenizeRequest(Strict):
+    """POST /tokenize (vLLM's shape): a prompt, or messages rendered with the chat template."""
+
+    model: String | None = None
+    prompt: String | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: Boolean | None = None
+    add_generation_prompt: Boolean | None = None
+    return_token_strs: Boolean | None = None
+    tools: list[FunctionTool] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise FieldProblem("prompt", "give either prompt or messages")
+        return self
+
+    def to_pb(self) -> pb.TokenizeRequest:
+        kwargs = struct_pb2.Struct()
+        kwargs.update(self.chat_template_kwargs or {})
+        return pb.TokenizeRequest(
+            model=self.model or "",
+            prompt=self.prompt or "",
+            messages=[m.to_pb() for m in self.messages or []],
+            add_special_tokens=self.add_special_tokens,
+            add_generation_prompt=self.add_generation_prompt,
+            return_token_strs=bool(self.return_token_strs),
+            tools=[t.to_pb() for t in self.tools or []],
+            chat_template_kwargs=kwargs if self.chat_template_kwargs else None,
+        )
+
+
+class DetokenizeRequest(Strict):
+    """POST /detokenize."""
+
+    model: String | None = None
+    tokens: list[UInt32]
+
+    def to_pb(self) -> pb.DetokenizeRequest:
+        return pb.DetokenizeRequest(model=self.model or "", tokens=self.tokens)

@@ -20,11 +20,24 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from chatllm.bridge.legacy_request import LegacyRequest
-from chatllm.bridge.openai_request import ChatCompletionRequest, CompletionRequest
+from chatllm.bridge.openai_request import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+)
 from chatllm.bridge.schemas import RESPONSES
 
 Schema = dict[str, Any]
-REQUESTS: tuple[type[BaseModel], ...] = (LegacyRequest, ChatCompletionRequest, CompletionRequest)
+REQUESTS: tuple[type[BaseModel], ...] = (
+    LegacyRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    TokenizeRequest,
+    DetokenizeRequest,
+)
 KB_NAME_PATTERN = "^[A-Za-z0-9_-]{1,64}$"  # the server's knowledge-base names (server/generation.py KB_NAME)
 # A text/event-stream body is described per event (OpenAPI 3.2's itemSchema; schemathesis reads it so).
 SSE_EVENT: Schema = {
@@ -194,6 +207,19 @@ def openai_paths() -> dict[str, Any]:
             )
         }
 
+    def simple(operation_id: str, summary: str, request: str, reply: str) -> dict[str, Any]:
+        return operation(
+            operation_id,
+            "openai",
+            summary,
+            {
+                "200": {"description": "the result", "content": json_body(ref(reply))},
+                **errors(400, 404, *UPSTREAM_ERRORS),
+            },
+            security=TOKEN,
+            requestBody={"required": True, "content": json_body(ref(request))},
+        )
+
     unknown = operation(
         "openaiUnknownRoute",
         "openai",
@@ -209,6 +235,25 @@ def openai_paths() -> dict[str, Any]:
         "/v1/completions": completion(
             "createCompletion", "CompletionRequest", "Completion", "OpenAI-compatible completion of a raw prompt"
         ),
+        "/v1/embeddings": {
+            "post": simple(
+                "createEmbedding",
+                "Embeddings of texts (the knowledge base's embedder)",
+                "EmbeddingRequest",
+                "EmbeddingList",
+            )
+        },
+        "/tokenize": {
+            "post": simple(
+                "tokenize",
+                "Token ids of a prompt, or of messages rendered with the chat template (vLLM's shape)",
+                "TokenizeRequest",
+                "TokenizeResult",
+            )
+        },
+        "/detokenize": {
+            "post": simple("detokenize", "Text of token ids (vLLM's shape)", "DetokenizeRequest", "DetokenizeResult")
+        },
         "/v1/models": {
             "get": operation(
                 "listModels",

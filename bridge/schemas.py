@@ -108,8 +108,38 @@ class Completion(Body):
 class Model(Body):
     id: str
     object: Literal["model"]
-    created: int
+    created: int = Field(description="when the server loaded it, seconds since the Unix epoch")
     owned_by: str
+    parent: str | None = Field(description="for a LoRA adapter: its base model")
+
+
+class EmbeddingItem(Body):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="floats, or base64 of little-endian float32")
+
+
+class EmbeddingUsage(Body):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(Body):
+    object: Literal["list"]
+    data: list[EmbeddingItem]
+    model: str
+    usage: EmbeddingUsage
+
+
+class TokenizeResult(Body):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None
+
+
+class DetokenizeResult(Body):
+    prompt: str
 
 
 class ModelList(Body):
@@ -196,6 +226,9 @@ RESPONSES: tuple[type[BaseModel], ...] = (
     Completion,
     Model,
     ModelList,
+    EmbeddingList,
+    TokenizeResult,
+    DetokenizeResult,
     KnowledgeBaseList,
     DocumentList,
     UploadResult,

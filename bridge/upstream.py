@@ -92,6 +92,15 @@ class Upstream:
         request = pb.ListModelsRequest()
         return await self._stub.ListModels(request, metadata=self.metadata(authorization), timeout=QUICK_RPC_S)
 
+    async def tokenize(self, request: pb.TokenizeRequest, authorization: str | None) -> pb.TokenizeResponse:
+        return await self._stub.Tokenize(request, metadata=self.metadata(authorization), timeout=QUICK_RPC_S)
+
+    async def detokenize(self, request: pb.DetokenizeRequest, authorization: str | None) -> pb.DetokenizeResponse:
+        return await self._stub.Detokenize(request, metadata=self.metadata(authorization), timeout=QUICK_RPC_S)
+
+    async def embed(self, request: pb.EmbedRequest, authorization: str | None) -> pb.EmbedResponse:
+        return await self._stub.Embed(request, metadata=self.metadata(authorization), timeout=self.timeout)
+
     async def model_id(self, authorization: str | None) -> str:
         """The base model's name (cached for a minute: it only changes when the server restarts)."""
         now = time.monotonic()

@@ -16,7 +16,8 @@ import grpc
 from tqdm import tqdm
 
 from chatllm.clients.cli_chat import add_target_arguments, fail
-from chatllm.clients.grpc_client import INGEST_CHUNK_BYTES, ChatClient
+from chatllm.clients.grpc_client import ChatClient
+from chatllm.clients.requests import INGEST_CHUNK_BYTES
 from chatllm.proto import pb
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".docx", ".pdf")

@@ -11,96 +11,17 @@ with ChatClient("localhost:50051") as client:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from chatllm.clients.requests import ChatResult, _ingest_messages, _metadata, _result, build_request
 from chatllm.proto import SERVICE_NAME, pb, pb_grpc
 
-INGEST_CHUNK_BYTES = 1024 * 1024
-FINISH_NAMES = {
-    pb.FINISH_REASON_STOP: "stop",
-    pb.FINISH_REASON_LENGTH: "length",
-    pb.FINISH_REASON_ABORT: "abort",
-    pb.FINISH_REASON_ERROR: "error",
-}
-
-
-@dataclass
-class ChatResult:
-    """A whole answer with its final metadata."""
-
-    text: str
-    finish_reason: str
-    usage: pb.Usage
-    timings: pb.Timings
-    sources: list[pb.Source] = field(default_factory=list)
-    request_id: str = ""
-
-
-def build_request(
-    prompt: str,
-    *,
-    system_prompt: str = "",
-    history: Sequence[tuple[str, str]] = (),
-    knowledge_base: str | None = None,
-    retrieval_top_k: int = 0,
-    request_id: str = "",
-    raw_prompt: bool = False,
-    channel: str = "",
-    stop: Sequence[str] = (),
-    **sampling: Any,
-) -> pb.GenerateRequest:
-    """A GenerateRequest; `sampling` takes the SamplingParams fields (max_new_tokens, temperature, ...).
-
-    `knowledge_base` set (even to "default") turns on knowledge-base answers."""
-    params = pb.SamplingParams(stop=list(stop), **{k: v for k, v in sampling.items() if v is not None})
-    return pb.GenerateRequest(
-        prompt=prompt,
-        system_prompt=system_prompt,
-        history=[pb.Turn(user=u, assistant=a) for u, a in history],
-        sampling=params,
-        request_id=request_id,
-        use_knowledge_base=knowledge_base is not None,
-        knowledge_base=knowledge_base or "",
-        retrieval_top_k=retrieval_top_k,
-        raw_prompt=raw_prompt,
-        channel=channel,
-    )
-
-
-def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", token),) if token else ()
-
-
-def _result(responses: Iterable[pb.GenerateResponse]) -> ChatResult:
-    parts: list[str] = []
-    final = pb.GenerateFinal()
-    request_id = ""
-    for response in responses:
-        parts.append(response.text)
-        request_id = response.request_id
-        if response.HasField("final"):
-            final = response.final
-    return ChatResult(
-        text="".join(parts),
-        finish_reason=FINISH_NAMES.get(final.finish_reason, "unspecified"),
-        usage=final.usage,
-        timings=final.timings,
-        sources=list(final.sources),
-        request_id=request_id,
-    )
-
-
-def _ingest_messages(data: bytes, filename: str, knowledge_base: str, mime_type: str) -> Iterator[pb.IngestRequest]:
-    header = pb.IngestHeader(knowledge_base=knowledge_base, filename=filename, mime_type=mime_type)
-    yield pb.IngestRequest(header=header)
-    for start in range(0, len(data), INGEST_CHUNK_BYTES):
-        yield pb.IngestRequest(chunk=data[start : start + INGEST_CHUNK_BYTES])
+__all__ = ["AsyncChatClient", "ChatClient", "ChatResult", "build_request"]
 
 
 class AsyncChatClient:

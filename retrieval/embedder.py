@@ -65,6 +65,12 @@ class Embedder:
             )
         return np.asarray(vectors, dtype=np.float32)
 
+    def token_count(self, texts: Sequence[str]) -> int:
+        """Tokens the model reads for these texts (special tokens included, truncated to its window)."""
+        limit = int(self._model.max_seq_length or 0) or None
+        ids = self._tokenizer(list(texts), truncation=limit is not None, max_length=limit)["input_ids"]
+        return sum(len(i) for i in ids)
+
     def unknown_token_fraction(self, text: str) -> float:
         """Share of the text's tokens the model cannot see ([UNK]); 1.0 means the dense leg is blind."""
         if self._unk_id is None:

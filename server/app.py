@@ -28,6 +28,7 @@ from chatllm.server.admission import Admission
 from chatllm.server.auth import TokenAuthInterceptor
 from chatllm.server.chat import Chat
 from chatllm.server.decoding import DecodeErrorInterceptor
+from chatllm.server.embeddings import EmbeddingService
 from chatllm.server.engines import running_engine
 from chatllm.server.engines.base import Engine
 from chatllm.server.errors import StartupError
@@ -36,6 +37,7 @@ from chatllm.server.metrics_http import MetricsEndpoint
 from chatllm.server.model_source import ModelSource, resolve
 from chatllm.server.models import ServedModels
 from chatllm.server.servicer import ChatLLMServicer, ServerState
+from chatllm.server.tokens import TokenService
 from chatllm.server.tools import ToolCalling
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,9 @@ class ChatLLMServer:
         metrics.ENGINES.sources.append(engine.stats)
         stack.callback(metrics.ENGINES.sources.remove, engine.stats)
         self.state.knowledge = retriever
+        if retriever is not None:
+            self.state.embeddings = EmbeddingService(retriever.library.embedder)
+        self.state.tokens = TokenService(chat, models, config.limits)
         self.state.engine = engine
         self.state.generate = GenerateService(
             config.server,

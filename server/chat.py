@@ -131,7 +131,12 @@ class Chat:
         out.append({"role": "user", "content": question})
         return out
 
-    def render(self, chat: ChatInput, knowledge: Sequence[Retrieved] | None = None) -> tuple[str, bool, int]:
+    def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def render(
+        self, chat: ChatInput, knowledge: Sequence[Retrieved] | None = None, add_generation_prompt: bool = True
+    ) -> tuple[str, bool, int]:
         """The prompt text, whether the tokenizer should add special tokens, and the history rounds used."""
         if chat.raw or (self.no_template and not chat.messages):
             text = knowledge_prompt(chat.prompt, knowledge) if knowledge is not None else chat.prompt
@@ -150,7 +155,10 @@ class Chat:
             options.update(add_generation_prompt=False, continue_final_message=True)
         try:
             text = self.tokenizer.apply_chat_template(
-                messages, chat_template=self.template, tokenize=False, **{"add_generation_prompt": True, **options}
+                messages,
+                chat_template=self.template,
+                tokenize=False,
+                **{"add_generation_prompt": add_generation_prompt, **options},
             )
         except (jinja2.TemplateError, ValueError, TypeError) as exc:
             raise InvalidArgument("messages", f"the model's chat template rejected them: {exc}") from None
@@ -158,11 +166,11 @@ class Chat:
 
     def build(self, chat: ChatInput, max_new_tokens: int, knowledge: Sequence[Retrieved] | None = None) -> BuiltPrompt:
         text, add_special, rounds = self.render(chat, knowledge)
-        ids = list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+        ids = self.tokenize(text, add_special)
         room = self.context_length - len(ids)
         if room < 1:
             raise InvalidArgument(
-                "prompt",
+                "messages" if chat.messages else "prompt",
                 f"{len(ids)} tokens (with system prompt, history and context) do not fit the model's "
                 f"context of {self.context_length} tokens",
                 Reason.CONTEXT_LENGTH_EXCEEDED,

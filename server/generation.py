@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol
 
 from google.protobuf.json_format import MessageToDict
@@ -155,14 +155,16 @@ class GenerateService:
         finally:
             metrics.QUEUE_DEPTH.dec()
         try:
-            async for response in self._generate(request, plan, request_id, arrival, deadline):
-                yield response
+            # aclosing: a consumer that leaves closes the engine stream now (aborting it), not at GC.
+            async with contextlib.aclosing(self._generate(request, plan, request_id, arrival, deadline)) as responses:
+                async for response in responses:
+                    yield response
         finally:
             await slot.__aexit__(None, None, None)
 
     async def _generate(
         self, request: pb.GenerateRequest, plan: Plan, request_id: str, arrival: float, deadline: float | None
-    ) -> AsyncIterator[pb.GenerateResponse]:
+    ) -> AsyncGenerator[pb.GenerateResponse, None]:
         retrieval_started = time.perf_counter()
         conversation = chat_input(request, plan.tools)
         knowledge = await _within(self._retrieve(request, conversation.question), deadline, "retrieving chunks")

@@ -14,10 +14,12 @@ import grpc
 from chatllm.proto import pb, pb_grpc
 from chatllm.server import catalog, metrics
 from chatllm.server.admission import Admission
+from chatllm.server.embeddings import EmbeddingService
 from chatllm.server.engines.base import Engine
 from chatllm.server.errors import ChatLLMError, NotReady, Reason, grpc_code, status_of
 from chatllm.server.generation import GenerateService
 from chatllm.server.models import ServedModels
+from chatllm.server.tokens import TokenService
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,7 +47,9 @@ class ServerState:
         self.engine: Engine | None = None
         self.models: ServedModels | None = None
         self.generate: GenerateService | None = None
+        self.tokens: TokenService | None = None
         self.knowledge: KnowledgeRPCs | None = None
+        self.embeddings: EmbeddingService | None = None
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
@@ -88,6 +92,16 @@ class ChatLLMServicer(pb_grpc.ChatLLMServicer):
         if self.state.generate is None:
             raise NotReady("the model is still loading; retry shortly", Reason.LOADING)
         return self.state.generate
+
+    def _tokens(self) -> TokenService:
+        if self.state.tokens is None:
+            raise NotReady("the model is still loading; retry shortly", Reason.LOADING)
+        return self.state.tokens
+
+    def _embeddings(self) -> EmbeddingService:
+        if self.state.embeddings is None:
+            raise NotReady("embeddings come from the knowledge base, which is off here", Reason.KNOWLEDGE_BASE_DISABLED)
+        return self.state.embeddings
 
     def _knowledge(self) -> KnowledgeRPCs:
         if self.state.knowledge is None:
@@ -153,7 +167,25 @@ class ChatLLMServicer(pb_grpc.ChatLLMServicer):
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         models = self.state.models.all() if self.state.models is not None else []
-        return pb.ListModelsResponse(models=models, catalog=catalog.catalog_pb())
+        reply = pb.ListModelsResponse(models=models, catalog=catalog.catalog_pb())
+        if self.state.embeddings is not None:
+            reply.embedding_model = self.state.embeddings.name
+            reply.embedding_dimensions = self.state.embeddings.dimension
+        return reply
+
+    @unary("Tokenize")
+    async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
+        return self._tokens().tokenize(request)
+
+    @unary("Detokenize")
+    async def Detokenize(
+        self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DetokenizeResponse:
+        return self._tokens().detokenize(request)
+
+    @unary("Embed")
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        return await self._embeddings().embed(request)
 
     @unary("GetServerInfo")
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:

@@ -79,6 +79,21 @@ class ChatLLMStub:
                 request_serializer=chatllm_dot_v1_dot_chatllm__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=chatllm_dot_v1_dot_chatllm__pb2.ServerInfo.FromString,
                 _registered_method=True)
+        self.Tokenize = channel.unary_unary(
+                '/chatllm.v1.ChatLLM/Tokenize',
+                request_serializer=chatllm_dot_v1_dot_chatllm__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=chatllm_dot_v1_dot_chatllm__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
+        self.Detokenize = channel.unary_unary(
+                '/chatllm.v1.ChatLLM/Detokenize',
+                request_serializer=chatllm_dot_v1_dot_chatllm__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=chatllm_dot_v1_dot_chatllm__pb2.DetokenizeResponse.FromString,
+                _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/chatllm.v1.ChatLLM/Embed',
+                request_serializer=chatllm_dot_v1_dot_chatllm__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=chatllm_dot_v1_dot_chatllm__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class ChatLLMServicer:
@@ -158,6 +173,29 @@ class ChatLLMServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tokenize(self, request, context):
+        """Tokenize turns a prompt, or messages rendered with the chat template exactly as
+        Generate renders them, into the model's token ids (to count tokens before sending).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detokenize(self, request, context):
+        """Detokenize turns token ids back into text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Embed(self, request, context):
+        """Embed returns the knowledge base's embedding of each input text (the same vectors
+        the knowledge base stores and searches with). UNAVAILABLE without the knowledge base.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatLLMServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +243,21 @@ def add_ChatLLMServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=chatllm_dot_v1_dot_chatllm__pb2.GetServerInfoRequest.FromString,
                     response_serializer=chatllm_dot_v1_dot_chatllm__pb2.ServerInfo.SerializeToString,
+            ),
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=chatllm_dot_v1_dot_chatllm__pb2.TokenizeRequest.FromString,
+                    response_serializer=chatllm_dot_v1_dot_chatllm__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'Detokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detokenize,
+                    request_deserializer=chatllm_dot_v1_dot_chatllm__pb2.DetokenizeRequest.FromString,
+                    response_serializer=chatllm_dot_v1_dot_chatllm__pb2.DetokenizeResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=chatllm_dot_v1_dot_chatllm__pb2.EmbedRequest.FromString,
+                    response_serializer=chatllm_dot_v1_dot_chatllm__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -450,6 +503,87 @@ class ChatLLM:
             '/chatllm.v1.ChatLLM/GetServerInfo',
             chatllm_dot_v1_dot_chatllm__pb2.GetServerInfoRequest.SerializeToString,
             chatllm_dot_v1_dot_chatllm__pb2.ServerInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatllm.v1.ChatLLM/Tokenize',
+            chatllm_dot_v1_dot_chatllm__pb2.TokenizeRequest.SerializeToString,
+            chatllm_dot_v1_dot_chatllm__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatllm.v1.ChatLLM/Detokenize',
+            chatllm_dot_v1_dot_chatllm__pb2.DetokenizeRequest.SerializeToString,
+            chatllm_dot_v1_dot_chatllm__pb2.DetokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatllm.v1.ChatLLM/Embed',
+            chatllm_dot_v1_dot_chatllm__pb2.EmbedRequest.SerializeToString,
+            chatllm_dot_v1_dot_chatllm__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,312 @@
+"""The deep contract through the real stack on vLLM: structured outputs, tools, logprobs, n, best_of,
+the rest of the sampling fields, prefill, context length, models and LoRA adapters — with the `openai`
+client, as users call it. (LangChain and gRPC: test_langchain_clients.py, test_grpc_contract.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import openai
+import pytest
+import pytest_asyncio
+
+from chatllm.server.engines.vllm_setup import vllm_build
+from tests.adapters import make_lora_adapter
+from tests.servers import make_config
+from tests.stack import Stack, serving_stack
+
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="session"),
+    pytest.mark.skipif(vllm_build() is None, reason="vLLM is not installed (make install puts it in .venv)"),
+]
+
+MODEL = "SmolLM2-135M-Instruct"
+ADAPTER = "pirate"
+QUESTION = "What is the capital of France?"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]},
+    },
+}
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+    "required": ["city", "population"],
+    "additionalProperties": False,
+}
+
+
+@pytest_asyncio.fixture(scope="module")
+async def stack(data_dir: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    adapter = await asyncio.to_thread(make_lora_adapter, model_dir, tmp_path_factory.mktemp("lora") / ADAPTER)
+    config = make_config(
+        data_dir,
+        backend="vllm",
+        precision="fp32",
+        max_new_tokens=64,
+        chat_template="chatml-tools",
+        lora_modules=(f"{ADAPTER}={adapter}",),
+    )
+    async with serving_stack(config) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def client(stack: Stack) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=stack.http_url + "/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def ask(content: str = QUESTION) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": content}]
+
+
+# ------------------------------------------------------------------ structured outputs
+async def test_json_schema_answers_validate_against_the_schema(client: openai.AsyncOpenAI) -> None:
+    reply = await client.chat.completions.create(
+        model=MODEL,
+        messages=ask("Name a big city and its population."),
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": CITY, "strict": True}},
+        max_tokens=60,
+        temperature=0,
+    )
+    jsonschema.validate(json.loads(reply.choices[0].message.content or ""), CITY)
+
+
+async def test_json_object_is_a_json_object(client: openai.AsyncOpenAI) -> None:
+    reply = await client.chat.completions.create(
+        model=MODEL, messages=ask("Describe Paris as JSON."), response_format={"type": "json_object"}, max_tokens=60
+    )
+    assert isinstance(json.loads(reply.choices[0].message.content or ""), dict)
+
+
+@pytest.mark.parametrize(
+    ("extra", "check"),
+    [
+        ({"structured_outputs": {"regex": r"[0-9]{3}-[0-9]{4}"}}, lambda t: re.fullmatch(r"[0-9]{3}-[0-9]{4}", t)),
+        ({"structured_outputs": {"choice": ["yes", "no"]}}, lambda t: t in ("yes", "no")),
+        ({"structured_outputs": {"grammar": 'root ::= "Paris" | "Lyon"'}}, lambda t: t in ("Paris", "Lyon")),
+        ({"guided_json": CITY}, lambda t: jsonschema.validate(json.loads(t), CITY) is None),
+        ({"guided_choice": ["red", "blue"]}, lambda t: t in ("red", "blue")),
+    ],
+)
+async def test_vllm_constraints_and_the_older_guided_fields(
+    client: openai.AsyncOpenAI, extra: dict[str, Any], check: Any
+) -> None:
+    reply = await client.chat.completions.create(
+        model=MODEL, messages=ask("Answer."), max_tokens=40, temperature=0, extra_body=extra
+    )
+    text = reply.choices[0].message.content or ""
+    assert check(text), text
+
+
+async def test_a_broken_constraint_is_a_400_naming_the_field(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        await client.chat.completions.create(
+            model=MODEL, messages=ask(), extra_body={"structured_outputs": {"regex": "(abc"}}
+        )
+    assert err.value.body["param"] == "structured_outputs"
+
+
+# ------------------------------------------------------------------ tools
+async def test_named_tool_choice_calls_that_function_with_valid_arguments(client: openai.AsyncOpenAI) -> None:
+    reply = await client.chat.completions.create(
+        model=MODEL,
+        messages=ask("What is the weather in Paris?"),
+        tools=[WEATHER, TIME],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=60,
+        temperature=0,
+    )
+    choice = reply.choices[0]
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function" and call.function.name == "get_weather" and call.id
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+    assert choice.finish_reason == "stop"  # OpenAI's convention for a named function
+
+
+async def test_required_tool_choice_calls_a_tool_and_says_tool_calls(client: openai.AsyncOpenAI) -> None:
+    reply = await client.chat.completions.create(
+        model=MODEL, messages=ask("What time is it in Tokyo?"), tools=[WEATHER, TIME], tool_choice="required",
+        max_tokens=80, temperature=0,
+    )  # fmt: skip
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
+    for call in choice.message.tool_calls:
+        jsonschema.validate(json.loads(call.function.arguments), schemas[call.function.name])
+
+
+async def test_streamed_tool_calls_have_openai_chunk_shape(client: openai.AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=ask("Weather in Oslo?"), tools=[WEATHER], stream=True, max_tokens=60, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )  # fmt: skip
+    pieces = [c.choices[0].delta.tool_calls for c in [chunk async for chunk in stream] if c.choices]
+    deltas = [d for piece in pieces if piece for d in piece]
+    first, rest = deltas[0], deltas[1:]
+    assert first.index == 0 and first.id and first.type == "function" and first.function.name == "get_weather"
+    assert all(d.index == 0 and d.id is None and d.function.name is None for d in rest)
+    arguments = "".join(d.function.arguments or "" for d in deltas)
+    jsonschema.validate(json.loads(arguments), WEATHER["function"]["parameters"])
+
+
+async def test_tool_results_go_back_to_the_model(client: openai.AsyncOpenAI) -> None:
+    messages = [
+        *ask("What is the weather in Paris?"),
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 24 degrees."},
+    ]  # fmt: skip
+    reply = await client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER], tool_choice="none", max_tokens=30, temperature=0
+    )
+    assert reply.choices[0].message.content and not reply.choices[0].message.tool_calls
+
+
+# ------------------------------------------------------------------ logprobs, n, best_of
+async def test_chat_logprobs_in_openai_shape_streamed_and_not(client: openai.AsyncOpenAI) -> None:
+    kwargs: dict[str, Any] = {"model": MODEL, "messages": ask(), "max_tokens": 8, "temperature": 0}
+    reply = await client.chat.completions.create(**kwargs, logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    for entry in content:
+        assert entry.logprob <= 0 and entry.bytes == list(entry.token.encode())
+        tops = [t.logprob for t in entry.top_logprobs]
+        assert len(tops) == 3 and tops == sorted(tops, reverse=True)
+        assert entry.token == entry.top_logprobs[0].token  # greedy: the chosen token is the most likely
+    stream = await client.chat.completions.create(**kwargs, logprobs=True, top_logprobs=1, stream=True)
+    streamed = [e for c in [x async for x in stream] if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [e.token for e in streamed] == [e.token for e in content]
+
+
+async def test_completions_logprobs_and_echo(client: openai.AsyncOpenAI) -> None:
+    reply = await client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4, logprobs=2,
+                                            echo=True, temperature=0)  # fmt: skip
+    lp = reply.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset)
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # the prompt's first token
+    assert reply.choices[0].text.startswith("The capital of France is")
+    assert "".join(lp.tokens) == reply.choices[0].text
+
+
+async def test_n_choices_streamed_and_whole(client: openai.AsyncOpenAI) -> None:
+    kwargs: dict[str, Any] = {"model": MODEL, "messages": ask("Tell me a word."), "max_tokens": 8, "temperature": 1.0}
+    reply = await client.chat.completions.create(**kwargs, n=2, seed=3)
+    assert [c.index for c in reply.choices] == [0, 1]
+    stream = await client.chat.completions.create(**kwargs, n=2, seed=3, stream=True)
+    finishes = [(c.choices[0].index, c.choices[0].finish_reason) async for c in stream if c.choices and c.choices[0].finish_reason]
+    assert sorted(finishes) == [(0, "length"), (1, "length")] or sorted(i for i, _ in finishes) == [0, 1]
+
+
+async def test_best_of_picks_among_candidates(client: openai.AsyncOpenAI) -> None:
+    reply = await client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=6, best_of=3,
+                                            temperature=1.0, seed=5)  # fmt: skip
+    assert len(reply.choices) == 1 and reply.choices[0].text
+
+
+# ------------------------------------------------------------------ the rest of the sampling fields
+async def test_seed_reproduces_a_sample(client: openai.AsyncOpenAI) -> None:
+    kwargs: dict[str, Any] = {"model": MODEL, "messages": ask("Say something."), "max_tokens": 12, "temperature": 1.0}
+    first = await client.chat.completions.create(**kwargs, seed=42)
+    again = await client.chat.completions.create(**kwargs, seed=42)
+    assert first.choices[0].message.content == again.choices[0].message.content
+
+
+async def test_logit_bias_bans_a_token(client: openai.AsyncOpenAI, stack: Stack) -> None:
+    tokens = await _tokenize(stack, " Paris")
+    kwargs: dict[str, Any] = {"model": MODEL, "messages": ask(), "max_tokens": 12, "temperature": 0}
+    plain = await client.chat.completions.create(**kwargs)
+    assert "Paris" in (plain.choices[0].message.content or "")
+    banned = await client.chat.completions.create(**kwargs, logit_bias={str(t): -100 for t in tokens})
+    assert " Paris" not in (banned.choices[0].message.content or "")
+
+
+async def test_min_tokens_stop_token_ids_and_include_stop_str(client: openai.AsyncOpenAI, stack: Stack) -> None:
+    kwargs: dict[str, Any] = {"model": MODEL, "messages": ask(), "max_tokens": 40, "temperature": 0}
+    longer = await client.chat.completions.create(**kwargs, extra_body={"min_tokens": 30, "ignore_eos": False})
+    assert longer.usage.completion_tokens >= 30
+    (period,) = await _tokenize(stack, ".")
+    stopped = await client.chat.completions.create(**kwargs, extra_body={"stop_token_ids": [period]})
+    assert "." not in (stopped.choices[0].message.content or "") and stopped.choices[0].finish_reason == "stop"
+    kept = await client.chat.completions.create(**kwargs, stop=["Paris"], extra_body={"include_stop_str_in_output": True})
+    assert (kept.choices[0].message.content or "").endswith("Paris")
+
+
+async def test_penalties_and_min_p_are_honoured(client: openai.AsyncOpenAI) -> None:
+    kwargs: dict[str, Any] = {"model": MODEL, "messages": ask("List fruits."), "max_tokens": 40, "temperature": 0}
+    plain = await client.chat.completions.create(**kwargs)
+    penalised = await client.chat.completions.create(**kwargs, frequency_penalty=2.0, presence_penalty=2.0,
+                                                     extra_body={"min_p": 0.1, "repetition_penalty": 1.3})  # fmt: skip
+    assert plain.choices[0].message.content != penalised.choices[0].message.content
+
+
+# ------------------------------------------------------------------ messages, context, models
+async def test_an_assistant_message_last_is_continued(client: openai.AsyncOpenAI) -> None:
+    messages = [*ask(), {"role": "assistant", "content": "The capital of France is"}]
+    reply = await client.chat.completions.create(model=MODEL, messages=messages, max_tokens=5, temperature=0)
+    assert "Paris" in (reply.choices[0].message.content or "")
+
+
+async def test_messages_too_long_for_the_context_are_a_400(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        await client.chat.completions.create(model=MODEL, messages=ask("word " * 9000), max_tokens=4)
+    assert err.value.body["code"] == "context_length_exceeded" and err.value.body["param"] == "messages"
+
+
+async def test_unknown_models_are_404_on_every_route(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as chat:
+        await client.chat.completions.create(model="gpt-4o", messages=ask(), max_tokens=2)
+    with pytest.raises(openai.NotFoundError) as completion:
+        await client.completions.create(model="gpt-4o", prompt="x", max_tokens=2)
+    for err in (chat, completion):
+        assert err.value.body["code"] == "model_not_found" and MODEL in err.value.body["message"]
+
+
+async def test_models_list_the_base_and_the_adapter(client: openai.AsyncOpenAI) -> None:
+    models = {m.id: m for m in (await client.models.list()).data}
+    assert set(models) == {MODEL, ADAPTER}
+    assert all(m.created > 1_700_000_000 for m in models.values())
+
+
+async def test_an_adapter_answers_differently_and_leaves_the_base_alone(client: openai.AsyncOpenAI) -> None:
+    kwargs: dict[str, Any] = {"messages": ask(), "max_tokens": 16, "temperature": 0}
+    base_before = await client.chat.completions.create(model=MODEL, **kwargs)
+    adapted, base_during = await asyncio.gather(
+        client.chat.completions.create(model=ADAPTER, **kwargs), client.chat.completions.create(model=MODEL, **kwargs)
+    )
+    assert adapted.model == ADAPTER
+    assert adapted.choices[0].message.content != base_before.choices[0].message.content
+    assert base_during.choices[0].message.content == base_before.choices[0].message.content
+
+
+async def _tokenize(stack: Stack, text: str) -> list[int]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.post(
+        stack.http_url + "/tokenize", json={"model": MODEL, "prompt": text, "add_special_tokens": False}
+    ) as response:
+        assert response.status == 200, await response.text()
+        return list((await response.json())["tokens"])

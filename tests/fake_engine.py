@@ -1,0 +1,122 @@
+"""A fake `Engine` for fast unit tests of the layers above the engine (generation, servicer).
+
+It answers every prompt with a scripted text, one word per step, for each of `n` choices;
+it can stall (to exercise deadlines and cancellation), fail a request, or die. Nothing is
+mocked below it: generation.py's real code runs against it in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatllm.server.engines.base import Adapter, EngineInfo, EngineOutput, EngineStats, Finish, TokenLogprob
+from chatllm.server.errors import EngineDeadError, Unsupported
+from chatllm.server.sampling import SamplingOptions
+
+
+class WordTokenizer:
+    """One token per word; ids are positions in a growing vocabulary."""
+
+    chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {}
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, Any]:
+        return {"input_ids": [self.vocab.setdefault(word, len(self.vocab)) for word in text.split()]}
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], chat_template: str | None = None, **kwargs: Any) -> str:
+        import jinja2
+
+        kwargs.pop("tokenize", None)
+        return jinja2.Template(chat_template or self.chat_template).render(messages=messages, **kwargs)
+
+
+@dataclass
+class FakeEngine:
+    """Scripted answers; `stall` seconds between steps; `fail` / `die` to exercise error paths."""
+
+    answer: str = "the answer is forty two"
+    stall: float = 0.0
+    fail: bool = False
+    supports_everything: bool = True
+    context_length: int = 4096
+    tokenizer: Any = field(default_factory=WordTokenizer)
+    generation_config: Any = None
+    adapters: Sequence[Adapter] = ()
+    aborted: list[str] = field(default_factory=list)
+    seen: list[tuple[list[int], SamplingOptions, str | None]] = field(default_factory=list)
+    dead: bool = False
+    running: int = 0
+
+    def __post_init__(self) -> None:
+        self.info = EngineInfo(backend="fake", device="cpu", dtype="float32", context_length=self.context_length)
+        self._aborts: dict[str, asyncio.Event] = {}
+
+    @property
+    def errored(self) -> bool:
+        return self.dead
+
+    async def check_health(self) -> None:
+        if self.dead:
+            raise EngineDeadError("the fake engine died")
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=self.running, waiting=0, kv_cache_usage=0.0)
+
+    def check_options(self, options: SamplingOptions) -> None:
+        if not self.supports_everything:
+            for name in options.differs_from_default():
+                raise Unsupported(f"sampling.{name}", "fake")
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+        self._aborts.setdefault(request_id, asyncio.Event()).set()
+
+    async def generate(
+        self, prompt_ids: list[int], options: SamplingOptions, request_id: str, adapter: str | None = None
+    ) -> AsyncIterator[EngineOutput]:
+        if self.dead:
+            raise EngineDeadError("the fake engine died")
+        self.seen.append((prompt_ids, options, adapter))
+        aborted = self._aborts.setdefault(request_id, asyncio.Event())
+        words = self.answer.split()[: options.max_new_tokens]
+        self.running += 1
+        try:
+            for step, word in enumerate(words, 1):
+                if self.stall:
+                    try:
+                        await asyncio.wait_for(aborted.wait(), self.stall)
+                    except TimeoutError:
+                        pass
+                if aborted.is_set():
+                    for index in range(options.n):
+                        yield EngineOutput("", step - 1, Finish.ABORT, index=index)
+                    return
+                if self.fail and step == 2:
+                    yield EngineOutput("", step, Finish.ERROR, error="the fake engine failed", index=0)
+                    return
+                last = step == len(words)
+                finish = (Finish.LENGTH if len(words) == options.max_new_tokens else Finish.STOP) if last else None
+                for index in range(options.n):
+                    text = ("" if step == 1 else " ") + word
+                    logprobs = (TokenLogprob(step, word, -0.5 * (index + 1)),) if options.logprobs is not None else ()
+                    yield EngineOutput(
+                        text,
+                        step,
+                        finish,
+                        queue_seconds=0.001,
+                        index=index,
+                        token_ids=(step,),
+                        logprobs=logprobs,
+                        cached_tokens=0 if step == 1 else None,
+                        cumulative_logprob=-0.5 * (index + 1) * step,
+                    )
+        finally:
+            self.running -= 1
