@@ -2,16 +2,19 @@
 the legacy NUL-delimited HTTP stream and (c) as the legacy WebSocket through a separate
 `chatllm bridge` process in front of it, all in one run.
 
-Workload per level: N concurrent streams (N = 1, 8, 32) of 64 new tokens, greedy, EOS
-ignored so every answer has the same length; with N below --min-requests (8) each stream
-sends requests back to back until 8 were sent, so every level has enough tokens for the
-CPU measurement. The three protocols take turns at each level, best of --repeats runs.
+Workload per level: N concurrent streams (N = 1, 8, 32) of 64 new tokens, and (N = 1, 8) of
+1024 new tokens (the legacy stream re-sends the whole answer with every message, so long answers
+show what that costs), greedy, EOS ignored so every answer has the same length; with N below
+--min-requests (8) each stream sends requests back to back until 8 were sent, so every level
+has enough tokens for the CPU measurement. The three protocols take turns at each level, best of --repeats runs.
 Reports output tokens/s, time to first token p50/p99 (client side: request sent -> first
 text received) and the bridge process's CPU seconds per 1,000 tokens (user + system time
 of its PID from /proc, read by psutil, around each run; for the gRPC leg the bridge is
-idle, which shows the measurement's floor).
+idle, which shows the measurement's floor). A last leg reads one 1024-token NUL stream slowly
+(20 ms per read): the bridge coalesces what piled up, so it sends far fewer objects than tokens.
 
     .venv/bin/python bench/bridge.py [--backend vllm|hf] [--concurrency 1 8 32] [--tokens 64]
+        [--long-tokens 1024] [--long-concurrency 1 8]
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ ENGINE_FLAGS = {
 }
 OneStream = Callable[[int], Awaitable[tuple[int, float]]]  # stream i -> (tokens, seconds to first text)
 GRPC, NUL, WEBSOCKET = "gRPC direct", "NUL stream via bridge", "WebSocket via bridge"
+SLOW_READ_PAUSE_S = 0.02
 
 
 @dataclass
 class Run:
     protocol: str
+    answer_tokens: int
     concurrency: int
     seconds: float
     tokens: int
@@ -121,6 +126,30 @@ async def ws_streams(url: str, tokens: int) -> AsyncIterator[OneStream]:
         yield one
 
 
+@dataclass
+class SlowRead:
+    tokens: int
+    objects: int
+    received_bytes: int
+    seconds: float
+
+
+async def slow_nul_read(url: str, tokens: int, pause: float) -> SlowRead:
+    """One NUL stream read slowly (`pause` seconds between reads): how many objects and bytes arrive."""
+    objects, received, buffer, last = 0, 0, b"", {}
+    started = time.perf_counter()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as session:
+        async with session.post(url, json=legacy_body(0, tokens), read_bufsize=4096) as response:
+            response.raise_for_status()
+            async for chunk in response.content.iter_chunked(4096):
+                received += len(chunk)
+                *complete, buffer = (buffer + chunk).split(b"\0")
+                objects += len(complete)
+                last = json.loads(complete[-1]) if complete else last
+                await asyncio.sleep(pause)
+    return SlowRead(int(last["usage"]["completion_tokens"]), objects, received, time.perf_counter() - started)
+
+
 # ------------------------------------------------------------------ measurement
 class Bridge:
     """The `chatllm bridge` process: its CPU time and its token counter."""
@@ -146,7 +175,7 @@ class Bridge:
         )
 
 
-async def measure(protocol: str, n: int, per_stream: int, one: OneStream, bridge: Bridge) -> Run:
+async def measure(protocol: str, answer: int, n: int, per_stream: int, one: OneStream, bridge: Bridge) -> Run:
     """N concurrent streams, each sending `per_stream` requests back to back."""
 
     async def stream(i: int) -> list[tuple[int, float]]:
@@ -161,31 +190,38 @@ async def measure(protocol: str, n: int, per_stream: int, one: OneStream, bridge
     tokens = sum(t for t, _ in outcomes)
     if protocol == WEBSOCKET:
         tokens = int(await bridge.ws_tokens() - ws_before)
-    return Run(protocol, n, seconds, tokens, [f for _, f in outcomes], cpu)
+    return Run(protocol, answer, n, seconds, tokens, [f for _, f in outcomes], cpu)
 
 
 async def run_all(args: argparse.Namespace, grpc_target: str, bridge: Bridge) -> list[Run]:
+    results = await run_levels(args, grpc_target, bridge, args.tokens, args.concurrency)
+    return results + await run_levels(args, grpc_target, bridge, args.long_tokens, args.long_concurrency)
+
+
+async def run_levels(
+    args: argparse.Namespace, grpc_target: str, bridge: Bridge, answer: int, levels: list[int]
+) -> list[Run]:
     http = bridge.url
     async with (
-        grpc_streams(grpc_target, args.tokens) as grpc_one,
-        nul_streams(http + "/", args.tokens) as nul_one,
-        ws_streams(http.replace("http://", "ws://") + "/", args.tokens) as ws_one,
+        grpc_streams(grpc_target, answer) as grpc_one,
+        nul_streams(http + "/", answer) as nul_one,
+        ws_streams(http.replace("http://", "ws://") + "/", answer) as ws_one,
     ):
         legs = {GRPC: grpc_one, NUL: nul_one, WEBSOCKET: ws_one}
         for one in legs.values():  # warm-up: first requests pay for lazy initialisation
             await one(0)
         results: list[Run] = []
-        for n in args.concurrency:
+        for n in levels:
             best: dict[str, Run] = {}
             per_stream = -(-args.min_requests // n)  # enough requests that CPU ticks (10 ms) resolve
             for _ in range(args.repeats):
                 for protocol, one in legs.items():
-                    run = await measure(protocol, n, per_stream, one, bridge)
+                    run = await measure(protocol, answer, n, per_stream, one, bridge)
                     if protocol not in best or run.tokens_per_second > best[protocol].tokens_per_second:
                         best[protocol] = run
             for run in best.values():
                 print(
-                    f"  N={n:>2} {run.protocol:<22} {run.tokens_per_second:7.1f} tok/s  "
+                    f"  {answer:>4} tokens N={n:>2} {run.protocol:<22} {run.tokens_per_second:7.1f} tok/s  "
                     f"TTFT p50 {percentile(run.ttfts, 50):.3f}s  bridge CPU {run.bridge_cpu_per_1k_tokens:.3f}"
                     " s/1k tok",
                     flush=True,
@@ -196,6 +232,7 @@ async def run_all(args: argparse.Namespace, grpc_target: str, bridge: Bridge) ->
 
 RESULT_COLUMNS = (
     "protocol",
+    "answer tokens",
     "N",
     "tokens",
     "seconds",
@@ -211,6 +248,7 @@ def results_table(results: list[Run]) -> str:
     rows = [
         (
             r.protocol,
+            r.answer_tokens,
             r.concurrency,
             r.tokens,
             r.seconds,
@@ -227,19 +265,17 @@ def results_table(results: list[Run]) -> str:
 
 def comparison(results: list[Run]) -> str:
     """Bridge legs against gRPC direct at the same N, the bridge's busiest share of a core, a load caveat."""
-    direct = {r.concurrency: r for r in results if r.protocol == GRPC}
-    ratios = [
-        (
-            r.protocol,
-            r.concurrency,
-            r.tokens_per_second / direct[r.concurrency].tokens_per_second,
-            percentile(r.ttfts, 50) - percentile(direct[r.concurrency].ttfts, 50),
-        )
-        for r in results
-        if r.protocol != GRPC and direct.get(r.concurrency) and direct[r.concurrency].tokens_per_second
-    ]
-    text = "Through the bridge relative to gRPC direct at the same N:\n\n"
-    text += markdown_table(("protocol", "N", "x throughput", "TTFT p50 difference s"), ratios)
+    direct = {(r.answer_tokens, r.concurrency): r for r in results if r.protocol == GRPC}
+    ratios = []
+    for r in results:
+        same = direct.get((r.answer_tokens, r.concurrency))
+        if r.protocol != GRPC and same is not None and same.tokens_per_second:
+            delta_ttft = percentile(r.ttfts, 50) - percentile(same.ttfts, 50)
+            ratios.append(
+                (r.protocol, r.answer_tokens, r.concurrency, r.tokens_per_second / same.tokens_per_second, delta_ttft)
+            )
+    text = "Through the bridge relative to gRPC direct at the same answer length and N:\n\n"
+    text += markdown_table(("protocol", "answer tokens", "N", "x throughput", "TTFT p50 difference s"), ratios)
     busiest = max((r.bridge_cpu_seconds / r.seconds for r in results if r.protocol != GRPC and r.seconds), default=0)
     text += (
         f"\n\nThe bridge process used at most {busiest:.1%} of one core during a run (CPU seconds / wall seconds).\n"
@@ -257,7 +293,8 @@ def comparison(results: list[Run]) -> str:
 
 def report(args: argparse.Namespace, results: list[Run]) -> tuple[str, dict[str, Any]]:
     body = (
-        f"Workload: N concurrent streams x {args.tokens} new tokens, greedy, EOS ignored; with N < "
+        f"Workload: N concurrent streams x {args.tokens} new tokens (N = {args.concurrency}) and x {args.long_tokens} "
+        f"(N = {args.long_concurrency}), greedy, EOS ignored; with N < "
         f"{args.min_requests} each stream sends requests back to back until {args.min_requests} were sent; best of "
         f"{args.repeats} runs per level, the three protocols taking turns. Engine: `--backend {args.backend}` "
         "(built-in SmolLM2-135M-Instruct, fp32, CPU). `chatllm server` and `chatllm bridge` run as separate "
@@ -268,7 +305,8 @@ def report(args: argparse.Namespace, results: list[Run]) -> tuple[str, dict[str,
         r.__dict__ | {"tokens_per_second": r.tokens_per_second, "bridge_cpu_per_1k_tokens": r.bridge_cpu_per_1k_tokens}
         for r in results
     ]
-    return body, {"backend": args.backend, "tokens": args.tokens, "repeats": args.repeats, "runs": runs}
+    data = {"backend": args.backend, "tokens": args.tokens, "long_tokens": args.long_tokens, "repeats": args.repeats}
+    return body, data | {"runs": runs}
 
 
 async def main() -> None:
@@ -276,6 +314,8 @@ async def main() -> None:
     parser.add_argument("--backend", choices=sorted(ENGINE_FLAGS), default="vllm")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--long-tokens", type=int, default=1024)
+    parser.add_argument("--long-concurrency", type=int, nargs="*", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
         "--min-requests", type=int, default=8, help="per level: streams send more than one if N is less"
@@ -310,12 +350,21 @@ async def main() -> None:
                 ["bridge", "--upstream", grpc_target, "--host", "127.0.0.1", "--port", "0"], Path(logs) / "bridge.log"
             )
             http_port = bridge_proc.wait_for(r"HTTP listening on [^:\s]+:(\d+)").group(1)
-            results = await run_all(args, grpc_target, Bridge(bridge_proc, f"http://127.0.0.1:{http_port}"))
+            url = f"http://127.0.0.1:{http_port}"
+            results = await run_all(args, grpc_target, Bridge(bridge_proc, url))
+            slow = await slow_nul_read(url + "/", args.long_tokens, SLOW_READ_PAUSE_S)
         finally:
             if bridge_proc is not None:
                 bridge_proc.stop()
             server.stop()
     body, data = report(args, results)
+    body += (
+        f"\nSlow reader ({SLOW_READ_PAUSE_S * 1000:.0f} ms between 4 KiB reads of one {slow.tokens}-token NUL stream): "
+        f"{slow.objects} objects ({slow.objects / slow.tokens:.2f} per token), {slow.received_bytes / 1024:.0f} KiB in "
+        f"{slow.seconds:.1f} s; one object per token would have been about "
+        f"{sum(len(json.dumps({'response': 'x' * 4 * k})) for k in range(slow.tokens)) / 1024:.0f} KiB.\n"
+    )
+    data["slow_reader"] = slow.__dict__
     path = write_results(
         "bridge", "Bridge benchmark: gRPC direct vs NUL-stream HTTP and WebSocket via the bridge", body, data
     )

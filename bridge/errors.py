@@ -127,7 +127,8 @@ _BY_REASON: dict[str, ErrorMapping] = {
 # A status without our details: grpc's own (the bridge's channel), or a proxy in between.
 _BY_CODE: dict[grpc.StatusCode, ErrorMapping] = {
     grpc.StatusCode.UNAVAILABLE: ErrorMapping(502, "upstream_unreachable", "upstream_unreachable"),
-    grpc.StatusCode.DEADLINE_EXCEEDED: ErrorMapping(504, "timeout_error", "upstream_timeout"),
+    # The bridge's own deadline on the call: its --request-timeout.
+    grpc.StatusCode.DEADLINE_EXCEEDED: ErrorMapping(504, "timeout_error", "request_timeout"),
     grpc.StatusCode.CANCELLED: ErrorMapping(503, "server_unavailable", "cancelled"),
     grpc.StatusCode.UNAUTHENTICATED: ErrorMapping(401, "authentication_error", "invalid_api_key"),
     grpc.StatusCode.PERMISSION_DENIED: ErrorMapping(403, "permission_error", "permission_denied"),

@@ -45,14 +45,15 @@ class LegacyReplies:
         self.history = [[q, a] for q, a in history]
         self.delta = delta
 
-    def reply(self, progress: Progress, new_text: str | None = None) -> dict[str, Any]:
-        """`new_text` is what this object adds (delta mode); None for the whole answer."""
+    def reply(self, progress: Progress, new_text: str | None = None, last: bool = True) -> dict[str, Any]:
+        """`new_text` is what this object adds (delta mode; None: the whole answer); only the `last`
+        object carries the sources (the final message may have arrived while an earlier one was sent)."""
         reply: dict[str, Any] = {
             "response": progress.text if new_text is None or not self.delta else new_text,
             "history": [*self.history, [self.legacy.prompt, progress.text]],
             "usage": progress.usage(),
         }
-        if progress.final is not None and progress.final.sources:
+        if last and progress.final is not None and progress.final.sources:
             reply["sources"] = progress.sources()
         return reply
 
@@ -69,10 +70,11 @@ class LegacyStream:
 
     def update(self, progress: Progress, changes: list[ChoiceChange]) -> list[bytes]:
         new_text = "".join(c.text for c in changes if c.index == 0)
-        return [self.frame(self.replies.reply(progress, new_text))]
+        return [self.frame(self.replies.reply(progress, new_text, last=False))]
 
     def closing(self, progress: Progress, changes: list[ChoiceChange]) -> list[bytes]:
-        return self.update(progress, changes)
+        new_text = "".join(c.text for c in changes if c.index == 0)
+        return [self.frame(self.replies.reply(progress, new_text, last=True))]
 
     def failure(self, error: ApiError) -> list[bytes]:
         return [self.frame(error.body())]

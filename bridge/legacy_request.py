@@ -12,9 +12,10 @@ which every engine here always does, so it has nothing to switch.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from chatllm.bridge.errors import bad_request
 from chatllm.bridge.field_types import Count, LegacyBoolean, Number, Seed, String, StringList, TopK
@@ -22,6 +23,22 @@ from chatllm.bridge.validation import check_depth, decode_json, parse, reject_lo
 from chatllm.proto import pb
 
 DEFAULT_KB = "default"
+
+
+def _pair(value: Any) -> Any:
+    """One round: [question, answer], each a string or null (an unanswered question)."""
+    if not (isinstance(value, list | tuple) and len(value) == 2):
+        raise PydanticCustomError("invalid_field", "must be a [question, answer] pair")
+    if not all(part is None or isinstance(part, str) for part in value):
+        raise PydanticCustomError("invalid_field", "question and answer must be strings")
+    return tuple(value)
+
+
+HistoryPair = Annotated[
+    tuple[str | None, str | None],
+    BeforeValidator(_pair),
+    WithJsonSchema({"type": "array", "items": {"type": ["string", "null"]}, "minItems": 2, "maxItems": 2}),
+]
 StreamMode = Literal["cumulative", "delta"]
 
 
@@ -32,7 +49,7 @@ class LegacyRequest(BaseModel):
 
     prompt: String = Field(description="the question (required, non-empty)")
     system_prompt: String | None = Field(None, description="replaces the server's default system prompt")
-    history: list[tuple[String | None, String | None]] | None = Field(
+    history: list[HistoryPair] | None = Field(
         None,
         description="earlier rounds, oldest first, as [question, answer] pairs; only the last --max_round "
         "reach the model. On the WebSocket a frame with `history` replaces the connection's own.",

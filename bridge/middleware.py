@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from chatllm.bridge import errors, metrics
+from chatllm.bridge.eas_signature import is_signed, verify
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.keys import CONFIG, STATE
 from chatllm.clients.auth import token_matches
@@ -108,11 +109,33 @@ def presented_token(request: web.Request) -> str | None:
 
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With --token, every API route and the WebSocket handshake need `Authorization: <token>`."""
-    token = request.app[CONFIG].security.token
-    if token and not _is_public(request) and not token_matches(presented_token(request), token):
+    """With --token, every API route and the WebSocket handshake need `Authorization: <token>` (or
+    `Bearer <token>`); the legacy POST routes also take the EAS SDK's signed requests."""
+    security = request.app[CONFIG].security
+    if not security.token or _is_public(request):
+        return await handler(request)
+    presented = presented_token(request)
+    if is_signed(presented):
+        assert presented is not None
+        if not _takes_signatures(request):
+            raise errors.unauthorized("EAS signatures are accepted on the legacy POST routes; send the raw token here")
+        verify(
+            presented,
+            [security.token],
+            method=request.method,
+            path=request.path,
+            body=await request.read(),  # aiohttp keeps it: the handler reads the same bytes
+            headers=dict(request.headers),
+            skew_seconds=security.eas_clock_skew,
+        )
+    elif not token_matches(presented, security.token):
         raise errors.unauthorized()
     return await handler(request)
+
+
+def _takes_signatures(request: web.Request) -> bool:
+    route = request.match_info.route
+    return route is not None and route.name == "legacy"
 
 
 MIDDLEWARES = [observe, render_errors, require_token]

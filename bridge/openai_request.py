@@ -261,7 +261,7 @@ class ChatCompletionRequest(SamplingFields):
         if server_field == "sampling.max_new_tokens":
             return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
         if server_field == "sampling.logprobs":
-            return "top_logprobs"
+            return "top_logprobs" if self.top_logprobs else "logprobs"
         if server_field in ("prompt", "history", "system_prompt") or server_field.startswith("messages"):
             return server_field if server_field.startswith("messages") else "messages"
         return super().client_field(server_field)

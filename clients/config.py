@@ -211,6 +211,11 @@ class LimitsConfig:
 class SecurityConfig:
     token: str | None = option(None, "require `Authorization: <token>` (HTTP, WS, gRPC metadata)")
     protect_metrics: bool = option(False, "require the token on /metrics too")
+    eas_clock_skew: float = option(
+        900.0,
+        "seconds an EAS-signed request's Date may differ from the bridge's local clock (the SDK signs local time)",
+        commands=("serve", "bridge"),
+    )
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ class AsyncChatClient:
         """Close the channel (cancels calls in flight)."""
         await self.channel.close()
 
-    def stream(self, prompt: str, **kwargs: Any) -> grpc.aio.UnaryStreamCall:
+    def stream(self, prompt: str = "", **kwargs: Any) -> grpc.aio.UnaryStreamCall:
         """The raw Generate call: iterate it for GenerateResponse messages; `.cancel()` aborts."""
         timeout = kwargs.pop("timeout", self.timeout)
         return self.stub.Generate(build_request(prompt, **kwargs), metadata=self._metadata, timeout=timeout)
@@ -61,7 +61,7 @@ class AsyncChatClient:
         finally:
             call.cancel()
 
-    async def chat(self, prompt: str, **kwargs: Any) -> ChatResult:
+    async def chat(self, prompt: str = "", **kwargs: Any) -> ChatResult:
         """The whole answer with finish reason, usage, timings and sources."""
         responses = [r async for r in self.stream(prompt, **kwargs)]
         return _result(responses)
@@ -152,7 +152,7 @@ class ChatClient:
         """Close the channel."""
         self.channel.close()
 
-    def stream(self, prompt: str, **kwargs: Any) -> Any:
+    def stream(self, prompt: str = "", **kwargs: Any) -> Any:
         """The raw Generate call: iterate for GenerateResponse messages; `.cancel()` aborts."""
         timeout = kwargs.pop("timeout", self.timeout)
         return self.stub.Generate(build_request(prompt, **kwargs), metadata=self._metadata, timeout=timeout)
@@ -167,7 +167,7 @@ class ChatClient:
         finally:
             call.cancel()
 
-    def chat(self, prompt: str, **kwargs: Any) -> ChatResult:
+    def chat(self, prompt: str = "", **kwargs: Any) -> ChatResult:
         """The whole answer with finish reason, usage, timings and sources."""
         return _result(self.stream(prompt, **kwargs))
 

@@ -31,7 +31,9 @@ class WordTokenizer:
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, Any]:
         return {"input_ids": [self.vocab.setdefault(word, len(self.vocab)) for word in text.split()]}
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], chat_template: str | None = None, **kwargs: Any) -> str:
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], chat_template: str | None = None, **kwargs: Any
+    ) -> str:
         import jinja2
 
         kwargs.pop("tokenize", None)

@@ -277,7 +277,7 @@ class _Steps:
             self.queued = _queue_seconds(out.metrics)
         prompt_logprobs: tuple[TokenLogprob, ...] = ()
         if self.first and out.prompt_logprobs:
-            prompt_logprobs = logprob_steps(out.prompt_token_ids, out.prompt_logprobs, self.top or 0)
+            prompt_logprobs = logprob_steps(out.prompt_token_ids, out.prompt_logprobs, self.top or 0, self.tokenizer)
         produced = []
         for completion in out.outputs:
             index = completion.index
@@ -296,7 +296,7 @@ class _Steps:
                     "vLLM reported an error for this request" if finish is Finish.ERROR else None,
                     index=index,
                     token_ids=tuple(completion.token_ids),
-                    logprobs=logprob_steps(completion.token_ids, completion.logprobs, self.top or 0)
+                    logprobs=logprob_steps(completion.token_ids, completion.logprobs, self.top or 0, self.tokenizer)
                     if self.top is not None
                     else (),
                     stop_reason=completion.stop_reason,
@@ -309,23 +309,29 @@ class _Steps:
         return produced
 
 
-def logprob_steps(token_ids: Any, steps: Any, top: int) -> tuple[TokenLogprob, ...]:
+def logprob_steps(token_ids: Any, steps: Any, top: int, tokenizer: Any) -> tuple[TokenLogprob, ...]:
     """vLLM's per-position {token_id: Logprob} (the sampled token first) -> TokenLogprobs whose `top`
     holds the `top` most likely tokens by rank. Prompt logprobs start with None (no logprob for the
-    first token)."""
+    first token): that token comes with its text and logprob 0."""
+
+    def text(token_id: int, decoded: str | None) -> str:
+        return decoded if decoded is not None else str(tokenizer.decode([token_id]))
+
     out = []
     for token_id, step in zip(token_ids, steps or (), strict=False):
-        if step is None:
-            out.append(TokenLogprob(int(token_id), "", 0.0))
+        chosen = step.get(token_id) if step is not None else None
+        if chosen is None:
+            out.append(TokenLogprob(int(token_id), text(int(token_id), None), 0.0))
             continue
-        chosen = step.get(token_id)
         ranked = sorted((item for item in step.items() if item[1].rank is not None), key=lambda item: item[1].rank)
         alternatives = tuple(
-            TopToken(int(tid), lp.decoded_token or "", float(lp.logprob)) for tid, lp in ranked if lp.rank <= top
+            TopToken(int(tid), text(int(tid), lp.decoded_token), float(lp.logprob))
+            for tid, lp in ranked
+            if lp.rank <= top
         )
-        token = chosen.decoded_token if chosen is not None else ""
-        logprob = float(chosen.logprob) if chosen is not None else 0.0
-        out.append(TokenLogprob(int(token_id), token or "", logprob, alternatives))
+        out.append(
+            TokenLogprob(int(token_id), text(int(token_id), chosen.decoded_token), float(chosen.logprob), alternatives)
+        )
     return tuple(out)
 
 
@@ -336,8 +342,11 @@ def structured_outputs(constraint: Constraint | None) -> Any:
 
     if constraint.kind == "choice":
         return StructuredOutputsParams(choice=list(constraint.value))
+    # JSON without free whitespace: the same values, and small models cannot wander off into blank lines.
     if constraint.kind == "json_object":
-        return StructuredOutputsParams(json_object=True)
+        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+    if constraint.kind == "json":
+        return StructuredOutputsParams(json=constraint.value, disable_any_whitespace=True)
     return StructuredOutputsParams(**{constraint.kind: constraint.value})
 
 

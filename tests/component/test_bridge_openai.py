@@ -33,7 +33,7 @@ async def client(stack: Stack) -> AsyncIterator[openai.AsyncOpenAI]:
 
 async def test_chat_completion_non_stream(client: openai.AsyncOpenAI) -> None:
     reply = await client.chat.completions.create(
-        model="gpt-3.5-turbo",  # any name is accepted; replies name the served model
+        model=MODEL,
         messages=[{"role": "user", "content": QUESTION}],
         temperature=0,
         max_tokens=16,
@@ -98,6 +98,12 @@ async def test_completions_use_the_raw_prompt_stream_and_not(client: openai.Asyn
     assert echoed.choices[0].text == prompt + whole.choices[0].text
 
 
+async def test_an_unknown_model_is_404_not_the_base_model(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as err:
+        await client.chat.completions.create(model="gpt-3.5-turbo", messages=[{"role": "user", "content": "hi"}])
+    assert isinstance(err.value.body, dict) and err.value.body["code"] == "model_not_found"
+
+
 async def test_models_list_and_retrieve(client: openai.AsyncOpenAI) -> None:
     models = [m.id async for m in client.models.list()]
     assert models == [MODEL]
@@ -113,8 +119,10 @@ async def test_models_list_and_retrieve(client: openai.AsyncOpenAI) -> None:
         ({"max_tokens": 0}, "max_tokens"),
         ({"n": 2}, "n"),
         ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages"),
-        ({"messages": [{"role": "tool", "content": "hi"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user"}]}, "messages[0]"),  # an assistant message last is now a prefill
+        ({"messages": [{"role": "tool", "content": "hi"}]}, "messages[0]"),  # tool messages need tool_call_id
+        ({"logprobs": True}, "logprobs"),  # transformers' continuous batching has none: refused, not dropped
+        ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
     ],
 )
 async def test_bad_parameters_are_400_naming_the_parameter(

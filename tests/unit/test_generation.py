@@ -35,7 +35,14 @@ def service(engine: FakeEngine, history: Records | None = None, **overrides: Any
     adapters = [pb.ModelInfo(id="pirate", parent="fake-model")]
     models = ServedModels(pb.ModelInfo(id="fake-model"), adapters)
     return GenerateService(
-        config.server, config.limits, config.kb, engine, chat, admission, models, history=history  # type: ignore[arg-type]
+        config.server,
+        config.limits,
+        config.kb,
+        engine,
+        chat,
+        admission,
+        models,
+        history=history,  # type: ignore[arg-type]
     )
 
 

@@ -1,6 +1,6 @@
 """The deep contract through the real stack on vLLM: structured outputs, tools, logprobs, n, best_of,
 the rest of the sampling fields, prefill, context length, models and LoRA adapters — with the `openai`
-client, as users call it. (LangChain and gRPC: test_langchain_clients.py, test_grpc_contract.py.)"""
+client, as users call it (LangChain and LlamaIndex: test_frameworks.py; gRPC: test_grpc.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -16,19 +15,10 @@ import openai
 import pytest
 import pytest_asyncio
 
-from chatllm.server.engines.vllm_setup import vllm_build
-from tests.adapters import make_lora_adapter
-from tests.servers import make_config
-from tests.stack import Stack, serving_stack
+from tests.component.contract.conftest import ADAPTER, EMBEDDER, MODEL, QUESTION
+from tests.stack import Stack
 
-pytestmark = [
-    pytest.mark.asyncio(loop_scope="session"),
-    pytest.mark.skipif(vllm_build() is None, reason="vLLM is not installed (make install puts it in .venv)"),
-]
-
-MODEL = "SmolLM2-135M-Instruct"
-ADAPTER = "pirate"
-QUESTION = "What is the capital of France?"
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 WEATHER = {
     "type": "function",
     "function": {
@@ -55,21 +45,6 @@ CITY = {
     "required": ["city", "population"],
     "additionalProperties": False,
 }
-
-
-@pytest_asyncio.fixture(scope="module")
-async def stack(data_dir: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    adapter = await asyncio.to_thread(make_lora_adapter, model_dir, tmp_path_factory.mktemp("lora") / ADAPTER)
-    config = make_config(
-        data_dir,
-        backend="vllm",
-        precision="fp32",
-        max_new_tokens=64,
-        chat_template="chatml-tools",
-        lora_modules=(f"{ADAPTER}={adapter}",),
-    )
-    async with serving_stack(config) as running:
-        yield running
 
 
 @pytest_asyncio.fixture
@@ -198,7 +173,12 @@ async def test_chat_logprobs_in_openai_shape_streamed_and_not(client: openai.Asy
         assert len(tops) == 3 and tops == sorted(tops, reverse=True)
         assert entry.token == entry.top_logprobs[0].token  # greedy: the chosen token is the most likely
     stream = await client.chat.completions.create(**kwargs, logprobs=True, top_logprobs=1, stream=True)
-    streamed = [e for c in [x async for x in stream] if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    streamed = [
+        e
+        for c in [x async for x in stream]
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
     assert [e.token for e in streamed] == [e.token for e in content]
 
 
@@ -217,7 +197,11 @@ async def test_n_choices_streamed_and_whole(client: openai.AsyncOpenAI) -> None:
     reply = await client.chat.completions.create(**kwargs, n=2, seed=3)
     assert [c.index for c in reply.choices] == [0, 1]
     stream = await client.chat.completions.create(**kwargs, n=2, seed=3, stream=True)
-    finishes = [(c.choices[0].index, c.choices[0].finish_reason) async for c in stream if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        (c.choices[0].index, c.choices[0].finish_reason)
+        async for c in stream
+        if c.choices and c.choices[0].finish_reason
+    ]
     assert sorted(finishes) == [(0, "length"), (1, "length")] or sorted(i for i, _ in finishes) == [0, 1]
 
 
@@ -251,7 +235,9 @@ async def test_min_tokens_stop_token_ids_and_include_stop_str(client: openai.Asy
     (period,) = await _tokenize(stack, ".")
     stopped = await client.chat.completions.create(**kwargs, extra_body={"stop_token_ids": [period]})
     assert "." not in (stopped.choices[0].message.content or "") and stopped.choices[0].finish_reason == "stop"
-    kept = await client.chat.completions.create(**kwargs, stop=["Paris"], extra_body={"include_stop_str_in_output": True})
+    kept = await client.chat.completions.create(
+        **kwargs, stop=["Paris"], extra_body={"include_stop_str_in_output": True}
+    )
     assert (kept.choices[0].message.content or "").endswith("Paris")
 
 
@@ -305,8 +291,43 @@ async def test_an_adapter_answers_differently_and_leaves_the_base_alone(client: 
 async def _tokenize(stack: Stack, text: str) -> list[int]:
     import aiohttp
 
-    async with aiohttp.ClientSession() as session, session.post(
-        stack.http_url + "/tokenize", json={"model": MODEL, "prompt": text, "add_special_tokens": False}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            stack.http_url + "/tokenize", json={"model": MODEL, "prompt": text, "add_special_tokens": False}
+        ) as response,
+    ):
         assert response.status == 200, await response.text()
         return list((await response.json())["tokens"])
+
+
+# ------------------------------------------------------------------ embeddings and tokens
+async def test_embeddings_float_and_base64_agree(client: openai.AsyncOpenAI) -> None:
+    import numpy as np
+
+    texts = ["Green tea is brewed at 80 degrees.", "The warranty lasts three years."]
+    floats = await client.embeddings.create(model=EMBEDDER, input=texts, encoding_format="float")
+    packed = await client.embeddings.create(model=EMBEDDER, input=texts)  # the client asks for base64 and decodes it
+    assert [d.index for d in floats.data] == [0, 1] and floats.usage.prompt_tokens > 0
+    for a, b in zip(floats.data, packed.data, strict=True):
+        assert len(a.embedding) == 384 and np.allclose(a.embedding, b.embedding, atol=1e-6)
+    with pytest.raises(openai.NotFoundError):
+        await client.embeddings.create(model="text-embedding-3-small", input="x")
+    with pytest.raises(openai.BadRequestError) as err:
+        await client.embeddings.create(model=EMBEDDER, input="x", dimensions=64)
+    assert err.value.body["param"] == "dimensions"
+
+
+async def test_tokenize_and_detokenize_round_trip(stack: Stack) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            stack.http_url + "/tokenize", json={"prompt": QUESTION, "return_token_strs": True}
+        ) as r:
+            tokens = await r.json()
+        assert tokens["count"] == len(tokens["tokens"]) == len(tokens["token_strs"]) and tokens["max_model_len"] > 0
+        async with session.post(stack.http_url + "/detokenize", json={"tokens": tokens["tokens"]}) as r:
+            assert (await r.json())["prompt"] == QUESTION
+        async with session.post(stack.http_url + "/tokenize", json={"model": "nope", "prompt": "x"}) as r:
+            assert r.status == 404
