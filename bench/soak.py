@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import os
 import random
 import re
@@ -337,6 +339,7 @@ def main() -> int:
     parser.add_argument("--no-record", action="store_true", help="print the table, write no result files")
     parser.add_argument("--data-dir", default=str(REPO / ".cache" / "test-data"))
     parser.add_argument("--workdir", help="folder for logs and the knowledge-base database (default: a temp dir)")
+    parser.add_argument("--report", help="also write the plan, rows and values as JSON here (the test suite reads it)")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory() as scratch:
@@ -345,6 +348,9 @@ def main() -> int:
         report = asyncio.run(soak(args.backend, plan, args.data_dir, workdir))
     body = markdown_table(["check", "load", "result", "target", "met"], report.rows)
     print(body)
+    if args.report:
+        document = {"plan": dataclasses.asdict(plan), "rows": report.rows, "values": report.values}
+        Path(args.report).write_text(json.dumps(document, indent=2, default=str))
     if not args.no_record:
         header = f"Backend `{args.backend}`, {'quick' if args.quick else 'full'} plan: {plan}.\n\n"
         path = write_results(
