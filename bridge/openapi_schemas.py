@@ -297,8 +297,9 @@ def server_schemas() -> dict[str, Schema]:
         "ServerInfo": server_info,
         "CatalogModel": catalog_model,
         "Info": obj(
-            ("model", "server", "catalog"),
+            ("model", "models", "server", "catalog"),
             model={"allOf": [ref("ModelInfo")], "nullable": True},
+            models=array(ref("ModelInfo"), description="every served model (base models and adapters)"),
             server=ref("ServerInfo"),
             catalog=array(ref("CatalogModel")),
         ),
