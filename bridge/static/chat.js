@@ -3,7 +3,7 @@
 // start screen, and the conversation list.
 
 import { describe, showBanner } from "./api.js";
-import { assistantElement, renderAnswerBody, userElement } from "./messages.js";
+import { assistantElement, editBox, renderAnswerBody, userElement } from "./messages.js";
 import { chosenModel, closeDrawers, requestSettings } from "./settings.js";
 import { renderSidebar } from "./sidebar.js";
 import { dropWaitingFrame, restartSocket, sendFrame, startConnection } from "./socket.js";
@@ -227,35 +227,8 @@ function regenerate() {
 function startEdit(element) {
   if (chat.current) return;
   const question = chat.conversation.messages.findLast((m) => m.role === "user");
-  const box = document.createElement("div");
-  box.className = "edit-box";
-  const area = document.createElement("textarea");
-  area.value = question.content;
-  area.rows = Math.min(8, question.content.split("\n").length + 1);
-  area.setAttribute("aria-label", "Edit the question");
-  const buttons = document.createElement("div");
-  buttons.className = "dialog-buttons";
-  const cancel = Object.assign(document.createElement("button"), { type: "button", className: "secondary" });
-  cancel.textContent = "Cancel";
-  const resend = Object.assign(document.createElement("button"), { type: "button", className: "resend" });
-  resend.textContent = "Send";
-  cancel.addEventListener("click", renderConversation);
-  resend.addEventListener("click", () => {
-    const text = area.value.trim();
-    if (text) askAgain(text);
-  });
-  area.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      resend.click();
-    } else if (event.key === "Escape") {
-      renderConversation();
-    }
-  });
-  buttons.append(cancel, resend);
-  box.append(area, buttons);
-  element.replaceChildren(box);
-  area.focus();
+  element.replaceChildren(editBox(question.content, askAgain, renderConversation));
+  element.querySelector("textarea").focus();
 }
 
 function openConversation(id) {
@@ -305,16 +278,7 @@ function deleteConversation(id) {
 
 function exportConversation(id, format) {
   const conversation = id === chat.conversation.id ? chat.conversation : store.loadConversation(id);
-  if (!conversation) return;
-  const text = format === "md" ? store.toMarkdown(conversation) : store.toJson(conversation);
-  const type = format === "md" ? "text/markdown" : "application/json";
-  const link = document.createElement("a");
-  link.href = URL.createObjectURL(new Blob([text], { type: `${type};charset=utf-8` }));
-  link.download = store.fileNameFor(conversation, format);
-  document.body.append(link);
-  link.click();
-  link.remove();
-  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  if (conversation) store.download(conversation, format);
 }
 
 // The input grows with its text; CSS caps it (max-height), then it scrolls.

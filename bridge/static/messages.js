@@ -216,3 +216,29 @@ export function assistantElement(message, actions = {}) {
   if (row.childElementCount) element.append(row);
   return element;
 }
+
+/** Edit and resend: the question in a text box; `send(text)` or `cancel()`. */
+export function editBox(text, send, cancel) {
+  const box = div("edit-box");
+  const area = document.createElement("textarea");
+  area.value = text;
+  area.rows = Math.min(8, text.split("\n").length + 1);
+  area.setAttribute("aria-label", "Edit the question");
+  const buttons = div("dialog-buttons");
+  const cancelButton = button("Cancel", null, cancel, "secondary");
+  const sendButton = button("Send", null, () => {
+    const edited = area.value.trim();
+    if (edited) send(edited);
+  }, "resend");
+  area.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      sendButton.click();
+    } else if (event.key === "Escape") {
+      cancel();
+    }
+  });
+  buttons.append(cancelButton, sendButton);
+  box.append(area, buttons);
+  return box;
+}

@@ -145,3 +145,16 @@ export function fileNameFor(conversation, extension) {
     .slice(0, 50);
   return `${slug || "conversation"}.${extension}`;
 }
+
+/** Saves the conversation as a file (Markdown or JSON) through the browser's downloads. */
+export function download(conversation, format) {
+  const text = format === "md" ? toMarkdown(conversation) : toJson(conversation);
+  const type = format === "md" ? "text/markdown" : "application/json";
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([text], { type: `${type};charset=utf-8` }));
+  link.download = fileNameFor(conversation, format);
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}

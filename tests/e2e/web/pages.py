@@ -72,7 +72,7 @@ def settings(page: Page, max_new_tokens: int = 24, temperature: str = "0") -> No
 
 def ask(page: Page, question: str, max_new_tokens: int = 24, temperature: str = "0") -> Locator:
     """Types and sends a question; returns the answer's message element."""
-    if not page.locator("#settings").is_visible():  # a phone: the settings are a drawer
+    if page.locator("#settings-toggle").is_visible():  # a phone: the settings are a drawer
         page.click("#settings-toggle")
         settings(page, max_new_tokens, temperature)
         page.keyboard.press("Escape")
