@@ -136,6 +136,7 @@ function endCurrent(changes) {
   const current = chat.current;
   chat.current = null;
   Object.assign(current.message, { pending: false, stats: statsOf(current) }, changes);
+  if (!current.message.model) current.message.model = chosenModel(); // asked before the server's info came
   const follow = nearBottom();
   const messages = $("messages");
   // Redraw the last question too: its Edit button comes back.

@@ -10,6 +10,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
 
 from tests.e2e.web.pages import (
     PHONE,
+    TOKEN,
     Site,
     answered,
     ask,
@@ -32,7 +33,11 @@ def test_phone_after_a_long_answer_the_input_stays_on_screen_and_the_messages_sc
         box = page.locator("#prompt").bounding_box()
         assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= PHONE["height"], box
         expect(page.locator("#send")).to_be_in_viewport()
-        assert page.evaluate("document.scrollingElement.scrollTop") == 0, "the page itself was scrolled"
+        pushed = page.evaluate(
+            "[document.scrollingElement, ...document.querySelectorAll('main, #panel-chat, .chat-main')]"
+            ".filter(e => e.scrollTop !== 0).map(e => e.id || e.tagName)"
+        )
+        assert pushed == [], f"the auto-scroll moved the page or the chat panel: {pushed}"
         messages = page.locator("#messages")
         assert messages.evaluate("el => el.scrollHeight > el.clientHeight"), "the answer should overflow"
         # The user can scroll back to the question, and the input stays where it is.
@@ -165,6 +170,8 @@ def test_model_panel_shows_the_model_and_the_catalogue(page: Page, site: Site, o
     expect(info).to_contain_text("hf")
     expect(info).to_contain_text("8192 tokens")
     expect(page.locator("#served-models")).to_be_hidden()  # one model
+    info = page.request.get(site.url + "api/info", headers={"Authorization": TOKEN}).json()
+    assert [model["id"] for model in info["models"]] == ["SmolLM2-135M-Instruct"]
     expect(page.locator("#catalog tr", has_text="Qwen2-7b")).to_contain_text("A10")
     page.screenshot(path=str(output_dir / "model-tab.png"), full_page=True)
 
