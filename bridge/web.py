@@ -61,7 +61,8 @@ def _as_dict(message: Any) -> dict[str, Any]:
 
 
 async def info(request: web.Request) -> web.Response:
-    """The served model, the server's state and the model catalogue, for the page's Model tab."""
+    """The served model (`model`: the first; `models`: every one, adapters included, for the page's
+    model picker), the server's state and the model catalogue, for the page's Model tab."""
     upstream, authorization = request.app[UPSTREAM], request.headers.get("Authorization")
     try:
         models = await upstream.list_models(authorization)
@@ -71,6 +72,7 @@ async def info(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "model": _as_dict(models.models[0]) if models.models else None,
+            "models": [_as_dict(model) for model in models.models],
             "server": _as_dict(server),
             "catalog": [_as_dict(entry) for entry in models.catalog],
         }

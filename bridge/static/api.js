@@ -1,6 +1,7 @@
 // HTTP calls, the access token and user-visible errors, shared by the tabs.
 
 const TOKEN_KEY = "chatllm_token";
+const $ = (id) => document.getElementById(id);
 
 export class ApiError extends Error {
   constructor(status, message) {
@@ -63,28 +64,85 @@ export async function errorFrom(response) {
   return new ApiError(response.status, describe(response.status, message));
 }
 
+// The banner under the top bar. `kind` says which condition it reports, so the code that sees
+// the condition end clears only its own banner: "connection" (the page cannot talk to the server
+// right now), "token" (the token dialog was dismissed) or "error" (anything else).
+let bannerKind = null;
+
+export function showBanner(text, kind = "error", action = null) {
+  const button = $("banner-action");
+  $("banner-text").textContent = text;
+  $("banner").hidden = !text;
+  bannerKind = text ? kind : null;
+  button.hidden = !action;
+  button.textContent = action ? action.label : "";
+  button.onclick = action ? action.run : null;
+}
+
+export function clearBanner(kind) {
+  if (bannerKind === kind) showBanner("");
+}
+
+// The token dialog. While a prompt is pending, every call that got a 401 waits on it; closing
+// the dialog (Escape, "Not now") leaves it pending and says how to continue.
 let tokenPrompt = null;
+
+function tokenState(state) {
+  document.dispatchEvent(new CustomEvent("chatllm:token", { detail: state }));
+}
+
+export function tokenDismissed() {
+  return tokenPrompt !== null && !$("token-dialog").open;
+}
+
+export function reopenTokenDialog() {
+  const dialog = $("token-dialog");
+  if (!tokenPrompt || dialog.open) return;
+  clearBanner("token");
+  tokenState("asking");
+  dialog.showModal();
+  $("token-input").focus();
+}
+
+function onDialogClosed() {
+  if (!tokenPrompt) return; // closed by a submitted token
+  tokenState("dismissed");
+  showBanner("This server needs an access token before it answers.", "token", {
+    label: "Enter token",
+    run: reopenTokenDialog,
+  });
+}
+
+export function initTokenDialog() {
+  const dialog = $("token-dialog");
+  dialog.addEventListener("close", onDialogClosed);
+  $("token-cancel").addEventListener("click", () => dialog.close());
+}
 
 // Ask for the token once; resolves when the user submitted one.
 export function askToken(wrong) {
-  if (tokenPrompt) return tokenPrompt;
-  const dialog = document.getElementById("token-dialog");
-  const error = document.getElementById("token-error");
-  const input = document.getElementById("token-input");
+  const error = $("token-error");
   error.hidden = !wrong;
   error.textContent = wrong ? "Wrong token: the server refused it." : "";
-  input.value = "";
+  if (tokenPrompt) return tokenPrompt;
+  $("token-input").value = "";
+  // The server answered (with a 401): whatever said it cannot be reached is stale.
+  clearBanner("connection");
   tokenPrompt = new Promise((resolve) => {
-    document.getElementById("token-form").addEventListener(
+    $("token-form").addEventListener(
       "submit",
       () => {
-        auth.save(input.value.trim());
+        auth.save($("token-input").value.trim());
         tokenPrompt = null;
+        clearBanner("token");
+        tokenState("saved");
         resolve();
       },
       { once: true },
     );
   });
+  tokenState("asking");
+  const dialog = $("token-dialog");
   if (!dialog.open) dialog.showModal();
   return tokenPrompt;
 }
@@ -105,10 +163,4 @@ export async function api(path, options = {}) {
     if (!response.ok) throw await errorFrom(response);
     return response.status === 204 ? null : response.json();
   }
-}
-
-export function showBanner(text) {
-  const banner = document.getElementById("banner");
-  banner.textContent = text;
-  banner.hidden = !text;
 }

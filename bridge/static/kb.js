@@ -1,32 +1,23 @@
-// The knowledge-base tab: pick or create a knowledge base, upload files (button or
-// drag and drop) with progress, list documents with their chunk counts, delete.
+// The knowledge-base tab: pick or create a knowledge base, upload files (button or drag and drop)
+// with progress and a result per file, list documents with their chunk counts, delete.
 
 import { api, askToken, auth, describe, showBanner, url } from "./api.js";
+import {
+  chooseKnowledgeBase,
+  onKnowledgeBaseChange,
+  selectedKnowledgeBase,
+  setKnowledgeBaseNames,
+} from "./kb-choice.js";
 
 const $ = (id) => document.getElementById(id);
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
-let onChange = () => {};
-let known = ["default"];
 let stored = new Set(); // knowledge bases the server has (a new one exists once it has a document)
 
-function selected() {
-  return $("kb-select").value || "default";
-}
-
-function fillSelect(names, choose) {
-  const select = $("kb-select");
-  select.replaceChildren(...names.map((name) => new Option(name, name)));
-  select.value = choose && names.includes(choose) ? choose : names[0];
-}
-
-export async function refreshKnowledgeBases(choose) {
+export async function refreshKnowledgeBases() {
   const body = await api("api/kb");
   const names = body.knowledge_bases.map((kb) => kb.name);
   stored = new Set(names);
-  for (const name of known) if (!names.includes(name)) names.push(name);
-  known = names.length ? names : ["default"];
-  fillSelect(known, choose || selected());
-  onChange(known);
+  setKnowledgeBaseNames(names);
   await refreshDocuments();
 }
 
@@ -36,34 +27,37 @@ function formatSize(bytes) {
   return `${bytes} B`;
 }
 
+function documentRow(kb, doc) {
+  const row = document.createElement("tr");
+  const cells = [doc.filename, String(doc.chunks), formatSize(doc.size_bytes),
+    new Date(doc.created_unix * 1000).toLocaleString()];
+  for (const text of cells) {
+    const cell = document.createElement("td");
+    cell.textContent = text;
+    row.append(cell);
+  }
+  const action = document.createElement("td");
+  const remove = document.createElement("button");
+  remove.className = "secondary";
+  remove.textContent = "Delete";
+  remove.setAttribute("aria-label", `Delete ${doc.filename}`);
+  remove.addEventListener("click", () => deleteDocument(kb, doc));
+  action.append(remove);
+  row.append(action);
+  return row;
+}
+
 async function refreshDocuments() {
-  const kb = selected();
+  const kb = selectedKnowledgeBase();
   const documents = stored.has(kb) ? (await api(`api/kb/${encodeURIComponent(kb)}/documents`)).documents : [];
-  const rows = documents.map((doc) => {
-    const row = document.createElement("tr");
-    const cells = [doc.filename, String(doc.chunks), formatSize(doc.size_bytes),
-      new Date(doc.created_unix * 1000).toLocaleString()];
-    for (const text of cells) {
-      const cell = document.createElement("td");
-      cell.textContent = text;
-      row.append(cell);
-    }
-    const action = document.createElement("td");
-    const remove = document.createElement("button");
-    remove.className = "secondary";
-    remove.textContent = "Delete";
-    remove.setAttribute("aria-label", `Delete ${doc.filename}`);
-    remove.addEventListener("click", () => deleteDocument(kb, doc));
-    action.append(remove);
-    row.append(action);
-    return row;
-  });
+  if (kb !== selectedKnowledgeBase()) return; // the user picked another one meanwhile
+  const rows = documents.map((doc) => documentRow(kb, doc));
   if (!rows.length) {
     const row = document.createElement("tr");
     const cell = document.createElement("td");
     cell.colSpan = 5;
     cell.className = "muted";
-    cell.textContent = "No documents yet: upload some above.";
+    cell.textContent = `No documents in “${kb}” yet: upload some above.`;
     row.append(cell);
     rows.push(row);
   }
@@ -73,23 +67,25 @@ async function refreshDocuments() {
 async function deleteDocument(kb, doc) {
   try {
     await api(`api/kb/${encodeURIComponent(kb)}/documents/${encodeURIComponent(doc.id)}`, { method: "DELETE" });
+    $("upload-status").className = "muted";
     $("upload-status").textContent = `Deleted ${doc.filename}.`;
-    await refreshKnowledgeBases(kb);
+    $("upload-results").replaceChildren();
+    await refreshKnowledgeBases();
   } catch (error) {
     showBanner(error.message);
   }
 }
 
 // XMLHttpRequest rather than fetch: it reports upload progress.
-function postFiles(kb, files) {
+function postFile(kb, file, onProgress) {
   return new Promise((resolve, reject) => {
     const form = new FormData();
-    for (const file of files) form.append("file", file, file.name);
+    form.append("file", file, file.name);
     const request = new XMLHttpRequest();
     request.open("POST", url(`api/kb/${encodeURIComponent(kb)}/documents`));
     for (const [name, value] of Object.entries(auth.headers())) request.setRequestHeader(name, value);
     request.upload.onprogress = (event) => {
-      if (event.lengthComputable) $("upload-progress").value = (100 * event.loaded) / event.total;
+      if (event.lengthComputable) onProgress(event.loaded / event.total);
     };
     request.onload = () => {
       let body = null;
@@ -99,61 +95,95 @@ function postFiles(kb, files) {
         // keep null
       }
       if (request.status >= 200 && request.status < 300) resolve(body);
-      else reject({ status: request.status, message: body?.error?.message || request.statusText });
+      else reject({ status: request.status, message: body?.error?.message || request.statusText, body });
     };
     request.onerror = () => reject({ status: 0, message: "" });
     request.send(form);
   });
 }
 
-async function upload(files) {
-  if (!files.length) return;
-  const kb = selected();
-  const progress = $("upload-progress");
-  const status = $("upload-status");
-  progress.hidden = false;
-  progress.value = 0;
-  status.className = "muted";
-  status.textContent = `Uploading ${files.length} file(s) to “${kb}”… (then splitting and embedding)`;
+// One file per request: each gets its own answer, and a rejected file does not keep the
+// files after it from being stored.
+async function uploadOne(kb, file, onProgress) {
   for (let attempt = 0; ; attempt++) {
     try {
-      const body = await postFiles(kb, files);
-      const parts = body.documents.map((d) => `${d.filename}: ${d.chunks} chunks${d.unchanged ? " (unchanged)" : ""}`);
-      status.textContent = `Done. ${parts.join("; ")}`;
-      break;
+      const body = await postFile(kb, file, onProgress);
+      return { stored: body.documents, error: null };
     } catch (error) {
       if (error.status === 401 && attempt < 3) {
         await askToken(attempt > 0 || Boolean(auth.token));
         continue;
       }
-      status.className = "error";
-      status.textContent = describe(error.status, error.message);
-      break;
+      // A failed upload still lists what it stored before the failure.
+      return { stored: error.body?.documents || [], error: describe(error.status, error.message) };
     }
   }
-  progress.hidden = true;
-  $("kb-files").value = "";
-  await refreshKnowledgeBases(kb).catch((error) => showBanner(error.message));
 }
 
-export function initKnowledgeBase(changed) {
-  onChange = changed;
-  $("kb-select").addEventListener("change", () => refreshDocuments().catch((error) => showBanner(error.message)));
-  $("kb-files").addEventListener("change", () => upload([...$("kb-files").files]));
-  $("kb-create").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const name = $("kb-new-name").value.trim();
-    if (!NAME.test(name)) {
-      $("upload-status").className = "error";
-      $("upload-status").textContent = "Knowledge-base names use 1-64 letters, digits, _ or -.";
-      return;
+function resultItem(className, text) {
+  const item = document.createElement("li");
+  item.className = className;
+  item.textContent = text;
+  return item;
+}
+
+async function upload(files) {
+  if (!files.length) return;
+  const kb = selectedKnowledgeBase();
+  const progress = $("upload-progress");
+  const status = $("upload-status");
+  const results = $("upload-results");
+  const total = files.reduce((sum, file) => sum + file.size, 0) || 1;
+  let done = 0;
+  let storedCount = 0;
+  progress.hidden = false;
+  progress.value = 0;
+  results.replaceChildren();
+  status.className = "muted";
+  for (const [index, file] of files.entries()) {
+    status.textContent = `Uploading ${file.name} (${index + 1} of ${files.length}) to “${kb}”… then splitting and embedding`;
+    const outcome = await uploadOne(kb, file, (fraction) => {
+      progress.value = (100 * (done + fraction * file.size)) / total;
+    });
+    done += file.size;
+    for (const doc of outcome.stored) {
+      storedCount++;
+      const chunks = `${doc.chunks} chunk${doc.chunks === 1 ? "" : "s"}`;
+      results.append(resultItem("stored", `${doc.filename}: stored, ${chunks}${doc.unchanged ? " (unchanged)" : ""}`));
     }
-    if (!known.includes(name)) known.push(name);
-    $("kb-new-name").value = "";
-    fillSelect(known, name);
-    onChange(known);
+    if (outcome.error) results.append(resultItem("rejected", `${file.name}: not stored. ${outcome.error}`));
+  }
+  progress.hidden = true;
+  const failed = files.length - storedCount;
+  status.className = failed ? "error" : "muted";
+  status.textContent = failed
+    ? `Stored ${storedCount} of ${files.length} file(s) in “${kb}”; ${failed} not stored (see below).`
+    : `Done. Stored ${storedCount} file(s) in “${kb}”.`;
+  $("kb-files").value = "";
+  await refreshKnowledgeBases().catch((error) => showBanner(error.message));
+}
+
+function createKnowledgeBase(event) {
+  event.preventDefault();
+  const name = $("kb-new-name").value.trim();
+  if (!NAME.test(name)) {
+    $("upload-status").className = "error";
+    $("upload-status").textContent = "Knowledge-base names use 1-64 letters, digits, _ or -.";
+    return;
+  }
+  $("kb-new-name").value = "";
+  $("upload-status").className = "muted";
+  $("upload-status").textContent = `“${name}” is selected: upload documents to create it.`;
+  chooseKnowledgeBase(name, true);
+}
+
+export function initKnowledgeBase() {
+  onKnowledgeBaseChange(() => {
+    $("upload-results").replaceChildren();
     refreshDocuments().catch((error) => showBanner(error.message));
   });
+  $("kb-files").addEventListener("change", () => upload([...$("kb-files").files]));
+  $("kb-create").addEventListener("submit", createKnowledgeBase);
   const zone = $("dropzone");
   zone.addEventListener("dragover", (event) => {
     event.preventDefault();
@@ -164,5 +194,11 @@ export function initKnowledgeBase(changed) {
     event.preventDefault();
     zone.classList.remove("over");
     upload([...event.dataTransfer.files]);
+  });
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      $("kb-files").click();
+    }
   });
 }
