@@ -119,6 +119,13 @@ class VLLMConfig:
         None, "vLLM: no compilation/CUDA graphs (default: on for CPU)", commands=SERVER_COMMANDS
     )
     enable_prefix_caching: bool = option(True, "vLLM: reuse KV of shared prefixes", commands=SERVER_COMMANDS)
+    json_whitespace: str = option(
+        "compact",
+        "vLLM: JSON answers (response_format, tool arguments) with no free whitespace (compact; xgrammar), or any "
+        "whitespace (any; vLLM's grammar backend chosen per request)",
+        choices=("compact", "any"),
+        commands=SERVER_COMMANDS,
+    )
     distributed_executor_backend: str | None = option(
         None, "vLLM: mp or ray (ray for multi-node)", choices=("mp", "ray"), commands=SERVER_COMMANDS
     )

@@ -342,11 +342,8 @@ def structured_outputs(constraint: Constraint | None) -> Any:
 
     if constraint.kind == "choice":
         return StructuredOutputsParams(choice=list(constraint.value))
-    # JSON without free whitespace: the same values, and small models cannot wander off into blank lines.
     if constraint.kind == "json_object":
-        return StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
-    if constraint.kind == "json":
-        return StructuredOutputsParams(json=constraint.value, disable_any_whitespace=True)
+        return StructuredOutputsParams(json_object=True)
     return StructuredOutputsParams(**{constraint.kind: constraint.value})
 
 

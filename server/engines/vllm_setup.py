@@ -125,6 +125,10 @@ def build_engine_args(config: Config, source: ModelSource) -> tuple[Any, bool]:
         # `vllm:*` Prometheus metrics next to ours.
         "disable_log_stats": True,
     }
+    if config.vllm.json_whitespace == "compact":
+        # Compact JSON (as OpenAI answers): small models otherwise wander off into blank lines inside a
+        # constrained answer. vLLM takes the option per engine, and only with a fixed grammar backend.
+        kwargs["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
     if config.engine.max_model_len:
         kwargs["max_model_len"] = config.engine.max_model_len
     if on_cpu:

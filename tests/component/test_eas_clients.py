@@ -36,7 +36,7 @@ SDK_CALL = Path(__file__).resolve().parent.parent / "clients" / "eas_sdk_call.py
 @pytest_asyncio.fixture(scope="module")
 async def stack(data_dir: Path, model_dir: Path) -> AsyncIterator[Stack]:
     # LangChain's PAI-EAS classes join NUL-delimited pieces: they need the delta stream mode.
-    config = make_config(data_dir, token=TOKEN, legacy_stream="delta", max_new_tokens=24)
+    config = make_config(data_dir, token=TOKEN, legacy_stream="delta", max_new_tokens=24, temperature=0.0)
     async with serving_stack(config) as running:
         yield running
 
