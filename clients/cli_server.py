@@ -84,14 +84,16 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_bridge(args: argparse.Namespace) -> int:
+    from chatllm.bridge.channel import channel_target
     from chatllm.bridge.runner import bridge_until_signal
     from chatllm.clients.cli import setup_logging
 
     config = from_args(args)
     setup_logging(config.log_level)
     try:
+        channel_target(config.upstream or DEFAULT_UPSTREAM)  # a bad --upstream is one line, not a traceback
         asyncio.run(bridge_until_signal(config, config.upstream or DEFAULT_UPSTREAM))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"chatllm: error: {exc}", file=sys.stderr)
         return 2
     return 0

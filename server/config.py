@@ -88,7 +88,10 @@ class Config:
     host: str = option("0.0.0.0", "address the HTTP/WebSocket bridge binds", "bridge")
     port: int = option(8000, "HTTP/WebSocket port of the bridge", "bridge")
     upstream: str | None = option(
-        None, "gRPC server the bridge talks to (host:port, dns:///name:port for round-robin)", "bridge"
+        None,
+        "gRPC server(s) the bridge talks to: host:port, IP:port,IP:port,... or dns:///name:port; "
+        "round-robin over the replicas whose readiness is SERVING",
+        "bridge",
     )
     api_only: bool = option(False, "no web page, API only", "bridge")
     no_api: bool = option(False, "web page only: legacy API routes off", "bridge")
