@@ -25,6 +25,7 @@ import grpc
 
 from chatllm.proto import SERVICE_NAME
 
+HEALTH_SERVICE = "grpc.health.v1.Health"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Attempts per call (the first one included). Each retry waits a random backoff up to
 # initialBackoff * multiplier^n (at most maxBackoff), which lets the health watch and
@@ -78,7 +79,13 @@ def service_config(health_service: str = SERVICE_NAME) -> dict[str, Any]:
     return {
         "loadBalancingConfig": [{"round_robin": {}}],
         "healthCheckConfig": {"serviceName": health_service},
-        "methodConfig": [{"name": [{"service": SERVICE_NAME}], "retryPolicy": RETRY_POLICY}],
+        "methodConfig": [
+            # Every ChatLLM call, and the bridge's readiness probe (/readyz).
+            {
+                "name": [{"service": SERVICE_NAME}, {"service": HEALTH_SERVICE, "method": "Check"}],
+                "retryPolicy": RETRY_POLICY,
+            }
+        ],
     }
 
 

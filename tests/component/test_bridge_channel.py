@@ -162,5 +162,8 @@ def test_the_service_config_names_the_readiness_service_and_retries_only_unavail
     assert config["healthCheckConfig"] == {"serviceName": "chatllm.v1.ChatLLM"}
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     (method,) = config["methodConfig"]
-    assert method["name"] == [{"service": "chatllm.v1.ChatLLM"}]
+    assert method["name"] == [
+        {"service": "chatllm.v1.ChatLLM"},
+        {"service": "grpc.health.v1.Health", "method": "Check"},
+    ]
     assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
