@@ -134,11 +134,21 @@ def build_engine_args(config: Config, source: ModelSource) -> tuple[Any, bool]:
     if on_cpu:
         # Without an explicit size vLLM's CPU backend tries to take most of the memory.
         kwargs["kv_cache_memory_bytes"] = int(config.kv_cache_space * GIB)
+        if config.distributed_executor_backend == "ray":
+            raise StartupError(CPU_RAY_REFUSAL)
         if config.pipeline_parallel_size > 1:
             kwargs.update(cpu_pipeline_parallel_args(config))
     else:
         kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
     return AsyncEngineArgs(**kwargs), on_cpu
+
+
+# vLLM's CPU platform declares no Ray device (`ray_device_key` is empty), so its Ray executors
+# refuse to place workers ("current platform cpu does not support ray", vllm-project/vllm#21602).
+CPU_RAY_REFUSAL = (
+    "--distributed-executor-backend ray needs vLLM's CUDA build: vLLM's CPU build has no Ray device "
+    "('current platform cpu does not support ray'); on CPU use mp (the default) on one machine"
+)
 
 
 def cpu_pipeline_parallel_args(config: Config) -> dict[str, Any]:

@@ -179,3 +179,16 @@ def test_pipeline_parallel_on_cpu_runs_compiled_and_refuses_enforce_eager(tmp_pa
     assert "\n" not in message and "--enforce-eager" in message and "intermediate_tensors" in message
     args, _ = build_engine_args(Config(tensor_parallel_size=3), source)
     assert args.enforce_eager  # tensor parallel alone stays eager
+
+
+@pytest.mark.skipif(vllm_build() != "cpu", reason="needs the vLLM CPU build")
+def test_the_ray_executor_is_refused_on_cpu_in_one_line(tmp_path: Path) -> None:
+    from chatllm.server.engines.vllm_setup import build_engine_args
+    from chatllm.server.errors import StartupError
+
+    with pytest.raises(StartupError) as refused:
+        build_engine_args(
+            Config(tensor_parallel_size=3, distributed_executor_backend="ray"), ModelSource("m", tmp_path, "")
+        )
+    message = str(refused.value)
+    assert "\n" not in message and "does not support ray" in message and "CUDA build" in message
