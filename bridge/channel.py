@@ -57,20 +57,17 @@ def channel_target(upstream: str) -> str:
 
 
 def _ip_and_port(part: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-    host, sep, port_text = part.rpartition(":")
-    host = host.strip("[]")
-    if host == "localhost":
-        host = "127.0.0.1"
+    host, _, port_text = part.rpartition(":")
+    host = "127.0.0.1" if host == "localhost" else host.strip("[]")
     try:
-        ip = ipaddress.ip_address(host)
-        port = int(port_text)
+        ip, port = ipaddress.ip_address(host), int(port_text)
     except ValueError:
-        ip, port, sep = None, 0, ""  # type: ignore[assignment]
-    if not sep or ip is None or not 0 < port < 65536:
+        port = 0
+    if not 0 < port < 65536:
         raise ValueError(
             f"--upstream: {part!r} is not IP:port; several targets must be addresses "
             "(a name with several records is one target: dns:///name:port)"
-        ) from None
+        )
     return ip, port
 
 
