@@ -5,7 +5,7 @@ cancel and drain like one engine, and none of them outlives a SIGTERM or a dead 
 The built-in model has 9 attention heads and 3 KV heads: 3 divides both (2 does not),
 so tensor parallel runs with 3 ranks; its 30 layers split into 2 pipeline stages.
 Run under the engine lock: `flock /tmp/chatllm-engine.lock .venv/bin/python -m pytest
-tests/e2e/test_vllm_parallel.py` (about 4 minutes on 2 cores).
+tests/e2e/test_vllm_parallel.py` (about 4-5 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def workers_of(server_pid: int) -> list[psutil.Process]:
 
 
 def engine_processes_of(server_pid: int) -> list[psutil.Process]:
+    """The engine core and its workers under the server."""
     found = []
     for proc in psutil.Process(server_pid).children(recursive=True):
         try:
@@ -184,7 +185,7 @@ def test_a_dead_tensor_parallel_rank_takes_the_whole_engine_down(
 
 
 def group_members(pgid: int) -> list[str]:
-    """Live vLLM processes of the server's process group (the server's children are gone with it)."""
+    """Live processes of the server's process group (engine processes, the reaper, ...)."""
     found = []
     for p in psutil.process_iter(["name", "status"]):
         try:
