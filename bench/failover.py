@@ -113,7 +113,7 @@ async def kill_when_queued(victim: ChatllmSubprocess, port: int, plan: Plan, tal
             all_slots_streaming = tally.streaming >= 2 * plan.max_concurrent
             return info.active_requests == plan.max_concurrent and info.waiting_requests > 0 and all_slots_streaming
 
-        await wait_until(ready_to_kill, 120, "the replica never queued a request")
+        await wait_until(ready_to_kill, 600, "the replica never held answering and queued requests")
         victim.proc.kill()
         tally.killed_at = time.monotonic()
     return seen
@@ -170,14 +170,16 @@ async def failover(plan: Plan, backend: str, data_dir: str, workdir: Path) -> di
             await wait_until(bridge_ready, 30, "the bridge never became ready")
             load = [asyncio.create_task(client_loop(session, url, plan, tally, stop)) for _ in range(plan.clients)]
             probe = asyncio.create_task(readiness_loop(session, url, tally, stop))
-            at_kill = await kill_when_queued(replicas[0], ports[0], plan, tally)
+            try:
+                at_kill = await kill_when_queued(replicas[0], ports[0], plan, tally)
 
-            async def enough_after_kill() -> bool:
-                return tally.completed(after=tally.killed_at) >= plan.after_kill
+                async def enough_after_kill() -> bool:
+                    return tally.completed(after=tally.killed_at) >= plan.after_kill
 
-            await wait_until(enough_after_kill, 300, "the surviving replica stopped answering")
-            stop.set()
-            await asyncio.gather(*load, probe)
+                await wait_until(enough_after_kill, 600, "the surviving replica stopped answering")
+            finally:
+                stop.set()  # each client finishes the request it is in, within CALL_LIMIT_S
+                await asyncio.gather(*load, probe)
     finally:
         for process in (*replicas, bridge):
             process.stop()
