@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import sys
 import tempfile
@@ -61,6 +62,7 @@ class Tally:
     readiness: list[tuple[float, int]] = field(default_factory=list)  # (at, /readyz status)
     killed_at: float = 0.0
     streaming: int = 0  # requests that received their first object and have not ended
+    load: tuple[float, float, float] = field(default_factory=os.getloadavg)
 
     def completed(self, after: float = 0.0) -> int:
         return sum(1 for sent, o in self.outcomes if o.status == 200 and sent >= after)
@@ -206,6 +208,7 @@ def summarise(plan: Plan, backend: str, tally: Tally, at_kill: dict[str, int], b
         "retry_attempts": attempts,
         "readiness_probes": len(tally.readiness),
         "readiness_not_ready": len(not_ready),
+        "load": f"{tally.load[0]:.1f} / {os.getloadavg()[0]:.1f}",
     }
 
 
@@ -220,6 +223,7 @@ def report(result: dict[str, Any]) -> str:
         ["hung", result["hung"]],
         ["victim at the kill: answering / queued", f"{at_kill.get('active', 0)} / {at_kill.get('waiting', 0)}"],
         ["bridge /readyz not ready", f"{result['readiness_not_ready']} of {result['readiness_probes']} probes"],
+        ["machine load (1-minute average) at start / end", result["load"]],
     ]
     plan = result["plan"]
     return (

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -66,7 +67,11 @@ async def measure(name: str, flags: list[str], args: argparse.Namespace, logs: P
         load_seconds = time.monotonic() - started
         ranks = workers(server.proc.pid)
         await streams(port, 1, 8)  # warm-up
-        runs = [await streams(port, args.concurrency, args.tokens) for _ in range(args.repeats)]
+        loads = [os.getloadavg()[0]]
+        runs = []
+        for _ in range(args.repeats):
+            runs.append(await streams(port, args.concurrency, args.tokens))
+            loads.append(os.getloadavg()[0])
     finally:
         server.stop()
     rates = [rate for rate, _ in runs]
@@ -80,11 +85,21 @@ async def measure(name: str, flags: list[str], args: argparse.Namespace, logs: P
         "median_tokens_per_second": statistics.median(rates),
         "ttft_p50": percentile(ttfts, 50),
         "ttft_p99": percentile(ttfts, 99),
+        "load": f"{min(loads):.1f}-{max(loads):.1f}",
     }
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    header = ["configuration", "flags", "workers", "start to ready s", "best tok/s", "median tok/s", "TTFT p50 s"]
+    header = [
+        "configuration",
+        "flags",
+        "workers",
+        "start to ready s",
+        "best tok/s",
+        "median tok/s",
+        "TTFT p50 s",
+        "load",
+    ]
     table = [
         [
             r["config"],
@@ -94,14 +109,16 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             r["best_tokens_per_second"],
             r["median_tokens_per_second"],
             r["ttft_p50"],
+            r["load"],
         ]
         for r in rows
     ]
     return (
         f"`chatllm server --backend vllm` (fp32, 0.5 GiB KV cache per worker), {args.concurrency} concurrent gRPC "
         f"streams x {args.tokens} new tokens, greedy, EOS ignored; best and median of {args.repeats} runs; "
-        "one configuration up at a time. Workers are vLLM's worker processes (none: the engine core runs "
-        "the model itself).\n\n" + markdown_table(header, table)
+        "one configuration up at a time. Workers: vLLM's worker processes (one rank per process). `load`: the "
+        "machine's 1-minute load average during the runs (the machine may be shared).\n\n"
+        + markdown_table(header, table)
     )
 
 
