@@ -206,6 +206,13 @@ def summarise(plan: Plan, backend: str, tally: Tally, at_kill: dict[str, int], b
         "hung": sum(1 for o in outcomes if o.hung),
         "retried": retried,
         "retry_attempts": attempts,
+        "slowest_completed_seconds": round(max((o.seconds for o in outcomes if o.status == 200), default=0.0), 1),
+        # Each request that did not complete: when it was sent relative to the kill, and how it ended.
+        "not_completed": [
+            {"sent_after_kill_s": round(sent - tally.killed_at, 2), "status": o.status, "seconds": round(o.seconds, 1)}
+            for sent, o in tally.outcomes
+            if o.status != 200
+        ],
         "readiness_probes": len(tally.readiness),
         "readiness_not_ready": len(not_ready),
         "load": f"{tally.load[0]:.1f} / {os.getloadavg()[0]:.1f}",
@@ -220,7 +227,8 @@ def report(result: dict[str, Any]) -> str:
         ["retried on the surviving replica", f"{result['retried']} ({result['retry_attempts']} retry attempts)"],
         ["failed with a readable error", f"{result['failed_with_error']} (statuses {result['failure_statuses']})"],
         ["failed without one (cut stream)", result["failed_without_error"]],
-        ["hung", result["hung"]],
+        ["hung (no end within the time limit)", f"{result['hung']} (limit {CALL_LIMIT_S:g} s)"],
+        ["slowest completed request", f"{result['slowest_completed_seconds']} s"],
         ["victim at the kill: answering / queued", f"{at_kill.get('active', 0)} / {at_kill.get('waiting', 0)}"],
         ["bridge /readyz not ready", f"{result['readiness_not_ready']} of {result['readiness_probes']} probes"],
         ["machine load (1-minute average) at start / end", result["load"]],
@@ -239,11 +247,14 @@ def main() -> int:
     parser.add_argument("--backend", choices=sorted(ENGINE_FLAGS), default="hf")
     parser.add_argument("--quick", action="store_true", help="the short plan the test suite runs")
     parser.add_argument("--no-record", action="store_true", help="print only; write nothing to bench/results/")
+    parser.add_argument("--logs", type=Path, help="keep the replicas' and the bridge's logs in this folder")
     args = parser.parse_args()
     plan = QUICK if args.quick else Plan()
     data_dir = str(REPO / ".cache" / "test-data")
     with tempfile.TemporaryDirectory(prefix="chatllm-failover-") as workdir:
-        result = asyncio.run(failover(plan, args.backend, data_dir, Path(workdir)))
+        logs = args.logs or Path(workdir)
+        logs.mkdir(parents=True, exist_ok=True)
+        result = asyncio.run(failover(plan, args.backend, data_dir, logs))
     body = report(result)
     print(body)
     if not args.no_record:
