@@ -137,16 +137,28 @@ def retried_calls(bridge_log: str) -> tuple[int, int]:
     return len(retried), attempts
 
 
+def replica_threads(backend: str, index: int, cpus: list[int]) -> dict[str, str]:
+    """Half the CPUs for each replica: two engines that both spin OpenMP threads on every core
+    slow each other down many times over (a real deployment gives each pod its own cores)."""
+    half = cpus[index * len(cpus) // 2 : (index + 1) * len(cpus) // 2] or cpus[:1]
+    if backend == "vllm":
+        return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, half))}
+    return {"OMP_NUM_THREADS": str(len(half)), "CHATLLM_NUM_THREADS": str(len(half))}
+
+
 def start_stack(
     plan: Plan, backend: str, data_dir: str, workdir: Path
 ) -> tuple[list[ChatllmSubprocess], list[int], ChatllmSubprocess]:
     """Replicas A and B (ready), their gRPC ports, and the bridge in front of both."""
     replicas = []
-    for name in ("a", "b"):
+    cpus = sorted(os.sched_getaffinity(0))
+    for index, name in enumerate(("a", "b")):
         args = ["server", *ENGINE_FLAGS[backend], "--grpc-host", "127.0.0.1", "--grpc-port", "0"]
         args += ["--metrics-port", "0", "--no-knowledge-base", "--data-dir", data_dir, "--shutdown-grace", "5"]
         args += ["--max-concurrent", str(plan.max_concurrent), "--max-queue", str(plan.max_queue)]
-        replicas.append(ChatllmSubprocess(args, workdir / f"replica-{name}.log"))
+        replicas.append(
+            ChatllmSubprocess(args, workdir / f"replica-{name}.log", env=replica_threads(backend, index, cpus))
+        )
     ports = [int(r.wait_for(r"gRPC listening on [^:\s]+:(\d+)", 120).group(1)) for r in replicas]
     for replica in replicas:
         replica.wait_for(r"ready: ", 600)
