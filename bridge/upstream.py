@@ -1,4 +1,4 @@
-"""The bridge's one gRPC channel to the server, and every RPC it makes (each with its deadline).
+"""Every RPC the bridge makes (each with its deadline), on its one channel to the servers (channel.py).
 
 Handlers call these methods, never the stub: the auth to forward and the time limits
 live here only.
@@ -11,16 +11,9 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from chatllm.bridge.channel import upstream_channel
 from chatllm.proto import SERVICE_NAME, pb, pb_grpc
 
-CHANNEL_OPTIONS = [
-    # `dns:///name:port` resolves to every replica; round_robin spreads calls over them.
-    ("grpc.lb_policy_name", "round_robin"),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ("grpc.max_send_message_length", 16 * 1024 * 1024),
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-]
 MODEL_ID_TTL_S = 60.0
 # Deadlines of the calls that do not generate (those take --request-timeout).
 QUICK_RPC_S = 10.0  # answered from memory: models, server info, tokenize
@@ -40,7 +33,7 @@ class Upstream:
 
     def __init__(self, target: str, token: str | None, request_timeout: float) -> None:
         self.target = target
-        self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.channel = upstream_channel(target)
         self._stub = pb_grpc.ChatLLMStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._token = token

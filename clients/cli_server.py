@@ -65,9 +65,19 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_bridge(args: argparse.Namespace) -> int:
+    from chatllm.bridge.channel import channel_target
     from chatllm.bridge.runner import bridge_until_signal
+    from chatllm.server.errors import StartupError
 
-    return _run(args, lambda config: bridge_until_signal(config, config.bridge.upstream or DEFAULT_UPSTREAM))
+    async def bridge(config: Config) -> None:
+        target = config.bridge.upstream or DEFAULT_UPSTREAM
+        try:
+            channel_target(target)  # a bad --upstream is one line, not a traceback
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        await bridge_until_signal(config, target)
+
+    return _run(args, bridge)
 
 
 async def serve_both_until_signal(config: Config) -> None:

@@ -154,7 +154,8 @@ class BridgeConfig:
     port: int = option(8000, "HTTP/WebSocket port of the bridge", commands=("serve", "bridge"))
     upstream: str | None = option(
         None,
-        "gRPC server the bridge talks to (host:port, dns:///name:port for round-robin; default localhost:50051)",
+        "gRPC server(s) the bridge talks to: host:port, IP:port,IP:port,... or dns:///name:port; round-robin "
+        "over the replicas whose readiness is SERVING (default localhost:50051)",
         commands=("bridge",),
     )
     legacy_stream: str = option(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import logging
 import os
 import platform
 import sys
@@ -20,7 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from chatllm.clients.config import Config
+from chatllm.server.errors import StartupError
 from chatllm.server.model_source import ModelSource
+
+log = logging.getLogger(__name__)
 
 GIB = 1024**3
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -134,9 +138,50 @@ def build_engine_args(config: Config, source: ModelSource) -> tuple[Any, bool]:
     if on_cpu:
         # Without an explicit size vLLM's CPU backend tries to take most of the memory.
         kwargs["kv_cache_memory_bytes"] = int(config.engine.kv_cache_space * GIB)
+        if config.vllm.distributed_executor_backend == "ray":
+            raise StartupError(CPU_RAY_REFUSAL)
+        if config.vllm.pipeline_parallel_size > 1:
+            kwargs.update(cpu_pipeline_parallel_args(config))
     else:
         kwargs["gpu_memory_utilization"] = config.vllm.gpu_memory_utilization
     return AsyncEngineArgs(**kwargs), on_cpu
+
+
+# vLLM's CPU platform declares no Ray device (`ray_device_key` is empty), so its Ray executors
+# refuse to place workers ("current platform cpu does not support ray", vllm-project/vllm#21602).
+CPU_RAY_REFUSAL = (
+    "--distributed-executor-backend ray needs vLLM's CUDA build: vLLM's CPU build has no Ray device "
+    "('current platform cpu does not support ray'); on CPU use mp (the default) on one machine"
+)
+
+
+def cpu_pipeline_parallel_args(config: Config) -> dict[str, Any]:
+    """Engine arguments that let vLLM's CPU build run pipeline stages.
+
+    A later stage receives the previous stage's activations into buffers that vLLM's
+    model runner allocates only in its dummy forward pass (`_dummy_run`), and its CPU
+    worker makes that pass only in the compile warm-up: in eager mode the second stage
+    fails at its first step (`assert self.intermediate_tensors is not None`,
+    vllm/v1/worker/gpu_model_runner.py, sync_and_gather_intermediate_tensors). So PP on
+    CPU runs compiled. By default we ask for the cheapest compiled mode, a single Dynamo
+    trace run by PyTorch's eager backend (~15 s of warm-up instead of ~60 s of Inductor);
+    `--no-enforce-eager` keeps vLLM's own (Inductor) and `--enforce-eager` is refused.
+    """
+    if config.vllm.enforce_eager:
+        raise StartupError(
+            "--pipeline-parallel-size > 1 on CPU cannot run with --enforce-eager: vLLM's CPU worker "
+            "allocates the buffers between pipeline stages only in its compile warm-up "
+            "(`assert self.intermediate_tensors is not None` in the second stage); drop --enforce-eager"
+        )
+    if config.vllm.enforce_eager is False:
+        return {"enforce_eager": False}
+    from vllm.config import CompilationMode
+
+    log.info("pipeline parallel on CPU: compiled mode (one Dynamo trace, eager backend), see --enforce-eager")
+    return {
+        "enforce_eager": False,
+        "compilation_config": {"mode": CompilationMode.DYNAMO_TRACE_ONCE, "backend": "eager"},
+    }
 
 
 def engine_environment(config: Config, on_cpu: bool, environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -152,10 +197,59 @@ def engine_environment(config: Config, on_cpu: bool, environ: Mapping[str, str] 
         iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
         if PRELOAD_INTEL_OPENMP and iomp.is_file() and "omp" not in environ.get("LD_PRELOAD", ""):
             env["LD_PRELOAD"] = ":".join(p for p in (environ.get("LD_PRELOAD", ""), str(iomp)) if p)
-        if config.engine.num_threads > 0:
-            cpus = sorted(os.sched_getaffinity(0))[: config.engine.num_threads]
-            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cpus))
+        bind = omp_threads_bind(config, sorted(os.sched_getaffinity(0)), numa_node_of_cpu())
+        if bind is not None and "VLLM_CPU_OMP_THREADS_BIND" not in environ:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = bind
+            log.info("vLLM CPU threads per rank: VLLM_CPU_OMP_THREADS_BIND=%s (set it yourself to override)", bind)
     return {k: v for k, v in env.items() if k not in environ or k == "LD_PRELOAD"}
+
+
+# ---------------------------------------------------------------------- CPU thread binding
+def numa_node_of_cpu(root: Path = Path("/sys/devices/system/node")) -> dict[int, int]:
+    """CPU id -> NUMA node, from sysfs (empty where sysfs has no NUMA information)."""
+    nodes: dict[int, int] = {}
+    for node_dir in root.glob("node[0-9]*"):
+        try:
+            text = (node_dir / "cpulist").read_text().strip()
+        except OSError:
+            continue
+        for cpu in parse_cpu_list(text):
+            nodes[cpu] = int(node_dir.name.removeprefix("node"))
+    return nodes
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """'0-3,8' -> [0, 1, 2, 3, 8] (the kernel's cpulist format)."""
+    cpus: list[int] = []
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def omp_threads_bind(config: Config, cpus: list[int], numa_node: Mapping[int, int]) -> str | None:
+    """The OpenMP CPUs of each local vLLM worker as VLLM_CPU_OMP_THREADS_BIND ('0,1|2,3'), or
+    None to leave vLLM's own choice ('auto': one NUMA node per rank, physical cores only).
+
+    vLLM's automatic binding refuses more ranks than NUMA nodes, so a one-node machine
+    could not run tensor or pipeline parallel at all. Then each rank gets an even,
+    contiguous share of the usable CPUs, and with more ranks than CPUs they share them
+    in turn (3 ranks on 2 CPUs: '0|1|0'). Ray places its workers itself: no binding then.
+    """
+    if config.vllm.distributed_executor_backend == "ray":
+        return None
+    world_size = config.vllm.tensor_parallel_size * config.vllm.pipeline_parallel_size
+    if config.engine.num_threads > 0:
+        cpus = cpus[: config.engine.num_threads]
+    elif world_size == 1 or world_size <= len({numa_node.get(cpu, 0) for cpu in cpus}):
+        return None
+    if world_size >= len(cpus):
+        shares = [[cpus[rank % len(cpus)]] for rank in range(world_size)]
+    else:
+        size, extra = divmod(len(cpus), world_size)
+        starts = [rank * size + min(rank, extra) for rank in range(world_size + 1)]
+        shares = [cpus[starts[rank] : starts[rank + 1]] for rank in range(world_size)]
+    return "|".join(",".join(map(str, share)) for share in shares)
 
 
 @contextlib.contextmanager

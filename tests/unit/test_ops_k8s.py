@@ -6,6 +6,10 @@ the resources (probes, ports, selectors, grace periods, the bridge's upstream)."
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ from cloudcoil.models.prometheus_operator import v1 as monitoring
 from chatllm.clients.cli import build_parser
 from chatllm.clients.config import Config, from_args
 from chatllm.proto import SERVICE_NAME
+from tests.metric_names import exported_series_names, series_names_in
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "ops" / "k8s"
@@ -182,3 +187,62 @@ def test_service_monitors_select_the_services_and_name_the_jobs_like_prometheus_
             assert endpoint["path"] == "/metrics"
             job = next(r["replacement"] for r in endpoint["relabelings"] if r["targetLabel"] == "job")
             assert job in jobs
+
+
+# ---------------------------------------------------------------------- autoscaling
+TOLERATED_WAIT_S = 2.0  # the extra time to first token server-hpa.yaml's target stands for
+
+
+def adapter_rules() -> list[dict[str, Any]]:
+    config_map = resource("ConfigMap", "chatllm-prometheus-adapter-rules")
+    return yaml.safe_load(config_map["data"]["config.yaml"])["rules"]
+
+
+def test_the_autoscaler_scales_the_server_deployment_on_a_metric_the_adapter_serves() -> None:
+    hpa = resource("HorizontalPodAutoscaler", "chatllm-server")["spec"]
+    target = hpa["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "chatllm-server")
+    assert "replicas" not in resource("Deployment", "chatllm-server")["spec"]  # the HPA owns the count
+    assert 1 <= hpa["minReplicas"] < hpa["maxReplicas"]
+    (metric,) = hpa["metrics"]
+    assert metric["type"] == "Pods" and metric["pods"]["target"]["type"] == "AverageValue"
+    served = {rule["name"]["as"] for rule in adapter_rules()}
+    assert metric["pods"]["metric"]["name"] in served
+    # Scale-down waits longer than scale-up: a removed replica drains, a re-added one reloads its model.
+    assert (
+        hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"]
+        > hpa["behavior"]["scaleUp"]["stabilizationWindowSeconds"]
+    )
+
+
+def test_the_autoscaling_target_comes_from_the_measured_throughput_per_replica() -> None:
+    """averageValue = tolerated wait x answers/s per replica, from the recorded serving benchmark."""
+    recorded = sorted((REPO / "bench" / "results").glob("serving-*.json"))[-1]
+    serving = json.loads(recorded.read_text())
+    saturated = max((row for row in serving["rows"] if row["leg"] == "chatllm serve, gRPC"), key=lambda row: row["N"])
+    answers_per_second = saturated["best_tokens_per_second"] / serving["tokens"]
+    hpa = resource("HorizontalPodAutoscaler", "chatllm-server")["spec"]
+    target = float(hpa["metrics"][0]["pods"]["target"]["averageValue"])
+    assert target == round(TOLERATED_WAIT_S * answers_per_second), (target, answers_per_second)
+
+
+def test_the_adapter_rules_name_exported_series_and_parse_as_promql(tmp_path: Path) -> None:
+    exported = exported_series_names()
+    rules = []
+    for rule in adapter_rules():
+        assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+        assert series_names_in(rule["seriesQuery"]) <= exported
+        assert series_names_in(rule["metricsQuery"]) <= exported
+        assert re.fullmatch(rule["name"]["matches"], series_names_in(rule["seriesQuery"]).pop())
+        # The adapter fills these in per request; promtool parses the result.
+        query = (
+            rule["metricsQuery"]
+            .replace("<<.GroupBy>>", "namespace, pod")
+            .replace("<<.LabelMatchers>>", 'namespace="chat", pod=~"chatllm-server-.*"')
+        )
+        rules.append({"record": rule["name"]["as"], "expr": query})
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "adapter", "rules": rules}]}))
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test-system` installs Debian's prometheus package"
+    result = subprocess.run([promtool, "check", "rules", "rules.yml"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

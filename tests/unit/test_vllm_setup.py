@@ -14,6 +14,9 @@ from chatllm.server.engines.vllm_setup import (
     SchedulerStatsSink,
     cpu_support_problem,
     engine_environment,
+    numa_node_of_cpu,
+    omp_threads_bind,
+    parse_cpu_list,
     patched_environ,
     vllm_build,
     vllm_unusable_reason,
@@ -73,6 +76,48 @@ def test_num_threads_binds_that_many_cpus() -> None:
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == str(min(os.sched_getaffinity(0)))
 
 
+def test_parallel_ranks_on_one_numa_node_get_cpus_derived_by_the_server() -> None:
+    one_node = {cpu: 0 for cpu in range(8)}
+    # More ranks than CPUs: they share them in turn (vLLM's own binding refuses this).
+    assert omp_threads_bind(Config.build(tensor_parallel_size=3), [0, 1], one_node) == "0|1|0"
+    # Fewer: even contiguous shares, the first ranks taking the remainder.
+    assert omp_threads_bind(Config.build(tensor_parallel_size=3), list(range(8)), one_node) == "0,1,2|3,4,5|6,7"
+    assert omp_threads_bind(Config.build(tensor_parallel_size=2, pipeline_parallel_size=2), [4, 5, 6, 7], one_node) == (
+        "4|5|6|7"
+    )
+    # --num-threads caps the CPUs used, with or without parallelism.
+    assert omp_threads_bind(Config.build(pipeline_parallel_size=2, num_threads=1), list(range(8)), one_node) == "0|0"
+    assert omp_threads_bind(Config.build(num_threads=2), [3, 4, 5], one_node) == "3,4"
+
+
+def test_vllm_keeps_its_own_binding_where_it_works_and_under_ray() -> None:
+    two_nodes = {0: 0, 1: 0, 2: 1, 3: 1}
+    assert omp_threads_bind(Config.build(), [0, 1, 2, 3], two_nodes) is None  # one rank: vLLM's auto
+    assert omp_threads_bind(Config.build(tensor_parallel_size=2), [0, 1, 2, 3], two_nodes) is None  # a node per rank
+    assert omp_threads_bind(Config.build(tensor_parallel_size=4), [0, 1, 2, 3], two_nodes) == "0|1|2|3"
+    ray = Config.build(tensor_parallel_size=3, distributed_executor_backend="ray")
+    assert omp_threads_bind(ray, [0, 1], {}) is None
+
+
+def test_a_binding_the_user_set_wins_over_the_derived_one() -> None:
+    env = engine_environment(Config.build(tensor_parallel_size=3), on_cpu=True, environ={})
+    assert len(env["VLLM_CPU_OMP_THREADS_BIND"].split("|")) == 3
+    mine = engine_environment(
+        Config.build(tensor_parallel_size=3), on_cpu=True, environ={"VLLM_CPU_OMP_THREADS_BIND": "1|1|1"}
+    )
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in mine  # the process keeps the user's value
+
+
+def test_numa_nodes_and_cpu_lists_come_from_sysfs(tmp_path: Path) -> None:
+    assert parse_cpu_list("0-3,8,10-11") == [0, 1, 2, 3, 8, 10, 11]
+    for node, cpus in (("node0", "0-1\n"), ("node1", "2,3\n")):
+        (tmp_path / node).mkdir()
+        (tmp_path / node / "cpulist").write_text(cpus)
+    (tmp_path / "possible").write_text("0-1")  # not a node directory
+    assert numa_node_of_cpu(tmp_path) == {0: 0, 1: 0, 2: 1, 3: 1}
+    assert numa_node_of_cpu(tmp_path / "missing") == {}
+
+
 def test_patched_environ_undoes_every_change_made_inside() -> None:
     before = dict(os.environ)
     with patched_environ({"CHATLLM_TEST_A": "1"}):
@@ -114,3 +159,38 @@ def test_engine_args_on_cpu_map_our_flags(tmp_path: Path) -> None:
     )
     assert args.dtype == "bfloat16" and not args.enforce_eager and not args.enable_prefix_caching
     assert args.distributed_executor_backend == "mp"
+
+
+@pytest.mark.skipif(vllm_build() != "cpu", reason="needs the vLLM CPU build")
+def test_pipeline_parallel_on_cpu_runs_compiled_and_refuses_enforce_eager(tmp_path: Path) -> None:
+    from vllm.config import CompilationMode
+
+    from chatllm.server.engines.vllm_setup import build_engine_args
+    from chatllm.server.errors import StartupError
+
+    source = ModelSource("m", tmp_path, "")
+    args, _ = build_engine_args(Config.build(pipeline_parallel_size=2), source)
+    assert not args.enforce_eager
+    assert args.compilation_config.mode == CompilationMode.DYNAMO_TRACE_ONCE
+    assert args.compilation_config.backend == "eager"
+    args, _ = build_engine_args(Config.build(pipeline_parallel_size=2, enforce_eager=False), source)
+    assert not args.enforce_eager and args.compilation_config.backend != "eager"  # vLLM's own choice
+    with pytest.raises(StartupError) as refused:
+        build_engine_args(Config.build(pipeline_parallel_size=2, enforce_eager=True), source)
+    message = str(refused.value)
+    assert "\n" not in message and "--enforce-eager" in message and "intermediate_tensors" in message
+    args, _ = build_engine_args(Config.build(tensor_parallel_size=3), source)
+    assert args.enforce_eager  # tensor parallel alone stays eager
+
+
+@pytest.mark.skipif(vllm_build() != "cpu", reason="needs the vLLM CPU build")
+def test_the_ray_executor_is_refused_on_cpu_in_one_line(tmp_path: Path) -> None:
+    from chatllm.server.engines.vllm_setup import build_engine_args
+    from chatllm.server.errors import StartupError
+
+    with pytest.raises(StartupError) as refused:
+        build_engine_args(
+            Config.build(tensor_parallel_size=3, distributed_executor_backend="ray"), ModelSource("m", tmp_path, "")
+        )
+    message = str(refused.value)
+    assert "\n" not in message and "does not support ray" in message and "CUDA build" in message

@@ -1,0 +1,38 @@
+"""Two `chatllm server` replicas behind one `chatllm bridge --upstream A,B` under a steady
+load of NUL streams; replica A is killed with SIGKILL while it holds answering and queued
+requests (bench/failover.py, its short plan, on the hf engine).
+
+What the bridge's channel (bridge/channel.py) promises, counted request by request:
+requests A had accepted but not started are retried on B and complete; streams A was
+answering end with a readable error; nothing hangs or is cut without an error; /readyz
+stays ready because B is serving. Figures of a full run: bench/results/failover-*.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.failover import QUICK, failover
+
+
+async def test_killing_a_replica_under_load_retries_what_it_had_not_started(
+    data_dir: Path, model_dir: Path, output_dir: Path
+) -> None:
+    result = await failover(QUICK, "hf", str(data_dir), output_dir)
+    summary = str(result)
+    at_kill = result["victim_at_kill"]
+    assert at_kill["waiting"] >= 1 and at_kill["active"] >= 1, summary
+
+    # Every request ended one way or the other, within its time limit.
+    assert result["hung"] == 0 and result["failed_without_error"] == 0, summary
+    assert result["completed"] + result["failed_with_error"] == result["sent"], summary
+
+    # Only streams that A was already answering failed, each with an error object the client can read.
+    assert 1 <= result["failed_with_error"] <= QUICK.max_concurrent, summary
+    assert set(result["failure_statuses"]) <= {502, 503}, summary
+
+    # A's queued requests (no answer yet) went to B: gRPC retried them there.
+    assert result["retried"] >= 1, summary
+    assert result["completed_after_kill"] >= QUICK.after_kill, summary
+
+    # The bridge stayed ready throughout: B was serving.
+    assert result["readiness_probes"] > 0 and result["readiness_not_ready"] == 0, summary
