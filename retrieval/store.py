@@ -10,6 +10,12 @@ ingest that failed or was killed, and `orphaned_chunks` finds it for clean-up.
 Known milvus-lite behaviours handled here: a reopened collection must be
 loaded before it is searched; only the sync client creates indexes; `delete`
 returns the deleted ids on lite but a `{"delete_count": n}` dict on a server.
+
+Vector indexes: a server gets an explicit HNSW index with the configured build and
+search parameters and answers the dense leg. milvus-lite gets a FLAT index only
+(it needs one to load a collection): its search walks every row in Python
+(see chatllm.retrieval.dense), so the dense leg searches an in-process FAISS HNSW
+index instead, and an HNSW build per flushed segment would only cost CPU.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from chatllm.retrieval.errors import EmbeddingMismatch, UnknownKnowledgeBase
+from chatllm.retrieval.dense import HnswParams
+from chatllm.retrieval.errors import EmbeddingMismatch, RetrievalError, UnknownKnowledgeBase
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,12 @@ MANIFEST_FIELDS = [
     "created_unix",
 ]
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9_-]*$")
+# What this module needs of a Milvus server, and the release that brought it.
+SERVER_FEATURES = {
+    "the COSINE metric": (2, 3),
+    "upsert": (2, 3),
+    "query iterators": (2, 3),
+}
 
 
 @dataclass(frozen=True)
@@ -110,14 +123,24 @@ def is_server_uri(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
 
+def missing_server_features(version: str) -> list[str]:
+    """Features of SERVER_FEATURES that a server of `version` (e.g. "v2.3.5-lite") lacks."""
+    match = re.match(r"v?(\d+)\.(\d+)", version)
+    if match is None:
+        return []  # an unknown version string: let the calls themselves fail
+    found = (int(match.group(1)), int(match.group(2)))
+    return [name for name, needed in SERVER_FEATURES.items() if found < needed]
+
+
 class MilvusStore:
     """All Milvus access of the knowledge base. Methods block; call them from a worker thread."""
 
-    def __init__(self, uri: str, dimension: int, token: str = "") -> None:
+    def __init__(self, uri: str, dimension: int, token: str = "", hnsw: HnswParams | None = None) -> None:
         from pymilvus import MilvusClient
 
         self.uri = uri
         self.dimension = dimension
+        self.hnsw = hnsw or HnswParams()
         self.is_server = is_server_uri(uri)
         if not self.is_server:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +151,19 @@ class MilvusStore:
             options["grpc_options"] = {"grpc.keepalive_time_ms": 600_000, "grpc.keepalive_permit_without_calls": 0}
         self._client = MilvusClient(uri=uri, **options)
         self._loaded: set[str] = set()
+        if self.is_server:
+            self._check_server()
         self._ensure_manifest()
+
+    def _check_server(self) -> None:
+        version = str(self._client.get_server_version())
+        missing = missing_server_features(version)
+        if missing:
+            self._client.close()
+            raise RetrievalError(
+                f"the Milvus server at {self.uri} runs {version}, which lacks {', '.join(missing)}; "
+                "the knowledge base needs Milvus 2.3 or newer"
+            )
 
     def close(self) -> None:
         self._client.close()
@@ -153,7 +188,11 @@ class MilvusStore:
 
     def _create(self, name: str, schema: Any, vector_field: str) -> None:
         index = self._client.prepare_index_params()
-        index.add_index(vector_field, index_type="AUTOINDEX", metric_type="COSINE")
+        if self.is_server and vector_field == "vector":
+            params = {"M": self.hnsw.m, "efConstruction": self.hnsw.ef_construction}
+            index.add_index(vector_field, index_type="HNSW", metric_type="COSINE", params=params)
+        else:
+            index.add_index(vector_field, index_type="FLAT", metric_type="COSINE")
         self._client.create_collection(name, schema=schema, consistency_level="Strong")
         # sync=False: waiting calls AllocTimestamp, which lite lacks (it logs an error per collection);
         # loading the collection afterwards waits for the index anyway.
@@ -260,9 +299,16 @@ class MilvusStore:
             limit=limit,
             filter=expr,
             output_fields=CHUNK_FIELDS,
-            search_params={"metric_type": "COSINE"},
+            search_params={"metric_type": "COSINE", "params": {"ef": max(self.hnsw.ef_search, limit)}},
         )
         return [_stored(hit["entity"], float(hit["distance"])) for hit in results[0]]
+
+    def get_vectors(self, knowledge_base: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        if not keys:
+            return {}
+        name = self.open_knowledge_base(knowledge_base, create=False)
+        rows = self._client.get(name, ids=list(keys), output_fields=["pk", "vector"])
+        return {row["pk"]: np.asarray(row["vector"], dtype=np.float32) for row in rows}
 
     def get_chunks(self, knowledge_base: str, keys: Sequence[str]) -> list[StoredChunk]:
         if not keys:
@@ -270,11 +316,14 @@ class MilvusStore:
         name = self.open_knowledge_base(knowledge_base, create=False)
         return [_stored(row) for row in self._client.get(name, ids=list(keys), output_fields=CHUNK_FIELDS)]
 
-    def scan_chunks(self, knowledge_base: str, document_ids: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
-        """Key, document, generation and terms of every chunk row (of `document_ids` when given)."""
+    def scan_chunks(
+        self, knowledge_base: str, document_ids: Sequence[str] = (), with_vectors: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Key, document, generation and terms (and vector) of every chunk row (of `document_ids` when given)."""
         name = self.open_knowledge_base(knowledge_base, create=False)
         expr = f"document_id in [{', '.join(quoted(d) for d in document_ids)}]" if document_ids else 'pk != ""'
-        return self._scan(name, expr, ["pk", "document_id", "generation", "terms"])
+        fields = ["pk", "document_id", "generation", "terms"] + (["vector"] if with_vectors else [])
+        return self._scan(name, expr, fields)
 
     def _scan(self, name: str, expr: str, fields: list[str]) -> Iterator[dict[str, Any]]:
         """All rows matching expr. A server caps one query at 16384 rows, so it pages with an iterator;

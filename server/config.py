@@ -105,6 +105,18 @@ class Config:
     retrieval_top_k: int = option(3, "chunks retrieved per question by default", "kb")
     parse_timeout: float = option(60.0, "seconds a PDF/DOCX may take to parse before it is refused", "kb")
     max_upload_bytes: int = option(50 * 1024 * 1024, "largest document accepted for ingest", "kb")
+    kb_min_score: float = option(
+        0.3, "fused relevance score (0-1) a chunk needs to be retrieved; 0 retrieves top-k whatever they are", "kb"
+    )
+    embedding_precision: str = option(
+        "auto",
+        "embedding model dtype: auto (bf16 on CPUs with native bf16, else fp32)",
+        "kb",
+        choices=("auto", "fp32", "bf16"),
+    )
+    hnsw_m: int = option(32, "HNSW index: links per node (milvus-lite: in-process FAISS; server: Milvus index)", "kb")
+    hnsw_ef_construction: int = option(200, "HNSW index: candidate list size while building", "kb")
+    hnsw_ef_search: int = option(128, "HNSW index: candidate list size per search (recall vs latency)", "kb")
     # --- history export --------------------------------------------------------
     export_history_path: str | None = option(
         None, "directory for JSONL conversation history (off when unset)", "history"
@@ -254,6 +266,10 @@ def validate(config: Config) -> None:
         problems.append("--chunk-overlap must be smaller than --chunk-size")
     if config.kv_cache_space <= 0:
         problems.append("--kv-cache-space must be > 0")
+    if not 0 <= config.kb_min_score <= 1:
+        problems.append("--kb-min-score must be between 0 and 1")
+    if config.hnsw_m < 2 or config.hnsw_ef_construction < 1 or config.hnsw_ef_search < 1:
+        problems.append("--hnsw-m must be >= 2, --hnsw-ef-construction and --hnsw-ef-search >= 1")
     if config.export_interval < 1:
         problems.append("--export-interval must be >= 1 second")
     for name in ("max_concurrent", "max_queue"):

@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 from chatllm.proto import pb
+from chatllm.retrieval.dense import HnswParams
 from chatllm.retrieval.embedder import Embedder
 from chatllm.retrieval.errors import (
     DocumentError,
@@ -27,8 +30,9 @@ from chatllm.retrieval.isolation import IsolatedParser, ParseLimits
 from chatllm.retrieval.knowledge_bases import KnowledgeBases, RetrievedChunk
 from chatllm.retrieval.lexical import initialise_segmenter
 from chatllm.retrieval.loaders import clean_filename, document_extension
+from chatllm.retrieval.search_indexes import RetrievalSettings
 from chatllm.retrieval.splitter import DocumentSplitter, SplitterSettings
-from chatllm.retrieval.store import DocumentRecord, MilvusStore
+from chatllm.retrieval.store import DocumentRecord, MilvusStore, is_server_uri
 from chatllm.server import metrics
 from chatllm.server.chat import Retrieved
 from chatllm.server.config import Config
@@ -48,6 +52,22 @@ def milvus_uri(config: Config) -> str:
     return config.milvus_uri or str(config.kb_dir / "milvus.db")
 
 
+def index_folder(config: Config, uri: str) -> Path:
+    """Where the search indexes and the ingest journal of a store are saved: beside a milvus-lite
+    database, or under the data dir (one folder per server address) for a Milvus server."""
+    if is_server_uri(uri):
+        address = re.sub(r"[^A-Za-z0-9.-]+", "_", uri.split("://", 1)[1])
+        return config.kb_dir / "indexes" / address
+    return Path(uri).with_name(Path(uri).name + ".indexes")
+
+
+def retrieval_settings(config: Config) -> RetrievalSettings:
+    return RetrievalSettings(
+        min_score=config.kb_min_score,
+        hnsw=HnswParams(config.hnsw_m, config.hnsw_ef_construction, config.hnsw_ef_search),
+    )
+
+
 def open_knowledge_bases(config: Config) -> KnowledgeBases:
     """Load the embedder, open the store and recover from interrupted writes (blocking, seconds)."""
     if config.chunk_size > MAX_CHUNK_SIZE:
@@ -55,12 +75,15 @@ def open_knowledge_bases(config: Config) -> KnowledgeBases:
     started = time.perf_counter()
     initialise_segmenter()
     try:
-        embedder = Embedder(config.embedding_model)
+        embedder = Embedder(config.embedding_model, precision=config.embedding_precision)
     except RetrievalError as exc:
         raise StartupError(str(exc)) from None
     uri = milvus_uri(config)
+    settings = retrieval_settings(config)
     try:
-        store = MilvusStore(uri, embedder.dimension)
+        store = MilvusStore(uri, embedder.dimension, hnsw=settings.hnsw)
+    except RetrievalError as exc:  # a server without a feature the knowledge base uses
+        raise StartupError(str(exc)) from None
     except Exception as exc:  # pymilvus raises its own types for locked files and unreachable servers
         raise StartupError(f"cannot open the knowledge base store {uri}: {exc}") from None
     library = KnowledgeBases(
@@ -68,15 +91,20 @@ def open_knowledge_bases(config: Config) -> KnowledgeBases:
         embedder,
         DocumentSplitter(SplitterSettings(config.chunk_size, config.chunk_overlap)),
         parser=IsolatedParser(ParseLimits(timeout_seconds=config.parse_timeout)),
+        settings=settings,
+        index_folder=index_folder(config, uri),
     )
     report = library.recover()
     log.info(
-        "knowledge base ready in %.1fs: %s, embeddings %s (%d dims); recovery removed %d orphaned chunks, "
-        "%d superseded documents",
+        "knowledge base ready in %.1fs: %s, embeddings %s (%d dims, %s); indexes loaded for %d knowledge bases, "
+        "rebuilt for %d; recovery removed %d orphaned chunks, %d superseded documents",
         time.perf_counter() - started,
         uri,
         embedder.name,
         embedder.dimension,
+        embedder.precision,
+        len(report.loaded_snapshots),
+        len(report.rebuilt_indexes),
         report.orphaned_chunks,
         len(report.superseded_documents),
     )
@@ -126,7 +154,7 @@ class KnowledgeService:
         try:
             yield cls(config, library)
         finally:
-            await asyncio.to_thread(library.store.close)
+            await asyncio.to_thread(library.close)
 
     # --- ingest ------------------------------------------------------------------
     async def ingest(self, requests: AsyncIterator[pb.IngestRequest]) -> pb.IngestResponse:
