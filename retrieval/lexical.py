@@ -205,7 +205,8 @@ class LexicalIndex:
             return LexicalScores(total, rows)
         df = matrix.df[known].astype(np.float64)
         idf = np.log1p((matrix.live - df + 0.5) / (df + 0.5))
-        unknown_idf = math.log1p((matrix.live + 0.5) / 0.5) * (len(query) - len(known))  # terms no chunk has
+        # A term no chunk has weighs as much as the rarest term that some chunk has (df 1).
+        unknown_idf = math.log1p((matrix.live - 0.5) / 1.5) * (len(query) - len(known))
         mass = float(idf.sum()) + unknown_idf
         if known:
             total[: matrix.weights.shape[0]] = matrix.weights[:, known] @ (idf / mass).astype(np.float32)
@@ -225,7 +226,7 @@ class LexicalIndex:
         with self._lock:
             self._compact_locked()
             rows, cols, values = self._concatenated_locked()
-            np.savez(folder / "lexical.npz", rows=rows, cols=cols, values=values, lengths=self._lengths[: rows.size])
+            np.savez(folder / "lexical.npz", rows=rows, cols=cols, values=values, lengths=self._lengths[: self._rows.total])
             vocabulary = "".join(f"{t}\n" for t in self._vocabulary).encode()
             np.save(folder / "vocabulary.npy", np.frombuffer(vocabulary, dtype=np.uint8), allow_pickle=False)
             self._rows.save(folder / "lexical-keys")

@@ -13,7 +13,7 @@ from chatllm.retrieval.lexical import LexicalIndex
 
 # Chosen from the labelled on-topic and off-topic questions in tests/data; how, and the
 # score distributions, are in bench/results/retrieval-2026-12-02.md.
-DEFAULT_MIN_SCORE = 0.3
+DEFAULT_MIN_SCORE = 0.34
 ADD_BATCH = 5000
 
 

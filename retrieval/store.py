@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -151,6 +152,7 @@ class MilvusStore:
             options["grpc_options"] = {"grpc.keepalive_time_ms": 600_000, "grpc.keepalive_permit_without_calls": 0}
         self._client = MilvusClient(uri=uri, **options)
         self._loaded: set[str] = set()
+        self._opening = threading.Lock()
         if self.is_server:
             self._check_server()
         self._ensure_manifest()
@@ -212,9 +214,16 @@ class MilvusStore:
 
     def open_knowledge_base(self, knowledge_base: str, create: bool) -> str:
         """The chunk collection's name, loaded; created when `create`, else UnknownKnowledgeBase."""
-        from pymilvus import DataType
 
         name = collection_name(knowledge_base)
+        if name in self._loaded:
+            return name
+        with self._opening:  # concurrent first ingests into a new knowledge base create it once
+            return self._open_locked(knowledge_base, name, create)
+
+    def _open_locked(self, knowledge_base: str, name: str, create: bool) -> str:
+        from pymilvus import DataType
+
         if name in self._loaded:
             return name
         if not self._client.has_collection(name):

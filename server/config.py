@@ -106,7 +106,7 @@ class Config:
     parse_timeout: float = option(60.0, "seconds a PDF/DOCX may take to parse before it is refused", "kb")
     max_upload_bytes: int = option(50 * 1024 * 1024, "largest document accepted for ingest", "kb")
     kb_min_score: float = option(
-        0.3, "fused relevance score (0-1) a chunk needs to be retrieved; 0 retrieves top-k whatever they are", "kb"
+        0.34, "fused relevance score (0-1) a chunk needs to be retrieved; 0 retrieves top-k whatever they are", "kb"
     )
     embedding_precision: str = option(
         "auto",
