@@ -203,9 +203,9 @@ class LexicalIndex:
         total = np.zeros(rows.total, dtype=np.float32)
         if not query or matrix.live == 0:
             return LexicalScores(total, rows)
-        df = matrix.df[known].astype(np.float64)
+        # A term no chunk has (any more) weighs as much as the rarest term that some chunk has (df 1).
+        df = np.maximum(matrix.df[known], 1).astype(np.float64)
         idf = np.log1p((matrix.live - df + 0.5) / (df + 0.5))
-        # A term no chunk has weighs as much as the rarest term that some chunk has (df 1).
         unknown_idf = math.log1p((matrix.live - 0.5) / 1.5) * (len(query) - len(known))
         mass = float(idf.sum()) + unknown_idf
         if known:
@@ -226,7 +226,8 @@ class LexicalIndex:
         with self._lock:
             self._compact_locked()
             rows, cols, values = self._concatenated_locked()
-            np.savez(folder / "lexical.npz", rows=rows, cols=cols, values=values, lengths=self._lengths[: self._rows.total])
+            lengths = self._lengths[: self._rows.total]
+            np.savez(folder / "lexical.npz", rows=rows, cols=cols, values=values, lengths=lengths)
             vocabulary = "".join(f"{t}\n" for t in self._vocabulary).encode()
             np.save(folder / "vocabulary.npy", np.frombuffer(vocabulary, dtype=np.uint8), allow_pickle=False)
             self._rows.save(folder / "lexical-keys")

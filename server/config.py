@@ -114,6 +114,12 @@ class Config:
         "kb",
         choices=("auto", "fp32", "bf16"),
     )
+    kb_index_dir: str | None = option(
+        None,
+        "folder for the saved search indexes and the ingest journal; default: beside the milvus-lite "
+        "database, or <data-dir>/kb/indexes for a Milvus server",
+        "kb",
+    )
     hnsw_m: int = option(32, "HNSW index: links per node (milvus-lite: in-process FAISS; server: Milvus index)", "kb")
     hnsw_ef_construction: int = option(200, "HNSW index: candidate list size while building", "kb")
     hnsw_ef_search: int = option(128, "HNSW index: candidate list size per search (recall vs latency)", "kb")

@@ -53,8 +53,10 @@ def milvus_uri(config: Config) -> str:
 
 
 def index_folder(config: Config, uri: str) -> Path:
-    """Where the search indexes and the ingest journal of a store are saved: beside a milvus-lite
-    database, or under the data dir (one folder per server address) for a Milvus server."""
+    """Where the search indexes and the ingest journal of a store are saved: --kb-index-dir, else beside
+    a milvus-lite database, or under the data dir (one folder per server address) for a Milvus server."""
+    if config.kb_index_dir:
+        return Path(config.kb_index_dir).expanduser()
     if is_server_uri(uri):
         address = re.sub(r"[^A-Za-z0-9.-]+", "_", uri.split("://", 1)[1])
         return config.kb_dir / "indexes" / address
