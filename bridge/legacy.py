@@ -38,8 +38,8 @@ def reply_object(legacy: LegacyRequest, history: list[tuple[str, str]], progress
         "history": [[q, a] for q, a in history] + [[legacy.prompt, progress.text]],
         "usage": progress.usage(),
     }
-    if progress.final is not None and progress.final.sources:
-        reply["sources"] = progress.sources()
+    if progress.final is not None and (progress.final.sources or legacy.knowledge_base is not None):
+        reply["sources"] = progress.sources()  # [] with `langchain` when nothing passed --kb-min-score
     return reply
 
 

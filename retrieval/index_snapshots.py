@@ -77,7 +77,14 @@ class IndexSnapshots:
             return None
         return SavedIndexes(dict(meta["documents"]), lexical, dense)
 
-    def save(self, collection: str, documents: dict[str, str], lexical: LexicalIndex, dense: HnswIndex | None) -> None:
+    def save(
+        self,
+        collection: str,
+        dimension: int,
+        documents: dict[str, str],
+        lexical: LexicalIndex,
+        dense: HnswIndex | None,
+    ) -> None:
         base = self.folder / collection
         base.mkdir(parents=True, exist_ok=True)
         number = 1 + max((int(p.name.split("-")[1].split(".")[0]) for p in base.glob("snapshot-*")), default=0)
@@ -89,7 +96,7 @@ class IndexSnapshots:
         meta = {
             "format": FORMAT_VERSION,
             "dense": dense is not None,
-            "dimension": dense.dimension if dense is not None else 0,
+            "dimension": dimension,
             "documents": sorted(documents.items()),
         }
         (partial / "meta.json").write_text(json.dumps(meta))

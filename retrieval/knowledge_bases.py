@@ -363,7 +363,8 @@ class KnowledgeBases:
                 return  # deleted meanwhile
             started = time.perf_counter()
             documents = {d: r.generation for d, r in committed.items()}
-            self.snapshots.save(collection_name(knowledge_base), documents, indexes.lexical, indexes.dense)
+            name = collection_name(knowledge_base)
+            self.snapshots.save(name, self.embedder.dimension, documents, indexes.lexical, indexes.dense)
         log.info(
             "saved the index snapshot of %s (%d chunks) in %.2fs",
             knowledge_base,

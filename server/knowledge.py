@@ -70,14 +70,15 @@ def retrieval_settings(config: Config) -> RetrievalSettings:
     )
 
 
-def open_knowledge_bases(config: Config) -> KnowledgeBases:
-    """Load the embedder, open the store and recover from interrupted writes (blocking, seconds)."""
+def open_knowledge_bases(config: Config, embedder: Embedder | None = None) -> KnowledgeBases:
+    """Load the embedder (unless given), open the store, load the search indexes and recover from
+    interrupted writes (blocking, seconds)."""
     if config.chunk_size > MAX_CHUNK_SIZE:
         raise StartupError(f"--chunk-size must be at most {MAX_CHUNK_SIZE} characters")
     started = time.perf_counter()
     initialise_segmenter()
     try:
-        embedder = Embedder(config.embedding_model, precision=config.embedding_precision)
+        embedder = embedder or Embedder(config.embedding_model, precision=config.embedding_precision)
     except RetrievalError as exc:
         raise StartupError(str(exc)) from None
     uri = milvus_uri(config)

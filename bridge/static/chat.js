@@ -163,7 +163,7 @@ function sourcesList(sources) {
     const item = document.createElement("li");
     const file = document.createElement("span");
     file.className = "file";
-    file.textContent = `${source.file} #${source.chunk}`;
+    file.textContent = `${source.file} #${source.chunk} · score ${Number(source.score).toFixed(2)}`;
     const snippet = document.createElement("span");
     snippet.className = "snippet";
     snippet.textContent = ` — ${source.text.slice(0, 160)}${source.text.length > 160 ? "…" : ""}`;

@@ -200,6 +200,7 @@ def test_upload_markdown_then_answer_from_it_with_its_source(
     answer = page.locator(".message.assistant").last
     expect(answer.locator(".sources")).to_contain_text("zephyr-manual.md", timeout=180_000)
     expect(answer.locator(".sources")).to_contain_text("47 seconds")
+    expect(answer.locator(".sources")).to_contain_text("score 0.")  # the fused relevance score
     page.screenshot(path=str(output_dir / "chat-with-sources.png"), full_page=True)
 
 
