@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -202,6 +203,7 @@ def bench_size(config: Config, size: int, queries: int, rng: random.Random) -> d
         "first_query_seconds": first_query_seconds,
         "hnsw": vars(settings.hnsw),
     }
+    row["rss_mib"] = psutil.Process().memory_info().rss / 2**20  # the whole process, model included
     row |= measure(restarted, asked)
     row["dense_recall_at_10"] = dense_recall(restarted, asked, vectors, keys)
     lite_vectors = [embedder.encode_query(q) for q in asked[:MILVUS_LITE_QUERIES]]

@@ -89,6 +89,7 @@ def latency_section(latency: list[dict[str, Any]]) -> list[str]:
                 "start-up s",
                 "first query s",
                 "milvus-lite search",
+                "process RSS MiB",
             ],
             [
                 [
@@ -102,6 +103,7 @@ def latency_section(latency: list[dict[str, Any]]) -> list[str]:
                     f"{r['startup_seconds']:.2f}",
                     f"{r['first_query_seconds']:.3f}",
                     p50_p99(r["milvus_lite_search"]),
+                    f"{r['rss_mib']:.0f}",
                 ]
                 for r in latency
             ],

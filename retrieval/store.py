@@ -136,12 +136,22 @@ def missing_server_features(version: str) -> list[str]:
 class MilvusStore:
     """All Milvus access of the knowledge base. Methods block; call them from a worker thread."""
 
-    def __init__(self, uri: str, dimension: int, token: str = "", hnsw: HnswParams | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        dimension: int,
+        token: str = "",
+        hnsw: HnswParams | None = None,
+        shards: int = 1,
+        replicas: int = 1,
+    ) -> None:
         from pymilvus import MilvusClient
 
         self.uri = uri
         self.dimension = dimension
         self.hnsw = hnsw or HnswParams()
+        self.shards = shards  # a server's chunk collections: shards at creation, in-memory replicas at load
+        self.replicas = replicas
         self.is_server = is_server_uri(uri)
         if not self.is_server:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
@@ -195,14 +205,17 @@ class MilvusStore:
             index.add_index(vector_field, index_type="HNSW", metric_type="COSINE", params=params)
         else:
             index.add_index(vector_field, index_type="FLAT", metric_type="COSINE")
-        self._client.create_collection(name, schema=schema, consistency_level="Strong")
+        options = {"num_shards": self.shards} if self.is_server and vector_field == "vector" else {}
+        self._client.create_collection(name, schema=schema, consistency_level="Strong", **options)
         # sync=False: waiting calls AllocTimestamp, which lite lacks (it logs an error per collection);
         # loading the collection afterwards waits for the index anyway.
         self._client.create_index(name, index, sync=False)
 
     def _load(self, name: str) -> None:
         if name not in self._loaded:
-            self._client.load_collection(name)  # a reopened collection is not searchable until loaded
+            # A reopened collection is not searchable until loaded; a cluster may hold several replicas.
+            options = {"replica_number": self.replicas} if self.is_server and self.replicas > 1 else {}
+            self._client.load_collection(name, **options)
             self._loaded.add(name)
 
     def knowledge_bases(self) -> list[str]:

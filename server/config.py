@@ -120,6 +120,8 @@ class Config:
         "database, or <data-dir>/kb/indexes for a Milvus server",
         "kb",
     )
+    milvus_shards: int = option(1, "Milvus server: shards of each new knowledge-base collection", "kb")
+    milvus_replicas: int = option(1, "Milvus server: in-memory replicas each collection is loaded with", "kb")
     hnsw_m: int = option(32, "HNSW index: links per node (milvus-lite: in-process FAISS; server: Milvus index)", "kb")
     hnsw_ef_construction: int = option(200, "HNSW index: candidate list size while building", "kb")
     hnsw_ef_search: int = option(128, "HNSW index: candidate list size per search (recall vs latency)", "kb")
@@ -274,6 +276,8 @@ def validate(config: Config) -> None:
         problems.append("--kv-cache-space must be > 0")
     if not 0 <= config.kb_min_score <= 1:
         problems.append("--kb-min-score must be between 0 and 1")
+    if config.milvus_shards < 1 or config.milvus_replicas < 1:
+        problems.append("--milvus-shards and --milvus-replicas must be >= 1")
     if config.hnsw_m < 2 or config.hnsw_ef_construction < 1 or config.hnsw_ef_search < 1:
         problems.append("--hnsw-m must be >= 2, --hnsw-ef-construction and --hnsw-ef-search >= 1")
     if config.export_interval < 1:

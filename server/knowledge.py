@@ -84,7 +84,9 @@ def open_knowledge_bases(config: Config, embedder: Embedder | None = None) -> Kn
     uri = milvus_uri(config)
     settings = retrieval_settings(config)
     try:
-        store = MilvusStore(uri, embedder.dimension, hnsw=settings.hnsw)
+        store = MilvusStore(
+            uri, embedder.dimension, hnsw=settings.hnsw, shards=config.milvus_shards, replicas=config.milvus_replicas
+        )
     except RetrievalError as exc:  # a server without a feature the knowledge base uses
         raise StartupError(str(exc)) from None
     except Exception as exc:  # pymilvus raises its own types for locked files and unreachable servers
