@@ -296,9 +296,9 @@ class MilvusStore:
         self._flush(collection_name(knowledge_base))
 
     def _flush(self, name: str) -> None:
-        """lite: seal the rows so its index covers them (search is ~290 ms before a flush, a few ms
-        after). A server makes inserts durable and searchable (Strong consistency) on its own, and
-        rate-limits explicit flushes, so there it is skipped."""
+        """lite: seal the rows into a segment file (its WAL already survives a kill). A server makes
+        writes durable and visible (Strong consistency) on its own, and rate-limits explicit flushes,
+        so there it is skipped."""
         if not self.is_server:
             self._client.flush(name)
 
