@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the test suite drives for real: Chromium (web page tests),
-# Prometheus (dashboard proof), LibreOffice + CJK fonts (PDF fixtures).
+# Prometheus (dashboard proof), LibreOffice + CJK fonts (PDF fixtures), util-linux (`unshare --net`
+# for the Milvus-server tests).
 set -euo pipefail
-pkgs=(chromium prometheus libreoffice-writer-nogui fonts-wqy-zenhei)
+pkgs=(chromium prometheus libreoffice-writer-nogui fonts-wqy-zenhei util-linux)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
