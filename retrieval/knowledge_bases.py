@@ -74,19 +74,6 @@ class KnowledgeBaseSummary:
     chunks: int
 
 
-@dataclass
-class PreparedDocument:
-    """A document parsed, split, segmented and embedded: everything but the writes."""
-
-    filename: str
-    document_id: str
-    size_bytes: int
-    characters: int
-    chunks: list[str]
-    terms: list[list[str]]
-    vectors: np.ndarray  # (n, dim)
-
-
 def document_id_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -141,20 +128,6 @@ class KnowledgeBases:
         return recover(self)
 
     # --- ingest ------------------------------------------------------------------
-    def prepare(self, filename: str, data: bytes, mime_type: str = "") -> PreparedDocument:
-        """Parse, split, segment and embed without writing. DocumentError for bad files."""
-        loaded = self.load(filename, data, mime_type)
-        chunks = self.splitter.split(loaded.text, loaded.kind)
-        return PreparedDocument(
-            filename,
-            document_id_of(data),
-            len(data),
-            len(loaded.text),
-            chunks,
-            [tokenize(c, for_index=True) for c in chunks],
-            self.embedder.encode(chunks),
-        )
-
     def find_committed(self, knowledge_base: str, document_id: str) -> DocumentRecord | None:
         return self._documents(knowledge_base).get(document_id)
 

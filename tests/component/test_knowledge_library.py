@@ -14,8 +14,9 @@ import pytest
 
 from chatllm.retrieval.embedder import Embedder
 from chatllm.retrieval.index_snapshots import PendingIngest
-from chatllm.retrieval.knowledge_bases import KnowledgeBases
-from chatllm.retrieval.lexical import initialise_segmenter, join_terms
+from chatllm.retrieval.knowledge_bases import KnowledgeBases, document_id_of
+from chatllm.retrieval.lexical import initialise_segmenter, join_terms, tokenize
+from chatllm.retrieval.loaders import load_document
 from chatllm.retrieval.search_indexes import RetrievalSettings
 from chatllm.retrieval.splitter import DocumentSplitter, SplitterSettings
 from chatllm.retrieval.store import ChunkRow, DocumentRecord, MilvusStore, collection_name
@@ -55,15 +56,16 @@ def restarted(store: MilvusStore, embedder: Embedder, indexes: Path) -> tuple[Kn
 
 def write_uncommitted(knowledge: KnowledgeBases, kb: str, filename: str, data: bytes) -> tuple[str, int]:
     """What a process killed between writing chunks and committing leaves behind."""
-    doc = knowledge.prepare(filename, data)
-    generation = uuid.uuid4().hex
+    chunks = knowledge.splitter.split(load_document(filename, data).text)
+    vectors = knowledge.embedder.encode(chunks)
+    document_id, generation = document_id_of(data), uuid.uuid4().hex
     rows = [
-        ChunkRow(doc.document_id, generation, i, filename, text, join_terms(terms), vector)
-        for i, (text, terms, vector) in enumerate(zip(doc.chunks, doc.terms, doc.vectors, strict=True))  # type: ignore[call-overload]
+        ChunkRow(document_id, generation, i, filename, text, join_terms(tokenize(text, for_index=True)), vector)
+        for i, (text, vector) in enumerate(zip(chunks, vectors, strict=True))
     ]
     knowledge.store.insert_chunks(kb, rows)
     knowledge.store.flush(kb)
-    return doc.document_id, len(rows)
+    return document_id, len(rows)
 
 
 def stored_documents(store: MilvusStore, kb: str) -> set[str]:
