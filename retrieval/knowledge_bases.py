@@ -158,16 +158,17 @@ class KnowledgeBases:
             # No flush of the chunk rows: milvus-lite's WAL already has them (it replays it after a kill),
             # nothing searches its segments, and a flush per document cost ~4% of the ingest rate.
             terms, vectors = embed_and_write(chunks, self.embedder, write)
-            record = DocumentRecord(
-                knowledge_base, document_id, generation, filename, len(chunks), len(data), len(loaded.text), time.time()
-            )
-            result = self._commit(record, terms, vectors)
         except BaseException:
             self._discard_quietly(knowledge_base, document_id, generation)
+            self._pending.discard(generation)
             raise
+        record = DocumentRecord(
+            knowledge_base, document_id, generation, filename, len(chunks), len(data), len(loaded.text), time.time()
+        )
+        try:
+            return self._commit(record, terms, vectors)
         finally:
             self._pending.discard(generation)
-        return result
 
     def _commit(self, record: DocumentRecord, terms: list[list[str]], vectors: np.ndarray) -> IngestResult:
         """The commit point, under the knowledge base's lock: manifest row, indexes, replaced documents."""
@@ -177,7 +178,11 @@ class KnowledgeBases:
             if record.document_id in committed:  # a concurrent ingest of the same bytes won
                 self._discard_quietly(name, record.document_id, record.generation)
                 return _unchanged(committed[record.document_id])
-            self.store.commit_document(record)
+            try:
+                self.store.commit_document(record)
+            except BaseException:  # not committed: the rows go (what fails after this point stays committed)
+                self._discard_quietly(name, record.document_id, record.generation)
+                raise
             if self.snapshots is not None:
                 self.snapshots.end_ingest(record.generation)
             committed = self._committed.setdefault(name, committed)  # a new knowledge base
