@@ -7,10 +7,12 @@
    segment, embed, write, commit) and, in the same run, through bare
    `SentenceTransformer.encode` of the same chunks (same model, same precision). The ratio
    says what the pipeline costs on top of the embedding model.
-3. Latency: knowledge bases of 10k and 100k chunks (generated English and Chinese text;
-   random unit vectors stand in for the corpus embeddings, because embedding 100k chunks
-   on 2 cores takes hours; questions are embedded for real), written through the store and
-   indexed as an ingest would. Then a restart (start-up time: open the store, load the saved
+3. Latency: knowledge bases of 10k and 100k chunks (generated English and Chinese text),
+   written through the store and indexed as an ingest would. Their vectors are mixtures of
+   2,000 real embeddings of such chunks plus noise: the neighbourhood structure of real
+   embeddings without embedding 100k chunks per run (uniformly random vectors have none:
+   every chunk is about equally far from every question, and "exact top 10" is noise).
+   Questions are embedded for real. Then a restart (start-up time: open the store, load the saved
    indexes), then p50/p99 of the whole `retrieve` and of each part, dense recall@10 of the
    HNSW index against exact search over the same vectors, and milvus-lite's own search
    (what the dense leg used before) on the same collection.
@@ -28,6 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,8 @@ ZH_WORDS = (
 ).split()
 WARM_UP_QUERIES = 30
 MILVUS_LITE_QUERIES = 40  # its own search is slow; fewer samples are enough
+BASE_EMBEDDINGS = 2000
+EF_SEARCH_SWEEP = (32, 64, 128, 256)
 
 
 def sentence(rng: random.Random) -> str:
@@ -155,17 +160,27 @@ def bench_ingest(knowledge: KnowledgeBases, docs: int, rng: random.Random) -> di
 
 
 # --- 3. latency and start-up -----------------------------------------------------------
-def fill(knowledge: KnowledgeBases, name: str, chunks: int, rng: random.Random) -> tuple[float, np.ndarray, list[str]]:
-    """Write `chunks` generated chunks (random unit vectors) as committed documents of 100 chunks, indexed
-    as an ingest indexes them. Returns the seconds, the vectors and their keys (for exact search)."""
-    dim = knowledge.embedder.dimension
+def corpus_vectors(base: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Unit vectors, each a random mixture of two real chunk embeddings plus noise."""
+    generator = np.random.default_rng(seed)
+    first, second = generator.integers(0, len(base), count), generator.integers(0, len(base), count)
+    weight = generator.uniform(0.5, 1.0, (count, 1)).astype(np.float32)
+    noise = generator.standard_normal((count, base.shape[1]), dtype=np.float32) * (0.3 / np.sqrt(base.shape[1]))
+    vectors = weight * base[first] + (1 - weight) * base[second] + noise
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def fill(
+    knowledge: KnowledgeBases, name: str, chunks: int, rng: random.Random, base: np.ndarray
+) -> tuple[float, np.ndarray, list[str]]:
+    """Write `chunks` generated chunks as committed documents of 100 chunks, indexed as an ingest indexes
+    them. Returns the seconds, the vectors and their keys (for exact search)."""
     all_vectors, all_keys = [], []
     started = time.perf_counter()
     for start in range(0, chunks, 100):
         document_id, generation = uuid.uuid4().hex * 2, uuid.uuid4().hex
         texts = [" ".join(sentence(rng) for _ in range(4)) for _ in range(min(100, chunks - start))]
-        vectors = np.random.default_rng(start).standard_normal((len(texts), dim), dtype=np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = corpus_vectors(base, len(texts), start)
         terms = [tokenize(t, for_index=True) for t in texts]
         rows = [
             ChunkRow(document_id, generation, i, f"doc{start}.txt", t, join_terms(tt), v)
@@ -184,10 +199,10 @@ def fill(knowledge: KnowledgeBases, name: str, chunks: int, rng: random.Random) 
     return time.perf_counter() - started, np.vstack(all_vectors), all_keys
 
 
-def bench_size(config: Config, size: int, queries: int, rng: random.Random) -> dict[str, Any]:
+def bench_size(config: Config, size: int, queries: int, rng: random.Random, base: np.ndarray) -> dict[str, Any]:
     uri = str(Path(config.data_dir) / f"lat{size}.db")
     knowledge = open_knowledge_bases(config.replace(milvus_uri=uri))
-    fill_seconds, vectors, keys = fill(knowledge, "big", size, rng)
+    fill_seconds, vectors, keys = fill(knowledge, "big", size, rng, base)
     embedder, settings = knowledge.embedder, knowledge.settings
     knowledge.close()
     # A restart: what a server start-up costs at this size (open the store, load the saved indexes).
@@ -206,6 +221,7 @@ def bench_size(config: Config, size: int, queries: int, rng: random.Random) -> d
     row["rss_mib"] = psutil.Process().memory_info().rss / 2**20  # the whole process, model included
     row |= measure(restarted, asked)
     row["dense_recall_at_10"] = dense_recall(restarted, asked, vectors, keys)
+    row["ef_search_sweep"] = ef_search_sweep(restarted, asked, vectors, keys)
     lite_vectors = [embedder.encode_query(q) for q in asked[:MILVUS_LITE_QUERIES]]
     row["milvus_lite_search"] = summary(
         [timed(lambda v=v: restarted.store.search("big", v, 20))[1] for v in lite_vectors]
@@ -250,6 +266,32 @@ def dense_recall(knowledge: KnowledgeBases, asked: list[str], vectors: np.ndarra
     return found / (10 * len(asked))
 
 
+def ef_search_sweep(
+    knowledge: KnowledgeBases, asked: list[str], vectors: np.ndarray, keys: list[str]
+) -> list[dict[str, float]]:
+    """Recall@10 and search p50 of the same index at other efSearch values (what --hnsw-ef-search trades)."""
+    dense = knowledge.indexes("big").dense
+    assert dense is not None
+    default = dense.params
+    rows = []
+    for ef in EF_SEARCH_SWEEP:
+        dense.params = replace(default, ef_search=ef)
+        vectors_asked = [knowledge.embedder.encode_query(q) for q in asked[:100]]
+        seconds = [timed(lambda v=v: dense.search(v, 10))[1] for v in vectors_asked]
+        recall = dense_recall(knowledge, asked[:100], vectors, keys)
+        rows.append({"ef_search": ef, "recall_at_10": recall, "search_p50_ms": percentile(seconds, 50) * 1000})
+    dense.params = default
+    return rows
+
+
+def base_embeddings(config: Config, rng: random.Random) -> np.ndarray:
+    knowledge = open_knowledge_bases(config.replace(milvus_uri=str(Path(config.data_dir) / "base.db")))
+    texts = [" ".join(sentence(rng) for _ in range(4)) for _ in range(BASE_EMBEDDINGS)]
+    base = knowledge.embedder.encode(texts)
+    knowledge.close()
+    return base
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -266,7 +308,8 @@ def main() -> None:
         ingest = bench_ingest(knowledge, args.ingest_docs, rng)
         knowledge.close()
         print(f"ingest: {ingest}", flush=True)
-        latency = [bench_size(config, size, args.queries, rng) for size in args.sizes]
+        base = base_embeddings(config, rng)
+        latency = [bench_size(config, size, args.queries, rng, base) for size in args.sizes]
     write_report(ingest, latency, quality, load_before, os.getloadavg())
 
 

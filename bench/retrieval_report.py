@@ -70,7 +70,7 @@ def ingest_section(ingest: dict[str, Any]) -> list[str]:
 
 def latency_section(latency: list[dict[str, Any]]) -> list[str]:
     return [
-        "## Retrieval latency and start-up (top-3, fused; corpus vectors random, questions embedded for real)",
+        "## Retrieval latency and start-up (top-3, fused; corpus vectors: mixtures of real chunk embeddings)",
         "",
         "After a restart and 30 warm-up questions; p50 / p99 in ms. `dense` is the in-process FAISS HNSW search "
         "(top 20), `lexical` BM25 over the saved index (top 20), `fetch` reading the texts of the top 3 from "
@@ -105,6 +105,16 @@ def latency_section(latency: list[dict[str, Any]]) -> list[str]:
                     p50_p99(r["milvus_lite_search"]),
                     f"{r['rss_mib']:.0f}",
                 ]
+                for r in latency
+            ],
+        ),
+        "",
+        "Dense recall@10 and HNSW search p50 (ms) of the same index at other `--hnsw-ef-search` values:",
+        "",
+        markdown_table(
+            ["chunks", *(f"ef {r['ef_search']}" for r in latency[0]["ef_search_sweep"])],
+            [
+                [r["chunks"], *(f"{e['recall_at_10']:.3f} / {e['search_p50_ms']:.2f}" for e in r["ef_search_sweep"])]
                 for r in latency
             ],
         ),

@@ -25,6 +25,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,7 @@ class KnowledgeBases:
         self._committed: dict[str, dict[str, DocumentRecord]] = {}
         self._indexes: dict[str, SearchIndexes] = {}
         self._pending: set[str] = set()  # generations being written by this process
+        self._lexical_workers = ThreadPoolExecutor(4, thread_name_prefix="lexical-leg")
 
     def indexes(self, knowledge_base: str) -> SearchIndexes:
         found = self._indexes.get(knowledge_base)
@@ -121,6 +123,7 @@ class KnowledgeBases:
         """Save what changed since the last snapshot, then close the store."""
         if self._saver is not None:
             self._saver.close()
+        self._lexical_workers.shutdown()
         self.store.close()
 
     def recover(self) -> RecoveryReport:
@@ -238,16 +241,22 @@ class KnowledgeBases:
         dense_weight = dense_leg_weight(self.embedder.unknown_token_fraction(query)) if "dense" in legs else 0.0
         if legs == ("dense",):
             dense_weight = 1.0  # the dense ranking alone, however little of the query the model reads
-        scores = indexes.lexical.scores(tokenize(query)) if lexical_weight else None
-        lexical = {h.key: h.score for h in scores.top(candidates)} if scores is not None else {}
+        # BM25 runs beside the question's embedding (torch and numpy release the GIL): on two cores
+        # the lexical leg then costs no time of its own.
+        pending = (
+            self._lexical_workers.submit(lambda: indexes.lexical.scores(tokenize(query))) if lexical_weight else None
+        )
         dense: dict[str, float] = {}
         fetched: dict[str, StoredChunk] = {}
-        if dense_weight > 0.05:
-            vector = self.embedder.encode_query(query)
+        vector = self.embedder.encode_query(query) if dense_weight > 0.05 else None
+        if vector is not None:
             dense, fetched = self._dense_search(knowledge_base, indexes, vector, candidates, committed)
-            dense.update(self._similarities(knowledge_base, indexes, vector, [k for k in lexical if k not in dense]))
         else:
             dense_weight = 0.0
+        scores = pending.result() if pending is not None else None
+        lexical = {h.key: h.score for h in scores.top(candidates)} if scores is not None else {}
+        if vector is not None:
+            dense.update(self._similarities(knowledge_base, indexes, vector, [k for k in lexical if k not in dense]))
         if scores is not None:
             lexical.update(scores.of(k for k in dense if k not in lexical))
         best = fuse(dense, lexical, dense_weight, lexical_weight)[:top_k]
