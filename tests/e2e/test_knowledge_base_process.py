@@ -106,7 +106,7 @@ def test_kill_9_during_an_ingest_leaves_no_partial_document(
     os.kill(proc.proc.pid, signal.SIGKILL)
     uploader.join(60)
     assert outcome.get("error") == grpc.StatusCode.UNAVAILABLE, "the kill must interrupt the ingest"
-    expected_chunks = int(re.search(r"writing (\d+) chunks", proc.log()).group(1))  # type: ignore[union-attr]
+    expected_chunks = int(re.search(r"writing (\d+) chunks of pumps\.txt", proc.log()).group(1))  # type: ignore[union-attr]
 
     restarted, port = start_server(chatllm_process, data_dir, db, "--chunk-size", "100", "--chunk-overlap", "10")
     assert re.search(r"indexes loaded for 1 knowledge bases, rebuilt for 0", restarted.log()), restarted.log()[-3000:]
