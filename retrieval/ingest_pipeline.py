@@ -22,22 +22,24 @@ WriteBatch = Callable[[int, Sequence[str], list[list[str]], np.ndarray], None]
 
 
 def embed_and_write(
-    chunks: Sequence[str], embedder: Embedder, write: WriteBatch, batch: int = WRITE_BATCH
+    chunks: Sequence[str], embedder: Embedder, write: WriteBatch, workers: ThreadPoolExecutor, batch: int = WRITE_BATCH
 ) -> tuple[list[list[str]], np.ndarray]:
-    """Segment, embed and `write(first_index, texts, terms, vectors)` every batch; the terms and vectors of all."""
+    """Segment, embed and `write(first_index, texts, terms, vectors)` every batch; the terms and vectors of all.
+
+    `workers` is long-lived (a thread per document cost ~4 ms). Its queue is FIFO and every batch's
+    segmentation is submitted before its write, so a write never waits on a task that has not started."""
     batches = [(start, chunks[start : start + batch]) for start in range(0, len(chunks), batch)]
-    with ThreadPoolExecutor(1, thread_name_prefix="ingest-writer") as worker:
-        segmented = [worker.submit(_segment, texts) for _, texts in batches]
-        written: list[Future[None]] = []
-        vectors = []
-        for (start, texts), terms in zip(batches, segmented, strict=True):
-            if written and written[-1].done() and written[-1].exception() is not None:
-                break  # the store failed: stop embedding, report it below
-            embedded = embedder.encode(texts)
-            vectors.append(embedded)
-            written.append(worker.submit(_write, write, start, texts, terms, embedded))
-        for done in written:
-            done.result()
+    segmented = [workers.submit(_segment, texts) for _, texts in batches]
+    written: list[Future[None]] = []
+    vectors = []
+    for (start, texts), terms in zip(batches, segmented, strict=True):
+        if written and written[-1].done() and written[-1].exception() is not None:
+            break  # the store failed: stop embedding, report it below
+        embedded = embedder.encode(texts)
+        vectors.append(embedded)
+        written.append(workers.submit(_write, write, start, texts, terms, embedded))
+    for done in written:
+        done.result()
     all_terms = [t for future in segmented for t in future.result()]
     stacked = np.vstack(vectors) if vectors else np.zeros((0, embedder.dimension), dtype=np.float32)
     return all_terms, stacked

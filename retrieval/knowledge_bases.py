@@ -109,7 +109,8 @@ class KnowledgeBases:
         self._committed: dict[str, dict[str, DocumentRecord]] = {}
         self._indexes: dict[str, SearchIndexes] = {}
         self._pending: set[str] = set()  # generations being written by this process
-        self._lexical_workers = ThreadPoolExecutor(4, thread_name_prefix="lexical-leg")
+        # The lexical leg of queries, and segmenting/writing beside an ingest's embedding.
+        self._workers = ThreadPoolExecutor(4, thread_name_prefix="knowledge-base")
 
     def indexes(self, knowledge_base: str) -> SearchIndexes:
         found = self._indexes.get(knowledge_base)
@@ -123,7 +124,7 @@ class KnowledgeBases:
         """Save what changed since the last snapshot, then close the store."""
         if self._saver is not None:
             self._saver.close()
-        self._lexical_workers.shutdown()
+        self._workers.shutdown()
         self.store.close()
 
     def recover(self) -> RecoveryReport:
@@ -160,7 +161,7 @@ class KnowledgeBases:
         try:
             # No flush of the chunk rows: milvus-lite's WAL already has them (it replays it after a kill),
             # nothing searches its segments, and a flush per document cost ~4% of the ingest rate.
-            terms, vectors = embed_and_write(chunks, self.embedder, write)
+            terms, vectors = embed_and_write(chunks, self.embedder, write, self._workers)
         except BaseException:
             self._discard_quietly(knowledge_base, document_id, generation)
             self._pending.discard(generation)
@@ -243,9 +244,7 @@ class KnowledgeBases:
             dense_weight = 1.0  # the dense ranking alone, however little of the query the model reads
         # BM25 runs beside the question's embedding (torch and numpy release the GIL): on two cores
         # the lexical leg then costs no time of its own.
-        pending = (
-            self._lexical_workers.submit(lambda: indexes.lexical.scores(tokenize(query))) if lexical_weight else None
-        )
+        pending = self._workers.submit(lambda: indexes.lexical.scores(tokenize(query))) if lexical_weight else None
         dense: dict[str, float] = {}
         fetched: dict[str, StoredChunk] = {}
         vector = self.embedder.encode_query(query) if dense_weight > 0.05 else None
