@@ -1,15 +1,16 @@
-"""Ingest as a pipeline: embedding (the cost) never waits for segmentation or the store.
+"""Ingest in batches: segment, embed and write a batch at a time, in the calling thread.
 
-The chunks of a document go through in batches. This thread embeds batch after
-batch; one worker thread segments every batch (jieba, in Python) and writes each
-embedded batch to the store while the next one is being embedded. torch releases
-the GIL inside its kernels, so on two cores the embedding keeps its pace.
+Why not overlap segmentation and writes with the embedding in other threads (what the
+issue suggested): on this 2-core machine torch's OpenMP threads already use both cores,
+and a Python thread beside them makes them wait on each other at every parallel region.
+Measured A/B on the same documents, interleaved: overlapped 0.61x the bare encode rate,
+in line 0.89x. Batches keep memory flat for large documents and give the store few,
+bulk inserts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -22,34 +23,17 @@ WriteBatch = Callable[[int, Sequence[str], list[list[str]], np.ndarray], None]
 
 
 def embed_and_write(
-    chunks: Sequence[str], embedder: Embedder, write: WriteBatch, workers: ThreadPoolExecutor, batch: int = WRITE_BATCH
+    chunks: Sequence[str], embedder: Embedder, write: WriteBatch, batch: int = WRITE_BATCH
 ) -> tuple[list[list[str]], np.ndarray]:
-    """Segment, embed and `write(first_index, texts, terms, vectors)` every batch; the terms and vectors of all.
-
-    `workers` is long-lived (a thread per document cost ~4 ms). Its queue is FIFO and every batch's
-    segmentation is submitted before its write, so a write never waits on a task that has not started."""
-    batches = [(start, chunks[start : start + batch]) for start in range(0, len(chunks), batch)]
-    segmented = [workers.submit(_segment, texts) for _, texts in batches]
-    written: list[Future[None]] = []
+    """Segment, embed and `write(first_index, texts, terms, vectors)` every batch; the terms and vectors of all."""
+    all_terms: list[list[str]] = []
     vectors = []
-    for (start, texts), terms in zip(batches, segmented, strict=True):
-        if written and written[-1].done() and written[-1].exception() is not None:
-            break  # the store failed: stop embedding, report it below
+    for start in range(0, len(chunks), batch):
+        texts = chunks[start : start + batch]
+        terms = [tokenize(t, for_index=True) for t in texts]
         embedded = embedder.encode(texts)
+        write(start, texts, terms, embedded)
+        all_terms += terms
         vectors.append(embedded)
-        written.append(workers.submit(_write, write, start, texts, terms, embedded))
-    for done in written:
-        done.result()
-    all_terms = [t for future in segmented for t in future.result()]
     stacked = np.vstack(vectors) if vectors else np.zeros((0, embedder.dimension), dtype=np.float32)
     return all_terms, stacked
-
-
-def _segment(texts: Sequence[str]) -> list[list[str]]:
-    return [tokenize(t, for_index=True) for t in texts]
-
-
-def _write(
-    write: WriteBatch, start: int, texts: Sequence[str], terms: Future[list[list[str]]], vectors: np.ndarray
-) -> None:
-    write(start, texts, terms.result(), vectors)

@@ -25,7 +25,6 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,8 +108,6 @@ class KnowledgeBases:
         self._committed: dict[str, dict[str, DocumentRecord]] = {}
         self._indexes: dict[str, SearchIndexes] = {}
         self._pending: set[str] = set()  # generations being written by this process
-        # The lexical leg of queries, and segmenting/writing beside an ingest's embedding.
-        self._workers = ThreadPoolExecutor(4, thread_name_prefix="knowledge-base")
 
     def indexes(self, knowledge_base: str) -> SearchIndexes:
         found = self._indexes.get(knowledge_base)
@@ -124,7 +121,6 @@ class KnowledgeBases:
         """Save what changed since the last snapshot, then close the store."""
         if self._saver is not None:
             self._saver.close()
-        self._workers.shutdown()
         self.store.close()
 
     def recover(self) -> RecoveryReport:
@@ -161,7 +157,7 @@ class KnowledgeBases:
         try:
             # No flush of the chunk rows: milvus-lite's WAL already has them (it replays it after a kill),
             # nothing searches its segments, and a flush per document cost ~4% of the ingest rate.
-            terms, vectors = embed_and_write(chunks, self.embedder, write, self._workers)
+            terms, vectors = embed_and_write(chunks, self.embedder, write)
         except BaseException:
             self._discard_quietly(knowledge_base, document_id, generation)
             self._pending.discard(generation)
@@ -242,9 +238,9 @@ class KnowledgeBases:
         dense_weight = dense_leg_weight(self.embedder.unknown_token_fraction(query)) if "dense" in legs else 0.0
         if legs == ("dense",):
             dense_weight = 1.0  # the dense ranking alone, however little of the query the model reads
-        # BM25 runs beside the question's embedding (torch and numpy release the GIL): on two cores
-        # the lexical leg then costs no time of its own.
-        pending = self._workers.submit(lambda: indexes.lexical.scores(tokenize(query))) if lexical_weight else None
+        # In line: BM25 in a thread beside the embedding was no faster here (torch's OpenMP threads
+        # already use both cores), see chatllm.retrieval.ingest_pipeline.
+        scores = indexes.lexical.scores(tokenize(query)) if lexical_weight else None
         dense: dict[str, float] = {}
         fetched: dict[str, StoredChunk] = {}
         vector = self.embedder.encode_query(query) if dense_weight > 0.05 else None
@@ -252,7 +248,6 @@ class KnowledgeBases:
             dense, fetched = self._dense_search(knowledge_base, indexes, vector, candidates, committed)
         else:
             dense_weight = 0.0
-        scores = pending.result() if pending is not None else None
         lexical = {h.key: h.score for h in scores.top(candidates)} if scores is not None else {}
         if vector is not None:
             dense.update(self._similarities(knowledge_base, indexes, vector, [k for k in lexical if k not in dense]))
