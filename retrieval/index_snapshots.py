@@ -87,7 +87,7 @@ class IndexSnapshots:
     ) -> None:
         base = self.folder / collection
         base.mkdir(parents=True, exist_ok=True)
-        number = 1 + max((int(p.name.split("-")[1].split(".")[0]) for p in base.glob("snapshot-*")), default=0)
+        number = 1 + max((_number(p) for p in base.glob("snapshot-*")), default=0)
         partial = base / f"snapshot-{number}.partial"
         partial.mkdir()
         lexical.save(partial)
@@ -106,7 +106,7 @@ class IndexSnapshots:
         partial.rename(final)
         _replace_atomically(base / CURRENT, final.name)
         for old in base.glob("snapshot-*"):
-            if old != final:
+            if _number(old) < number:  # never a newer one another writer may be filling
                 shutil.rmtree(old, ignore_errors=True)
 
     def drop(self, collection: str) -> None:
@@ -132,6 +132,10 @@ class IndexSnapshots:
             except (OSError, ValueError, KeyError):  # a journal entry cut by a crash: its ingest never wrote
                 path.unlink(missing_ok=True)
         return found
+
+
+def _number(snapshot: Path) -> int:
+    return int(snapshot.name.split("-")[1].split(".")[0])
 
 
 def _fsync(path: Path) -> None:
@@ -184,12 +188,14 @@ class DelayedSaver:
         for name in names:
             self._save_logged(name)
 
-    def close(self) -> None:
+    def close(self, flush: bool = True) -> None:
+        """Stop the thread; save what is marked unless `flush` is false (what a kill would leave)."""
         with self._wake:
             self._closed = True
             self._wake.notify()
         self._thread.join()
-        self.flush()
+        if flush:
+            self.flush()
 
     def _run(self) -> None:
         while True:

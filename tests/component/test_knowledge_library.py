@@ -48,8 +48,13 @@ def library(
     return knowledge
 
 
-def restarted(store: MilvusStore, embedder: Embedder, indexes: Path) -> tuple[KnowledgeBases, object]:
-    """A new library on the same store and index folder, as after a process restart."""
+def restarted(
+    previous: KnowledgeBases, store: MilvusStore, embedder: Embedder, indexes: Path
+) -> tuple[KnowledgeBases, object]:
+    """A new library on the same store and index folder, as after a kill and a restart: the previous one
+    stops saving snapshots, without saving what it had marked (the process it stands for is gone)."""
+    if previous._saver is not None:
+        previous._saver.close(flush=False)
     knowledge = KnowledgeBases(store, embedder, SPLITTER, index_folder=indexes)
     return knowledge, knowledge.recover()
 
@@ -164,7 +169,7 @@ def test_indexes_are_saved_and_loaded_at_the_next_start(store: MilvusStore, embe
     pears = knowledge.ingest("kb", "pears.txt", PEARS)
     knowledge.save_snapshot("kb")
 
-    again, report = restarted(store, embedder, indexes)
+    again, report = restarted(knowledge, store, embedder, indexes)
     assert report.loaded_snapshots == ["kb"] and report.rebuilt_indexes == []  # type: ignore[attr-defined]
     assert again.retrieve("kb", "龙井茶用多少度的水冲泡？", 1)[0].document_id == tea.document_id  # lexical leg
     assert again.retrieve("kb", "How many kinds of pears grow in the orchard?", 1)[0].document_id == pears.document_id
@@ -181,7 +186,7 @@ def test_a_stale_snapshot_is_caught_up_from_the_manifest(
     pears = knowledge.ingest("kb", "pears.txt", PEARS)
     knowledge.delete_document("kb", tea.document_id)
 
-    again, report = restarted(store, embedder, indexes)
+    again, report = restarted(knowledge, store, embedder, indexes)
     assert report.loaded_snapshots == ["kb"]  # type: ignore[attr-defined]
     assert {k.split(":")[0] for k in again.indexes("kb").lexical.keys()} == {pears.document_id}
     assert {c.document_id for c in again.retrieve("kb", "龙井茶用多少度的水冲泡？", 5, min_score=0)} == {
@@ -200,7 +205,7 @@ def test_a_damaged_snapshot_means_a_rebuild_from_the_store(
     current = indexes / collection_name("kb") / (indexes / collection_name("kb") / "CURRENT").read_text()
     (current / "lexical.npz").write_bytes(b"cut short by a crash")
 
-    again, report = restarted(store, embedder, indexes)
+    again, report = restarted(knowledge, store, embedder, indexes)
     assert report.rebuilt_indexes == ["kb"] and report.loaded_snapshots == []  # type: ignore[attr-defined]
     assert again.retrieve("kb", "龙井茶用多少度的水冲泡？", 1)[0].document_id == tea.document_id
 
@@ -218,7 +223,7 @@ def test_journalled_leftovers_are_removed_without_reading_every_chunk(
     assert knowledge.snapshots is not None
     knowledge.snapshots.begin_ingest(PendingIngest(generation, "kb", orphan_id))
 
-    again, report = restarted(store, embedder, indexes)
+    again, report = restarted(knowledge, store, embedder, indexes)
     assert report.loaded_snapshots == ["kb"] and report.orphaned_chunks == orphan_chunks  # type: ignore[attr-defined]
     assert stored_documents(store, "kb") == {kept.document_id}
     assert again.snapshots is not None and again.snapshots.pending_ingests() == []
