@@ -18,6 +18,7 @@
    (what the dense leg used before) on the same collection.
 
     .venv/bin/python bench/retrieval.py [--sizes 10000 100000] [--queries 200] [--ingest-docs 40]
+    taskset -c 0 .venv/bin/python bench/retrieval.py --name retrieval-1core   # the same on one core
 """
 
 from __future__ import annotations
@@ -298,6 +299,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ingest-docs", type=int, default=40)
+    parser.add_argument("--name", default="retrieval", help="results file stem (e.g. retrieval-1core)")
     args = parser.parse_args()
     rng = random.Random(7)
     load_before = os.getloadavg()
@@ -315,7 +317,7 @@ def main() -> None:
         print(f"ingest: {ingest}", flush=True)
         base = base_embeddings(config, rng)
         latency = [bench_size(config, size, args.queries, rng, base) for size in args.sizes]
-    write_report(ingest, latency, quality, load_before, os.getloadavg())
+    write_report(args.name, ingest, latency, quality, load_before, os.getloadavg())
 
 
 if __name__ == "__main__":

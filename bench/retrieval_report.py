@@ -124,7 +124,12 @@ def latency_section(latency: list[dict[str, Any]]) -> list[str]:
 
 
 def write_report(
-    ingest: dict[str, Any], latency: list[dict[str, Any]], quality: dict[str, Any], before: tuple, after: tuple
+    name: str,
+    ingest: list[dict[str, Any]],
+    latency: list[dict[str, Any]],
+    quality: dict[str, Any],
+    before: tuple,
+    after: tuple,
 ) -> None:
     versions = {p: importlib.metadata.version(p) for p in PACKAGES}
     body = [
@@ -139,7 +144,7 @@ def write_report(
         *latency_section(latency),
     ]
     path = write_results(
-        "retrieval",
+        name,
         "Knowledge-base retrieval benchmark",
         "\n".join(body),
         {
