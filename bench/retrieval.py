@@ -1,23 +1,29 @@
-"""Knowledge-base benchmark: ingest throughput, retrieval latency at 10k/100k chunks, recall@3.
+"""Knowledge-base benchmark: relevance, ingest throughput, retrieval latency and start-up at 10k/100k chunks.
 
-1. Ingest: the same generated English documents go through the whole ingest
-   (parse, split, segment, embed, write to milvus-lite, flush, commit) and, in
-   the same run, through bare `SentenceTransformer.encode` of the same chunks.
-   The ratio says what the pipeline costs on top of the embedding model.
-2. Retrieval latency: knowledge bases of 10k and 100k chunks (generated
-   English and Chinese text; random unit vectors stand in for the corpus
-   embeddings, because embedding 100k chunks on 2 cores takes hours; queries are
-   embedded for real). p50/p99 of the whole `retrieve` and of each leg alone.
-3. Recall@3 on the labelled sets in tests/data with the default configuration,
-   fused and per leg.
+1. Quality on the labelled sets in tests/data, default configuration: recall@3 fused and
+   per leg; the fused score of each answering chunk and the top score of each off-topic
+   question, and the relevance threshold those put where (`--kb-min-score`'s default).
+2. Ingest: the same generated English documents through the whole ingest (parse, split,
+   segment, embed, write, commit) and, in the same run, through bare
+   `SentenceTransformer.encode` of the same chunks (same model, same precision). The ratio
+   says what the pipeline costs on top of the embedding model.
+3. Latency: knowledge bases of 10k and 100k chunks (generated English and Chinese text),
+   written through the store and indexed as an ingest would. Their vectors are mixtures of
+   2,000 real embeddings of such chunks plus noise: the neighbourhood structure of real
+   embeddings without embedding 100k chunks per run (uniformly random vectors have none:
+   every chunk is about equally far from every question, and "exact top 10" is noise).
+   Questions are embedded for real. Then a restart (start-up time: open the store, load the saved
+   indexes), then p50/p99 of the whole `retrieve` and of each part, dense recall@10 of the
+   HNSW index against exact search over the same vectors, and milvus-lite's own search
+   (what the dense leg used before) on the same collection.
 
     .venv/bin/python bench/retrieval.py [--sizes 10000 100000] [--queries 200] [--ingest-docs 40]
+    taskset -c 0 .venv/bin/python bench/retrieval.py --name retrieval-1core   # the same on one core
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import random
 import sys
@@ -25,21 +31,24 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.common import markdown_table, percentile, write_results
+from bench.common import percentile
+from bench.retrieval_report import write_report
 from chatllm.clients.config import Config
-from chatllm.retrieval.evaluation import documents, load_questions, recall_at_k
+from chatllm.retrieval.evaluation import documents, load_off_topic, load_questions, off_topic_rejection, recall_at_k
 from chatllm.retrieval.knowledge_bases import KnowledgeBases
 from chatllm.retrieval.lexical import join_terms, tokenize
 from chatllm.retrieval.loaders import load_document
-from chatllm.retrieval.store import ChunkRow, DocumentRecord, MilvusStore
+from chatllm.retrieval.store import ChunkRow, DocumentRecord, chunk_key
 from chatllm.server.knowledge import open_knowledge_bases
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
@@ -53,7 +62,9 @@ ZH_WORDS = (
     "天线 信号 保修 发票 差旅 酒店 预算 制度 年假 经理 工牌 密码 网络 打印机 工单 故障 备份 服务器 存储 合同"
 ).split()
 WARM_UP_QUERIES = 30
-PACKAGES = ("pymilvus", "milvus-lite", "sentence-transformers", "jieba", "scipy", "torch")
+MILVUS_LITE_QUERIES = 40  # its own search is slow; fewer samples are enough
+BASE_EMBEDDINGS = 2000
+EF_SEARCH_SWEEP = (32, 64, 128, 256)
 
 
 def sentence(rng: random.Random) -> str:
@@ -74,30 +85,81 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.perf_counter() - started
 
 
-def bench_ingest(knowledge: KnowledgeBases, docs: int, rng: random.Random) -> dict[str, Any]:
+def summary(samples: list[float]) -> dict[str, float]:
+    return {"p50_ms": percentile(samples, 50) * 1000, "p99_ms": percentile(samples, 99) * 1000}
+
+
+# --- 1. quality ----------------------------------------------------------------------
+def open_stored(config: Config, name: str, embedder: Any = None) -> KnowledgeBases:
+    """The knowledge bases of a milvus-lite file `name` in the data dir."""
+    kb = config.replace(milvus_uri=str(Path(config.common.data_dir) / name)).kb
+    return open_knowledge_bases(kb, config.common.kb_dir, embedder)
+
+
+def bench_quality(config: Config) -> dict[str, Any]:
+    knowledge = open_stored(config, "quality.db")
+    recall, answers, off_topic, rejection = [], [], [], []
+    for name in ("en", "zh"):
+        folder = DATA / f"kb_{name}"
+        for path in documents(folder):
+            knowledge.ingest(name, path.name, path.read_bytes())
+        questions = load_questions(folder)
+        for legs in (("dense", "lexical"), ("dense",), ("lexical",)):
+            # The threshold is on the fused score: a leg alone is measured without it.
+            floor = None if len(legs) == 2 else 0.0
+            report = recall_at_k(
+                lambda q, k, n=name, lg=legs, f=floor: knowledge.retrieve(n, q, k, legs=lg, min_score=f), questions, k=3
+            )
+            recall.append({"set": name, "legs": "+".join(legs), "questions": report.questions, "recall": report.recall})
+        for q in questions:
+            ranked = knowledge.ranked(name, q.question, 3)
+            scores = [f.score for f, c in ranked if c.file == q.file and q.evidence in c.text]
+            answers.append({"set": name, "question": q.question, "score": max(scores, default=0.0)})
+        for question in load_off_topic(folder):
+            ranked = knowledge.ranked(name, question, 3)
+            off_topic.append({"set": name, "question": question, "score": ranked[0][0].score if ranked else 0.0})
+        report = off_topic_rejection(lambda q, k, n=name: knowledge.retrieve(n, q, k), load_off_topic(folder))
+        rejection.append({"set": name, "questions": report.questions, "rejected": report.rejected})
+    knowledge.close()
+    highest_off_topic = max(o["score"] for o in off_topic)
+    lowest_answer = min(a["score"] for a in answers)
+    return {
+        "recall": recall,
+        "answers": answers,
+        "off_topic": off_topic,
+        "rejection": rejection,
+        "highest_off_topic": highest_off_topic,
+        "lowest_answer": lowest_answer,
+        "midpoint": (highest_off_topic + lowest_answer) / 2,
+        "min_score": config.kb.kb_min_score,
+    }
+
+
+# --- 2. ingest -----------------------------------------------------------------------
+def bench_ingest(knowledge: KnowledgeBases, docs: int, rng: random.Random, sentences: int) -> dict[str, Any]:
     """Document by document, alternating the full ingest and a bare encode of the same chunks, so both
-    legs see the same batch sizes and the same background load."""
-    texts = [document_text(rng, 60).replace("。", ". ") for _ in range(docs + 1)]
+    legs see the same background load."""
+    texts = [document_text(rng, sentences).replace("。", ". ") for _ in range(docs + 1)]
     english = ["".join(ch for ch in t if ord(ch) < 128) for t in texts]  # the default model reads English
-    model = knowledge.embedder._model  # the very SentenceTransformer the pipeline uses
+    model = knowledge.embedder._model  # the very SentenceTransformer (and precision) the pipeline uses
     ingest_seconds = encode_seconds = 0.0
     chunks = 0
     for i, text in enumerate(english):
         loaded = load_document(f"doc{i}.txt", text.encode())
         pieces = knowledge.splitter.split(loaded.text, loaded.kind)
-        result, ingest_time = timed(lambda t=text, n=i: knowledge.ingest("ingest", f"doc{n}.txt", t.encode()))
+        result, ingest_time = timed(lambda t=text, n=i: knowledge.ingest(f"ingest{sentences}", f"d{n}.txt", t.encode()))
         _, encode_time = timed(lambda p=pieces: model.encode(p, batch_size=32, show_progress_bar=False))
         assert result.chunks == len(pieces)
         if i == 0:
             continue  # warm-up
-        ingest_seconds, encode_seconds, chunks = (
-            ingest_seconds + ingest_time,
-            encode_seconds + encode_time,
-            chunks + len(pieces),
-        )
+        ingest_seconds += ingest_time
+        encode_seconds += encode_time
+        chunks += len(pieces)
     return {
         "documents": docs,
+        "sentences_per_document": sentences,
         "chunks": chunks,
+        "precision": knowledge.embedder.precision,
         "ingest_seconds": ingest_seconds,
         "ingest_chunks_per_second": chunks / ingest_seconds,
         "encode_seconds": encode_seconds,
@@ -105,95 +167,136 @@ def bench_ingest(knowledge: KnowledgeBases, docs: int, rng: random.Random) -> di
     }
 
 
-def fill(knowledge: KnowledgeBases, name: str, chunks: int, rng: random.Random) -> float:
-    """Write `chunks` generated chunks (random unit vectors) as committed documents of 100 chunks."""
-    dim = knowledge.embedder.dimension
+# --- 3. latency and start-up -----------------------------------------------------------
+def corpus_vectors(base: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Unit vectors, each a random mixture of two real chunk embeddings plus noise."""
+    generator = np.random.default_rng(seed)
+    first, second = generator.integers(0, len(base), count), generator.integers(0, len(base), count)
+    weight = generator.uniform(0.5, 1.0, (count, 1)).astype(np.float32)
+    noise = generator.standard_normal((count, base.shape[1]), dtype=np.float32) * (0.3 / np.sqrt(base.shape[1]))
+    vectors = weight * base[first] + (1 - weight) * base[second] + noise
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def fill(
+    knowledge: KnowledgeBases, name: str, chunks: int, rng: random.Random, base: np.ndarray
+) -> tuple[float, np.ndarray, list[str]]:
+    """Write `chunks` generated chunks as committed documents of 100 chunks, indexed as an ingest indexes
+    them. Returns the seconds, the vectors and their keys (for exact search)."""
+    all_vectors, all_keys = [], []
     started = time.perf_counter()
     for start in range(0, chunks, 100):
         document_id, generation = uuid.uuid4().hex * 2, uuid.uuid4().hex
         texts = [" ".join(sentence(rng) for _ in range(4)) for _ in range(min(100, chunks - start))]
-        vectors = np.random.default_rng(start).standard_normal((len(texts), dim), dtype=np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = corpus_vectors(base, len(texts), start)
+        terms = [tokenize(t, for_index=True) for t in texts]
         rows = [
-            ChunkRow(document_id, generation, i, f"doc{start}.txt", t, join_terms(tokenize(t)), v)
-            for i, (t, v) in enumerate(zip(texts, vectors, strict=True))
+            ChunkRow(document_id, generation, i, f"doc{start}.txt", t, join_terms(tt), v)
+            for i, (t, tt, v) in enumerate(zip(texts, terms, vectors, strict=True))
         ]
         knowledge.store.insert_chunks(name, rows)
-        knowledge.store.commit_document(
-            DocumentRecord(name, document_id, generation, f"doc{start}.txt", len(rows), 0, 0, time.time())
-        )
+        record = DocumentRecord(name, document_id, generation, f"doc{start}.txt", len(rows), 0, 0, time.time())
+        knowledge.store.commit_document(record)
+        knowledge._committed.setdefault(name, {})[document_id] = record
+        keys = [chunk_key(document_id, generation, i) for i in range(len(rows))]
+        knowledge.indexes(name).add(keys, terms, vectors)
+        all_vectors.append(vectors)
+        all_keys += keys
     knowledge.store.flush(name)
-    return time.perf_counter() - started
+    knowledge.save_snapshot(name)
+    return time.perf_counter() - started, np.vstack(all_vectors), all_keys
 
 
-def summary(samples: list[float]) -> dict[str, float]:
-    return {"p50_ms": percentile(samples, 50) * 1000, "p99_ms": percentile(samples, 99) * 1000}
-
-
-def bench_latency(config: Config, sizes: list[int], queries: int, rng: random.Random) -> list[dict[str, Any]]:
-    results = []
-    for size in sizes:
-        uri = str(Path(config.common.data_dir) / f"lat{size}.db")
-        knowledge = open_knowledge_bases(config.replace(milvus_uri=uri).kb, config.common.kb_dir)
-        fill_seconds = fill(knowledge, "big", size, rng)
-        knowledge.store.close()
-        # A restart: what a server start-up costs at this size (lexical index rebuilt from the store).
-        store = MilvusStore(uri, knowledge.embedder.dimension)
-        restarted = KnowledgeBases(store, knowledge.embedder, knowledge.splitter)
-        _, recover_seconds = timed(restarted.recover)
-        asked = [sentence(rng) for _ in range(queries)]
-        _, first_query_seconds = timed(lambda k=restarted, q=asked[0]: k.retrieve("big", q, 3))
-        for q in asked[:WARM_UP_QUERIES]:  # lite loads and indexes the reopened collection in the background
-            restarted.retrieve("big", q, 3)
-        row = {
-            "chunks": size,
-            "fill_seconds": fill_seconds,
-            "recover_seconds": recover_seconds,
-            "first_query_seconds": first_query_seconds,
-            "warm_up_queries": WARM_UP_QUERIES,
-        }
-        row |= measure(restarted, asked)
-        results.append(row)
-        store.close()
-        print(f"latency at {size}: {row}", flush=True)
-    return results
+def bench_size(config: Config, size: int, queries: int, rng: random.Random, base: np.ndarray) -> dict[str, Any]:
+    knowledge = open_stored(config, f"lat{size}.db")
+    fill_seconds, vectors, keys = fill(knowledge, "big", size, rng, base)
+    embedder, settings = knowledge.embedder, knowledge.settings
+    knowledge.close()
+    # A restart: what a server start-up costs at this size (open the store, load the saved indexes).
+    restarted, startup_seconds = timed(lambda: open_stored(config, f"lat{size}.db", embedder))
+    asked = [sentence(rng) for _ in range(queries)]
+    _, first_query_seconds = timed(lambda: restarted.retrieve("big", asked[0], 3))
+    for q in asked[:WARM_UP_QUERIES]:
+        restarted.retrieve("big", q, 3)
+    row = {
+        "chunks": size,
+        "fill_seconds": fill_seconds,
+        "startup_seconds": startup_seconds,
+        "first_query_seconds": first_query_seconds,
+        "hnsw": vars(settings.hnsw),
+    }
+    row["rss_mib"] = psutil.Process().memory_info().rss / 2**20  # the whole process, model included
+    row |= measure(restarted, asked)
+    row["dense_recall_at_10"] = dense_recall(restarted, asked, vectors, keys)
+    row["ef_search_sweep"] = ef_search_sweep(restarted, asked, vectors, keys)
+    lite_vectors = [embedder.encode_query(q) for q in asked[:MILVUS_LITE_QUERIES]]
+    row["milvus_lite_search"] = summary(
+        [timed(lambda v=v: restarted.store.search("big", v, 20))[1] for v in lite_vectors]
+    )
+    restarted.close()
+    print(f"latency at {size}: {row}", flush=True)
+    return row
 
 
 def measure(knowledge: KnowledgeBases, asked: list[str]) -> dict[str, Any]:
-    """Each query through the whole retrieve and through each part alone, interleaved so that all
-    legs see the same background load."""
-    legs: dict[str, Callable[[str], Any]] = {
+    """Each question through the whole retrieve and through each part alone, interleaved so that all
+    parts see the same background load."""
+    indexes = knowledge.indexes("big")
+    assert indexes.dense is not None
+    parts: dict[str, Callable[[str], Any]] = {
         "retrieve": lambda q: knowledge.retrieve("big", q, 3),
-        "query_embedding": lambda q: knowledge.embedder.encode([q])[0],
-        "lexical_only": lambda q: knowledge._lexical["big"].search(tokenize(q), 20),
+        "query_embedding": lambda q: knowledge.embedder.encode_query(q),
+        "lexical": lambda q: indexes.lexical.scores(tokenize(q)).top(20),
     }
-    samples: dict[str, list[float]] = {name: [] for name in [*legs, "dense_search_only"]}
+    samples: dict[str, list[float]] = {name: [] for name in [*parts, "dense", "fetch_texts"]}
     for query in asked:
-        for name, leg in legs.items():
-            result, seconds = timed(lambda f=leg, q=query: f(q))
+        for name, part in parts.items():
+            result, seconds = timed(lambda f=part, q=query: f(q))
             samples[name].append(seconds)
             if name == "query_embedding":
-                samples["dense_search_only"].append(timed(lambda v=result: knowledge.store.search("big", v, 20))[1])
+                hits, seconds = timed(lambda v=result: indexes.dense.search(v, 20))  # type: ignore[union-attr]
+                samples["dense"].append(seconds)
+                top = [k for k, _ in hits[:3]]
+                samples["fetch_texts"].append(timed(lambda t=top: knowledge.store.get_chunks("big", t))[1])
     return {name: summary(values) for name, values in samples.items()}
 
 
-def bench_recall(config: Config) -> list[dict[str, Any]]:
-    knowledge = open_knowledge_bases(
-        config.replace(milvus_uri=str(Path(config.common.data_dir) / "recall.db")).kb, config.common.kb_dir
-    )
+def dense_recall(knowledge: KnowledgeBases, asked: list[str], vectors: np.ndarray, keys: list[str]) -> float:
+    """Share of the exact top 10 (brute force inner product over the same vectors) that HNSW returns."""
+    dense = knowledge.indexes("big").dense
+    assert dense is not None
+    found = 0
+    for query in asked:
+        vector = knowledge.embedder.encode_query(query)
+        exact = {keys[i] for i in np.argpartition(-(vectors @ vector), 10)[:10]}
+        found += len(exact & {k for k, _ in dense.search(vector, 10)})
+    return found / (10 * len(asked))
+
+
+def ef_search_sweep(
+    knowledge: KnowledgeBases, asked: list[str], vectors: np.ndarray, keys: list[str]
+) -> list[dict[str, float]]:
+    """Recall@10 and search p50 of the same index at other efSearch values (what --hnsw-ef-search trades)."""
+    dense = knowledge.indexes("big").dense
+    assert dense is not None
+    default = dense.params
     rows = []
-    for name in ("en", "zh"):
-        folder = DATA / f"kb_{name}"
-        for path in documents(folder):
-            knowledge.ingest(name, path.name, path.read_bytes())
-        questions = load_questions(folder)
-        for legs in (("dense", "lexical"), ("dense",), ("lexical",)):
-            report = recall_at_k(lambda q, k, n=name, lg=legs: knowledge.retrieve(n, q, k, legs=lg), questions, k=3)
-            rows.append(
-                {"set": name, "legs": "+".join(legs), "questions": report.questions, "recall_at_3": report.recall}
-            )
-    knowledge.store.close()
+    for ef in EF_SEARCH_SWEEP:
+        dense.params = replace(default, ef_search=ef)
+        vectors_asked = [knowledge.embedder.encode_query(q) for q in asked[:100]]
+        seconds = [timed(lambda v=v: dense.search(v, 10))[1] for v in vectors_asked]
+        recall = dense_recall(knowledge, asked[:100], vectors, keys)
+        rows.append({"ef_search": ef, "recall_at_10": recall, "search_p50_ms": percentile(seconds, 50) * 1000})
+    dense.params = default
     return rows
+
+
+def base_embeddings(config: Config, rng: random.Random) -> np.ndarray:
+    knowledge = open_stored(config, "base.db")
+    texts = [" ".join(sentence(rng) for _ in range(4)) for _ in range(BASE_EMBEDDINGS)]
+    base = knowledge.embedder.encode(texts)
+    knowledge.close()
+    return base
 
 
 def main() -> None:
@@ -201,103 +304,25 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ingest-docs", type=int, default=40)
+    parser.add_argument("--name", default="retrieval", help="results file stem (e.g. retrieval-1core)")
     args = parser.parse_args()
     rng = random.Random(7)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="chatllm-bench-kb-") as tmp:
         config = Config.build(data_dir=tmp)
-        recall = bench_recall(config)
-        print(f"recall: {recall}", flush=True)
-        knowledge = open_knowledge_bases(
-            config.replace(milvus_uri=str(Path(tmp) / "ingest.db")).kb, config.common.kb_dir
-        )
-        ingest = bench_ingest(knowledge, args.ingest_docs, rng)
-        knowledge.store.close()
+        quality = bench_quality(config)
+        print(f"quality: recall {quality['recall']}, rejection {quality['rejection']}", flush=True)
+        knowledge = open_stored(config, "ingest.db")
+        # Documents of ~11 chunks (as in the previous result) and of ~55 (a typical manual or handbook).
+        ingest = [
+            bench_ingest(knowledge, args.ingest_docs, rng, 60),
+            bench_ingest(knowledge, args.ingest_docs // 4, rng, 300),
+        ]
+        knowledge.close()
         print(f"ingest: {ingest}", flush=True)
-        latency = bench_latency(config, args.sizes, args.queries, rng)
-    load_after = os.getloadavg()
-    write_report(ingest, latency, recall, load_before, load_after)
-
-
-def write_report(ingest: dict, latency: list[dict], recall: list[dict], before: tuple, after: tuple) -> None:
-    versions = {p: importlib.metadata.version(p) for p in PACKAGES}
-    body = [
-        f"Libraries: {', '.join(f'{k} {v}' for k, v in versions.items())}. Load average (1/5/15 min) before "
-        f"{'/'.join(f'{x:.1f}' for x in before)}, after {'/'.join(f'{x:.1f}' for x in after)}: other work shared "
-        "the 2 cores, so absolute numbers are pessimistic; ratios within one run are the comparison.",
-        "",
-        "## Ingest throughput (default: 500-character chunks, all-MiniLM-L6-v2)",
-        "",
-        markdown_table(
-            ["leg", "chunks", "seconds", "chunks/s"],
-            [
-                [
-                    "full ingest (parse, split, jieba, embed, milvus-lite write + flush, commit)",
-                    ingest["chunks"],
-                    ingest["ingest_seconds"],
-                    ingest["ingest_chunks_per_second"],
-                ],
-                [
-                    "SentenceTransformer.encode alone, same chunks",
-                    ingest["chunks"],
-                    ingest["encode_seconds"],
-                    ingest["encode_chunks_per_second"],
-                ],
-            ],
-        ),
-        "",
-        f"Pipeline / bare encode rate: {ingest['ingest_chunks_per_second'] / ingest['encode_chunks_per_second']:.2f}",
-        "",
-        f"## Retrieval latency (top-3, fused; corpus vectors random, queries embedded for real; after a restart "
-        f"and {WARM_UP_QUERIES} warm-up queries)",
-        "",
-        markdown_table(
-            [
-                "chunks",
-                "retrieve p50 ms",
-                "retrieve p99 ms",
-                "dense search p50/p99 ms",
-                "BM25 p50/p99 ms",
-                "query embedding p50 ms",
-                "start-up recovery s",
-                "first query after start-up s",
-            ],
-            [
-                [
-                    r["chunks"],
-                    r["retrieve"]["p50_ms"],
-                    r["retrieve"]["p99_ms"],
-                    f"{r['dense_search_only']['p50_ms']:.1f} / {r['dense_search_only']['p99_ms']:.1f}",
-                    f"{r['lexical_only']['p50_ms']:.1f} / {r['lexical_only']['p99_ms']:.1f}",
-                    r["query_embedding"]["p50_ms"],
-                    r["recover_seconds"],
-                    r["first_query_seconds"],
-                ]
-                for r in latency
-            ],
-        ),
-        "",
-        "## Recall@3 on the labelled sets (tests/data), default configuration",
-        "",
-        markdown_table(
-            ["set", "legs", "questions", "recall@3"],
-            [[r["set"], r["legs"], r["questions"], r["recall_at_3"]] for r in recall],
-        ),
-    ]
-    path = write_results(
-        "retrieval",
-        "Knowledge-base retrieval benchmark",
-        "\n".join(body),
-        {
-            "ingest": ingest,
-            "latency": latency,
-            "recall": recall,
-            "versions": versions,
-            "load_before": before,
-            "load_after": after,
-        },
-    )
-    print(path.read_text())
+        base = base_embeddings(config, rng)
+        latency = [bench_size(config, size, args.queries, rng, base) for size in args.sizes]
+    write_report(args.name, ingest, latency, quality, load_before, os.getloadavg())
 
 
 if __name__ == "__main__":

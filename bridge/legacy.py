@@ -53,8 +53,8 @@ class LegacyReplies:
             "history": [*self.history, [self.legacy.prompt, progress.text]],
             "usage": progress.usage(),
         }
-        if last and progress.final is not None and progress.final.sources:
-            reply["sources"] = progress.sources()
+        if last and progress.final is not None and (progress.final.sources or self.legacy.knowledge_base is not None):
+            reply["sources"] = progress.sources()  # [] with `langchain` when nothing passed --kb-min-score
         return reply
 
 

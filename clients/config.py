@@ -186,6 +186,36 @@ class KnowledgeConfig:
     parse_timeout: float = option(
         60.0, "seconds a PDF/DOCX may take to parse before it is refused", commands=SERVER_COMMANDS
     )
+    kb_min_score: float = option(
+        0.34,
+        "fused relevance score (0-1) a chunk needs to be retrieved; 0 retrieves top-k whatever they are",
+        commands=SERVER_COMMANDS,
+    )
+    embedding_precision: str = option(
+        "auto",
+        "embedding model dtype: auto (bf16 on CPUs with native bf16, else fp32)",
+        choices=("auto", "fp32", "bf16"),
+        commands=SERVER_COMMANDS,
+    )
+    kb_index_dir: str | None = option(
+        None,
+        "folder for the saved search indexes and the ingest journal; default: beside the milvus-lite "
+        "database, or <data-dir>/kb/indexes for a Milvus server",
+        commands=SERVER_COMMANDS,
+    )
+    milvus_shards: int = option(
+        1, "Milvus server: shards of each new knowledge-base collection", commands=SERVER_COMMANDS
+    )
+    milvus_replicas: int = option(
+        1, "Milvus server: in-memory replicas each collection is loaded with", commands=SERVER_COMMANDS
+    )
+    hnsw_m: int = option(
+        32, "HNSW index: links per node (milvus-lite: in-process FAISS; server: Milvus index)", commands=SERVER_COMMANDS
+    )
+    hnsw_ef_construction: int = option(200, "HNSW index: candidate list size while building", commands=SERVER_COMMANDS)
+    hnsw_ef_search: int = option(
+        128, "HNSW index: candidate list size per search (recall vs latency)", commands=SERVER_COMMANDS
+    )
 
 
 @dataclass(frozen=True)
@@ -394,8 +424,15 @@ def validate(config: Config) -> None:
         problems.append("--max_round must be >= 0")
     if config.bridge.api_only and config.bridge.no_api:
         problems.append("--api-only and --no-api exclude each other")
-    if config.kb.chunk_overlap >= config.kb.chunk_size:
+    kb = config.kb
+    if kb.chunk_overlap >= kb.chunk_size:
         problems.append("--chunk-overlap must be smaller than --chunk-size")
+    if not 0 <= kb.kb_min_score <= 1:
+        problems.append("--kb-min-score must be between 0 and 1")
+    if kb.milvus_shards < 1 or kb.milvus_replicas < 1:
+        problems.append("--milvus-shards and --milvus-replicas must be >= 1")
+    if kb.hnsw_m < 2 or kb.hnsw_ef_construction < 1 or kb.hnsw_ef_search < 1:
+        problems.append("--hnsw-m must be >= 2, --hnsw-ef-construction and --hnsw-ef-search >= 1")
     if config.engine.kv_cache_space <= 0:
         problems.append("--kv-cache-space must be > 0")
     if config.history.export_interval < 1:

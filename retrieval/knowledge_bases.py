@@ -1,13 +1,19 @@
-"""The knowledge bases of one Milvus store: ingest, hybrid retrieval, listing, deletion, crash recovery.
+"""The knowledge bases of one Milvus store: ingest, hybrid retrieval, listing, deletion.
 
 Blocking and thread-safe: the gRPC layer calls it from worker threads. Writes
 to one knowledge base are serialised by a lock; reads are not.
 
-Atomicity: an ingest writes its chunk rows under a fresh generation id, flushes
-them, and only then writes the manifest row (the commit point). Searches only
-return chunks of committed (document, generation) pairs, and `recover()` (run
-at start-up) deletes every other chunk, so a failed or killed ingest leaves no
-partial document. Deletions remove the manifest row first for the same reason.
+Atomicity: an ingest writes its chunk rows under a fresh generation id (named
+first in the pending-ingest journal), and only then writes the manifest row (the
+commit point). Only chunks of committed (document, generation) pairs are ever
+returned or indexed, and start-up (chatllm.retrieval.recovery) deletes every other
+chunk, so a failed or killed ingest leaves no partial document. Deletions remove
+the manifest row first for the same reason.
+
+Search structures live in this process (chatllm.retrieval.search_indexes): BM25
+always, and FAISS HNSW for the dense leg when the store is milvus-lite; a Milvus
+server answers the dense leg itself. They are saved beside the store a few seconds
+after each change, so a restart loads them instead of re-reading every chunk.
 """
 
 from __future__ import annotations
@@ -19,16 +25,23 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from chatllm.retrieval.embedder import Embedder
 from chatllm.retrieval.errors import UnknownDocument, UnknownKnowledgeBase
-from chatllm.retrieval.fusion import RankedList, reciprocal_rank_fusion
+from chatllm.retrieval.fusion import FusedScore, dense_leg_weight, fuse
+from chatllm.retrieval.index_snapshots import DelayedSaver, IndexSnapshots, PendingIngest
+from chatllm.retrieval.ingest_pipeline import embed_and_write
 from chatllm.retrieval.isolation import IsolatedParser
-from chatllm.retrieval.lexical import LexicalIndex, join_terms, tokenize
+from chatllm.retrieval.lexical import join_terms, tokenize
 from chatllm.retrieval.loaders import load_document
+from chatllm.retrieval.recovery import RecoveryReport, recover
+from chatllm.retrieval.search_indexes import RetrievalSettings, SearchIndexes
 from chatllm.retrieval.splitter import DocumentSplitter
-from chatllm.retrieval.store import ChunkRow, DocumentRecord, MilvusStore, StoredChunk, chunk_key
+from chatllm.retrieval.store import ChunkRow, DocumentRecord, MilvusStore, StoredChunk, chunk_key, collection_name
 
 log = logging.getLogger(__name__)
 
@@ -61,33 +74,15 @@ class KnowledgeBaseSummary:
     chunks: int
 
 
-@dataclass
-class PreparedDocument:
-    """A document parsed, split, segmented and embedded: everything but the writes."""
-
-    filename: str
-    document_id: str
-    size_bytes: int
-    characters: int
-    chunks: list[str]
-    terms: list[list[str]]
-    vectors: object  # numpy array (n, dim)
-
-
-@dataclass
-class RecoveryReport:
-    orphaned_chunks: int = 0
-    superseded_documents: list[str] = field(default_factory=list)
-    dangling_records: int = 0
-
-
 def document_id_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 class KnowledgeBases:
     """`shared_store=True` when other processes write to the same Milvus (a server with replicas):
-    then the committed-document cache and the lexical index are re-synced from the manifest on reads."""
+    then the committed-document cache and the lexical index are re-synced from the manifest on reads.
+    `index_folder` is where the search indexes and the ingest journal are saved (None: kept in memory
+    only, rebuilt from the store at every start)."""
 
     def __init__(
         self,
@@ -96,171 +91,197 @@ class KnowledgeBases:
         splitter: DocumentSplitter,
         shared_store: bool | None = None,
         parser: IsolatedParser | None = None,
+        settings: RetrievalSettings | None = None,
+        index_folder: Path | None = None,
     ) -> None:
         self.store = store
         # Untrusted PDF/DOCX are parsed in a bounded child process when a parser is given.
         self.load = parser.load if parser is not None else load_document
         self.embedder = embedder
         self.splitter = splitter
+        self.settings = settings or RetrievalSettings()
         self.shared_store = store.is_server if shared_store is None else shared_store
+        self.local_dense = not store.is_server  # milvus-lite's own search is too slow (see chatllm.retrieval.dense)
+        self.snapshots = IndexSnapshots(index_folder) if index_folder is not None else None
+        self._saver = DelayedSaver(self.save_snapshot, self.settings.snapshot_delay_seconds) if self.snapshots else None
         self._write_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._committed: dict[str, dict[str, DocumentRecord]] = {}
-        self._lexical: dict[str, LexicalIndex] = defaultdict(LexicalIndex)
+        self._indexes: dict[str, SearchIndexes] = {}
         self._pending: set[str] = set()  # generations being written by this process
 
-    # --- start-up ----------------------------------------------------------------
+    def indexes(self, knowledge_base: str) -> SearchIndexes:
+        found = self._indexes.get(knowledge_base)
+        if found is None:
+            found = self._indexes.setdefault(
+                knowledge_base, SearchIndexes.empty(self.embedder.dimension, self.settings.hnsw, self.local_dense)
+            )
+        return found
+
+    def close(self) -> None:
+        """Save what changed since the last snapshot, then close the store."""
+        if self._saver is not None:
+            self._saver.close()
+        self.store.close()
+
     def recover(self) -> RecoveryReport:
-        """Drop leftovers of interrupted writes and rebuild the lexical indexes from the store."""
-        report = RecoveryReport()
-        records = self.store.documents()
-        names = set(self.store.knowledge_bases())
-        for record in records:
-            if record.knowledge_base not in names:  # killed while deleting the knowledge base
-                self.store.remove_document(record.knowledge_base, record.document_id)
-                report.dangling_records += 1
-        for name in sorted(names):
-            with self._write_locks[name]:
-                committed = {r.document_id: r for r in records if r.knowledge_base == name}
-                report.superseded_documents += self._drop_superseded(name, committed)
-                report.orphaned_chunks += self._load_lexical(name, committed)
-                self._committed[name] = committed
-        return report
-
-    def _drop_superseded(self, name: str, committed: dict[str, DocumentRecord]) -> list[str]:
-        """A kill between committing a replacement and deleting the old version leaves both: keep the newest."""
-        newest: dict[str, DocumentRecord] = {}
-        superseded: list[str] = []
-        for record in sorted(committed.values(), key=lambda r: r.created_unix, reverse=True):
-            if record.filename in newest:
-                self.store.remove_document(name, record.document_id)
-                superseded.append(record.document_id)
-            else:
-                newest[record.filename] = record
-        for document_id in superseded:
-            del committed[document_id]
-        return superseded
-
-    def _load_lexical(self, name: str, committed: dict[str, DocumentRecord]) -> int:
-        index = self._lexical[name] = LexicalIndex()
-        orphans: list[str] = []
-        batch: list[tuple[str, list[str]]] = []
-        for row in self.store.scan_chunks(name):
-            record = committed.get(row["document_id"])
-            if record is None or record.generation != row["generation"]:
-                orphans.append(row["pk"])
-                continue
-            batch.append((row["pk"], row["terms"].split()))
-            if len(batch) >= 5000:
-                index.add(batch)
-                batch = []
-        index.add(batch)
-        if orphans:
-            log.info("knowledge base %s: removing %d chunks of unfinished ingests", name, len(orphans))
-            self.store.delete_chunk_keys(name, orphans)
-            self.store.flush(name)
-        return len(orphans)
+        """Drop leftovers of interrupted writes; load (or rebuild) the search indexes."""
+        return recover(self)
 
     # --- ingest ------------------------------------------------------------------
-    def prepare(self, filename: str, data: bytes, mime_type: str = "") -> PreparedDocument:
-        """Parse, split, segment and embed (the slow part, no lock held). DocumentError for bad files."""
-        loaded = self.load(filename, data, mime_type)
-        chunks = self.splitter.split(loaded.text, loaded.kind)
-        return PreparedDocument(
-            filename=filename,
-            document_id=document_id_of(data),
-            size_bytes=len(data),
-            characters=len(loaded.text),
-            chunks=chunks,
-            terms=[tokenize(c) for c in chunks],
-            vectors=self.embedder.encode(chunks),
-        )
-
     def find_committed(self, knowledge_base: str, document_id: str) -> DocumentRecord | None:
         return self._documents(knowledge_base).get(document_id)
 
     def ingest(self, knowledge_base: str, filename: str, data: bytes, mime_type: str = "") -> IngestResult:
-        existing = self.find_committed(knowledge_base, document_id_of(data))
+        """Parse, split, then embed and write in a pipeline, then commit; replaces older documents of the
+        same filename. The chunk rows are invisible until the commit, so no lock is held while writing."""
+        document_id = document_id_of(data)
+        existing = self.find_committed(knowledge_base, document_id)
         if existing is not None:
             return _unchanged(existing)
-        return self.commit(knowledge_base, self.prepare(filename, data, mime_type))
+        loaded = self.load(filename, data, mime_type)
+        chunks = self.splitter.split(loaded.text, loaded.kind)
+        generation = uuid.uuid4().hex
+        self.store.open_knowledge_base(knowledge_base, create=True)
+        self._pending.add(generation)
+        if self.snapshots is not None:
+            self.snapshots.begin_ingest(PendingIngest(generation, knowledge_base, document_id))
+        log.info("writing %d chunks of %s (%s) into %s", len(chunks), filename, document_id[:12], knowledge_base)
 
-    def commit(self, knowledge_base: str, doc: PreparedDocument) -> IngestResult:
-        """Write a prepared document; replaces older documents of the same filename."""
-        with self._write_locks[knowledge_base]:
-            committed = self._documents(knowledge_base)
-            if doc.document_id in committed:  # a concurrent ingest of the same bytes won
-                return _unchanged(committed[doc.document_id])
-            generation = uuid.uuid4().hex
+        def write(first: int, texts: Sequence[str], terms: list[list[str]], vectors: np.ndarray) -> None:
             rows = [
-                ChunkRow(doc.document_id, generation, i, doc.filename, text, _terms_field(terms), vector)
-                for i, (text, terms, vector) in enumerate(zip(doc.chunks, doc.terms, doc.vectors, strict=True))  # type: ignore[call-overload]
+                ChunkRow(document_id, generation, first + i, filename, text, _terms_field(t), v)
+                for i, (text, t, v) in enumerate(zip(texts, terms, vectors, strict=True))
             ]
-            record = DocumentRecord(
-                knowledge_base,
-                doc.document_id,
-                generation,
-                doc.filename,
-                len(rows),
-                doc.size_bytes,
-                doc.characters,
-                time.time(),
-            )
-            self._pending.add(generation)
-            log.info(
-                "writing %d chunks of %s (%s) into %s", len(rows), doc.filename, doc.document_id[:12], knowledge_base
-            )
+            self.store.insert_chunks(knowledge_base, rows)
+
+        try:
+            # No flush of the chunk rows: milvus-lite's WAL already has them (it replays it after a kill),
+            # nothing searches its segments, and a flush per document cost ~4% of the ingest rate.
+            terms, vectors = embed_and_write(chunks, self.embedder, write)
+        except BaseException:
+            self._discard_quietly(knowledge_base, document_id, generation)
+            self._pending.discard(generation)
+            raise
+        record = DocumentRecord(
+            knowledge_base, document_id, generation, filename, len(chunks), len(data), len(loaded.text), time.time()
+        )
+        try:
+            return self._commit(record, terms, vectors)
+        finally:
+            self._pending.discard(generation)
+
+    def _commit(self, record: DocumentRecord, terms: list[list[str]], vectors: np.ndarray) -> IngestResult:
+        """The commit point, under the knowledge base's lock: manifest row, indexes, replaced documents."""
+        name = record.knowledge_base
+        with self._write_locks[name]:
+            committed = self._documents(name)
+            if record.document_id in committed:  # a concurrent ingest of the same bytes won
+                self._discard_quietly(name, record.document_id, record.generation)
+                return _unchanged(committed[record.document_id])
             try:
-                self.store.insert_chunks(knowledge_base, rows)
-                self.store.flush(knowledge_base)
                 self.store.commit_document(record)
-            except BaseException:
-                self._discard_quietly(knowledge_base, doc.document_id, generation)
+            except BaseException:  # not committed: the rows go (what fails after this point stays committed)
+                self._discard_quietly(name, record.document_id, record.generation)
                 raise
-            finally:
-                self._pending.discard(generation)
-            committed = self._committed.setdefault(knowledge_base, committed)  # a new knowledge base
-            committed[doc.document_id] = record
-            self._lexical[knowledge_base].add((r.key, terms) for r, terms in zip(rows, doc.terms, strict=True))
+            if self.snapshots is not None:
+                self.snapshots.end_ingest(record.generation)
+            committed = self._committed.setdefault(name, committed)  # a new knowledge base
+            committed[record.document_id] = record
+            keys = [chunk_key(record.document_id, record.generation, i) for i in range(record.chunks)]
+            self.indexes(name).add(keys, terms, vectors)
             replaced = [
-                r for r in committed.values() if r.filename == doc.filename and r.document_id != doc.document_id
+                r for r in committed.values() if r.filename == record.filename and r.document_id != record.document_id
             ]
             for old in replaced:
-                self._delete_locked(knowledge_base, old)
-        return IngestResult(doc.document_id, len(rows), False, [r.document_id for r in replaced], doc.characters)
+                self._delete_locked(name, old)
+            self._changed(name)
+        replaced_ids = [r.document_id for r in replaced]
+        return IngestResult(record.document_id, record.chunks, False, replaced_ids, record.characters)
 
     def _discard_quietly(self, knowledge_base: str, document_id: str, generation: str) -> None:
         try:
             self.store.delete_chunks(knowledge_base, document_id, generation)
-        except Exception:  # start-up recovery removes what is left
+        except Exception:  # the journal entry stays: start-up recovery removes what is left
             log.exception("cleaning up a failed ingest of %s failed; recovery will finish it", document_id)
+            return
+        if self.snapshots is not None:
+            self.snapshots.end_ingest(generation)
 
     # --- read --------------------------------------------------------------------
     def retrieve(
-        self, knowledge_base: str, query: str, top_k: int, legs: Sequence[str] = ("dense", "lexical")
+        self,
+        knowledge_base: str,
+        query: str,
+        top_k: int,
+        legs: Sequence[str] = ("dense", "lexical"),
+        min_score: float | None = None,
     ) -> list[RetrievedChunk]:
-        """Dense and BM25 candidates fused by reciprocal rank; best first. `legs` exists for benchmarks."""
+        """The best `top_k` chunks whose fused score reaches `min_score` (default: the configured
+        threshold); best first. `legs` exists for benchmarks and tests."""
+        threshold = self.settings.min_score if min_score is None else min_score
+        return [
+            RetrievedChunk(c.document_id, c.file, c.chunk, f.score, c.text)
+            for f, c in self.ranked(knowledge_base, query, top_k, legs)
+            if f.score >= threshold
+        ]
+
+    def ranked(
+        self, knowledge_base: str, query: str, top_k: int, legs: Sequence[str] = ("dense", "lexical")
+    ) -> list[tuple[FusedScore, StoredChunk]]:
+        """The best `top_k` chunks with their fused and per-leg scores, without a threshold."""
         committed = self._documents(knowledge_base, must_exist=True)
+        if not committed:
+            return []
         candidates = max(top_k * 4, MIN_CANDIDATES)
+        indexes = self.indexes(knowledge_base)
+        lexical_weight = 1.0 if "lexical" in legs else 0.0
         dense_weight = dense_leg_weight(self.embedder.unknown_token_fraction(query)) if "dense" in legs else 0.0
         if legs == ("dense",):
             dense_weight = 1.0  # the dense ranking alone, however little of the query the model reads
-        dense: list[StoredChunk] = []
-        if dense_weight > 0.05 and committed:
-            vector = self.embedder.encode([query])[0]
-            hits = self.store.search(knowledge_base, vector, candidates, sorted(self._pending))
-            dense = [h for h in hits if _is_committed(h, committed)]
-        lexical = self._lexical[knowledge_base].search(tokenize(query), candidates) if "lexical" in legs else []
-        fused = reciprocal_rank_fusion(
-            [RankedList([h.key for h in dense], dense_weight), RankedList([h.key for h in lexical], 1.0)], top_k
-        )
-        by_key = {h.key: h for h in dense}
-        missing = [key for key, _ in fused if key not in by_key]
-        by_key.update({c.key: c for c in self.store.get_chunks(knowledge_base, missing)})
-        return [
-            RetrievedChunk(c.document_id, c.file, c.chunk, score, c.text)
-            for key, score in fused
-            if (c := by_key.get(key)) is not None and _is_committed(c, committed)
-        ]
+        # In line: BM25 in a thread beside the embedding was no faster here (torch's OpenMP threads
+        # already use both cores), see chatllm.retrieval.ingest_pipeline.
+        scores = indexes.lexical.scores(tokenize(query)) if lexical_weight else None
+        dense: dict[str, float] = {}
+        fetched: dict[str, StoredChunk] = {}
+        vector = self.embedder.encode_query(query) if dense_weight > 0.05 else None
+        if vector is not None:
+            dense, fetched = self._dense_search(knowledge_base, indexes, vector, candidates, committed)
+        else:
+            dense_weight = 0.0
+        lexical = {h.key: h.score for h in scores.top(candidates)} if scores is not None else {}
+        if vector is not None:
+            dense.update(self._similarities(knowledge_base, indexes, vector, [k for k in lexical if k not in dense]))
+        if scores is not None:
+            lexical.update(scores.of(k for k in dense if k not in lexical))
+        best = fuse(dense, lexical, dense_weight, lexical_weight)[:top_k]
+        missing = [f.key for f in best if f.key not in fetched]
+        fetched.update({c.key: c for c in self.store.get_chunks(knowledge_base, missing)})
+        return [(f, c) for f in best if (c := fetched.get(f.key)) is not None and _is_committed(c, committed)]
+
+    def _dense_search(
+        self,
+        knowledge_base: str,
+        indexes: SearchIndexes,
+        vector: np.ndarray,
+        limit: int,
+        committed: dict[str, DocumentRecord],
+    ) -> tuple[dict[str, float], dict[str, StoredChunk]]:
+        if indexes.dense is not None:
+            return dict(indexes.dense.search(vector, limit)), {}
+        hits = self.store.search(knowledge_base, vector, limit, sorted(self._pending))
+        hits = [h for h in hits if _is_committed(h, committed)]
+        return {h.key: h.score for h in hits}, {h.key: h for h in hits}
+
+    def _similarities(
+        self, knowledge_base: str, indexes: SearchIndexes, vector: np.ndarray, keys: list[str]
+    ) -> dict[str, float]:
+        """Cosine of the query with chunks only the lexical leg proposed."""
+        if not keys:
+            return {}
+        if indexes.dense is not None:
+            return indexes.dense.similarities(vector, keys)
+        stored = self.store.get_vectors(knowledge_base, keys)
+        return {k: float(v @ vector) for k, v in stored.items()}
 
     def list_documents(self, knowledge_base: str) -> list[DocumentRecord]:
         docs = self._documents(knowledge_base, must_exist=True)
@@ -280,13 +301,15 @@ class KnowledgeBases:
             record = self._documents(knowledge_base, must_exist=True).get(document_id)
             if record is None:
                 raise UnknownDocument(f"no document {document_id!r} in knowledge base {knowledge_base!r}")
-            return self._delete_locked(knowledge_base, record)
+            removed = self._delete_locked(knowledge_base, record)
+            self._changed(knowledge_base)
+            return removed
 
     def _delete_locked(self, knowledge_base: str, record: DocumentRecord) -> int:
         self.store.remove_document(knowledge_base, record.document_id)  # invisible from here on
         self._committed[knowledge_base].pop(record.document_id, None)
-        self._lexical[knowledge_base].remove(
-            chunk_key(record.document_id, record.generation, i) for i in range(record.chunks)
+        self.indexes(knowledge_base).remove(
+            [chunk_key(record.document_id, record.generation, i) for i in range(record.chunks)]
         )
         self.store.delete_chunks(knowledge_base, record.document_id)
         self.store.flush(knowledge_base)
@@ -300,8 +323,36 @@ class KnowledgeBases:
                 self.store.remove_document(knowledge_base, record.document_id)
             self.store.drop_knowledge_base(knowledge_base)
             self._committed.pop(knowledge_base, None)
-            self._lexical.pop(knowledge_base, None)
+            self._indexes.pop(knowledge_base, None)
+            if self._saver is not None and self.snapshots is not None:
+                self._saver.forget(knowledge_base)
+                self.snapshots.drop(collection_name(knowledge_base))
             return len(docs)
+
+    # --- snapshots ---------------------------------------------------------------
+    def _changed(self, knowledge_base: str) -> None:
+        if self._saver is not None:
+            self._saver.mark(knowledge_base)
+
+    def save_snapshot(self, knowledge_base: str) -> None:
+        """Save the knowledge base's indexes with the documents they hold (under its write lock)."""
+        if self.snapshots is None:
+            return
+        with self._write_locks[knowledge_base]:
+            committed = self._committed.get(knowledge_base)
+            indexes = self._indexes.get(knowledge_base)
+            if committed is None or indexes is None:
+                return  # deleted meanwhile
+            started = time.perf_counter()
+            documents = {d: r.generation for d, r in committed.items()}
+            name = collection_name(knowledge_base)
+            self.snapshots.save(name, self.embedder.dimension, documents, indexes.lexical, indexes.dense)
+        log.info(
+            "saved the index snapshot of %s (%d chunks) in %.2fs",
+            knowledge_base,
+            len(indexes.lexical),
+            time.perf_counter() - started,
+        )
 
     # --- committed-document cache ------------------------------------------------
     def _documents(self, knowledge_base: str, must_exist: bool = False) -> dict[str, DocumentRecord]:
@@ -318,27 +369,19 @@ class KnowledgeBases:
         return self._committed[knowledge_base]
 
     def _sync(self, knowledge_base: str) -> None:
-        """Bring the cache and the lexical index in line with the manifest (other writers, or first use)."""
+        """Bring the cache and the indexes in line with the manifest (other writers, or first use)."""
         records = {r.document_id: r for r in self.store.documents(knowledge_base)}
         known = self._committed.get(knowledge_base, {})
-        index = self._lexical[knowledge_base]
+        indexes = self.indexes(knowledge_base)
         gone = [r for doc_id, r in known.items() if records.get(doc_id) != r]
-        index.remove(chunk_key(r.document_id, r.generation, i) for r in gone for i in range(r.chunks))
+        indexes.remove([chunk_key(r.document_id, r.generation, i) for r in gone for i in range(r.chunks)])
         added = [r for doc_id, r in records.items() if known.get(doc_id) != r]
         if added:
-            wanted = {chunk_key(r.document_id, r.generation, i) for r in added for i in range(r.chunks)}
-            rows = self.store.scan_chunks(knowledge_base, [r.document_id for r in added])
-            index.add((row["pk"], row["terms"].split()) for row in rows if row["pk"] in wanted)
+            indexes.add_rows(
+                self.store.scan_chunks(knowledge_base, [r.document_id for r in added], self.local_dense),
+                {r.document_id: r.generation for r in added},
+            )
         self._committed[knowledge_base] = records
-
-
-def dense_leg_weight(unknown_fraction: float) -> float:
-    """How much the dense leg's ranking counts, from the share of the query the model cannot read.
-
-    Squared because meaning degrades faster than the token count: with half of a
-    Chinese question [UNK] to the English default model, its ranking is mostly
-    noise (recall@3 0.27 alone on the Chinese set; see bench/results)."""
-    return (1.0 - unknown_fraction) ** 2
 
 
 def _is_committed(chunk: StoredChunk, committed: dict[str, DocumentRecord]) -> bool:

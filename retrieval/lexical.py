@@ -5,11 +5,17 @@ Chinese question find a Chinese chunk. Terms are computed once per chunk at
 ingest and stored next to it (the store's `terms` field), so the in-memory
 index can be rebuilt at start-up without re-segmenting the corpus.
 
-The index is a term-frequency matrix built from appended (row, term, count)
-triplets; the column-compressed form that queries read is rebuilt lazily after
-a change, so a query costs O(postings of its terms) in numpy and an ingest
-costs O(its own terms). Deleted rows are masked, and compacted away once they
-are the majority.
+The index keeps (row, term, count) triplets; after a change it rebuilds, once, a
+column-compressed matrix of each posting's saturated BM25 term weight and the
+live document frequencies, so a query is one sparse matrix-vector product over
+the postings of its terms. Scores are normalised by the query's own idf mass,
+so 1.0 means "every term of the question, once, in an average-length chunk",
+whatever the corpus: that is what makes a relevance threshold possible.
+
+Why not bm25s: it precomputes every posting's score with corpus-wide idf and
+average length, so adding one document means re-indexing the corpus; here an
+ingest costs O(its own terms). The index is saved beside the store
+(`save`/`load`), so a restart does not re-read and re-count every chunk.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 from scipy import sparse
+
+from chatllm.retrieval.row_keys import RowKeys
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +46,9 @@ ENGLISH_STOPWORDS = frozenset(
     "will with you your can my me".split()
 )
 CHINESE_STOPWORDS = frozenset(
-    "的 了 是 在 和 与 及 或 吗 呢 吧 啊 之 也 就 都 而 把 被 给 我 你 他 她 它 们 这 那 什么 怎么 哪".split()
+    "的 了 是 在 和 与 及 或 吗 呢 吧 啊 之 也 就 都 而 把 被 给 我 你 他 她 它 们 这 那 什么 怎么 哪 "
+    # question words: a question always has them, the chunk that answers it rarely does
+    "多少 哪里 哪儿 哪个 哪些 哪座 哪一 几 几个 多久 多长 怎样 如何 是否 可以 能否 有没有 请问 为什么 吗？".split()
 )
 K1 = 1.5
 B = 0.75
@@ -78,18 +89,31 @@ def stem(word: str) -> str:
     return word
 
 
-def tokenize(text: str) -> list[str]:
-    """Index/query terms: jieba search-mode words for CJK runs, folded lower-case words for the rest."""
+def tokenize(text: str, for_index: bool = False) -> list[str]:
+    """Query terms: jieba search-mode words for CJK runs, folded lower-case words for the rest.
+
+    `for_index`: a chunk's terms also get the character bigrams of its CJK words of three or
+    more characters, because jieba may keep a run whole in a chunk ("餐补为") that it cuts
+    in a question ("餐补"). Only the index side: on the query side they would count as
+    terms the chunk lacks."""
     jieba = _jieba()
     terms: list[str] = []
     for i, part in enumerate(TOKEN_SPLIT.split(text.lower())):
         if not part:
             continue
         if i % 2 == 1:  # a CJK run (the captured group)
-            terms.extend(w for w in jieba.cut_for_search(part) if w.strip() and w not in CHINESE_STOPWORDS)
+            words = [w for w in jieba.cut_for_search(part) if w.strip() and w not in CHINESE_STOPWORDS]
+            terms.extend(words)
+            if for_index:
+                terms.extend(_inner_bigrams(words))
         else:
             terms.extend(stem(w) for w in LATIN_WORD.findall(part) if w not in ENGLISH_STOPWORDS)
     return terms
+
+
+def _inner_bigrams(words: Sequence[str]) -> list[str]:
+    present = set(words)
+    return [b for w in words if len(w) > 2 for j in range(len(w) - 1) if (b := w[j : j + 2]) not in present]
 
 
 def join_terms(terms: Sequence[str]) -> str:
@@ -100,7 +124,36 @@ def join_terms(terms: Sequence[str]) -> str:
 @dataclass(frozen=True)
 class LexicalHit:
     key: str
-    score: float
+    score: float  # BM25 normalised by the query's idf mass, 0..1
+
+
+class LexicalScores:
+    """One query's normalised BM25 score of every row: the top hits and any key's score."""
+
+    def __init__(self, scores: np.ndarray, rows: RowKeys) -> None:
+        self._scores = scores
+        self._rows = rows
+
+    def top(self, limit: int) -> list[LexicalHit]:
+        candidates = np.flatnonzero(self._scores > 0)
+        if candidates.size > limit:
+            candidates = candidates[np.argpartition(-self._scores[candidates], limit - 1)[:limit]]
+        ordered = candidates[np.argsort(-self._scores[candidates], kind="stable")]
+        return [
+            LexicalHit(k, float(self._scores[r])) for r, k in zip(ordered, self._rows.keys_of(ordered), strict=True)
+        ]
+
+    def of(self, keys: Iterable[str]) -> dict[str, float]:
+        return {k: float(self._scores[r]) if (r := self._rows.row(k)) is not None else 0.0 for k in keys}
+
+
+class _Matrix:
+    """The query-side form, rebuilt after a change: saturated term weights (rows x terms), df."""
+
+    def __init__(self, weights: sparse.csc_matrix, df: np.ndarray, live: int) -> None:
+        self.weights = weights
+        self.df = df
+        self.live = live
 
 
 class LexicalIndex:
@@ -109,29 +162,23 @@ class LexicalIndex:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._vocabulary: dict[str, int] = {}
-        self._row_of: dict[str, int] = {}
-        self._keys: list[str | None] = []
-        self._lengths: list[int] = []
-        self._alive: list[bool] = []
+        self._rows = RowKeys()
+        self._lengths = np.zeros(0, dtype=np.float32)
         self._triplets: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._matrix: sparse.csc_matrix | None = None
-        self._dead = 0
+        self._matrix: _Matrix | None = None
 
     def __len__(self) -> int:
-        return len(self._row_of)
+        return len(self._rows)
 
     def add(self, items: Iterable[tuple[str, Sequence[str]]]) -> None:
         """Add (key, terms) pairs; a key already present is replaced."""
         with self._lock:
             for key, terms in items:
-                if key in self._row_of:
-                    self._remove_locked(key)
+                if key in self._rows:
+                    self._rows.remove([key])
                 counts = Counter(terms)
-                row = len(self._keys)
-                self._row_of[key] = row
-                self._keys.append(key)
-                self._lengths.append(sum(counts.values()))
-                self._alive.append(True)
+                (row,) = self._rows.append([key])
+                self._set_length(row, sum(counts.values()))
                 cols = np.fromiter((self._term_id(t) for t in counts), dtype=np.int64, count=len(counts))
                 values = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
                 self._triplets.append((np.full(len(counts), row, dtype=np.int64), cols, values))
@@ -139,43 +186,66 @@ class LexicalIndex:
 
     def remove(self, keys: Iterable[str]) -> int:
         with self._lock:
-            removed = sum(self._remove_locked(k) for k in keys)
-            if self._dead > 1000 and self._dead > len(self._row_of):
+            removed = self._rows.remove(keys)
+            if removed:
+                self._matrix = None
+            if self._rows.dead > 1000 and self._rows.dead > len(self._rows):
                 self._compact_locked()
             return removed
 
-    def search(self, terms: Sequence[str], limit: int) -> list[LexicalHit]:
-        """The best `limit` keys by BM25 (only rows sharing at least one term)."""
+    def scores(self, terms: Sequence[str]) -> LexicalScores:
+        """Every row's BM25 score for the query `terms`, divided by the sum of the terms' idf (capped at 1)."""
         with self._lock:
-            query = [self._vocabulary[t] for t in dict.fromkeys(terms) if t in self._vocabulary]
-            if not query or not self._row_of:
-                return []
-            matrix = self._csc_locked()
-            alive = np.asarray(self._alive, dtype=bool)
-            lengths = np.asarray(self._lengths, dtype=np.float32)
-            keys = list(self._keys)
-        average = float(lengths[alive].mean()) or 1.0
-        count = int(alive.sum())
-        scores = np.zeros(len(keys), dtype=np.float32)
-        for col in query:
-            start, end = matrix.indptr[col], matrix.indptr[col + 1]
-            rows, tf = matrix.indices[start:end], matrix.data[start:end]
-            live = alive[rows]
-            rows, tf = rows[live], tf[live]
-            if rows.size == 0:
-                continue
-            idf = math.log(1.0 + (count - rows.size + 0.5) / (rows.size + 0.5))
-            norm = K1 * (1.0 - B + B * lengths[rows] / average)
-            scores[rows] += idf * tf * (K1 + 1.0) / (tf + norm)
-        candidates = np.flatnonzero(scores > 0)
-        if candidates.size > limit:
-            candidates = candidates[np.argpartition(-scores[candidates], limit - 1)[:limit]]
-        ordered = candidates[np.argsort(-scores[candidates], kind="stable")]
-        return [LexicalHit(key=str(keys[r]), score=float(scores[r])) for r in ordered]
+            matrix = self._matrix_locked()
+            rows = self._rows
+            query = list(dict.fromkeys(terms))
+            known = [self._vocabulary[t] for t in query if t in self._vocabulary]
+        total = np.zeros(rows.total, dtype=np.float32)
+        if not query or matrix.live == 0:
+            return LexicalScores(total, rows)
+        # A term no chunk has (any more) weighs as much as the rarest term that some chunk has (df 1).
+        df = np.maximum(matrix.df[known], 1).astype(np.float64)
+        idf = np.log1p((matrix.live - df + 0.5) / (df + 0.5))
+        unknown_idf = math.log1p((matrix.live - 0.5) / 1.5) * (len(query) - len(known))
+        mass = float(idf.sum()) + unknown_idf
+        if known:
+            total[: matrix.weights.shape[0]] = matrix.weights[:, known] @ (idf / mass).astype(np.float32)
+        np.minimum(total, 1.0, out=total)
+        return LexicalScores(total, rows)
+
+    def search(self, terms: Sequence[str], limit: int) -> list[LexicalHit]:
+        """The best `limit` keys (only rows sharing at least one term)."""
+        return self.scores(terms).top(limit)
 
     def keys(self) -> set[str]:
         with self._lock:
-            return set(self._row_of)
+            return self._rows.live_keys()
+
+    # --- persistence --------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        with self._lock:
+            self._compact_locked()
+            rows, cols, values = self._concatenated_locked()
+            lengths = self._lengths[: self._rows.total]
+            np.savez(folder / "lexical.npz", rows=rows, cols=cols, values=values, lengths=lengths)
+            vocabulary = "".join(f"{t}\n" for t in self._vocabulary).encode()
+            np.save(folder / "vocabulary.npy", np.frombuffer(vocabulary, dtype=np.uint8), allow_pickle=False)
+            self._rows.save(folder / "lexical-keys")
+
+    @classmethod
+    def load(cls, folder: Path) -> LexicalIndex:
+        loaded = cls()
+        with np.load(folder / "lexical.npz", allow_pickle=False) as saved:
+            loaded._triplets = [(saved["rows"], saved["cols"], saved["values"])]
+            loaded._lengths = saved["lengths"]
+        vocabulary = np.load(folder / "vocabulary.npy", allow_pickle=False).tobytes().decode().split("\n")[:-1]
+        loaded._vocabulary = {t: i for i, t in enumerate(vocabulary)}
+        loaded._rows = RowKeys.load(folder / "lexical-keys")
+        if loaded._rows.total != loaded._lengths.size:
+            raise ValueError("the saved lexical index and its keys disagree")
+        with loaded._lock:
+            loaded._matrix_locked()  # at load time rather than on the first question
+        return loaded
 
     # --- internals (lock held) ---------------------------------------------------
     def _term_id(self, term: str) -> int:
@@ -184,41 +254,48 @@ class LexicalIndex:
             term_id = self._vocabulary[term] = len(self._vocabulary)
         return term_id
 
-    def _remove_locked(self, key: str) -> bool:
-        row = self._row_of.pop(key, None)
-        if row is None:
-            return False
-        self._alive[row] = False
-        self._keys[row] = None
-        self._dead += 1
-        return True
+    def _set_length(self, row: int, length: int) -> None:
+        if row >= self._lengths.size:
+            grown = np.zeros(max(row + 1, 2 * self._lengths.size, 1024), dtype=np.float32)
+            grown[: self._lengths.size] = self._lengths
+            self._lengths = grown
+        self._lengths[row] = length
 
-    def _csc_locked(self) -> sparse.csc_matrix:
+    def _concatenated_locked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self._triplets:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if len(self._triplets) > 1:
+            rows, cols, values = (np.concatenate(p) for p in zip(*self._triplets, strict=True))
+            self._triplets = [(rows, cols, values)]
+        return self._triplets[0]
+
+    def _matrix_locked(self) -> _Matrix:
         if self._matrix is None:
-            if self._triplets:
-                rows, cols, values = (np.concatenate(parts) for parts in zip(*self._triplets, strict=True))
-                self._triplets = [(rows, cols, values)]
-            else:
-                rows = cols = np.zeros(0, dtype=np.int64)
-                values = np.zeros(0, dtype=np.float32)
-            shape = (len(self._keys), max(len(self._vocabulary), 1))
-            self._matrix = sparse.csc_matrix((values, (rows, cols)), shape=shape, dtype=np.float32)
+            rows, cols, tf = self._concatenated_locked()
+            alive = self._rows.alive
+            live = alive[rows]
+            rows, cols, tf = rows[live], cols[live], tf[live]
+            lengths = self._lengths[: alive.size]
+            average = float(lengths[alive].mean()) if alive.any() else 1.0
+            norm = K1 * (1.0 - B + B * lengths[rows] / (average or 1.0))
+            weights = tf * (K1 + 1.0) / (tf + norm)
+            shape = (alive.size, max(len(self._vocabulary), 1))
+            matrix = sparse.csc_matrix((weights.astype(np.float32), (rows, cols)), shape=shape)
+            df = np.bincount(cols, minlength=shape[1])
+            self._matrix = _Matrix(matrix, df, int(alive.sum()))
         return self._matrix
 
     def _compact_locked(self) -> None:
         """Drop dead rows and renumber the live ones."""
-        old_alive = np.asarray(self._alive, dtype=bool)
-        new_row = np.cumsum(old_alive) - 1
-        rows, cols, values = (
-            (np.concatenate(p) for p in zip(*self._triplets, strict=True))
-            if self._triplets
-            else (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
-        )
-        keep = old_alive[rows]
+        if not self._rows.dead:
+            return
+        alive = self._rows.alive
+        new_row = np.cumsum(alive) - 1
+        rows, cols, values = self._concatenated_locked()
+        keep = alive[rows]
         self._triplets = [(new_row[rows[keep]], cols[keep], values[keep])]
-        self._keys = [k for k, a in zip(self._keys, old_alive, strict=True) if a]
-        self._lengths = [n for n, a in zip(self._lengths, old_alive, strict=True) if a]
-        self._alive = [True] * len(self._keys)
-        self._row_of = {k: i for i, k in enumerate(self._keys) if k is not None}
-        self._dead = 0
+        keys = self._rows.keys_of(np.flatnonzero(alive))
+        self._lengths = self._lengths[: alive.size][alive].copy()
+        self._rows = RowKeys()
+        self._rows.append(keys)
         self._matrix = None

@@ -10,12 +10,19 @@ ingest that failed or was killed, and `orphaned_chunks` finds it for clean-up.
 Known milvus-lite behaviours handled here: a reopened collection must be
 loaded before it is searched; only the sync client creates indexes; `delete`
 returns the deleted ids on lite but a `{"delete_count": n}` dict on a server.
+
+Vector indexes: a server gets an explicit HNSW index with the configured build and
+search parameters and answers the dense leg. milvus-lite gets a FLAT index only
+(it needs one to load a collection): its search walks every row in Python
+(see chatllm.retrieval.dense), so the dense leg searches an in-process FAISS HNSW
+index instead, and an HNSW build per flushed segment would only cost CPU.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from chatllm.retrieval.errors import EmbeddingMismatch, UnknownKnowledgeBase
+from chatllm.retrieval.dense import HnswParams
+from chatllm.retrieval.errors import EmbeddingMismatch, RetrievalError, UnknownKnowledgeBase
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,12 @@ MANIFEST_FIELDS = [
     "created_unix",
 ]
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9_-]*$")
+# What this module needs of a Milvus server, and the release that brought it.
+SERVER_FEATURES = {
+    "the COSINE metric": (2, 3),
+    "upsert": (2, 3),
+    "query iterators": (2, 3),
+}
 
 
 @dataclass(frozen=True)
@@ -110,14 +124,34 @@ def is_server_uri(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
 
+def missing_server_features(version: str) -> list[str]:
+    """Features of SERVER_FEATURES that a server of `version` (e.g. "v2.3.5-lite") lacks."""
+    match = re.match(r"v?(\d+)\.(\d+)", version)
+    if match is None:
+        return []  # an unknown version string: let the calls themselves fail
+    found = (int(match.group(1)), int(match.group(2)))
+    return [name for name, needed in SERVER_FEATURES.items() if found < needed]
+
+
 class MilvusStore:
     """All Milvus access of the knowledge base. Methods block; call them from a worker thread."""
 
-    def __init__(self, uri: str, dimension: int, token: str = "") -> None:
+    def __init__(
+        self,
+        uri: str,
+        dimension: int,
+        token: str = "",
+        hnsw: HnswParams | None = None,
+        shards: int = 1,
+        replicas: int = 1,
+    ) -> None:
         from pymilvus import MilvusClient
 
         self.uri = uri
         self.dimension = dimension
+        self.hnsw = hnsw or HnswParams()
+        self.shards = shards  # a server's chunk collections: shards at creation, in-memory replicas at load
+        self.replicas = replicas
         self.is_server = is_server_uri(uri)
         if not self.is_server:
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +162,20 @@ class MilvusStore:
             options["grpc_options"] = {"grpc.keepalive_time_ms": 600_000, "grpc.keepalive_permit_without_calls": 0}
         self._client = MilvusClient(uri=uri, **options)
         self._loaded: set[str] = set()
+        self._opening = threading.Lock()
+        if self.is_server:
+            self._check_server()
         self._ensure_manifest()
+
+    def _check_server(self) -> None:
+        version = str(self._client.get_server_version())
+        missing = missing_server_features(version)
+        if missing:
+            self._client.close()
+            raise RetrievalError(
+                f"the Milvus server at {self.uri} runs {version}, which lacks {', '.join(missing)}; "
+                "the knowledge base needs Milvus 2.3 or newer"
+            )
 
     def close(self) -> None:
         self._client.close()
@@ -153,15 +200,22 @@ class MilvusStore:
 
     def _create(self, name: str, schema: Any, vector_field: str) -> None:
         index = self._client.prepare_index_params()
-        index.add_index(vector_field, index_type="AUTOINDEX", metric_type="COSINE")
-        self._client.create_collection(name, schema=schema, consistency_level="Strong")
+        if self.is_server and vector_field == "vector":
+            params = {"M": self.hnsw.m, "efConstruction": self.hnsw.ef_construction}
+            index.add_index(vector_field, index_type="HNSW", metric_type="COSINE", params=params)
+        else:
+            index.add_index(vector_field, index_type="FLAT", metric_type="COSINE")
+        options = {"num_shards": self.shards} if self.is_server and vector_field == "vector" else {}
+        self._client.create_collection(name, schema=schema, consistency_level="Strong", **options)
         # sync=False: waiting calls AllocTimestamp, which lite lacks (it logs an error per collection);
         # loading the collection afterwards waits for the index anyway.
         self._client.create_index(name, index, sync=False)
 
     def _load(self, name: str) -> None:
         if name not in self._loaded:
-            self._client.load_collection(name)  # a reopened collection is not searchable until loaded
+            # A reopened collection is not searchable until loaded; a cluster may hold several replicas.
+            options = {"replica_number": self.replicas} if self.is_server and self.replicas > 1 else {}
+            self._client.load_collection(name, **options)
             self._loaded.add(name)
 
     def knowledge_bases(self) -> list[str]:
@@ -173,9 +227,16 @@ class MilvusStore:
 
     def open_knowledge_base(self, knowledge_base: str, create: bool) -> str:
         """The chunk collection's name, loaded; created when `create`, else UnknownKnowledgeBase."""
-        from pymilvus import DataType
 
         name = collection_name(knowledge_base)
+        if name in self._loaded:
+            return name
+        with self._opening:  # concurrent first ingests into a new knowledge base create it once
+            return self._open_locked(knowledge_base, name, create)
+
+    def _open_locked(self, knowledge_base: str, name: str, create: bool) -> str:
+        from pymilvus import DataType
+
         if name in self._loaded:
             return name
         if not self._client.has_collection(name):
@@ -235,9 +296,9 @@ class MilvusStore:
         self._flush(collection_name(knowledge_base))
 
     def _flush(self, name: str) -> None:
-        """lite: seal the rows so its index covers them (search is ~290 ms before a flush, a few ms
-        after). A server makes inserts durable and searchable (Strong consistency) on its own, and
-        rate-limits explicit flushes, so there it is skipped."""
+        """lite: seal the rows into a segment file (its WAL already survives a kill). A server makes
+        writes durable and visible (Strong consistency) on its own, and rate-limits explicit flushes,
+        so there it is skipped."""
         if not self.is_server:
             self._client.flush(name)
 
@@ -260,9 +321,16 @@ class MilvusStore:
             limit=limit,
             filter=expr,
             output_fields=CHUNK_FIELDS,
-            search_params={"metric_type": "COSINE"},
+            search_params={"metric_type": "COSINE", "params": {"ef": max(self.hnsw.ef_search, limit)}},
         )
         return [_stored(hit["entity"], float(hit["distance"])) for hit in results[0]]
+
+    def get_vectors(self, knowledge_base: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        if not keys:
+            return {}
+        name = self.open_knowledge_base(knowledge_base, create=False)
+        rows = self._client.get(name, ids=list(keys), output_fields=["pk", "vector"])
+        return {row["pk"]: np.asarray(row["vector"], dtype=np.float32) for row in rows}
 
     def get_chunks(self, knowledge_base: str, keys: Sequence[str]) -> list[StoredChunk]:
         if not keys:
@@ -270,11 +338,14 @@ class MilvusStore:
         name = self.open_knowledge_base(knowledge_base, create=False)
         return [_stored(row) for row in self._client.get(name, ids=list(keys), output_fields=CHUNK_FIELDS)]
 
-    def scan_chunks(self, knowledge_base: str, document_ids: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
-        """Key, document, generation and terms of every chunk row (of `document_ids` when given)."""
+    def scan_chunks(
+        self, knowledge_base: str, document_ids: Sequence[str] = (), with_vectors: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Key, document, generation and terms (and vector) of every chunk row (of `document_ids` when given)."""
         name = self.open_knowledge_base(knowledge_base, create=False)
         expr = f"document_id in [{', '.join(quoted(d) for d in document_ids)}]" if document_ids else 'pk != ""'
-        return self._scan(name, expr, ["pk", "document_id", "generation", "terms"])
+        fields = ["pk", "document_id", "generation", "terms"] + (["vector"] if with_vectors else [])
+        return self._scan(name, expr, fields)
 
     def _scan(self, name: str, expr: str, fields: list[str]) -> Iterator[dict[str, Any]]:
         """All rows matching expr. A server caps one query at 16384 rows, so it pages with an iterator;
@@ -302,12 +373,12 @@ class MilvusStore:
             "pk": _manifest_key(record.knowledge_base, record.document_id),
             "placeholder": [1.0, 0.0],
         }
+        # The upsert is in milvus-lite's WAL (replayed after a kill) or durable on a server when it returns;
+        # a flush per document here cost ~6% of the ingest rate.
         self._client.upsert(MANIFEST, [row])
-        self._flush(MANIFEST)
 
     def remove_document(self, knowledge_base: str, document_id: str) -> None:
         self._client.delete(MANIFEST, ids=[_manifest_key(knowledge_base, document_id)])
-        self._flush(MANIFEST)
 
     def documents(self, knowledge_base: str | None = None) -> list[DocumentRecord]:
         expr = f"knowledge_base == {quoted(knowledge_base)}" if knowledge_base is not None else 'pk != ""'

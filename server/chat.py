@@ -70,10 +70,19 @@ Context:
 Question: {question}"""
 
 
+NOTHING_RELEVANT_PROMPT = """The knowledge base has nothing on the question below: no document in it is relevant.
+Say that the knowledge base has no information on this, in the same language as the question. Do not make up an answer.
+
+Question: {question}"""
+
+
 def knowledge_prompt(question: str, chunks: Sequence[Retrieved]) -> str:
-    """The user message for a knowledge-base answer: numbered context chunks, then the question."""
+    """The user message for a knowledge-base answer: numbered context chunks, then the question; when no
+    chunk passed the relevance threshold, a message that says the knowledge base has nothing on it."""
+    if not chunks:
+        return NOTHING_RELEVANT_PROMPT.format(question=question)
     context = "\n\n".join(f"[{i}] ({c.file}) {c.text.strip()}" for i, c in enumerate(chunks, 1))
-    return KNOWLEDGE_PROMPT.format(context=context or "(no matching documents)", question=question)
+    return KNOWLEDGE_PROMPT.format(context=context, question=question)
 
 
 class Chat:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from chatllm.clients.config import KnowledgeConfig
 from chatllm.proto import pb
+from chatllm.retrieval.dense import HnswParams
 from chatllm.retrieval.embedder import Embedder
 from chatllm.retrieval.errors import (
     DocumentError,
@@ -29,8 +31,9 @@ from chatllm.retrieval.isolation import IsolatedParser, ParseLimits
 from chatllm.retrieval.knowledge_bases import KnowledgeBases, RetrievedChunk
 from chatllm.retrieval.lexical import initialise_segmenter
 from chatllm.retrieval.loaders import clean_filename, document_extension
+from chatllm.retrieval.search_indexes import RetrievalSettings
 from chatllm.retrieval.splitter import DocumentSplitter, SplitterSettings
-from chatllm.retrieval.store import DocumentRecord, MilvusStore
+from chatllm.retrieval.store import DocumentRecord, MilvusStore, is_server_uri
 from chatllm.server import metrics
 from chatllm.server.chat import Retrieved
 from chatllm.server.errors import InvalidArgument, NotFound, Reason, StartupError
@@ -45,23 +48,47 @@ DOCUMENT_ID_LENGTH = 64
 
 
 def milvus_uri(config: KnowledgeConfig, kb_dir: Path) -> str:
-    """A Milvus server when --milvus-uri is given, else a milvus-lite database in `kb_dir` (under the data dir)."""
+    """A Milvus server when --milvus-uri is given, else a milvus-lite database under the data dir."""
     return config.milvus_uri or str(kb_dir / "milvus.db")
 
 
-def open_knowledge_bases(config: KnowledgeConfig, kb_dir: Path) -> KnowledgeBases:
-    """Load the embedder, open the store and recover from interrupted writes (blocking, seconds)."""
+def index_folder(config: KnowledgeConfig, kb_dir: Path, uri: str) -> Path:
+    """Where the search indexes and the ingest journal of a store are saved: --kb-index-dir, else beside
+    a milvus-lite database, or under the data dir (one folder per server address) for a Milvus server."""
+    if config.kb_index_dir:
+        return Path(config.kb_index_dir).expanduser()
+    if is_server_uri(uri):
+        address = re.sub(r"[^A-Za-z0-9.-]+", "_", uri.split("://", 1)[1])
+        return kb_dir / "indexes" / address
+    return Path(uri).with_name(Path(uri).name + ".indexes")
+
+
+def retrieval_settings(config: KnowledgeConfig) -> RetrievalSettings:
+    return RetrievalSettings(
+        min_score=config.kb_min_score,
+        hnsw=HnswParams(config.hnsw_m, config.hnsw_ef_construction, config.hnsw_ef_search),
+    )
+
+
+def open_knowledge_bases(config: KnowledgeConfig, kb_dir: Path, embedder: Embedder | None = None) -> KnowledgeBases:
+    """Load the embedder (unless given), open the store, load the search indexes and recover from
+    interrupted writes (blocking, seconds)."""
     if config.chunk_size > MAX_CHUNK_SIZE:
         raise StartupError(f"--chunk-size must be at most {MAX_CHUNK_SIZE} characters")
     started = time.perf_counter()
     initialise_segmenter()
     try:
-        embedder = Embedder(config.embedding_model)
+        embedder = embedder or Embedder(config.embedding_model, precision=config.embedding_precision)
     except RetrievalError as exc:
         raise StartupError(str(exc)) from None
     uri = milvus_uri(config, kb_dir)
+    settings = retrieval_settings(config)
     try:
-        store = MilvusStore(uri, embedder.dimension)
+        store = MilvusStore(
+            uri, embedder.dimension, hnsw=settings.hnsw, shards=config.milvus_shards, replicas=config.milvus_replicas
+        )
+    except RetrievalError as exc:  # a server without a feature the knowledge base uses
+        raise StartupError(str(exc)) from None
     except Exception as exc:  # pymilvus raises its own types for locked files and unreachable servers
         raise StartupError(f"cannot open the knowledge base store {uri}: {exc}") from None
     library = KnowledgeBases(
@@ -69,15 +96,20 @@ def open_knowledge_bases(config: KnowledgeConfig, kb_dir: Path) -> KnowledgeBase
         embedder,
         DocumentSplitter(SplitterSettings(config.chunk_size, config.chunk_overlap)),
         parser=IsolatedParser(ParseLimits(timeout_seconds=config.parse_timeout)),
+        settings=settings,
+        index_folder=index_folder(config, kb_dir, uri),
     )
     report = library.recover()
     log.info(
-        "knowledge base ready in %.1fs: %s, embeddings %s (%d dims); recovery removed %d orphaned chunks, "
-        "%d superseded documents",
+        "knowledge base ready in %.1fs: %s, embeddings %s (%d dims, %s); indexes loaded for %d knowledge bases, "
+        "rebuilt for %d; recovery removed %d orphaned chunks, %d superseded documents",
         time.perf_counter() - started,
         uri,
         embedder.name,
         embedder.dimension,
+        embedder.precision,
+        len(report.loaded_snapshots),
+        len(report.rebuilt_indexes),
         report.orphaned_chunks,
         len(report.superseded_documents),
     )
@@ -91,10 +123,9 @@ def library_errors() -> Iterator[None]:
         yield
     except DocumentError as exc:
         raise InvalidArgument("filename", str(exc)) from None
-    except UnknownDocument as exc:
-        raise NotFound(str(exc), Reason.DOCUMENT_NOT_FOUND) from None
-    except UnknownKnowledgeBase as exc:
-        raise NotFound(str(exc), Reason.KNOWLEDGE_BASE_NOT_FOUND) from None
+    except (UnknownDocument, UnknownKnowledgeBase) as exc:
+        reason = Reason.DOCUMENT_NOT_FOUND if isinstance(exc, UnknownDocument) else Reason.KNOWLEDGE_BASE_NOT_FOUND
+        raise NotFound(str(exc), reason) from None
     except EmbeddingMismatch as exc:
         raise InvalidArgument("knowledge_base", str(exc)) from None
 
@@ -132,7 +163,7 @@ class KnowledgeService:
         try:
             yield cls(config, library, max_upload_bytes)
         finally:
-            await asyncio.to_thread(library.store.close)
+            await asyncio.to_thread(library.close)
 
     # --- ingest ------------------------------------------------------------------
     async def ingest(self, requests: AsyncIterator[pb.IngestRequest]) -> pb.IngestResponse:

@@ -181,3 +181,11 @@ async def test_langchain_true_over_websocket_sends_sources_before_eos(base_url: 
     assert answer.strip()
     assert list(last) == ["sources"]
     assert_sources(last["sources"], "云雀.txt", "十八个月")
+
+
+async def test_an_off_topic_question_gets_empty_sources(base_url: str) -> None:
+    await upload(base_url, "offtopic", ("zephyr.md", ROUTER))
+    body = {"prompt": "What is the capital of Peru?", "langchain": True, "kb": "offtopic", "use_stream_chat": False}
+    reply = await call("POST", base_url + "/", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["sources"] == [] and reply.json()["response"]

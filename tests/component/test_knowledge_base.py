@@ -1,4 +1,5 @@
-"""The knowledge base through the real gRPC server: real milvus-lite, real embedder, real model."""
+"""The knowledge base through the real gRPC server: real embedder, real model, and a real Milvus store:
+milvus-lite, and a Milvus server inside a network namespace (tests/milvus_backends.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest_asyncio
 from chatllm.clients import AsyncChatClient
 from chatllm.proto import pb
 from chatllm.server.app import ChatLLMServer
+from tests.milvus_backends import BACKENDS, milvus_uri_for
 from tests.servers import grpc_server, make_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -36,11 +38,25 @@ HANDBOOK_ZH = """青木科技员工手册
 ORCHARD = b"The Larkspur orchard grows seventeen varieties of pears and ships them every October."
 
 
-def config_for(data_dir: Path, db: Path, **overrides: object):
+PERU = "What is the capital of Peru?"
+TEA_CLUB = b"""# Willow Street tea club handbook
+
+## Brewing
+Green tea is brewed with water at 80 degrees Celsius for two minutes; black tea with boiling water for four.
+
+## Meetings
+The club meets on the first Saturday of every month in the library's reading room at 3 pm.
+
+## Membership
+Membership costs 25 euros a year and includes one tasting kit per season.
+"""
+
+
+def config_for(data_dir: Path, uri: str, **overrides: object):
     return make_config(
         data_dir,
         knowledge_base=True,
-        milvus_uri=str(db),
+        milvus_uri=uri,
         chunk_size=200,
         chunk_overlap=20,
         max_upload_bytes=64 * 1024,
@@ -48,12 +64,13 @@ def config_for(data_dir: Path, db: Path, **overrides: object):
     )
 
 
-@pytest_asyncio.fixture(scope="module")
+@pytest_asyncio.fixture(scope="module", params=BACKENDS)
 async def server(
-    data_dir: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, data_dir: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ChatLLMServer]:
-    db = tmp_path_factory.mktemp("kb") / "milvus.db"
-    async with grpc_server(config_for(data_dir, db)) as running:
+    uri = milvus_uri_for(request.param, tmp_path_factory.mktemp("kb"))
+    config = config_for(data_dir, uri, kb_index_dir=str(tmp_path_factory.mktemp("kb-indexes")))
+    async with grpc_server(config) as running:
         yield running
 
 
@@ -97,7 +114,7 @@ async def test_reingesting_the_same_bytes_is_a_no_op(client: AsyncChatClient) ->
     assert again.unchanged and not first.unchanged
     assert (again.document_id, again.chunks) == (first.document_id, first.chunks)
     assert [d.id for d in await client.list_documents("same")] == [first.document_id]
-    assert len(await client.retrieve("pear varieties", "same", top_k=5)) == first.chunks
+    assert len(await client.retrieve("How many varieties of pears does the orchard grow?", "same", top_k=5)) == 1
 
 
 async def test_new_content_under_the_same_filename_replaces_the_old(client: AsyncChatClient) -> None:
@@ -110,7 +127,10 @@ async def test_new_content_under_the_same_filename_replaces_the_old(client: Asyn
     assert list(new.replaced_document_ids) == [old.document_id]
     documents = await client.list_documents("replace")
     assert [(d.id, d.filename) for d in documents] == [(new.document_id, "cafe.txt")]
-    texts = [s.text for s in await client.retrieve("When does the cafeteria open?", "replace", top_k=5)]
+    texts = [
+        s.text
+        for s in await client.retrieve("When does the cafeteria open and what does it serve?", "replace", top_k=5)
+    ]
     assert texts == ["The cafeteria opens at 9:15 and serves lentil stew."]
 
 
@@ -151,8 +171,9 @@ async def test_delete_document_and_knowledge_base(client: AsyncChatClient) -> No
     gone = await client.ingest(data=ROUTER, filename="zephyr.md", knowledge_base="deleting")
     assert await client.delete_document(gone.document_id, "deleting") == gone.chunks
     assert [d.id for d in await client.list_documents("deleting")] == [kept.document_id]
-    files = {s.file for s in await client.retrieve("router factory reset violet lamp", "deleting", top_k=5)}
-    assert files == {"orchard.txt"}
+    assert await client.retrieve("router factory reset violet lamp", "deleting", top_k=5) == []  # nothing left on it
+    pears = await client.retrieve("How many pear varieties grow in the Larkspur orchard?", "deleting", top_k=5)
+    assert {s.file for s in pears} == {"orchard.txt"}
 
     error = await rpc_error(client.delete_document(gone.document_id, "deleting"))
     assert error.code() == grpc.StatusCode.NOT_FOUND
@@ -176,7 +197,7 @@ async def test_generate_with_the_knowledge_base_answers_with_sources(client: Asy
     )
     assert result.text.strip()
     assert result.finish_reason in ("stop", "length")
-    assert [s.file for s in result.sources] == ["zephyr.md", "zephyr.md"]
+    assert result.sources and {s.file for s in result.sources} == {"zephyr.md"}  # the reset chunk may fall short
     assert "tangerine-42" in result.sources[0].text
     assert result.timings.retrieval_seconds > 0
     assert "tangerine" in result.text.lower()
@@ -185,13 +206,17 @@ async def test_generate_with_the_knowledge_base_answers_with_sources(client: Asy
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_documents_survive_a_server_restart(data_dir: Path, model_dir: Path, tmp_path: Path) -> None:
-    db = tmp_path / "restart.db"
-    async with grpc_server(config_for(data_dir, db)) as first:
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_documents_survive_a_server_restart(
+    data_dir: Path, model_dir: Path, tmp_path: Path, backend: str
+) -> None:
+    db = milvus_uri_for(backend, tmp_path)
+    indexes = str(tmp_path / "indexes")
+    async with grpc_server(config_for(data_dir, db, kb_index_dir=indexes)) as first:
         async with AsyncChatClient(f"127.0.0.1:{first.port}") as client:
             stored = await client.ingest(data=HANDBOOK_ZH, filename="手册.txt", knowledge_base="persist")
             await client.ingest(data=ORCHARD, filename="orchard.txt", knowledge_base="persist")
-    async with grpc_server(config_for(data_dir, db)) as second:
+    async with grpc_server(config_for(data_dir, db, kb_index_dir=indexes)) as second:
         async with AsyncChatClient(f"127.0.0.1:{second.port}") as client:
             assert {d.filename for d in await client.list_documents("persist")} == {"手册.txt", "orchard.txt"}
             # A Chinese question needs the lexical leg, which must have been rebuilt from the store.
@@ -199,3 +224,18 @@ async def test_documents_survive_a_server_restart(data_dir: Path, model_dir: Pat
             assert sources[0].document_id == stored.document_id and "十五天" in sources[0].text
             again = await client.ingest(data=HANDBOOK_ZH, filename="手册.txt", knowledge_base="persist")
             assert again.unchanged
+
+
+async def test_off_topic_questions_get_no_sources_and_an_answer_that_says_so(
+    client: AsyncChatClient, server: ChatLLMServer
+) -> None:
+    await client.ingest(data=TEA_CLUB, filename="tea-club.md", knowledge_base="tea")
+    assert await client.retrieve(PERU, "tea", top_k=3) == []
+    assert await client.retrieve("秘鲁的首都是哪座城市？", "tea", top_k=3) == []
+    on_topic = await client.retrieve("At what temperature should green tea be brewed?", "tea", top_k=3)
+    assert on_topic and "80 degrees" in on_topic[0].text
+    assert all(s.score >= server.config.kb_min_score for s in on_topic)
+
+    result = await client.chat(PERU, knowledge_base="tea", retrieval_top_k=3, temperature=0.0, max_new_tokens=16)
+    assert list(result.sources) == [] and result.text.strip()
+    assert result.timings.retrieval_seconds > 0  # it did look

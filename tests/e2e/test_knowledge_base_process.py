@@ -17,10 +17,11 @@ import grpc
 import pytest
 
 from chatllm.clients import ChatClient
-from chatllm.retrieval.store import INSERT_BATCH
+from chatllm.retrieval.ingest_pipeline import WRITE_BATCH
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 EMBEDDING_DIMENSIONS = 384  # all-MiniLM-L6-v2, the default
+HANDBOOK_ZH = "青木科技员工手册：员工每年享有十五天带薪年假，入职满三年后增加到二十天。".encode()
 
 
 def server_args(data_dir: Path, db: Path, *extra: str) -> list[str]:
@@ -73,8 +74,14 @@ def wait_for_log_fast(proc, pattern: str, timeout: float) -> None:
 def test_kill_9_during_an_ingest_leaves_no_partial_document(
     data_dir: Path, model_dir: Path, tmp_path: Path, chatllm_process
 ) -> None:
+    """A committed document whose indexes were saved, then a kill in the middle of the next ingest: the
+    restart loads the saved indexes, removes the journalled rows of the unfinished ingest, and the first
+    document is still found by the lexical leg (a Chinese question)."""
     db = tmp_path / "kb.db"
     proc, port = start_server(chatllm_process, data_dir, db, "--chunk-size", "100", "--chunk-overlap", "10")
+    with ChatClient(f"127.0.0.1:{port}", timeout=300) as client:
+        handbook = client.ingest(data=HANDBOOK_ZH, filename="手册.txt", knowledge_base="plant")
+    proc.wait_for_log(r"saved the index snapshot of plant", timeout=120)
     lines = [
         f"Pump {i} sits in hall {i % 7} and is inspected every {i % 9 + 2} weeks by crew {i % 5}." for i in range(700)
     ]
@@ -94,30 +101,32 @@ def test_kill_9_during_an_ingest_leaves_no_partial_document(
     # Kill once the first batch of chunk rows is durable: milvus-lite appends each insert to the
     # collection's WAL file, so past 1.5 batches of vectors the first batch is whole, the last not begun.
     wal = db / "collections" / "kb_plant" / "wal"
-    first_batch_written = INSERT_BATCH * EMBEDDING_DIMENSIONS * 4 * 1.5
+    first_batch_written = WRITE_BATCH * EMBEDDING_DIMENSIONS * 4 * 1.5
     wait_for(lambda: any(f.stat().st_size > first_batch_written for f in wal.glob("wal_data_*")), proc, timeout=60)
     os.kill(proc.proc.pid, signal.SIGKILL)
     uploader.join(60)
     assert outcome.get("error") == grpc.StatusCode.UNAVAILABLE, "the kill must interrupt the ingest"
-    expected_chunks = int(re.search(r"writing (\d+) chunks", proc.log()).group(1))  # type: ignore[union-attr]
+    expected_chunks = int(re.search(r"writing (\d+) chunks of pumps\.txt", proc.log()).group(1))  # type: ignore[union-attr]
 
     restarted, port = start_server(chatllm_process, data_dir, db, "--chunk-size", "100", "--chunk-overlap", "10")
+    assert re.search(r"indexes loaded for 1 knowledge bases, rebuilt for 0", restarted.log()), restarted.log()[-3000:]
     with ChatClient(f"127.0.0.1:{port}", timeout=120) as client:
-        bases = {k.name: k for k in client.list_knowledge_bases()}
-        documents = client.list_documents("plant") if "plant" in bases else []
+        documents = [d for d in client.list_documents("plant") if d.filename == "pumps.txt"]
         if documents:  # killed after the commit point: then it must be whole
-            assert [(d.filename, d.chunks) for d in documents] == [("pumps.txt", expected_chunks)]
+            assert [d.chunks for d in documents] == [expected_chunks]
         else:
-            assert bases.get("plant") is None or bases["plant"].chunks == 0
+            assert client.list_knowledge_bases()[0].chunks == handbook.chunks
             removed = re.search(r"recovery removed (\d+) orphaned chunks", restarted.log())
             assert removed and 0 < int(removed.group(1)) < expected_chunks, restarted.log()[-3000:]
-            if "plant" in bases:
-                assert client.retrieve("Which crew inspects pump 42?", "plant", top_k=5) == []
+            found = client.retrieve("Which crew inspects pump 42?", "plant", top_k=5)
+            assert all(s.file != "pumps.txt" for s in found)
+        # The saved lexical index still finds the first document for a Chinese question.
+        sources = client.retrieve("员工每年有多少天带薪年假？", "plant", top_k=1)
+        assert sources and sources[0].document_id == handbook.document_id
         # Whatever the kill left, the same bytes ingest cleanly afterwards.
         again = client.ingest(data=document, filename="pumps.txt", knowledge_base="plant")
         assert again.chunks == expected_chunks and again.unchanged == bool(documents)
-        assert [d.chunks for d in client.list_documents("plant")] == [expected_chunks]
-        assert client.list_knowledge_bases()[0].chunks == expected_chunks
+        assert client.list_knowledge_bases()[0].chunks == expected_chunks + handbook.chunks
 
 
 def test_cli_ingest_list_chat_and_delete(data_dir: Path, model_dir: Path, tmp_path: Path, chatllm_process) -> None:

@@ -1,12 +1,13 @@
-"""BM25 over jieba/word terms, and weighted reciprocal-rank fusion."""
+"""BM25 over jieba/word terms (normalised scores, persistence), and the weighted score fusion."""
 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
-from chatllm.retrieval.fusion import RankedList, reciprocal_rank_fusion
+from chatllm.retrieval.fusion import fuse
 from chatllm.retrieval.lexical import LexicalIndex, initialise_segmenter, stem, tokenize
 
 DOCS = {
@@ -64,14 +65,36 @@ def test_remove_replace_and_compact() -> None:
     assert [h.key for h in built.search(["banana"], 5)] == ["a"]
 
 
-def test_rrf_rewards_agreement_between_legs() -> None:
-    fused = reciprocal_rank_fusion([RankedList(["x", "y", "z"]), RankedList(["y", "w"])], limit=3)
-    assert [key for key, _ in fused] == ["y", "x", "w"]
-    assert fused[0][1] == pytest.approx(1 / 62 + 1 / 61)
+def test_scores_are_the_share_of_the_questions_idf_mass(index: LexicalIndex) -> None:
+    everything = index.scores(tokenize("reset button")).of(["router"])["router"]
+    half = index.scores(tokenize("reset button quantum")).of(["router"])["router"]
+    assert 0.5 < everything <= 1.0
+    assert 0 < half < everything  # a term no chunk has still counts in the question's mass
+    assert index.scores(tokenize("reset router")).of(["lamp", "unknown-key"]) == {"lamp": 0.0, "unknown-key": 0.0}
 
 
-def test_a_leg_without_weight_does_not_vote() -> None:
-    fused = reciprocal_rank_fusion([RankedList(["noise1", "noise2"], weight=0.0), RankedList(["right"])], limit=2)
-    assert fused == [("right", pytest.approx(1 / 61))]
-    half = reciprocal_rank_fusion([RankedList(["a"], weight=0.5), RankedList(["b"])], limit=2)
-    assert [key for key, _ in half] == ["b", "a"]
+def test_save_and_load_keep_scores_and_drop_dead_rows(index: LexicalIndex, tmp_path: Path) -> None:
+    copy = LexicalIndex()
+    copy.add((key, tokenize(text)) for key, text in DOCS.items())
+    copy.add([("gone", ["router", "reset"])])
+    copy.remove(["gone"])
+    copy.save(tmp_path)
+    loaded = LexicalIndex.load(tmp_path)
+    assert loaded.keys() == set(DOCS)
+    for question in ("年假有几天？", "how do I reset my router", "blinking lamp"):
+        assert loaded.search(tokenize(question), 4) == index.search(tokenize(question), 4)
+    loaded.add([("new", ["router"])])  # a loaded index keeps growing
+    assert "new" in {h.key for h in loaded.search(["router"], 5)}
+
+
+def test_fusion_combines_both_legs_scores() -> None:
+    fused = fuse({"x": 0.8, "y": 0.5}, {"y": 0.9, "z": 0.4}, dense_weight=1.0)
+    assert [f.key for f in fused] == ["y", "x", "z"]
+    assert fused[0].score == pytest.approx((0.5 + 0.9) / 2) and fused[2].score == pytest.approx(0.2)
+    assert (fused[0].dense, fused[0].lexical) == (0.5, 0.9)
+
+
+def test_a_leg_without_weight_does_not_count() -> None:
+    fused = fuse({"noise": 0.9}, {"right": 0.6}, dense_weight=0.0)
+    assert [(f.key, f.score) for f in fused] == [("right", 0.6), ("noise", 0.0)]
+    assert fuse({"a": -0.3}, {}, dense_weight=1.0, lexical_weight=0.0)[0].score == 0.0  # negative cosine: 0

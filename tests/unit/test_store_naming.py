@@ -9,8 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chatllm.clients.config import Config
-from chatllm.retrieval.store import collection_name, deleted_count, is_server_uri, knowledge_base_of, quoted
-from chatllm.server.knowledge import milvus_uri
+from chatllm.retrieval.store import (
+    collection_name,
+    deleted_count,
+    is_server_uri,
+    knowledge_base_of,
+    missing_server_features,
+    quoted,
+)
+from chatllm.server.knowledge import index_folder, milvus_uri
 
 
 def test_lite_file_by_default_server_when_a_uri_is_given(tmp_path: Path) -> None:
@@ -44,3 +51,18 @@ def test_only_safe_values_reach_filter_expressions() -> None:
     assert quoted("abc-123_x") == '"abc-123_x"'
     with pytest.raises(ValueError):
         quoted('x" or pk != "')
+
+
+def test_a_server_too_old_for_a_feature_is_named_at_start_up() -> None:
+    assert missing_server_features("v2.3.5-lite") == [] and missing_server_features("v2.4.13") == []
+    assert missing_server_features("v2.2.16") == ["the COSINE metric", "upsert", "query iterators"]
+    assert missing_server_features("unknown") == []  # then the calls themselves report it
+
+
+def test_indexes_are_saved_beside_a_lite_database_or_per_server_under_the_data_dir(tmp_path: Path) -> None:
+    config = Config.build(data_dir=str(tmp_path))
+    kb, kb_dir = config.kb, config.common.kb_dir
+    assert index_folder(kb, kb_dir, str(tmp_path / "kb" / "milvus.db")) == tmp_path / "kb" / "milvus.db.indexes"
+    assert index_folder(kb, kb_dir, "http://milvus:19530") == tmp_path / "kb" / "indexes" / "milvus_19530"
+    chosen = config.replace(kb_index_dir=str(tmp_path / "x")).kb
+    assert index_folder(chosen, kb_dir, "http://m:1") == tmp_path / "x"
