@@ -64,8 +64,8 @@ def ref(name: str) -> Schema:
 
 
 def all_schemas() -> dict[str, Schema]:
-    """Every body schema, generated from the models (request models as validated, replies as sent)."""
-    models = [(m, "validation") for m in REQUESTS] + [(m, "serialization") for m in RESPONSES]
+    """Every body schema, generated from the models (a reply's field with a default may be absent)."""
+    models = [(m, "validation") for m in (*REQUESTS, *RESPONSES)]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
     return {**top["$defs"], "UploadForm": UPLOAD_FORM}
 

@@ -185,7 +185,9 @@ class UploadResult(Body):
 
 
 class UploadError(Error):
-    documents: list[IngestedDocument] = Field(description="files stored before the failing one")
+    documents: list[IngestedDocument] = Field(
+        default_factory=list, description="files stored before the failing one (absent when none was read)"
+    )
 
 
 class DeletedDocument(Body):
