@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 from aiohttp import web
+from pydantic import BaseModel
 
 from chatllm.bridge import errors
 from chatllm.bridge.answer import http_stream, whole_answer
@@ -31,6 +33,8 @@ from chatllm.bridge.validation import json_object, parse
 from chatllm.proto import pb
 
 OWNER = "chatllm-serve"
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -99,14 +103,20 @@ async def _complete(
     return await http_stream(request, updates, encoder, "text/event-stream", headers, body.client_field)
 
 
-async def embeddings(request: web.Request) -> web.Response:
-    """The knowledge base's embedder, OpenAI's shape (`float` lists, or `base64` of little-endian float32)."""
+async def _unary(request: web.Request, model: type[M], call: Callable[[M, str | None], Awaitable[R]]) -> tuple[M, R]:
+    """Parse the body as `model` and make one upstream call with it (errors mapped, fields renamed)."""
     _require_api(request)
-    body = parse(EmbeddingRequest, json_object(await request.read()))
+    body = parse(model, json_object(await request.read()))
     try:
-        reply = await request.app[UPSTREAM].embed(body.to_embed_request(), request.headers.get("Authorization"))
+        return body, await call(body, request.headers.get("Authorization"))
     except grpc.aio.AioRpcError as exc:
         raise errors.from_rpc(exc) from None
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    """The knowledge base's embedder, OpenAI's shape (`float` lists, or `base64` of little-endian float32)."""
+    upstream = request.app[UPSTREAM]
+    body, reply = await _unary(request, EmbeddingRequest, lambda b, auth: upstream.embed(b.to_embed_request(), auth))
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(list(e.values), body.encoding_format)}
         for i, e in enumerate(reply.embeddings)
@@ -123,12 +133,8 @@ def _encode(values: list[float], encoding: str | None) -> list[float] | str:
 
 async def tokenize(request: web.Request) -> web.Response:
     """vLLM's /tokenize: {count, max_model_len, tokens, token_strs}."""
-    _require_api(request)
-    body = parse(TokenizeRequest, json_object(await request.read()))
-    try:
-        reply = await request.app[UPSTREAM].tokenize(body.to_pb(), request.headers.get("Authorization"))
-    except grpc.aio.AioRpcError as exc:
-        raise errors.from_rpc(exc) from None
+    upstream = request.app[UPSTREAM]
+    body, reply = await _unary(request, TokenizeRequest, lambda b, auth: upstream.tokenize(b.to_pb(), auth))
     out: dict[str, Any] = {"count": reply.count, "max_model_len": reply.max_model_len, "tokens": list(reply.tokens)}
     out["token_strs"] = list(reply.token_strs) if body.return_token_strs else None
     return web.json_response(out)
@@ -136,10 +142,6 @@ async def tokenize(request: web.Request) -> web.Response:
 
 async def detokenize(request: web.Request) -> web.Response:
     """vLLM's /detokenize: {prompt}."""
-    _require_api(request)
-    body = parse(DetokenizeRequest, json_object(await request.read()))
-    try:
-        reply = await request.app[UPSTREAM].detokenize(body.to_pb(), request.headers.get("Authorization"))
-    except grpc.aio.AioRpcError as exc:
-        raise errors.from_rpc(exc) from None
+    upstream = request.app[UPSTREAM]
+    _, reply = await _unary(request, DetokenizeRequest, lambda b, auth: upstream.detokenize(b.to_pb(), auth))
     return web.json_response({"prompt": reply.prompt})

@@ -20,7 +20,10 @@ import torch
 _PATCHED = "_chatllm_no_lora_rows"
 
 
-def shrink_honouring_no_lora(shrink: Callable[..., Any]) -> Callable[..., Any]:
+def honouring_no_lora(op: Callable[..., Any], untouched: bool) -> Callable[..., Any]:
+    """Wrap a bgmv op: compute with a valid slot, then give slot -1's rows back: zero (`untouched` False,
+    a shrink: nothing is expanded from them) or what they held before (an expand: the base output)."""
+
     def fixed(
         inputs: torch.Tensor,
         weights: torch.Tensor,
@@ -31,34 +34,22 @@ def shrink_honouring_no_lora(shrink: Callable[..., Any]) -> Callable[..., Any]:
     ) -> Any:
         none = indices < 0
         if not bool(none.any()) or none.shape[0] != output.shape[0]:
-            return shrink(inputs, weights, output, indices, *args, **kwargs)
-        shrink(inputs, weights, output, indices.clamp(min=0), *args, **kwargs)
-        output[none] = 0
+            return op(inputs, weights, output, indices, *args, **kwargs)
+        before = output[none].clone() if untouched else 0
+        op(inputs, weights, output, indices.clamp(min=0), *args, **kwargs)
+        output[none] = before
         return None
 
     setattr(fixed, _PATCHED, True)
     return fixed
+
+
+def shrink_honouring_no_lora(shrink: Callable[..., Any]) -> Callable[..., Any]:
+    return honouring_no_lora(shrink, untouched=False)
 
 
 def expand_honouring_no_lora(expand: Callable[..., Any]) -> Callable[..., Any]:
-    def fixed(
-        inputs: torch.Tensor,
-        weights: torch.Tensor,
-        output: torch.Tensor,
-        indices: torch.Tensor,
-        *args: Any,
-        **kwargs: Any,
-    ) -> Any:
-        none = indices < 0
-        if not bool(none.any()) or none.shape[0] != output.shape[0]:
-            return expand(inputs, weights, output, indices, *args, **kwargs)
-        untouched = output[none].clone()
-        expand(inputs, weights, output, indices.clamp(min=0), *args, **kwargs)
-        output[none] = untouched
-        return None
-
-    setattr(fixed, _PATCHED, True)
-    return fixed
+    return honouring_no_lora(expand, untouched=True)
 
 
 def register() -> None:
