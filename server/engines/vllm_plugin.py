@@ -11,6 +11,7 @@ slot -1 as they were (shrink: zero, so nothing is expanded; expand: the base out
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ def honouring_no_lora(op: Callable[..., Any], untouched: bool) -> Callable[..., 
     """Wrap a bgmv op: compute with a valid slot, then give slot -1's rows back: zero (`untouched` False,
     a shrink: nothing is expanded from them) or what they held before (an expand: the base output)."""
 
+    @functools.wraps(op)
     def fixed(
         inputs: torch.Tensor,
         weights: torch.Tensor,

@@ -234,7 +234,7 @@ async def test_off_topic_questions_get_no_sources_and_an_answer_that_says_so(
     assert await client.retrieve("秘鲁的首都是哪座城市？", "tea", top_k=3) == []
     on_topic = await client.retrieve("At what temperature should green tea be brewed?", "tea", top_k=3)
     assert on_topic and "80 degrees" in on_topic[0].text
-    assert all(s.score >= server.config.kb_min_score for s in on_topic)
+    assert all(s.score >= server.config.kb.kb_min_score for s in on_topic)
 
     result = await client.chat(PERU, knowledge_base="tea", retrieval_top_k=3, temperature=0.0, max_new_tokens=16)
     assert list(result.sources) == [] and result.text.strip()

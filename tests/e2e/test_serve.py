@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from chatllm.clients import ChatClient
 from tests.conftest import ChatllmProcess
 
+MODEL = "SmolLM2-135M-Instruct"
 QUESTION = "What is the capital of France?"
 HTTP_LISTENING = r"HTTP listening on [^:\s]+:(\d+)"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]  # (name, labels) -> value
@@ -161,7 +162,7 @@ def test_bridge_process_and_serve_process_export_their_metrics(
     assert nul_stream(url + "/", {"prompt": QUESTION, "use_stream_chat": True})[-1]["response"]
     assert "Paris" in ws_answer(url.replace("http", "ws") + "/", QUESTION)
     with openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
-        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTION}])
+        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}])
         assert "Paris" in (reply.choices[0].message.content or "")
 
     assert_bridge_series(metric_samples(url))
@@ -247,10 +248,10 @@ def test_the_token_never_reaches_logs_or_metrics(
     with pytest.raises(websocket.WebSocketBadStatusException):
         websocket.create_connection(url.replace("http", "ws") + "/", header=[f"Authorization: {wrong}"], timeout=60)
     with openai.OpenAI(base_url=url + "/v1", api_key=token, max_retries=0) as client:
-        client.completions.create(model="m", prompt="Hi", max_tokens=2)
+        client.completions.create(model=MODEL, prompt="Hi", max_tokens=2)
     with openai.OpenAI(base_url=url + "/v1", api_key=wrong, max_retries=0) as client:
         with pytest.raises(openai.AuthenticationError):
-            client.completions.create(model="m", prompt="Hi", max_tokens=2)
+            client.completions.create(model=MODEL, prompt="Hi", max_tokens=2)
     with ChatClient(f"127.0.0.1:{grpc_port}", token=token) as client:
         assert client.chat("Hi", max_new_tokens=2).usage.completion_tokens == 2
     with ChatClient(f"127.0.0.1:{grpc_port}", token=wrong) as client:

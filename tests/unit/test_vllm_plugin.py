@@ -19,23 +19,27 @@ def test_base_rows_are_left_alone_and_adapter_rows_match_the_original() -> None:
     indices = torch.tensor([0, -1, 0, -1])  # tokens 1 and 3 belong to base-model requests
 
     shrunk = torch.zeros(tokens, rank)
-    shrink_honouring_no_lora(lora_ops.bgmv_shrink)(x, lora_a, shrunk, indices, 1.0)
+    bgmv_shrink = getattr(lora_ops.bgmv_shrink, "__wrapped__", lora_ops.bgmv_shrink)
+    bgmv_expand = getattr(lora_ops.bgmv_expand, "__wrapped__", lora_ops.bgmv_expand)
+    shrink_honouring_no_lora(bgmv_shrink)(x, lora_a, shrunk, indices, 1.0)
     assert torch.all(shrunk[1] == 0) and torch.all(shrunk[3] == 0)
     expected = torch.zeros(tokens, rank)
-    lora_ops.bgmv_shrink(x, lora_a, expected, torch.zeros(tokens, dtype=torch.long), 1.0)
+    bgmv_shrink(x, lora_a, expected, torch.zeros(tokens, dtype=torch.long), 1.0)
     assert torch.allclose(shrunk[[0, 2]], expected[[0, 2]])
 
     base = torch.randn(tokens, out)
     result = base.clone()
-    expand_honouring_no_lora(lora_ops.bgmv_expand)(shrunk, lora_b, result, indices, add_inputs=True)
+    expand_honouring_no_lora(bgmv_expand)(shrunk, lora_b, result, indices, add_inputs=True)
     assert torch.equal(result[[1, 3]], base[[1, 3]])  # the base model's output untouched
     assert not torch.allclose(result[[0, 2]], base[[0, 2]])  # the adapter's tokens changed
 
 
 def test_the_unpatched_op_reads_slot_minus_one_as_the_last_adapter() -> None:
     """Why the fix exists: vLLM 0.32's CPU op applies the last adapter to a base-model token."""
+    # A vLLM engine started in this process loads the plugin: take the op from under the wrapper.
+    original = getattr(lora_ops.bgmv_shrink, "__wrapped__", lora_ops.bgmv_shrink)
     x = torch.ones(1, 4)
     lora_a = torch.ones(1, 1, 2, 4)
     shrunk = torch.zeros(1, 2)
-    lora_ops.bgmv_shrink(x, lora_a, shrunk, torch.tensor([-1]), 1.0)
+    original(x, lora_a, shrunk, torch.tensor([-1]), 1.0)
     assert torch.all(shrunk != 0)
