@@ -18,6 +18,7 @@ from chatllm.bridge import errors
 from chatllm.bridge.answer import http_stream, whole_answer
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM
+from chatllm.bridge.middleware import upstream_authorization
 from chatllm.bridge.openai_request import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -69,7 +70,7 @@ def model_card(model: pb.ModelInfo) -> dict[str, Any]:
 async def _models(request: web.Request) -> pb.ListModelsResponse:
     _require_api(request)
     try:
-        return await request.app[UPSTREAM].list_models(request.headers.get("Authorization"))
+        return await request.app[UPSTREAM].list_models(upstream_authorization(request))
     except grpc.aio.AioRpcError as exc:
         raise errors.from_rpc(exc) from None
 
@@ -83,7 +84,7 @@ async def _complete(
     request: web.Request, body: ChatCompletionRequest | CompletionRequest, shape: Shape
 ) -> web.StreamResponse:
     rid = request_id(request.headers.get("X-Request-Id"))
-    upstream, authorization = request.app[UPSTREAM], request.headers.get("Authorization")
+    upstream, authorization = request.app[UPSTREAM], upstream_authorization(request)
     try:
         model = body.model or await upstream.model_id(authorization)
     except grpc.aio.AioRpcError as exc:
@@ -104,7 +105,7 @@ async def embeddings(request: web.Request) -> web.Response:
     _require_api(request)
     body = parse(EmbeddingRequest, json_object(await request.read()))
     try:
-        reply = await request.app[UPSTREAM].embed(body.to_embed_request(), request.headers.get("Authorization"))
+        reply = await request.app[UPSTREAM].embed(body.to_embed_request(), upstream_authorization(request))
     except grpc.aio.AioRpcError as exc:
         raise errors.from_rpc(exc) from None
     data = [
@@ -126,7 +127,7 @@ async def tokenize(request: web.Request) -> web.Response:
     _require_api(request)
     body = parse(TokenizeRequest, json_object(await request.read()))
     try:
-        reply = await request.app[UPSTREAM].tokenize(body.to_pb(), request.headers.get("Authorization"))
+        reply = await request.app[UPSTREAM].tokenize(body.to_pb(), upstream_authorization(request))
     except grpc.aio.AioRpcError as exc:
         raise errors.from_rpc(exc) from None
     out: dict[str, Any] = {"count": reply.count, "max_model_len": reply.max_model_len, "tokens": list(reply.tokens)}
@@ -139,7 +140,7 @@ async def detokenize(request: web.Request) -> web.Response:
     _require_api(request)
     body = parse(DetokenizeRequest, json_object(await request.read()))
     try:
-        reply = await request.app[UPSTREAM].detokenize(body.to_pb(), request.headers.get("Authorization"))
+        reply = await request.app[UPSTREAM].detokenize(body.to_pb(), upstream_authorization(request))
     except grpc.aio.AioRpcError as exc:
         raise errors.from_rpc(exc) from None
     return web.json_response({"prompt": reply.prompt})
