@@ -409,4 +409,3 @@ async def test_the_websocket_handshake_is_checked_against_the_same_origins(stack
         with pytest.raises(websocket.WebSocketBadStatusException) as refused:
             await asyncio.to_thread(wss_round, stack.wss_url + "/", pki.ca.cert, origin)
         assert refused.value.status_code == 403, origin
-
