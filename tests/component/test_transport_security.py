@@ -275,19 +275,20 @@ async def test_grpc_certificates_reload_without_dropping_connections(stack: Secu
             async with client(stack, pki.ca.cert, pki.client) as stale:
                 with pytest.raises(grpc.aio.AioRpcError):
                     await stale.server_info()
-            rest = [response async for response in running]
+            rest = []
+            while (response := await running.read()) is not grpc.aio.EOF:
+                rest.append(response)
             assert rest[-1].HasField("final") and rest[-1].final.usage.completion_tokens == 48
             assert (await old.server_info()).max_queue > 0  # same connection, still open
         stack.server.reload_certificates()  # the original files are back
 
 
 async def test_https_certificates_reload_without_dropping_connections(stack: SecureStack, pki: Pki) -> None:
-    session = requests.Session()
-    session.verify = str(pki.ca.cert)
-    url = stack.https_url + "/"
+    session = requests.Session()  # one kept-alive connection (verify per request: REQUESTS_CA_BUNDLE wins over
+    ca = str(pki.ca.cert)  # a session's own `verify`)
     body = {"prompt": "Count from one to fifty in words.", "max_new_tokens": 40, "use_stream_chat": True}
     streaming = await asyncio.to_thread(
-        session.post, url, json=body, headers={"Authorization": TOKEN}, stream=True, timeout=120
+        session.post, stack.https_url + "/", json=body, headers={"Authorization": TOKEN}, stream=True, verify=ca
     )
     pieces = streaming.iter_lines(delimiter=b"\0")
     assert json.loads(await asyncio.to_thread(next, pieces))["response"] is not None
@@ -300,7 +301,7 @@ async def test_https_certificates_reload_without_dropping_connections(stack: Sec
                 await asyncio.to_thread(https, "GET", stack.https_url + "/healthz", pki.ca.cert)
             rest = [json.loads(p) for p in await asyncio.to_thread(list, pieces) if p]
             assert rest[-1]["usage"]["completion_tokens"] > 0  # the open stream ended normally
-            again = await asyncio.to_thread(session.get, stack.https_url + "/healthz", timeout=30)
+            again = await asyncio.to_thread(session.get, stack.https_url + "/healthz", verify=ca, timeout=30)
             assert again.status_code == 200  # the kept-alive connection still works
     finally:
         stack.bridge.reload_certificates()
