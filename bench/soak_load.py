@@ -212,8 +212,59 @@ def hostile_object(rng: random.Random) -> dict[str, Any]:
     return value
 
 
+DEEP_LEVELS = (129, 1_000, 200_000)  # just past the bridge's limit, deep, and far past Python's recursion limit
+
+
+def deep_json(rng: random.Random, field: str = "history") -> str:
+    """A JSON object whose `field` nests arrays or objects many levels deep (the decoder recurses per level)."""
+    depth = rng.choice(DEEP_LEVELS)
+    opener, closer = rng.choice([("[", "]"), ('{"a": ', "}")])
+    return '{"prompt": "hi", "' + field + '": ' + opener * depth + "1" + closer * depth + "}"
+
+
+def deep_form(rng: random.Random) -> tuple[bytes, str]:
+    """A knowledge-base upload whose form fields carry deep JSON: as a value, a field name, a document."""
+    deep = deep_json(rng).encode()
+    name = rng.choice(["meta", "[" * rng.choice(DEEP_LEVELS)])
+    parts = [(name, None, deep), ("file", "deep.txt", deep[:60_000])]
+    boundary = "soak-boundary"
+    body = b""
+    for field, filename, value in parts:
+        disposition = f'form-data; name="{field}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def deep_struct_request(depth: int) -> bytes:
+    """A GenerateRequest whose chat_template_kwargs (a google.protobuf.Struct, field 17) holds lists
+    nested `depth` deep, as raw bytes (no protobuf library builds a message this deep)."""
+    # Value.list_value (field 6) -> ListValue.values (field 1) -> Value ... from the inside out: each
+    # level only prefixes a tag and a length, so the prefixes are computed first and joined once.
+    prefixes, size = [], 0
+    for _ in range(depth):
+        for tag in (b"\x0a", b"\x32"):  # ListValue.values, then Value.list_value
+            prefix = tag + _varint(size)
+            prefixes.append(prefix)
+            size += len(prefix)
+    value = b"".join(reversed(prefixes))
+    entry = b"\x0a\x01k" + b"\x12" + _varint(len(value)) + value  # Struct.FieldsEntry {key: "k", value}
+    struct = b"\x0a" + _varint(len(entry)) + entry  # Struct.fields
+    return b"\x0a\x02hi" + b"\x8a\x01" + _varint(len(struct)) + struct  # prompt "hi", chat_template_kwargs
+
+
 def hostile_body(rng: random.Random) -> bytes:
     kind = rng.random()
+    if kind < 0.1:
+        return deep_json(rng, rng.choice(FIELDS)).encode()
     if kind < 0.6:
         return json.dumps(hostile_object(rng)).encode()
     if kind < 0.8:
@@ -225,10 +276,14 @@ def hostile_body(rng: random.Random) -> bytes:
 async def fuzz_http(session: aiohttp.ClientSession, url: str, rng: random.Random, limit: float) -> Outcome:
     path = rng.choice(["/", "/", "/v1/chat/completions", "/v1/completions", "/api/kb/fuzz/documents"])
     body = hostile_body(rng)
+    headers = {"Content-Type": rng.choice(["application/json", "text/plain", "application/x-www-form-urlencoded"])}
     if path.startswith("/v1/chat"):
         body = json.dumps({"messages": hostile_value(rng), "model": "m", **hostile_object(rng)}).encode()
+        if rng.random() < 0.2:
+            body = deep_json(rng, "messages").encode()
+    if path.startswith("/api/kb") and rng.random() < 0.3:
+        body, headers["Content-Type"] = deep_form(rng)
     started = time.monotonic()
-    headers = {"Content-Type": rng.choice(["application/json", "text/plain", "application/x-www-form-urlencoded"])}
     try:
         async with asyncio.timeout(limit):
             async with session.post(url + path, data=body, headers=headers) as response:
@@ -262,8 +317,12 @@ async def fuzz_websocket(session: aiohttp.ClientSession, url: str, rng: random.R
 
 
 async def fuzz_grpc(channel: grpc.aio.Channel, rng: random.Random, limit: float) -> Outcome:
-    """Random bytes as a Generate request: they parse into some message or are INVALID_ARGUMENT."""
-    call = channel.unary_stream(f"/{SERVICE_NAME}/Generate")(rng.randbytes(rng.randint(0, 200)), timeout=limit)
+    """Random bytes as a Generate request (sometimes a message nested deeper than protobuf parses):
+    they parse into some message or are INVALID_ARGUMENT."""
+    data = rng.randbytes(rng.randint(0, 200))
+    if rng.random() < 0.1:
+        data = deep_struct_request(rng.choice(DEEP_LEVELS))
+    call = channel.unary_stream(f"/{SERVICE_NAME}/Generate")(data, timeout=limit)
     started = time.monotonic()
     try:
         async for _ in call:

@@ -4,22 +4,32 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
+import grpc
 from aiohttp import web
 
 from chatllm.bridge import health, kb_api, legacy, openai_api, openapi
 from chatllm.bridge import web as web_page
-from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM, BridgeSettings, BridgeState
+from chatllm.bridge.channel import channel_credentials
+from chatllm.bridge.cors import add_cors_headers
+from chatllm.bridge.keys import ACCESS, CONFIG, STATE, UPSTREAM, BridgeSettings, BridgeState
 from chatllm.bridge.middleware import MIDDLEWARES, is_websocket
 from chatllm.bridge.upstream import Upstream
 from chatllm.bridge.websocket import handle_websocket
+from chatllm.clients.access import TokenRegistry
 
 
-def build_app(config: BridgeSettings, upstream_target: str) -> web.Application:
-    """The bridge for `upstream_target` (host:port, or dns:///name:port for round-robin)."""
+def build_app(config: BridgeSettings, upstream_target: str, access: TokenRegistry | None = None) -> web.Application:
+    """The bridge for `upstream_target` (host:port, or dns:///name:port for round-robin).
+
+    Raises TokenFileError / CertificateError for a token file or upstream TLS file that cannot be used."""
+    security = config.security
     app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=MIDDLEWARES)
     app[CONFIG] = config
     app[STATE] = BridgeState()
-    app.cleanup_ctx.append(_upstream_channel(config, upstream_target))
+    app[ACCESS] = access or TokenRegistry(security.token, security.token_file)
+    credentials = channel_credentials(security, upstream_target)
+    app.cleanup_ctx.append(_upstream_channel(config, upstream_target, credentials))
+    app.on_response_prepare.append(add_cors_headers)
     app.on_shutdown.append(_drain_websockets)
     add_routes(app)
     return app
@@ -59,9 +69,11 @@ async def _unknown_v1_route(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound(text=f"no such OpenAI-compatible route: {request.method} {request.path}")
 
 
-def _upstream_channel(config: BridgeSettings, target: str) -> Callable[[web.Application], AsyncIterator[None]]:
+def _upstream_channel(
+    config: BridgeSettings, target: str, credentials: grpc.ChannelCredentials | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def channel(app: web.Application) -> AsyncIterator[None]:
-        upstream = Upstream(target, config.security.token, config.limits.request_timeout)
+        upstream = Upstream(target, config.limits.request_timeout, credentials)
         app[UPSTREAM] = upstream
         yield
         await upstream.close()

@@ -13,6 +13,11 @@ config (gRFC A17 client-side health checking, A6 retries):
   response arrives (after that the call is committed), so a Generate that a dying
   replica had accepted but not answered moves to another replica, while a stream
   that was already answering ends with its error.
+
+Transport: TLS when `--tls-ca` names the CA of the servers' certificates (plus the bridge's
+own client certificate, `--upstream-tls-cert/--upstream-tls-key`, for servers that require
+one); gRPC's local credentials on a `unix:` target (`chatllm serve` with TLS: the server
+in the same process, on a socket in a private folder); plaintext otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from typing import Any
 
 import grpc
 
+from chatllm.clients.config import SecurityConfig
+from chatllm.clients.tls import channel_credentials as tls_credentials
 from chatllm.proto import SERVICE_NAME
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -101,6 +108,17 @@ def channel_options() -> list[tuple[str, Any]]:
     ]
 
 
-def upstream_channel(upstream: str) -> grpc.aio.Channel:
-    """An insecure channel to the replicas named by `--upstream`."""
-    return grpc.aio.insecure_channel(channel_target(upstream), options=channel_options())
+def channel_credentials(security: SecurityConfig, upstream: str) -> grpc.ChannelCredentials | None:
+    """The credentials for `upstream` (None: plaintext). Raises CertificateError for an unusable file."""
+    if upstream.startswith("unix:"):
+        return grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
+    if security.tls_ca is None and security.upstream_tls_cert is None:
+        return None
+    return tls_credentials(security.tls_ca, security.upstream_tls_cert, security.upstream_tls_key)
+
+
+def upstream_channel(upstream: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    """A channel to the replicas named by `--upstream` (plaintext unless `credentials` are given)."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(channel_target(upstream), options=channel_options())
+    return grpc.aio.secure_channel(channel_target(upstream), credentials, options=channel_options())

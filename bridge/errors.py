@@ -17,6 +17,7 @@ JSON 500 whose message names no internals (the traceback goes to the log).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +117,8 @@ _BY_REASON: dict[str, ErrorMapping] = {
     "DOCUMENT_NOT_FOUND": ErrorMapping(404, "not_found_error", "document_not_found"),
     "KNOWLEDGE_BASE_NOT_FOUND": ErrorMapping(404, "not_found_error", "knowledge_base_not_found"),
     "OVERLOADED": ErrorMapping(429, "rate_limit_error", "overloaded"),
+    "TOKEN_RATE_LIMITED": ErrorMapping(429, "rate_limit_error", "rate_limit_exceeded"),
+    "TOKEN_STREAMS_LIMITED": ErrorMapping(429, "rate_limit_error", "too_many_streams"),
     "LOADING": ErrorMapping(503, "server_unavailable", "loading"),
     "DRAINING": ErrorMapping(503, "server_unavailable", "draining"),
     "KNOWLEDGE_BASE_DISABLED": ErrorMapping(503, "server_unavailable", "knowledge_base_disabled"),
@@ -151,6 +154,7 @@ class RpcDetails:
     reason: str | None = None
     field: str | None = None
     description: str = ""
+    retry_after: float | None = None  # RetryInfo: seconds the server asks the client to wait
 
 
 def rpc_details(exc: grpc.aio.AioRpcError) -> RpcDetails:
@@ -159,7 +163,7 @@ def rpc_details(exc: grpc.aio.AioRpcError) -> RpcDetails:
     if not isinstance(raw, bytes):
         return RpcDetails()
     status = status_pb2.Status.FromString(raw)
-    reason, violation = None, None
+    reason, violation, retry_after = None, None, None
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
@@ -170,9 +174,13 @@ def rpc_details(exc: grpc.aio.AioRpcError) -> RpcDetails:
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             violation = bad.field_violations[0] if bad.field_violations else None
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
     if violation is None:
-        return RpcDetails(reason)
-    return RpcDetails(reason, violation.field, violation.description)
+        return RpcDetails(reason, retry_after=retry_after)
+    return RpcDetails(reason, violation.field, violation.description, retry_after)
 
 
 def from_rpc(exc: grpc.aio.AioRpcError, client_field: Callable[[str], str] | None = None) -> ApiError:
@@ -190,6 +198,8 @@ def from_rpc(exc: grpc.aio.AioRpcError, client_field: Callable[[str], str] | Non
         param = client_field(info.field) if client_field else info.field.removeprefix("sampling.")
         message = f"{param}: {info.description}"
     retry_after = {429: RETRY_AFTER_OVERLOADED_S, 503: RETRY_AFTER_UNAVAILABLE_S}.get(mapping.status)
+    if info.retry_after is not None:
+        retry_after = max(1, math.ceil(info.retry_after))  # Retry-After takes whole seconds
     error = ApiError(mapping.status, message, mapping.kind, param=param, code=mapping.code, retry_after=retry_after)
     if mapping.status == 401:
         error.headers["WWW-Authenticate"] = 'Bearer realm="chatllm"'

@@ -7,11 +7,14 @@ accept what the protocols define and nothing else. `null` means "not given" ever
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
+
+from chatllm.clients.json_depth import nesting_depth
 
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
@@ -118,3 +121,18 @@ StringList = Annotated[
     BeforeValidator(_string_list),
     WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
 ]
+
+
+# chat_template_kwargs travel as a protobuf Struct: every JSON object in it is three nested messages,
+# and protobuf refuses to build or parse a message nested deeper than 100 (upb's limit), which a
+# request 34 objects deep reaches. Deeper than any template variable needs, and well inside that.
+MAX_TEMPLATE_KWARGS_DEPTH = 32
+
+
+def _template_kwargs(value: Any) -> Any:
+    if isinstance(value, dict) and nesting_depth(json.dumps(value)) > MAX_TEMPLATE_KWARGS_DEPTH:
+        raise _fail(f"nested deeper than {MAX_TEMPLATE_KWARGS_DEPTH} levels", value)
+    return value
+
+
+TemplateKwargs = Annotated[dict[str, Any], AfterValidator(_template_kwargs)]

@@ -29,6 +29,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from chatllm.bridge import errors
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.keys import CONFIG, UPSTREAM
+from chatllm.bridge.middleware import upstream_authorization
 from chatllm.proto import pb
 
 UPLOAD_CHUNK_BYTES = 256 * 1024
@@ -57,7 +58,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
 
 
 def _authorization(request: web.Request) -> str | None:
-    return request.headers.get("Authorization")
+    return upstream_authorization(request)
 
 
 def document_json(document: pb.Document) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from chatllm.bridge.relay import InFlightCalls
 from chatllm.bridge.upstream import Upstream
+from chatllm.clients.access import Caller, TokenRegistry
 from chatllm.clients.config import BridgeConfig, Config, HistoryConfig, LimitsConfig, SecurityConfig
 
 
@@ -56,3 +57,5 @@ class BridgeState:
 CONFIG = web.AppKey("config", BridgeSettings)
 UPSTREAM = web.AppKey("upstream", Upstream)
 STATE = web.AppKey("state", BridgeState)
+ACCESS = web.AppKey("access", TokenRegistry)  # the tokens the bridge accepts (none: it forwards the client's)
+CALLER = web.RequestKey("caller", Caller)  # set by the token check: whose token the request carries

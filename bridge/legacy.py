@@ -21,6 +21,7 @@ from chatllm.bridge.answer import ChoiceChange, http_stream, whole_answer
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM
 from chatllm.bridge.legacy_request import LegacyRequest, from_http_body
+from chatllm.bridge.middleware import upstream_authorization
 from chatllm.bridge.relay import Progress, relay, request_id
 
 
@@ -93,7 +94,7 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     rid = request_id(request.headers.get("X-Request-Id"))
     protocol = "sse" if stream and wants_sse else "http"
     grpc_request = legacy.to_generate_request("http", rid, history)
-    authorization = request.headers.get("Authorization")
+    authorization = upstream_authorization(request)
     updates = relay(request.app[UPSTREAM], grpc_request, protocol, authorization, request.app[STATE].calls)
     delta = (legacy.stream_mode or config.bridge.legacy_stream) == "delta"
     replies = LegacyReplies(legacy, history, delta)

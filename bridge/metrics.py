@@ -18,6 +18,12 @@ HTTP_REQUESTS = Counter(
     "HTTP requests answered by the bridge, by route, method and status",
     ["route", "method", "status"],
 )
+TOKEN_REQUESTS = Counter(
+    "chatllm_bridge_token_requests_total",
+    "HTTP requests answered by the bridge, by the name of the token they were accepted with (anonymous: the "
+    "bridge checks no token, or the route is public; unnamed: --token), route and status",
+    ["token", "route", "status"],
+)
 HTTP_IN_FLIGHT = Gauge("chatllm_http_requests_in_flight", "HTTP requests being handled", ["route"])
 HTTP_DURATION = Histogram(
     "chatllm_http_request_duration_seconds",

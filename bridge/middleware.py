@@ -1,4 +1,8 @@
-"""Request middlewares, outermost first: metrics, error rendering, token check."""
+"""Request middlewares, outermost first: metrics, error rendering, token check, origin check (cors.py).
+
+The token check knows the caller by its token's name (request[CALLER]): that name, never the
+token, goes into the access log and the per-token metrics. What the bridge forwards to the
+server in the `authorization` metadata is `upstream_authorization(request)`."""
 
 from __future__ import annotations
 
@@ -6,15 +10,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from chatllm.bridge import errors, metrics
+from chatllm.bridge.cors import check_origin, is_preflight, own_origin
 from chatllm.bridge.eas_signature import is_signed, verify
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.keys import CONFIG, STATE
-from chatllm.clients.auth import token_matches
+from chatllm.bridge.keys import ACCESS, CALLER, CONFIG, STATE
+from chatllm.clients.access import ANONYMOUS, Caller
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -61,6 +65,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         in_flight.dec()
         metrics.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
         metrics.HTTP_DURATION.labels(route).observe(time.perf_counter() - started)
+        metrics.TOKEN_REQUESTS.labels(token_name(request), route, str(status)).inc()
 
 
 @web.middleware
@@ -82,6 +87,8 @@ async def render_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 def _is_public(request: web.Request) -> bool:
+    if is_preflight(request):
+        return True  # browsers send preflights without credentials; the origin check answers them
     route = request.match_info.route
     name = route.name if route is not None else None
     if name in ALWAYS_PUBLIC:
@@ -95,7 +102,7 @@ def _is_public(request: web.Request) -> bool:
 
 def _same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
-    return origin is None or urlsplit(origin).netloc == request.host
+    return origin is None or own_origin(request, origin)
 
 
 def presented_token(request: web.Request) -> str | None:
@@ -109,28 +116,51 @@ def presented_token(request: web.Request) -> str | None:
 
 @web.middleware
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With --token, every API route and the WebSocket handshake need `Authorization: <token>` (or
-    `Bearer <token>`); the legacy POST routes also take the EAS SDK's signed requests."""
-    security = request.app[CONFIG].security
-    if not security.token or _is_public(request):
+    """With --token or --token-file, every API route and the WebSocket handshake need `Authorization:
+    <token>` (or `Bearer <token>`) with an accepted token; the legacy POST routes also take the EAS
+    SDK's signed requests, checked against each token."""
+    access = request.app[ACCESS]
+    if not access.required or _is_public(request):
         return await handler(request)
     presented = presented_token(request)
     if is_signed(presented):
         assert presented is not None
         if not _takes_signatures(request):
             raise errors.unauthorized("EAS signatures are accepted on the legacy POST routes; send the raw token here")
-        verify(
+        callers = {caller.token: caller for caller in access.callers() if caller.token is not None}
+        signed_with = verify(
             presented,
-            [security.token],
+            list(callers),
             method=request.method,
             path=request.path,
             body=await request.read(),  # aiohttp keeps it: the handler reads the same bytes
             headers=dict(request.headers),
-            skew_seconds=security.eas_clock_skew,
+            skew_seconds=request.app[CONFIG].security.eas_clock_skew,
         )
-    elif not token_matches(presented, security.token):
-        raise errors.unauthorized()
+        caller: Caller | None = callers[signed_with]
+    else:
+        caller = access.identify(presented)
+        if caller is None:
+            raise errors.unauthorized()
+    request[CALLER] = caller
     return await handler(request)
+
+
+def token_name(request: web.Request) -> str:
+    """The name of the token the request was accepted with; anonymous when the bridge checks no token."""
+    caller = request.get(CALLER)
+    return caller.name if caller is not None else ANONYMOUS
+
+
+def upstream_authorization(request: web.Request) -> str | None:
+    """What the bridge sends the server as `authorization`: the accepted token when the bridge checks
+    tokens itself (so a signed request or the page's cookie reaches the server as that token, whose name
+    the server then finds in its own token file), else the client's header (or the page's cookie)
+    unchanged, for the server to judge."""
+    caller = request.get(CALLER)
+    if caller is not None and caller.token is not None:
+        return caller.token
+    return presented_token(request)
 
 
 def _takes_signatures(request: web.Request) -> bool:
@@ -138,4 +168,4 @@ def _takes_signatures(request: web.Request) -> bool:
     return route is not None and route.name == "legacy"
 
 
-MIDDLEWARES = [observe, render_errors, require_token]
+MIDDLEWARES = [observe, render_errors, require_token, check_origin]

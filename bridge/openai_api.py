@@ -20,6 +20,7 @@ from chatllm.bridge import errors
 from chatllm.bridge.answer import http_stream, whole_answer
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM
+from chatllm.bridge.middleware import upstream_authorization
 from chatllm.bridge.openai_request import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -73,7 +74,7 @@ def model_card(model: pb.ModelInfo) -> dict[str, Any]:
 async def _models(request: web.Request) -> pb.ListModelsResponse:
     _require_api(request)
     try:
-        return await request.app[UPSTREAM].list_models(request.headers.get("Authorization"))
+        return await request.app[UPSTREAM].list_models(upstream_authorization(request))
     except grpc.aio.AioRpcError as exc:
         raise errors.from_rpc(exc) from None
 
@@ -87,7 +88,7 @@ async def _complete(
     request: web.Request, body: ChatCompletionRequest | CompletionRequest, shape: Shape
 ) -> web.StreamResponse:
     rid = request_id(request.headers.get("X-Request-Id"))
-    upstream, authorization = request.app[UPSTREAM], request.headers.get("Authorization")
+    upstream, authorization = request.app[UPSTREAM], upstream_authorization(request)
     try:
         model = body.model or await upstream.model_id(authorization)
     except grpc.aio.AioRpcError as exc:
@@ -108,7 +109,7 @@ async def _unary(request: web.Request, model: type[M], call: Callable[[M, str | 
     _require_api(request)
     body = parse(model, json_object(await request.read()))
     try:
-        return body, await call(body, request.headers.get("Authorization"))
+        return body, await call(body, upstream_authorization(request))
     except grpc.aio.AioRpcError as exc:
         raise errors.from_rpc(exc) from None
 

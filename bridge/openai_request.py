@@ -25,6 +25,7 @@ from chatllm.bridge.field_types import (
     Seed,
     String,
     StringList,
+    TemplateKwargs,
     TopK,
     TopLogprobs,
     UInt32,
@@ -202,7 +203,7 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[FunctionTool] | None = None
     tool_choice: ToolChoiceMode | NamedToolChoice | None = None
     parallel_tool_calls: Boolean | None = None
-    chat_template_kwargs: dict[str, Any] | None = Field(None, description="extra variables for the chat template")
+    chat_template_kwargs: TemplateKwargs | None = Field(None, description="extra variables for the chat template")
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = Field(
         None, description="passed to the chat template as `reasoning_effort` (templates that know it use it)"
     )
@@ -338,7 +339,7 @@ class TokenizeRequest(Strict):
     add_generation_prompt: Boolean | None = None
     return_token_strs: Boolean | None = None
     tools: list[FunctionTool] | None = None
-    chat_template_kwargs: dict[str, Any] | None = None
+    chat_template_kwargs: TemplateKwargs | None = None
 
     @model_validator(mode="after")
     def _prompt_or_messages(self) -> TokenizeRequest:

@@ -4,6 +4,10 @@ one event loop, see chatllm.clients.cli_server), with a graceful drain on SIGTER
 Drain: readiness flips to 503, the listening socket closes, each WebSocket
 finishes its current answer and closes with 1001, HTTP streams get
 --shutdown-grace seconds to finish, then whatever is left is cancelled.
+
+With --tls-cert/--tls-key the bridge speaks HTTPS (and so wss); SIGHUP re-reads the
+certificate files for new connections. Each request leaves one access-log line naming
+its token's name (never the token).
 """
 
 from __future__ import annotations
@@ -14,31 +18,92 @@ import logging
 import signal
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 
 from chatllm.bridge.app import build_app
-from chatllm.bridge.keys import STATE, BridgeSettings
+from chatllm.bridge.keys import CALLER, STATE, BridgeSettings
+from chatllm.clients.access import ANONYMOUS
 from chatllm.clients.config import Config
+from chatllm.clients.tls import CertificateError, HttpsContext
 
 log = logging.getLogger(__name__)
 LEFTOVER_TIMEOUT_S = 1.0  # after the grace period: how long cancelled handlers get to unwind
 
 
+class TokenAccessLogger(AbstractAccessLogger):
+    """aiohttp's access log (logger `aiohttp.access`), with the name of the request's token."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        caller = request.get(CALLER)
+        self.logger.info(
+            '%s "%s %s HTTP/%d.%d" %d %.3fs token=%s',
+            request.remote,
+            request.method,
+            request.path,  # not the query string: nothing secret belongs there, but nothing needs it either
+            request.version.major,
+            request.version.minor,
+            response.status,
+            time,
+            caller.name if caller is not None else ANONYMOUS,
+        )
+
+
 class BridgeServer:
+    """Raises TokenFileError / CertificateError when a token file or certificate cannot be used."""
+
     def __init__(self, config: Config, upstream_target: str) -> None:
         self.settings = BridgeSettings.of(config)
+        security = config.security
         self.upstream_target = upstream_target
+        self.tls = None
+        if security.tls_cert and security.tls_key:
+            self.tls = HttpsContext(security.tls_cert, security.tls_key, security.tls_client_ca)
         self.app = build_app(self.settings, upstream_target)
         # handler_cancellation: a client that disconnects cancels its handler, and so its gRPC call.
         # The grace period is ours (stop()); aiohttp's own shutdown only cancels what is left.
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, shutdown_timeout=LEFTOVER_TIMEOUT_S)
+        self._runner = web.AppRunner(
+            self.app,
+            handler_cancellation=True,
+            shutdown_timeout=LEFTOVER_TIMEOUT_S,
+            access_log_class=TokenAccessLogger,
+        )
         self.port = 0
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
 
     async def start(self) -> None:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.bridge.host, self.settings.bridge.port)
+        context = self.tls.context if self.tls is not None else None
+        site = web.TCPSite(self._runner, self.settings.bridge.host, self.settings.bridge.port, ssl_context=context)
         await site.start()
         self.port = self._runner.addresses[0][1]
-        log.info("HTTP listening on %s:%d (upstream %s)", self.settings.bridge.host, self.port, self.upstream_target)
+        log.info(
+            "HTTP listening on %s:%d, %s (upstream %s)",
+            self.settings.bridge.host,
+            self.port,
+            self._transport(),
+            self.upstream_target,
+        )
+
+    def _transport(self) -> str:
+        if self.tls is None:
+            return "plaintext"
+        return "HTTPS with client certificates" if self.tls.requires_client_certificate else "HTTPS"
+
+    def reload_certificates(self) -> None:
+        """SIGHUP: read the certificate files again; a bad file is logged and the current ones stay."""
+        if self.tls is None:
+            return
+        try:
+            self.tls.reload()
+        except CertificateError as exc:
+            log.error("HTTPS: kept the current certificate: %s", exc)
+        else:
+            log.info("HTTPS: certificates re-read")
 
     async def stop(self) -> None:
         """Drain (see the module docstring) and release the upstream channel."""
@@ -79,9 +144,10 @@ def stop_event() -> asyncio.Event:
 
 
 async def bridge_until_signal(config: Config, upstream_target: str) -> None:
-    """`chatllm bridge`: serve until SIGTERM/SIGINT, then drain."""
+    """`chatllm bridge`: serve until SIGTERM/SIGINT, then drain; SIGHUP re-reads the certificates."""
     stop = stop_event()
     bridge = BridgeServer(config, upstream_target)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, bridge.reload_certificates)
     await bridge.start()
     try:
         await stop.wait()

@@ -25,27 +25,23 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 class Upstream:
-    """Stubs on one channel plus the auth to forward.
+    """Stubs on one channel; each call forwards the `authorization` its handler gives it
+    (middleware.upstream_authorization: the token the bridge accepted, or the client's own header
+    when the bridge checks none, so a server with tokens still decides)."""
 
-    When the bridge has its own token it checks clients against it and forwards
-    it; without one, it forwards the client's Authorization header unchanged so a
-    server with a token still decides."""
-
-    def __init__(self, target: str, token: str | None, request_timeout: float) -> None:
+    def __init__(self, target: str, request_timeout: float, credentials: grpc.ChannelCredentials | None = None) -> None:
         self.target = target
-        self.channel = upstream_channel(target)
+        self.channel = upstream_channel(target, credentials)
         self._stub = pb_grpc.ChatLLMStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
-        self._token = token
         self.timeout = request_timeout if request_timeout > 0 else None
         self._model_id: tuple[float, str] | None = None
 
-    def metadata(self, client_authorization: str | None) -> Metadata:
-        token = self._token or client_authorization
+    def metadata(self, authorization: str | None) -> Metadata:
         # gRPC metadata values must be printable ASCII; anything else cannot be a valid token anyway.
-        if not token or not (token.isascii() and token.isprintable()):
+        if not authorization or not (authorization.isascii() and authorization.isprintable()):
             return ()
-        return (("authorization", token),)
+        return (("authorization", authorization),)
 
     def generate(self, request: pb.GenerateRequest, authorization: str | None) -> grpc.aio.UnaryStreamCall:
         return self._stub.Generate(request, metadata=self.metadata(authorization), timeout=self.timeout)

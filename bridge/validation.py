@@ -4,37 +4,20 @@ every failure a 400 whose `param` names the field (`history[0]`, `messages[2].co
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, TypeVar
 
-import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from chatllm.bridge.errors import ApiError, bad_request
 from chatllm.bridge.field_types import kind
+from chatllm.clients.json_depth import MAX_JSON_DEPTH, deeper_than
 
 M = TypeVar("M", bound=BaseModel)
-# Deeper than any real request (an OpenAI body with a JSON schema inside is ~20 levels); a
-# hostile body nested 100,000 deep would otherwise exhaust the decoder's recursion.
-MAX_JSON_DEPTH = 128
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_DEPTH_STEP = np.zeros(256, dtype=np.int8)
-_DEPTH_STEP[[ord("["), ord("{")]] = 1
-_DEPTH_STEP[[ord("]"), ord("}")]] = -1
-
-
-def nesting_depth(text: str) -> int:
-    """How deeply JSON text nests arrays and objects (brackets inside strings do not count)."""
-    structure = _STRING.sub("", text).encode("utf-8", "surrogatepass")
-    if not structure:
-        return 0
-    steps = _DEPTH_STEP[np.frombuffer(structure, dtype=np.uint8)]
-    return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
 
 
 def check_depth(text: str, what: str = "body") -> None:
     """400 before decoding JSON nested deeper than MAX_JSON_DEPTH (the decoder would recurse that deep)."""
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and nesting_depth(text) > MAX_JSON_DEPTH:
+    if deeper_than(text):
         raise bad_request(what, f"JSON nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
 
 

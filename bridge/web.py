@@ -17,7 +17,7 @@ from google.protobuf.json_format import MessageToDict
 
 from chatllm.bridge import errors
 from chatllm.bridge.keys import CONFIG, UPSTREAM
-from chatllm.bridge.middleware import is_websocket
+from chatllm.bridge.middleware import is_websocket, upstream_authorization
 from chatllm.bridge.websocket import handle_websocket
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -63,7 +63,7 @@ def _as_dict(message: Any) -> dict[str, Any]:
 async def info(request: web.Request) -> web.Response:
     """The served model (`model`: the first; `models`: every one, adapters included, for the page's
     model picker), the server's state and the model catalogue, for the page's Model tab."""
-    upstream, authorization = request.app[UPSTREAM], request.headers.get("Authorization")
+    upstream, authorization = request.app[UPSTREAM], upstream_authorization(request)
     try:
         models = await upstream.list_models(authorization)
         server = await upstream.server_info(authorization)

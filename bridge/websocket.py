@@ -29,7 +29,7 @@ from chatllm.bridge.answer import ChoiceChange, Encoder, WebSocketSink, stream_a
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM, BridgeSettings
 from chatllm.bridge.legacy_request import from_text_or_json
-from chatllm.bridge.middleware import presented_token
+from chatllm.bridge.middleware import upstream_authorization
 from chatllm.bridge.relay import InFlightCalls, Progress, relay, request_id
 from chatllm.bridge.upstream import Upstream
 
@@ -221,7 +221,7 @@ async def handle_websocket(request: web.Request, page: bool = False) -> web.Stre
             f"too many WebSocket connections (limit {config.limits.ws_max_connections})", code="busy"
         )
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=config.limits.max_body_bytes, compress=False)
-    authorization = presented_token(request)
+    authorization = upstream_authorization(request)
     session = WebSocketSession(ws, config, request.app[UPSTREAM], authorization, state.calls)
     state.websockets.add(session)  # before the first await, so the limit cannot be overshot
     metrics.WEBSOCKET_CONNECTIONS.inc()

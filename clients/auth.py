@@ -6,11 +6,17 @@ from __future__ import annotations
 import hmac
 
 
+def presented_value(header: str) -> str:
+    """The token an Authorization header value carries: the value itself, or what follows `Bearer `."""
+    value = header.strip()
+    if value[:7].lower() == "bearer ":
+        value = value[7:].strip()
+    return value
+
+
 def token_matches(header: str | None, token: str) -> bool:
     """True when an Authorization header value carries `token`."""
     if header is None:
         return False
-    value = header.strip()
-    if value[:7].lower() == "bearer ":
-        value = value[7:].strip()
+    value = presented_value(header)
     return hmac.compare_digest(value.encode("utf-8", "surrogateescape"), token.encode("utf-8"))

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from chatllm.clients import cli_chat, cli_kb, cli_server
+from chatllm.clients.tls import CertificateError
 
 COMMAND_MODULES = [cli_server, cli_chat, cli_kb]
 
@@ -25,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except CertificateError as exc:  # a client's --tls-ca/--tls-cert/--tls-key file
+        print(f"chatllm: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -24,6 +24,44 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
         "--token", default=os.environ.get("CHATLLM_TOKEN"), help="authorization token [env CHATLLM_TOKEN]"
     )
     parser.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
+    tls = parser.add_argument_group("TLS (a server with --tls-cert)")
+    tls.add_argument(
+        "--tls-ca",
+        "--tls_ca",
+        default=os.environ.get("CHATLLM_TLS_CA"),
+        help="PEM CA certificate(s) that signed the server's certificate; connects over TLS [env CHATLLM_TLS_CA]",
+    )
+    tls.add_argument(
+        "--tls",
+        action="store_true",
+        default=bool(os.environ.get("CHATLLM_TLS")),
+        help="connect over TLS, trusting the system's root CAs [env CHATLLM_TLS]",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        "--tls_cert",
+        default=os.environ.get("CHATLLM_TLS_CERT"),
+        help="PEM client certificate, for a server with --tls-client-ca [env CHATLLM_TLS_CERT]",
+    )
+    tls.add_argument(
+        "--tls-key",
+        "--tls_key",
+        default=os.environ.get("CHATLLM_TLS_KEY"),
+        help="PEM private key of --tls-cert [env CHATLLM_TLS_KEY]",
+    )
+
+
+def open_client(args: argparse.Namespace, timeout: float | None) -> ChatClient:
+    """The client the target arguments describe (CertificateError for an unusable TLS file)."""
+    return ChatClient(
+        args.target,
+        token=args.token,
+        timeout=timeout,
+        tls=args.tls,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -65,7 +103,7 @@ def run_chat(args: argparse.Namespace) -> int:
         "top_k": args.top_k,
         "top_p": args.top_p,
     }
-    with ChatClient(args.target, token=args.token, timeout=args.timeout) as client:
+    with open_client(args, args.timeout) as client:
         call = client.stream(prompt, system_prompt=args.system, knowledge_base=args.kb, channel="cli", **sampling)
         final = None
         try:
@@ -99,7 +137,7 @@ def run_models(args: argparse.Namespace) -> int:
     from chatllm.server.catalog import entries
 
     if args.served:
-        with ChatClient(args.target, token=args.token, timeout=args.timeout or 10) as client:
+        with open_client(args, args.timeout or 10) as client:
             try:
                 for m in client.models().models:
                     print(f"served: {m.id} ({m.backend} on {m.device}/{m.dtype}, context {m.context_length})")
@@ -117,7 +155,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    with ChatClient(args.target, token=args.token, timeout=args.timeout or 10) as client:
+    with open_client(args, args.timeout or 10) as client:
         try:
             info = client.server_info()
         except grpc.RpcError as exc:

@@ -15,8 +15,7 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
-from chatllm.clients.cli_chat import add_target_arguments, fail
-from chatllm.clients.grpc_client import ChatClient
+from chatllm.clients.cli_chat import add_target_arguments, fail, open_client
 from chatllm.clients.requests import INGEST_CHUNK_BYTES
 from chatllm.proto import pb
 
@@ -74,7 +73,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         return 2
     total_bytes = sum(f.stat().st_size for f in files)
     failures = chunks = 0
-    with ChatClient(args.target, token=args.token, timeout=args.timeout) as client:
+    with open_client(args, args.timeout) as client:
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="ingest", disable=args.quiet, file=sys.stderr)
         with bar:
             for number, path in enumerate(files, 1):
@@ -104,7 +103,7 @@ def describe(path: Path, response: pb.IngestResponse) -> str:
 
 
 def run_kb_list(args: argparse.Namespace) -> int:
-    with ChatClient(args.target, token=args.token, timeout=args.timeout or 30) as client:
+    with open_client(args, args.timeout or 30) as client:
         try:
             rows: list[tuple[str, ...]]
             if args.kb is None:
@@ -125,7 +124,7 @@ def run_kb_delete(args: argparse.Namespace) -> int:
     if bool(args.document_id) == bool(args.all):
         print("chatllm: give a document id, or --all to delete the whole knowledge base", file=sys.stderr)
         return 2
-    with ChatClient(args.target, token=args.token, timeout=args.timeout or 60) as client:
+    with open_client(args, args.timeout or 60) as client:
         try:
             if args.all:
                 documents = client.delete_knowledge_base(args.kb)

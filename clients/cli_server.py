@@ -9,11 +9,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from chatllm.clients.access import TokenFileError
 from chatllm.clients.config import Config, add_config_arguments, from_args
+from chatllm.clients.tls import CertificateError
 
 DEFAULT_UPSTREAM = "localhost:50051"
 log = logging.getLogger("chatllm.serve")
@@ -46,7 +49,7 @@ def _run(args: argparse.Namespace, main: Callable[[Config], Coroutine[Any, Any, 
     setup_logging(config.common.log_level)
     try:
         asyncio.run(main(config))
-    except (StartupError, OSError) as exc:
+    except (StartupError, OSError, TokenFileError, CertificateError) as exc:
         print(f"chatllm: error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -87,11 +90,18 @@ async def serve_both_until_signal(config: Config) -> None:
     from chatllm.server.app import ChatLLMServer
 
     stop = stop_event()
-    server = ChatLLMServer(config)
+    # With TLS on the gRPC port, the bridge in this process uses a private Unix socket instead.
+    server = ChatLLMServer(config, local_socket=config.security.tls_cert is not None)
     async with contextlib.AsyncExitStack() as stack:
         await server.start()
         stack.push_async_callback(server.stop)
-        bridge = BridgeServer(config, loopback_target(config.server.grpc_host, server.port))
+        bridge = BridgeServer(config, server.local_target or loopback_target(config.server.grpc_host, server.port))
+
+        def reload_certificates() -> None:
+            server.reload_certificates()
+            bridge.reload_certificates()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_certificates)
         await bridge.start()
         bridge_stopped = False
         try:

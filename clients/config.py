@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import Any
 import platformdirs
 
 ENV_PREFIX = "CHATLLM_"
+ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+|null")  # a browser's Origin header value
 COMMANDS = ("server", "serve", "bridge")
 SERVER_COMMANDS = ("server", "serve")
 
@@ -34,13 +36,14 @@ def option(
     choices: Sequence[str] | None = None,
     commands: Sequence[str] = COMMANDS,
     command_defaults: Mapping[str, Any] | None = None,
+    secret: bool = False,
 ) -> Any:
     """A config field that is also a CLI flag (and a CHATLLM_ env variable) of `commands`.
 
     `command_defaults` gives a command its own default (e.g. the server's metrics port is on for
     `chatllm server` but off for `chatllm serve`, whose bridge already shows the same metrics)."""
     metadata = {"help": help, "choices": choices, "commands": tuple(commands), "command_defaults": command_defaults}
-    return field(default=default, metadata=metadata)
+    return field(default=default, metadata=metadata, repr=not secret)  # a secret never shows in a logged config
 
 
 @dataclass(frozen=True)
@@ -247,11 +250,41 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class SecurityConfig:
-    token: str | None = option(None, "require `Authorization: <token>` (HTTP, WS, gRPC metadata)")
+    token: str | None = option(None, "require `Authorization: <token>` (HTTP, WS, gRPC metadata)", secret=True)
+    token_file: str | None = option(
+        None,
+        "named tokens, one `name:token` (or `name:token:rpm=N,streams=N`) a line; re-read when it changes "
+        "(docs/security.md)",
+    )
     protect_metrics: bool = option(False, "require the token on /metrics too")
     eas_clock_skew: float = option(
         900.0,
         "seconds an EAS-signed request's Date may differ from the bridge's local clock (the SDK signs local time)",
+        commands=("serve", "bridge"),
+    )
+    tls_cert: str | None = option(
+        None, "PEM certificate (chain) of this process: gRPC over TLS, HTTPS/wss on the bridge; re-read on SIGHUP"
+    )
+    tls_key: str | None = option(None, "PEM private key of --tls-cert")
+    tls_client_ca: str | None = option(
+        None, "PEM CA certificate(s): require client certificates they signed (mutual TLS) on gRPC and HTTPS"
+    )
+    tls_ca: str | None = option(
+        None,
+        "bridge: PEM CA certificate(s) that signed the upstream servers' certificates; the bridge then "
+        "connects to --upstream over TLS",
+        commands=("bridge",),
+    )
+    upstream_tls_cert: str | None = option(
+        None,
+        "bridge: client certificate it shows the upstream servers (for servers with --tls-client-ca)",
+        commands=("bridge",),
+    )
+    upstream_tls_key: str | None = option(None, "bridge: private key of --upstream-tls-cert", commands=("bridge",))
+    cors_origins: tuple[str, ...] = option(
+        (),
+        "origins (scheme://host[:port], or *) whose web pages may call the HTTP API and open WebSockets; "
+        "the bridge's own page always may",
         commands=("serve", "bridge"),
     )
 
@@ -372,6 +405,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, command: str) -> None:
             group.add_argument(*names, dest=f.name, action="store_const", const=True, default=None, help=help_text)
         elif kind is bool:
             group.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind is tuple:
+            group.add_argument(*names, dest=f.name, nargs="+", default=None, metavar="VALUE", help=help_text)
         else:
             group.add_argument(
                 *names, dest=f.name, type=kind, default=None, choices=f.metadata["choices"], help=help_text
@@ -440,9 +475,24 @@ def validate(config: Config) -> None:
     for name in ("max_concurrent", "max_queue"):
         if getattr(limits, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
+    problems.extend(security_problems(config.security))
     for module in config.model.lora_modules:
         name, sep, path = module.partition("=")
         if not (sep and name and path):
             problems.append(f"--lora-modules {module!r}: give NAME=PATH")
     if problems:
         raise SystemExit("error: " + "; ".join(problems))
+
+
+def security_problems(security: SecurityConfig) -> list[str]:
+    """Flags that only make sense together (the files themselves are read when the server starts)."""
+    problems = []
+    for cert, key in (("tls_cert", "tls_key"), ("upstream_tls_cert", "upstream_tls_key")):
+        if (getattr(security, cert) is None) != (getattr(security, key) is None):
+            problems.append(f"--{cert.replace('_', '-')} and --{key.replace('_', '-')} go together")
+    if security.tls_client_ca and not security.tls_cert:
+        problems.append("--tls-client-ca needs --tls-cert and --tls-key (client certificates are checked in TLS)")
+    for origin in security.cors_origins:
+        if origin != "*" and not ORIGIN.fullmatch(origin):
+            problems.append(f"--cors-origins {origin!r}: give scheme://host[:port] (no path), or *")
+    return problems

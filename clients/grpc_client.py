@@ -6,6 +6,9 @@ async with AsyncChatClient("localhost:50051") as client:
 
 with ChatClient("localhost:50051") as client:
     print(client.chat("Hello").text)
+
+A server with --tls-cert: pass `tls_ca` (the CA that signed its certificate; or `tls=True` to trust
+the system's root CAs), and for one with --tls-client-ca also `tls_cert` and `tls_key`.
 """
 
 from __future__ import annotations
@@ -19,18 +22,43 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chatllm.clients.requests import ChatResult, _ingest_messages, _metadata, _result, build_request
+from chatllm.clients.tls import channel_credentials
 from chatllm.proto import SERVICE_NAME, pb, pb_grpc
 
 __all__ = ["AsyncChatClient", "ChatClient", "ChatResult", "build_request"]
+CHANNEL_OPTIONS = [("grpc.lb_policy_name", "round_robin")]
+PathLike = str | Path
+
+
+def credentials(
+    tls: bool = False, tls_ca: PathLike | None = None, tls_cert: PathLike | None = None, tls_key: PathLike | None = None
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials when any TLS option is given (None: plaintext). Raises CertificateError for a bad file."""
+    if not (tls or tls_ca or tls_cert or tls_key):
+        return None
+    return channel_credentials(tls_ca, tls_cert, tls_key)
 
 
 class AsyncChatClient:
-    """asyncio client. `target` is host:port (or any gRPC target such as dns:///name:port)."""
+    """asyncio client. `target` is host:port (or any gRPC target such as dns:///name:port); TLS options
+    as in the module docstring."""
 
     def __init__(
-        self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None
+        self,
+        target: str = "localhost:50051",
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+        tls: bool = False,
+        tls_ca: PathLike | None = None,
+        tls_cert: PathLike | None = None,
+        tls_key: PathLike | None = None,
     ) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")])
+        secure = credentials(tls, tls_ca, tls_cert, tls_key)
+        if secure is None:
+            self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.aio.secure_channel(target, secure, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.ChatLLMStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._metadata = _metadata(token)
@@ -134,9 +162,21 @@ class ChatClient:
     """Blocking client with the same methods as AsyncChatClient."""
 
     def __init__(
-        self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None
+        self,
+        target: str = "localhost:50051",
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+        tls: bool = False,
+        tls_ca: PathLike | None = None,
+        tls_cert: PathLike | None = None,
+        tls_key: PathLike | None = None,
     ) -> None:
-        self.channel = grpc.insecure_channel(target, options=[("grpc.lb_policy_name", "round_robin")])
+        secure = credentials(tls, tls_ca, tls_cert, tls_key)
+        if secure is None:
+            self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        else:
+            self.channel = grpc.secure_channel(target, secure, options=CHANNEL_OPTIONS)
         self.stub = pb_grpc.ChatLLMStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._metadata = _metadata(token)

@@ -1,6 +1,8 @@
 """Admission control: at most `max_concurrent` requests generate, at most
 `max_queue` more wait; beyond that a request is refused at once (never queued
-without bound), and a draining server refuses everything new."""
+without bound), and a draining server refuses everything new. A token with
+limits (see chatllm.server.quotas) is refused at once when over them, before it
+takes a place in the one queue."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from chatllm.clients.access import ANONYMOUS_CALLER, Caller
 from chatllm.server.errors import NotReady, Overloaded, Reason
+from chatllm.server.quotas import TokenQuotas
 
 
 class Admission:
@@ -19,11 +23,12 @@ class Admission:
         self.active = 0
         self.waiting = 0
         self.draining = False
+        self.quotas = TokenQuotas()
         self._idle = asyncio.Event()
         self._idle.set()
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, caller: Caller = ANONYMOUS_CALLER) -> AsyncIterator[None]:
         """Hold a generation slot for the duration of the block."""
         if self.draining:
             raise NotReady("server is shutting down; retry on another replica", Reason.DRAINING)
@@ -32,6 +37,15 @@ class Admission:
                 raise Overloaded(
                     f"server at capacity: {self.active} requests generating and {self.waiting} queued; retry later"
                 )
+        self.quotas.admit(caller)  # raises when the token is over its own limits
+        try:
+            async with self._queued():
+                yield
+        finally:
+            self.quotas.release(caller)
+
+    @contextlib.asynccontextmanager
+    async def _queued(self) -> AsyncIterator[None]:
         self.waiting += 1
         self._idle.clear()
         try:

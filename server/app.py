@@ -3,7 +3,8 @@
 Start-up is explicit and ordered: the port is bound and health answers before
 the (slow) model load, so probes see "alive but not ready". On SIGTERM the
 server flips readiness to NOT_SERVING, refuses new work, lets in-flight streams
-finish within --shutdown-grace, then stops.
+finish within --shutdown-grace, then stops. On SIGHUP it re-reads its TLS
+certificates: new connections get the new ones, open connections go on.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -21,7 +24,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from chatllm.clients.access import TokenFileError, TokenRegistry
 from chatllm.clients.config import Config
+from chatllm.clients.tls import CertificateError, HttpsContext
 from chatllm.proto import SERVICE_NAME, pb, pb_grpc
 from chatllm.server import metrics
 from chatllm.server.admission import Admission
@@ -37,6 +42,7 @@ from chatllm.server.metrics_http import MetricsEndpoint
 from chatllm.server.model_source import ModelSource, resolve
 from chatllm.server.models import ServedModels
 from chatllm.server.servicer import ChatLLMServicer, ServerState
+from chatllm.server.tls import GrpcCertificates
 from chatllm.server.tokens import TokenService
 from chatllm.server.tools import ToolCalling
 
@@ -89,18 +95,31 @@ def package_version() -> str:
 
 
 class ChatLLMServer:
-    """One gRPC server. `running()` for in-process use; `serve_until_signal()` for the CLI."""
+    """One gRPC server. `running()` for in-process use; `serve_until_signal()` for the CLI.
 
-    def __init__(self, config: Config) -> None:
+    With `local_socket` it also listens on a Unix socket in a private folder (`local_target`), for
+    a bridge in the same process (`chatllm serve`) when the TCP port speaks TLS."""
+
+    def __init__(self, config: Config, *, local_socket: bool = False) -> None:
         self.config = config
+        security = config.security
+        try:
+            self.access = TokenRegistry(security.token, security.token_file)
+            self.certificates, metrics_tls = None, None
+            if security.tls_cert and security.tls_key:
+                self.certificates = GrpcCertificates(security.tls_cert, security.tls_key, security.tls_client_ca)
+                metrics_tls = HttpsContext(security.tls_cert, security.tls_key, security.tls_client_ca)
+        except (TokenFileError, CertificateError) as exc:
+            raise StartupError(str(exc)) from None
         self.state = ServerState(
             Admission(config.limits.max_concurrent, config.limits.max_queue),
-            bool(config.security.token),
+            self.access.required,
             package_version(),
         )
+        self.state.access = self.access
         self.health = health_aio.HealthServicer()
         # The token is checked first: an unauthenticated caller learns nothing about its bytes.
-        interceptors = [TokenAuthInterceptor(config.security.token)] if config.security.token else []
+        interceptors = [TokenAuthInterceptor(self.access)] if self.access.required else []
         interceptors.append(DecodeErrorInterceptor())
         self._server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
         pb_grpc.add_ChatLLMServicer_to_server(ChatLLMServicer(self.state), self._server)
@@ -112,28 +131,66 @@ class ChatLLMServer:
         )
         reflection.enable_server_reflection(names, self._server)
         self.port = 0
+        self._local_socket = local_socket
+        self._socket_dir: str | None = None
+        self.local_target: str | None = None
         # Requests only wait when concurrency is limited; the queue alert divides by this.
         metrics.QUEUE_LIMIT.set(config.limits.max_queue if config.limits.max_concurrent > 0 else 0)
         self.metrics: MetricsEndpoint | None = None
         if config.server.metrics_port > 0:
-            self.metrics = MetricsEndpoint(config.security, config.server.grpc_host, config.server.metrics_port)
+            self.metrics = MetricsEndpoint(
+                security, config.server.grpc_host, config.server.metrics_port, metrics_tls, self.access
+            )
 
-    async def start(self) -> None:
-        """Bind and start answering (liveness SERVING, readiness NOT_SERVING)."""
+    @property
+    def transport(self) -> str:
+        if self.certificates is None:
+            return "plaintext"
+        return "mutual TLS" if self.certificates.mutual else "TLS"
+
+    def _bind(self) -> None:
         address = f"{self.config.server.grpc_host}:{self.config.server.grpc_port}"
         try:
-            self.port = self._server.add_insecure_port(address)
+            if self.certificates is not None:
+                self.port = self._server.add_secure_port(address, self.certificates.credentials)
+            else:
+                self.port = self._server.add_insecure_port(address)
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {address}: {exc}") from None
         if self.port == 0:
             raise StartupError(f"cannot listen on {address} (port in use?)")
+        if self._local_socket:
+            # Only this user can open the folder; gRPC's local credentials accept Unix-socket peers only.
+            self._socket_dir = tempfile.mkdtemp(prefix="chatllm-grpc-")
+            self.local_target = f"unix:{self._socket_dir}/grpc.sock"
+            local = grpc.local_server_credentials(grpc.LocalConnectionType.UDS)
+            self._server.add_secure_port(self.local_target, local)
+
+    async def start(self) -> None:
+        """Bind and start answering (liveness SERVING, readiness NOT_SERVING)."""
+        self._bind()
         await self._server.start()
         if self.metrics is not None:
             await self.metrics.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         metrics.READY.set(0)
-        log.info("gRPC listening on %s:%d (loading the model)", self.config.server.grpc_host, self.port)
+        log.info(
+            "gRPC listening on %s:%d, %s (loading the model)", self.config.server.grpc_host, self.port, self.transport
+        )
+
+    def reload_certificates(self) -> None:
+        """SIGHUP: read the TLS files again; a bad file is logged and the current certificates stay."""
+        parts = [("gRPC", self.certificates), ("metrics", self.metrics.tls if self.metrics else None)]
+        for name, part in parts:
+            if part is None:
+                continue
+            try:
+                part.reload()
+            except CertificateError as exc:
+                log.error("%s TLS: kept the current certificate: %s", name, exc)
+            else:
+                log.info("%s TLS: certificates re-read", name)
 
     async def load(self, stack: contextlib.AsyncExitStack) -> None:
         """Load model, knowledge base and history export; then report SERVING."""
@@ -236,6 +293,8 @@ class ChatLLMServer:
         await self._server.stop(grace=1.0)
         if self.metrics is not None:
             await self.metrics.stop()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     async def load_unless_stopped(self, stack: contextlib.AsyncExitStack, stop: asyncio.Event) -> bool:
         """Load the model, unless `stop` is set first (then cancel the load: False).
@@ -277,6 +336,7 @@ async def serve_until_signal(config: Config, on_ready: asyncio.Event | None = No
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = ChatLLMServer(config)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
     async with contextlib.AsyncExitStack() as stack:
         await server.start()
         stack.push_async_callback(server.stop)

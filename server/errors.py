@@ -34,6 +34,8 @@ class Reason(str, enum.Enum):
     DOCUMENT_NOT_FOUND = "DOCUMENT_NOT_FOUND"
     KNOWLEDGE_BASE_NOT_FOUND = "KNOWLEDGE_BASE_NOT_FOUND"
     OVERLOADED = "OVERLOADED"
+    TOKEN_RATE_LIMITED = "TOKEN_RATE_LIMITED"
+    TOKEN_STREAMS_LIMITED = "TOKEN_STREAMS_LIMITED"
     LOADING = "LOADING"
     DRAINING = "DRAINING"
     KNOWLEDGE_BASE_DISABLED = "KNOWLEDGE_BASE_DISABLED"
@@ -48,6 +50,7 @@ class ChatLLMError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: Reason = Reason.INTERNAL
+    retry_after: float | None = None  # seconds; sent as a google.rpc.RetryInfo detail
 
     def __init__(self, message: str, reason: Reason | None = None) -> None:
         super().__init__(message)
@@ -76,6 +79,11 @@ class Unsupported(InvalidArgument):
         super().__init__(field, f"not supported by the {backend} backend ({alternative})")
 
 
+class Unauthenticated(ChatLLMError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = Reason.UNAUTHENTICATED
+
+
 class NotFound(ChatLLMError):
     code = grpc.StatusCode.NOT_FOUND
 
@@ -85,6 +93,14 @@ class Overloaded(ChatLLMError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = Reason.OVERLOADED
+
+
+class TokenLimited(Overloaded):
+    """A token's own limit (requests per minute, concurrent streams) is reached; others are unaffected."""
+
+    def __init__(self, message: str, reason: Reason, retry_after: float) -> None:
+        super().__init__(message, reason)
+        self.retry_after = retry_after
 
 
 class NotReady(ChatLLMError):
@@ -124,12 +140,23 @@ def grpc_code(exc: BaseException) -> grpc.StatusCode:
 
 
 def rich_status(
-    code: grpc.StatusCode, message: str, reason: Reason, field: str | None = None, description: str = ""
+    code: grpc.StatusCode,
+    message: str,
+    reason: Reason,
+    field: str | None = None,
+    description: str = "",
+    retry_after: float | None = None,
 ) -> grpc.Status:
-    """A gRPC status with ErrorInfo (and BadRequest when a field is named) in its details."""
+    """A gRPC status with ErrorInfo (BadRequest when a field is named, RetryInfo when a wait is known)."""
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=reason.value, domain=ERROR_DOMAIN))
     details = [info]
+    if retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(retry_after * 1e9))
+        packed = any_pb2.Any()
+        packed.Pack(retry)
+        details.append(packed)
     if field is not None:
         violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
         bad_request = any_pb2.Any()
@@ -144,5 +171,5 @@ def status_of(exc: BaseException) -> grpc.Status:
     if isinstance(exc, InvalidArgument):
         return rich_status(exc.code, str(exc), exc.reason, exc.field, exc.description)
     if isinstance(exc, ChatLLMError):
-        return rich_status(exc.code, str(exc), exc.reason)
+        return rich_status(exc.code, str(exc), exc.reason, retry_after=exc.retry_after)
     return rich_status(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}", Reason.INTERNAL)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from google.protobuf.json_format import MessageToDict
 
+from chatllm.clients.access import ANONYMOUS_CALLER, Caller
 from chatllm.clients.config import KnowledgeConfig, LimitsConfig, ServerConfig
 from chatllm.proto import pb
 from chatllm.server import metrics, sampling
@@ -142,7 +143,11 @@ class GenerateService:
         top_k = request.retrieval_top_k or self.kb.retrieval_top_k
         return await self.retriever.retrieve_chunks(knowledge_base_name(request.knowledge_base), question, top_k)
 
-    async def stream(self, request: pb.GenerateRequest) -> AsyncIterator[pb.GenerateResponse]:
+    async def stream(
+        self, request: pb.GenerateRequest, caller: Caller = ANONYMOUS_CALLER
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """The answer to `request` from `caller` (whose token's name is logged and exported, and whose
+        limits admission applies)."""
         arrival = time.perf_counter()
         plan = self.plan(request)
         request_id = request.request_id or uuid.uuid4().hex
@@ -150,20 +155,27 @@ class GenerateService:
         deadline = arrival + timeout if timeout > 0 else None
         metrics.QUEUE_DEPTH.inc()
         try:
-            slot = self.admission.slot()
+            slot = self.admission.slot(caller)
             await _within(slot.__aenter__(), deadline, "waiting for a free slot")
         finally:
             metrics.QUEUE_DEPTH.dec()
         try:
             # aclosing: a consumer that leaves closes the engine stream now (aborting it), not at GC.
-            async with contextlib.aclosing(self._generate(request, plan, request_id, arrival, deadline)) as responses:
+            answer = self._generate(request, caller.name, plan, request_id, arrival, deadline)
+            async with contextlib.aclosing(answer) as responses:
                 async for response in responses:
                     yield response
         finally:
             await slot.__aexit__(None, None, None)
 
     async def _generate(
-        self, request: pb.GenerateRequest, plan: Plan, request_id: str, arrival: float, deadline: float | None
+        self,
+        request: pb.GenerateRequest,
+        token_name: str,
+        plan: Plan,
+        request_id: str,
+        arrival: float,
+        deadline: float | None,
     ) -> AsyncGenerator[pb.GenerateResponse, None]:
         retrieval_started = time.perf_counter()
         conversation = chat_input(request, plan.tools)
@@ -217,7 +229,8 @@ class GenerateService:
         finally:
             timer.cancel()
             outcome = _finish_name(final.finish_reason) if final is not None else ended
-            self._record(request, request_id, built.history_rounds, choices.answer(), final, arrival, outcome)
+            record = Record(request_id, token_name, built.history_rounds, arrival, outcome)
+            self._record(request, record, choices.answer(), final)
 
     def _final(
         self,
@@ -257,34 +270,39 @@ class GenerateService:
         )
 
     def _record(
-        self,
-        request: pb.GenerateRequest,
-        request_id: str,
-        rounds: int,
-        response: str,
-        final: pb.GenerateFinal | None,
-        arrival: float,
-        reason: str,
+        self, request: pb.GenerateRequest, record: Record, response: str, final: pb.GenerateFinal | None
     ) -> None:
-        """Metrics and history export for every request that reached the engine."""
-        latency = time.perf_counter() - arrival
+        """Metrics, a log line and the history export for every request that reached the engine."""
+        latency = time.perf_counter() - record.arrival
         channel = request.channel or "grpc"
+        reason = record.outcome
         metrics.E2E_LATENCY.labels(channel).observe(latency)
         metrics.FINISH_REASONS.labels(reason).inc()
+        usage = final.usage if final else pb.Usage()
         if final is not None:
             metrics.PROMPT_TOKENS.inc(final.usage.prompt_tokens)
             metrics.GENERATION_TOKENS.inc(final.usage.completion_tokens)
             metrics.QUEUE_TIME.observe(final.timings.queue_seconds)
+        log.info(
+            "generate request_id=%r token=%s channel=%s finish=%s prompt_tokens=%d completion_tokens=%d %.3fs",
+            record.request_id,
+            record.token_name,
+            channel,
+            reason,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            latency,
+        )
         if self.history is None:
             return
-        usage = final.usage if final else pb.Usage()
         entry: dict[str, Any] = {  # the exporter stamps "time" (UTC) when it takes the line
-            "request_id": request_id,
+            "request_id": record.request_id,
+            "token": record.token_name,
             "channel": channel,
             "prompt": request.prompt,
             "system_prompt": request.system_prompt,
             "history_length": len(request.history),
-            "history_rounds_used": rounds,
+            "history_rounds_used": record.rounds,
             "response": response,
             "finish_reason": reason,
             "usage": {
@@ -303,6 +321,17 @@ class GenerateService:
         if request.metadata:
             entry["metadata"] = dict(request.metadata)
         self.history.record(entry)
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """What the record of a finished request needs besides the request and the answer."""
+
+    request_id: str
+    token_name: str  # the caller's token's name, never the token
+    rounds: int
+    arrival: float
+    outcome: str
 
 
 class _TokenClock:

@@ -19,6 +19,12 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60,
 TOKEN_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 REQUESTS = Counter("chatllm_requests_total", "gRPC requests handled, by method and status code", ["method", "code"])
+TOKEN_REQUESTS = Counter(
+    "chatllm_token_requests_total",
+    "gRPC requests by the name of the caller's token (anonymous: no token configured; unnamed: --token), "
+    "method and status code",
+    ["token", "method", "code"],
+)
 IN_FLIGHT = Gauge("chatllm_requests_in_flight", "gRPC requests being handled", ["method"])
 QUEUE_DEPTH = Gauge("chatllm_queue_depth", "Generate requests admitted but waiting for a slot")
 QUEUE_LIMIT = Gauge(

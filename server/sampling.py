@@ -8,13 +8,13 @@ the engine's sampling parameters).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from chatllm.proto import pb
 from chatllm.server.errors import InvalidArgument
+from chatllm.server.validation import json_field
 
 SEED_TOP_K = 30
 SEED_TOP_P = 0.8
@@ -208,10 +208,7 @@ def constraint_from_pb(structured: pb.StructuredOutput) -> Constraint | None:
     if not text.strip() or len(text) > MAX_CONSTRAINT_CHARS:
         raise InvalidArgument(where, f"must be 1-{MAX_CONSTRAINT_CHARS} characters")
     if kind == "json_schema":
-        try:
-            schema = json.loads(text)
-        except ValueError as exc:
-            raise InvalidArgument(where, f"not valid JSON: {exc}") from None
+        schema = json_field(text, where)
         if not isinstance(schema, dict | bool):
             raise InvalidArgument(where, "a JSON Schema is an object (or true/false)")
         return Constraint("json", text)

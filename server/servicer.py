@@ -11,12 +11,13 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from chatllm.clients.access import ANONYMOUS_CALLER, Caller, TokenRegistry
 from chatllm.proto import pb, pb_grpc
 from chatllm.server import catalog, metrics
 from chatllm.server.admission import Admission
 from chatllm.server.embeddings import EmbeddingService
 from chatllm.server.engines.base import Engine
-from chatllm.server.errors import ChatLLMError, NotReady, Reason, grpc_code, status_of
+from chatllm.server.errors import ChatLLMError, NotReady, Reason, Unauthenticated, grpc_code, status_of
 from chatllm.server.generation import GenerateService
 from chatllm.server.models import ServedModels
 from chatllm.server.tokens import TokenService
@@ -43,6 +44,7 @@ class ServerState:
         self.started = time.monotonic()
         self.admission = admission
         self.auth_required = auth_required
+        self.access = TokenRegistry()  # the accepted tokens (the auth interceptor refused any other)
         self.version = version
         self.engine: Engine | None = None
         self.models: ServedModels | None = None
@@ -63,10 +65,12 @@ def unary(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., 
 
     def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         @functools.wraps(fn)
-        async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        async def handler(self: ChatLLMServicer, request: Any, context: grpc.aio.ServicerContext) -> T:
             metrics.IN_FLIGHT.labels(method).inc()
             code = grpc.StatusCode.OK
+            name = None
             try:
+                name = self.caller(context).name
                 return await fn(self, request, context)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
@@ -78,6 +82,8 @@ def unary(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., 
             finally:
                 metrics.IN_FLIGHT.labels(method).dec()
                 metrics.REQUESTS.labels(method, code.name).inc()
+                if name is not None:
+                    metrics.TOKEN_REQUESTS.labels(name, method, code.name).inc()
 
         return handler
 
@@ -87,6 +93,17 @@ def unary(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., 
 class ChatLLMServicer(pb_grpc.ChatLLMServicer):
     def __init__(self, state: ServerState) -> None:
         self.state = state
+
+    def caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        """Whose token the call carries (the interceptor already refused calls without an accepted one)."""
+        access = self.state.access
+        if not access.required:
+            return ANONYMOUS_CALLER
+        metadata = dict(context.invocation_metadata() or ())
+        caller = access.identify(metadata.get("authorization"))
+        if caller is None:  # removed from the token file since the interceptor looked
+            raise Unauthenticated("missing or wrong authorization token (metadata 'authorization: <token>')")
+        return caller
 
     def _generate_service(self) -> GenerateService:
         if self.state.generate is None:
@@ -114,9 +131,12 @@ class ChatLLMServicer(pb_grpc.ChatLLMServicer):
         method = "Generate"
         metrics.IN_FLIGHT.labels(method).inc()
         code = grpc.StatusCode.CANCELLED  # until it completes or fails
+        name = None
         try:
+            caller = self.caller(context)
+            name = caller.name
             service = self._generate_service()
-            async with contextlib.aclosing(service.stream(request)) as responses:
+            async with contextlib.aclosing(service.stream(request, caller)) as responses:
                 async for response in responses:
                     yield response
             code = grpc.StatusCode.OK
@@ -129,6 +149,8 @@ class ChatLLMServicer(pb_grpc.ChatLLMServicer):
         finally:
             metrics.IN_FLIGHT.labels(method).dec()
             metrics.REQUESTS.labels(method, code.name).inc()
+            if name is not None:
+                metrics.TOKEN_REQUESTS.labels(name, method, code.name).inc()
 
     @unary("Ingest")
     async def Ingest(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> pb.IngestResponse:

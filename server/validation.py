@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from chatllm.clients.config import LimitsConfig
+from chatllm.clients.json_depth import MAX_JSON_DEPTH, deeper_than
 from chatllm.proto import pb
 from chatllm.server.errors import InvalidArgument
 
@@ -22,6 +24,21 @@ RESERVED_TEMPLATE_KWARGS = frozenset(
     {"chat_template", "tokenize", "messages", "conversation", "tools", "add_generation_prompt",
      "continue_final_message", "documents", "return_dict", "tokenizer_kwargs"}
 )  # fmt: skip
+
+
+def json_field(text: str, field: str) -> Any:
+    """Decode a request's JSON text field, refusing text nested deeper than MAX_JSON_DEPTH before the
+    decoder (or a grammar compiler, or a template) recurses that deep."""
+    check_json_depth(text, field)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(field, f"not valid JSON: {exc}") from None
+
+
+def check_json_depth(text: str, field: str) -> None:
+    if deeper_than(text):
+        raise InvalidArgument(field, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
 
 
 def knowledge_base_name(name: str, field: str = "knowledge_base") -> str:
@@ -89,6 +106,7 @@ def _messages(request: pb.GenerateRequest, limits: LimitsConfig) -> None:
         for j, call in enumerate(message.tool_calls):
             if not call.name:
                 raise InvalidArgument(f"{where}.tool_calls[{j}].name", "must not be empty")
+            check_json_depth(call.arguments, f"{where}.tool_calls[{j}].arguments")
         chars += len(message.content) + sum(len(c.arguments) for c in message.tool_calls)
     if chars > limits.max_prompt_chars * 5:
         raise InvalidArgument("messages", f"exceed {limits.max_prompt_chars * 5} characters")
@@ -107,10 +125,7 @@ def _tools(request: pb.GenerateRequest) -> None:
             raise InvalidArgument(f"tools[{i}].name", f"{tool.name!r} is given twice")
         names.add(tool.name)
         if tool.parameters_json:
-            try:
-                parameters = json.loads(tool.parameters_json)
-            except ValueError as exc:
-                raise InvalidArgument(f"tools[{i}].parameters", f"not valid JSON: {exc}") from None
+            parameters = json_field(tool.parameters_json, f"tools[{i}].parameters")
             if not isinstance(parameters, dict):
                 raise InvalidArgument(f"tools[{i}].parameters", "a JSON Schema object")
     wanted = request.tool_choice.function

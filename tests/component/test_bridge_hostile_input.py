@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import requests
 import schemathesis
@@ -21,7 +22,9 @@ import websocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.soak_load import deep_struct_request
 from chatllm.bridge.openapi import DOCUMENT_FILE
+from chatllm.proto import SERVICE_NAME, pb
 from tests.servers import make_config
 from tests.stack import StackThread
 
@@ -208,3 +211,108 @@ def test_the_socket_and_the_server_still_answer_afterwards(socket: websocket.Web
         timeout=REQUEST_TIMEOUT_S,
     )
     assert reply.status_code == 200 and "Paris" in reply.json()["response"]
+
+
+# Nesting 200,000 deep: Python's JSON decoder would recurse once per level (RecursionError, once a 500 on
+# every route); each surface measures the depth first and answers 400 naming what it could not read.
+DEEP = "[" * 200_000 + "]" * 200_000
+DEEP_BODIES = {
+    "/": '{"prompt": "hi", "history": ' + DEEP + "}",
+    "/api/predict/svc": '{"prompt": "hi", "history": ' + DEEP + "}",
+    "/v1/chat/completions": '{"model": "m", "messages": ' + DEEP + "}",
+    "/v1/completions": '{"model": "m", "prompt": ' + DEEP + "}",
+    "/v1/embeddings": '{"model": "m", "input": ' + DEEP + "}",
+    "/tokenize": '{"prompt": ' + DEEP + "}",
+    "/detokenize": '{"tokens": ' + DEEP + "}",
+}
+
+
+@pytest.mark.parametrize("content_type", ["application/json", None])
+@pytest.mark.parametrize("path", list(DEEP_BODIES))
+def test_json_nested_200000_deep_is_a_400_on_every_route(
+    stack: StackThread, path: str, content_type: str | None
+) -> None:
+    headers = {**AUTH, **({"Content-Type": content_type} if content_type else {})}
+    reply = requests.post(stack.http_url + path, data=DEEP_BODIES[path], headers=headers, timeout=REQUEST_TIMEOUT_S)
+    assert reply.status_code == 400, reply.text[:300]
+    error = reply.json()["error"]
+    assert error["param"] == "body" and "nested deeper than 128" in error["message"]
+
+
+def test_json_nested_200000_deep_in_a_websocket_frame_is_an_error_frame(socket: websocket.WebSocket) -> None:
+    socket.send(DEEP_BODIES["/"])
+    (frame,) = read_round(socket)
+    error = json.loads(frame)["error"]
+    assert error["status"] == 400 and error["param"] == "body" and "nested deeper" in error["message"]
+
+
+def test_template_variables_deeper_than_protobuf_carries_are_a_400(stack: StackThread) -> None:
+    """Within the body's depth limit, but chat_template_kwargs travel as a protobuf Struct, which
+    protobuf refuses past 100 nested messages."""
+    kwargs: Any = "x"
+    for _ in range(60):
+        kwargs = {"a": kwargs}
+    for path, body in (
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("/tokenize", {"messages": [{"role": "user", "content": "hi"}]}),
+    ):
+        reply = requests.post(
+            stack.http_url + path,
+            json={**body, "chat_template_kwargs": kwargs},
+            headers=AUTH,
+            timeout=REQUEST_TIMEOUT_S,
+        )
+        assert reply.status_code == 400, reply.text[:300]
+        assert reply.json()["error"]["param"] == "chat_template_kwargs"
+
+
+def multipart(*parts: tuple[str, str | None, bytes]) -> tuple[bytes, str]:
+    """A multipart/form-data body of (field name, filename or None, value) parts."""
+    boundary = "hostile-boundary"
+    body = b""
+    for name, filename, value in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        (("meta", None, DEEP.encode()), ("file", "deep.txt", b"a document")),  # deep JSON as a form value
+        (("file", "deep.txt", DEEP[180_000:220_000].encode()),),  # deep JSON as a document: stored as text
+        ((DEEP[:100], None, b"x"), ("file", "named.txt", b"a document")),  # brackets as a field name
+        ((DEEP, None, b"x"),),  # a field name longer than a part header may be
+    ],
+)
+def test_deep_nesting_in_upload_form_fields_is_never_a_500(stack: StackThread, parts: tuple[Any, ...]) -> None:
+    """Form fields are never decoded as JSON: a deep value is text, a document is stored as its text,
+    and a part header too long to read is a 400 naming the upload."""
+    body, content_type = multipart(*parts)
+    reply = requests.post(
+        stack.http_url + "/api/kb/fuzz/documents",
+        data=body,
+        headers={**AUTH, "Content-Type": content_type},
+        timeout=REQUEST_TIMEOUT_S,
+    )
+    files = [filename for _, filename, _ in parts if filename]
+    if len(parts[0][0]) > 8000:
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "file", reply.text[:300]
+    else:
+        assert reply.status_code == 200, reply.text[:300]
+        assert [d["filename"] for d in reply.json()["documents"]] == files
+
+
+def test_a_protobuf_message_nested_200000_deep_is_invalid_argument(stack: StackThread) -> None:
+    """gRPC has no JSON decoder: protobuf's own recursion limit refuses the message, which the server
+    answers INVALID_ARGUMENT naming the request (grpcio alone would answer UNKNOWN)."""
+    data = deep_struct_request(200_000)
+    assert len(data) < 16 * 1024 * 1024  # under the server's message size limit: the parser sees it
+    with grpc.insecure_channel(f"127.0.0.1:{stack.port}") as channel:
+        generate = channel.unary_stream(f"/{SERVICE_NAME}/Generate")
+        with pytest.raises(grpc.RpcError) as err:
+            list(generate(data, metadata=(("authorization", TOKEN),), timeout=REQUEST_TIMEOUT_S))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert err.value.details().startswith("request: not a valid protobuf message")
+        shallow = list(generate(deep_struct_request(3), metadata=(("authorization", TOKEN),), timeout=60))
+    assert pb.GenerateResponse.FromString(shallow[-1]).HasField("final")  # the same shape, not deep, is answered

@@ -1,0 +1,221 @@
+"""Named tokens: the token file's format, re-reading it on change, and the per-token limits."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from chatllm.clients.access import (
+    ANONYMOUS,
+    UNNAMED,
+    TokenFileError,
+    TokenLimits,
+    TokenRegistry,
+    parse_token_file,
+)
+from chatllm.clients.config import Config, security_problems
+from chatllm.server.errors import Reason, TokenLimited
+from chatllm.server.quotas import TokenQuotas
+
+ALICE = "alice-token-0123456789"
+BOB = "bob-token-9876543210"
+
+
+def test_a_token_file_names_tokens_and_their_limits() -> None:
+    callers = parse_token_file(
+        f"# comment\n\nalice:{ALICE}\n  bob : {BOB} : rpm=60, streams=4 \n",
+    )
+    assert [(c.name, c.token, c.limits) for c in callers] == [
+        ("alice", ALICE, TokenLimits()),
+        ("bob", BOB, TokenLimits(rpm=60, streams=4)),
+    ]
+    assert ALICE not in repr(callers) and BOB not in repr(callers)  # a logged caller shows no token
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("alice", "line 1: expected name:token"),
+        (f"alice:{ALICE}:rpm=1:x", "line 1: expected name:token"),
+        (f"al ice:{ALICE}", "name 'al ice'"),
+        (f"-alice:{ALICE}", "name '-alice'"),
+        (f"anonymous:{ALICE}", "reserved"),
+        (f"unnamed:{ALICE}", "reserved"),
+        ("alice:", "the token must be printable ASCII"),
+        ("alice:tök", "the token must be printable ASCII"),
+        (f"alice:{ALICE}\nalice:{BOB}", "line 2: the name 'alice' is given twice"),
+        (f"alice:{ALICE}\nbob:{ALICE}", "line 2: this token is already given"),
+        (f"alice:{ALICE}:rpm=0", "rpm must be a whole number >= 1"),
+        (f"alice:{ALICE}:rpm=1.5", "rpm must be a whole number >= 1"),
+        (f"alice:{ALICE}:burst=3", "'burst=3' is not one of rpm=N, streams=N"),
+        (f"alice:{ALICE}:rpm=3,rpm=4", "rpm is given twice"),
+    ],
+)
+def test_a_broken_line_is_named_and_its_token_never_shown(text: str, complaint: str) -> None:
+    with pytest.raises(TokenFileError) as err:
+        parse_token_file(text)
+    assert complaint in str(err.value)
+    assert ALICE not in str(err.value) and BOB not in str(err.value)
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def test_the_registry_identifies_raw_and_bearer_tokens(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    write(tokens, f"alice:{ALICE}\nbob:{BOB}:streams=2\n")
+    access = TokenRegistry("single-token", tokens)
+    assert access.required
+    assert access.identify(ALICE).name == "alice"  # type: ignore[union-attr]
+    assert access.identify(f"Bearer {BOB}").limits.streams == 2  # type: ignore[union-attr]
+    assert access.identify("single-token").name == UNNAMED  # type: ignore[union-attr]
+    for wrong in (None, "", "alice", ALICE + "x", f"Bearer {ALICE[:-1]}", "tök€n"):
+        assert access.identify(wrong) is None
+
+
+def test_without_tokens_everyone_is_anonymous() -> None:
+    access = TokenRegistry()
+    assert not access.required
+    assert access.identify(None).name == ANONYMOUS  # type: ignore[union-attr]
+
+
+def test_an_empty_token_file_refuses_everyone(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    write(tokens, "# nobody yet\n")
+    access = TokenRegistry(None, tokens)
+    assert access.required and access.identify(ALICE) is None
+
+
+def test_a_changed_file_takes_effect_on_the_next_lookup(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    write(tokens, f"alice:{ALICE}\nbob:{BOB}\n")
+    access = TokenRegistry(None, tokens)
+    assert access.identify(BOB) is not None
+    write(tokens, f"alice:{ALICE}\n")  # bob removed
+    assert access.identify(BOB) is None
+    assert access.identify(ALICE) is not None
+    write(tokens, f"alice:{ALICE}\ncarol:carol-token-000\n")  # carol added
+    assert access.identify("carol-token-000").name == "carol"  # type: ignore[union-attr]
+
+
+def test_a_same_size_rewrite_in_the_same_clock_tick_is_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file's stat cannot tell two writes within one timestamp tick apart: a recently written file
+    is read again until it is older than that."""
+    tokens = tmp_path / "tokens"
+    write(tokens, f"alice:{ALICE}\n")
+    access = TokenRegistry(None, tokens)
+    unchanged = tokens.stat()
+    write(tokens, "alice:" + "z" * len(ALICE) + "\n")
+    monkeypatch.setattr(access, "_stat", lambda: unchanged)  # the rewrite left every stat field as it was
+    assert access.identify(ALICE) is None
+    assert access.identify("z" * len(ALICE)) is not None
+
+
+def test_a_broken_rewrite_keeps_the_tokens_read_before(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tokens = tmp_path / "tokens"
+    write(tokens, f"alice:{ALICE}\n")
+    access = TokenRegistry(None, tokens)
+    write(tokens, f"alice:{ALICE}\nbob {BOB}\n")
+    with caplog.at_level(logging.ERROR):
+        assert access.identify(ALICE) is not None
+    assert "line 2" in caplog.text and "keeping the 1 tokens" in caplog.text
+    assert BOB not in caplog.text and ALICE not in caplog.text
+    tokens.unlink()
+    assert access.identify(ALICE) is not None  # a file that vanished mid-rotation does not open or shut the door
+
+
+def test_a_missing_or_broken_file_at_start_up_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(TokenFileError, match="No such file"):
+        TokenRegistry(None, tmp_path / "missing")
+    write(tmp_path / "bad", "alice\n")
+    with pytest.raises(TokenFileError, match="line 1"):
+        TokenRegistry(None, tmp_path / "bad")
+
+
+def test_the_single_token_may_not_hide_in_the_file(tmp_path: Path) -> None:
+    write(tmp_path / "tokens", f"alice:{ALICE}\n")
+    with pytest.raises(TokenFileError, match="also the token of 'alice'"):
+        TokenRegistry(ALICE, tmp_path / "tokens")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def caller(name: str, **limits: int) -> object:
+    from chatllm.clients.access import Caller
+
+    return Caller(name, f"{name}-token", TokenLimits(**limits))
+
+
+def test_streams_limit_refuses_at_once_and_frees_on_release() -> None:
+    quotas = TokenQuotas()
+    bob, alice = caller("bob", streams=2), caller("alice")
+    quotas.admit(bob)  # type: ignore[arg-type]
+    quotas.admit(bob)  # type: ignore[arg-type]
+    with pytest.raises(TokenLimited) as refused:
+        quotas.admit(bob)  # type: ignore[arg-type]
+    assert refused.value.reason is Reason.TOKEN_STREAMS_LIMITED and refused.value.retry_after == 1.0
+    assert "streams=2" in str(refused.value) and "bob-token" not in str(refused.value)
+    for _ in range(10):
+        quotas.admit(alice)  # type: ignore[arg-type]  # another token is not touched by bob's limit
+    quotas.release(bob)  # type: ignore[arg-type]
+    quotas.admit(bob)  # type: ignore[arg-type]
+    assert quotas.streams("bob") == 2 and quotas.streams("alice") == 10
+
+
+def test_requests_per_minute_is_a_bucket_that_refills() -> None:
+    clock = Clock()
+    quotas = TokenQuotas(clock)
+    carol = caller("carol", rpm=2)
+    for _ in range(2):
+        quotas.admit(carol)  # type: ignore[arg-type]
+        quotas.release(carol)  # type: ignore[arg-type]
+    with pytest.raises(TokenLimited) as refused:
+        quotas.admit(carol)  # type: ignore[arg-type]
+    assert refused.value.reason is Reason.TOKEN_RATE_LIMITED
+    assert refused.value.retry_after == pytest.approx(30.0)  # one request every 60/2 s
+    assert quotas.streams("carol") == 0  # a refusal counts nothing
+    clock.now += 29.0
+    with pytest.raises(TokenLimited) as again:
+        quotas.admit(carol)  # type: ignore[arg-type]
+    assert again.value.retry_after == pytest.approx(1.0)
+    clock.now += 1.0
+    quotas.admit(carol)  # type: ignore[arg-type]
+
+
+def test_a_lower_limit_from_a_reloaded_file_applies_at_once() -> None:
+    quotas = TokenQuotas(Clock())
+    quotas.admit(caller("dave", rpm=100))  # type: ignore[arg-type]
+    quotas.admit(caller("dave", rpm=1))  # type: ignore[arg-type]  # 1 left of the old bucket, capped to the new 1
+    with pytest.raises(TokenLimited):
+        quotas.admit(caller("dave", rpm=1))  # type: ignore[arg-type]
+
+
+def test_security_flags_that_only_work_together() -> None:
+    def problems(**values: object) -> list[str]:
+        return security_problems(Config.build(**values).security)
+
+    assert problems() == []
+    assert problems(tls_cert="c") == ["--tls-cert and --tls-key go together"]
+    assert problems(tls_client_ca="ca") == [
+        "--tls-client-ca needs --tls-cert and --tls-key (client certificates are checked in TLS)"
+    ]
+    assert problems(upstream_tls_key="k") == ["--upstream-tls-cert and --upstream-tls-key go together"]
+    assert problems(cors_origins=("https://app.example:8443", "*", "null", "http://localhost:3000")) == []
+    assert problems(cors_origins=("app.example",)) == [
+        "--cors-origins 'app.example': give scheme://host[:port] (no path), or *"
+    ]
+    assert problems(cors_origins=("https://app.example/",)) != []
+
+
+def test_the_token_never_shows_in_a_printed_config() -> None:
+    config = Config.build(token="very-secret-token")
+    assert "very-secret-token" not in repr(config) and "very-secret-token" not in str(config.security)
