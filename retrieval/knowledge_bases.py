@@ -241,14 +241,14 @@ class KnowledgeBases:
         candidates = max(top_k * 4, MIN_CANDIDATES)
         indexes = self.indexes(knowledge_base)
         dense_weight = dense_leg_weight(self.embedder.unknown_token_fraction(query))
-        # In line: BM25 in a thread beside the embedding was no faster here (torch's OpenMP threads
-        # already use both cores), see chatllm.retrieval.ingest_pipeline.
+        # The question's embedding (on one core) runs while this thread does BM25 on the other.
+        embedding = self.embedder.encode_query_soon(query) if dense_weight > MIN_DENSE_WEIGHT else None
         scores = indexes.lexical.scores(tokenize(query))
         lexical = {h.key: h.score for h in scores.top(candidates)}
         dense: dict[str, float] = {}
         fetched: dict[str, StoredChunk] = {}
-        if dense_weight > MIN_DENSE_WEIGHT:
-            vector = self.embedder.encode_query(query)
+        if embedding is not None:
+            vector = embedding.result()
             dense, fetched = self.dense_search(knowledge_base, vector, candidates)
             dense.update(self._similarities(knowledge_base, indexes, vector, [k for k in lexical if k not in dense]))
             lexical.update(scores.of(k for k in dense if k not in lexical))
