@@ -44,7 +44,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench.common import percentile
 from bench.retrieval_report import write_report
 from chatllm.clients.config import Config
-from chatllm.retrieval.evaluation import documents, load_off_topic, load_questions, off_topic_rejection, recall_at_k
+from chatllm.retrieval.evaluation import (
+    documents,
+    load_off_topic,
+    load_questions,
+    off_topic_rejection,
+    one_leg,
+    recall_at_k,
+)
 from chatllm.retrieval.knowledge_bases import KnowledgeBases
 from chatllm.retrieval.lexical import join_terms, tokenize
 from chatllm.retrieval.loaders import load_document
@@ -104,13 +111,12 @@ def bench_quality(config: Config) -> dict[str, Any]:
         for path in documents(folder):
             knowledge.ingest(name, path.name, path.read_bytes())
         questions = load_questions(folder)
-        for legs in (("dense", "lexical"), ("dense",), ("lexical",)):
-            # The threshold is on the fused score: a leg alone is measured without it.
-            floor = None if len(legs) == 2 else 0.0
-            report = recall_at_k(
-                lambda q, k, n=name, lg=legs, f=floor: knowledge.retrieve(n, q, k, legs=lg, min_score=f), questions, k=3
-            )
-            recall.append({"set": name, "legs": "+".join(legs), "questions": report.questions, "recall": report.recall})
+        # The threshold is on the fused score: a leg alone is measured without it.
+        retrievers = {"dense+lexical": lambda q, k, n=name: knowledge.retrieve(n, q, k)}
+        retrievers |= {leg: one_leg(knowledge, name, leg) for leg in ("dense", "lexical")}
+        for legs, retrieve in retrievers.items():
+            report = recall_at_k(retrieve, questions, k=3)
+            recall.append({"set": name, "legs": legs, "questions": report.questions, "recall": report.recall})
         for q in questions:
             ranked = knowledge.ranked(name, q.question, 3)
             scores = [f.score for f, c in ranked if c.file == q.file and q.evidence in c.text]
@@ -199,7 +205,7 @@ def fill(
         knowledge.store.commit_document(record)
         knowledge._committed.setdefault(name, {})[document_id] = record
         keys = [chunk_key(document_id, generation, i) for i in range(len(rows))]
-        knowledge.indexes(name).add(keys, terms, vectors)
+        knowledge.indexes(name).add(keys, terms, vectors, texts)
         all_vectors.append(vectors)
         all_keys += keys
     knowledge.store.flush(name)
@@ -248,7 +254,7 @@ def measure(knowledge: KnowledgeBases, asked: list[str]) -> dict[str, Any]:
         "query_embedding": lambda q: knowledge.embedder.encode_query(q),
         "lexical": lambda q: indexes.lexical.scores(tokenize(q)).top(20),
     }
-    samples: dict[str, list[float]] = {name: [] for name in [*parts, "dense", "fetch_texts"]}
+    samples: dict[str, list[float]] = {name: [] for name in [*parts, "dense", "texts", "milvus_lite_get"]}
     for query in asked:
         for name, part in parts.items():
             result, seconds = timed(lambda f=part, q=query: f(q))
@@ -257,7 +263,8 @@ def measure(knowledge: KnowledgeBases, asked: list[str]) -> dict[str, Any]:
                 hits, seconds = timed(lambda v=result: indexes.dense.search(v, 20))  # type: ignore[union-attr]
                 samples["dense"].append(seconds)
                 top = [k for k, _ in hits[:3]]
-                samples["fetch_texts"].append(timed(lambda t=top: knowledge.store.get_chunks("big", t))[1])
+                samples["texts"].append(timed(lambda t=top: knowledge.chunks("big", t))[1])
+                samples["milvus_lite_get"].append(timed(lambda t=top: knowledge.store.get_chunks("big", t))[1])
     return {name: summary(values) for name, values in samples.items()}
 
 

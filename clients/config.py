@@ -200,6 +200,12 @@ class KnowledgeConfig:
         choices=("auto", "fp32", "bf16"),
         commands=SERVER_COMMANDS,
     )
+    embedding_question_runtime: str = option(
+        "auto",
+        "what embeds a question: auto (ONNX Runtime, one thread, on a CPU; else torch), onnx, torch",
+        choices=("auto", "onnx", "torch"),
+        commands=SERVER_COMMANDS,
+    )
     kb_index_dir: str | None = option(
         None,
         "folder for the saved search indexes and the ingest journal; default: beside the milvus-lite "

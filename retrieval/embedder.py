@@ -5,23 +5,28 @@ ships, so the default configuration never touches the network. Any other
 sentence-transformers model (BGE, text2vec, bge-m3) is taken by local path or
 hub name. Vectors are L2-normalised, so cosine and inner product agree.
 
-Precision: on a CPU with native bf16 (avx512_bf16 or AMX) the model runs in bf16, about
-twice as fast as fp32 (one short question: 4.9 vs 9.3 ms on this 2-core machine) with
-embeddings that agree to a cosine of 0.9999; the question's embedding is the largest
-part of a retrieval, so this is most of what keeps one under 10 ms.
+Precision: on a CPU with native bf16 (avx512_bf16 or AMX) the model runs in bf16 for
+documents, about twice as fast as fp32 with embeddings that agree to a cosine of 0.9999.
+Questions: on a CPU, one at a time on ONNX Runtime with one thread
+(chatllm.retrieval.query_encoder), so a question does not wait on torch's thread pool
+while the cores are busy; where the export fails (an architecture the exporter cannot
+trace), on the torch model like the documents.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from chatllm.retrieval.errors import RetrievalError
+from chatllm.retrieval.query_encoder import OnnxQueryEncoder
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +64,9 @@ def default_model_path() -> str:
 class Embedder:
     """One loaded sentence-transformers model; `encode` is safe to call from several threads."""
 
-    def __init__(self, model: str | None = None, device: str = "cpu", precision: str = "auto") -> None:
+    def __init__(
+        self, model: str | None = None, device: str = "cpu", precision: str = "auto", question_runtime: str = "auto"
+    ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -76,6 +83,24 @@ class Embedder:
         self._unk_id = getattr(self._tokenizer, "unk_token_id", None)
         # torch inference is thread-safe, but two big batches at once only thrash 2 cores.
         self._lock = threading.Lock()
+        self._questions = self._question_encoder(question_runtime, device)
+        self.question_runtime = "onnxruntime" if self._questions is not None else "torch"
+        self._background: ThreadPoolExecutor | None = None
+        if self._questions is not None:
+            # One worker per core: more concurrent questions than cores would only queue for the CPU anyway.
+            self._background = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="question-embedding")
+
+    def _question_encoder(self, runtime: str, device: str) -> OnnxQueryEncoder | None:
+        """`runtime`: "auto" (ONNX Runtime on a CPU, falling back to torch), "onnx" or "torch"."""
+        if runtime == "torch" or (runtime == "auto" and device != "cpu"):
+            return None
+        try:
+            return OnnxQueryEncoder(self._model)
+        except Exception as exc:  # the exporter cannot trace every architecture
+            if runtime == "onnx":
+                raise RetrievalError(f"cannot run {self.name} on ONNX Runtime: {exc}") from None
+            log.warning("questions are embedded with torch: exporting %s to ONNX failed (%s)", self.name, exc)
+            return None
 
     def encode(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
         """float32 array of shape (len(texts), dimension), unit length."""
@@ -92,7 +117,24 @@ class Embedder:
         return np.ascontiguousarray(unit.cpu().numpy())
 
     def encode_query(self, text: str) -> np.ndarray:
-        """One question's unit vector: the model's forward pass without `encode`'s batching machinery."""
+        """One question's unit vector: on ONNX Runtime (one thread, no lock: questions run in parallel),
+        else with torch."""
+        if self._questions is not None:
+            return self._questions.encode(text)
+        return self.encode_query_with_torch(text)
+
+    def encode_query_soon(self, text: str) -> Future[np.ndarray]:
+        """`encode_query` on another thread, for the caller to do other work meanwhile: ONNX Runtime
+        releases the GIL for the whole forward pass and uses one core. With torch (whose thread pool
+        already uses every core) it runs in line and the future is done when returned."""
+        if self._background is not None:
+            return self._background.submit(self.encode_query, text)
+        done: Future[np.ndarray] = Future()
+        done.set_result(self.encode_query(text))
+        return done
+
+    def encode_query_with_torch(self, text: str) -> np.ndarray:
+        """The torch model's forward pass without `encode`'s batching machinery (the fallback)."""
         import torch
 
         features: dict[str, Any] = self._model.preprocess([text])

@@ -9,6 +9,9 @@ keeps the set valid for any chunk size.
 `off_topic.jsonl` beside it holds questions the documents say nothing about
 ({"question": ...}); a retriever with a relevance threshold should return nothing
 for them (`off_topic_rejection`).
+
+`one_leg` ranks by the dense or the lexical leg alone, without fusion or threshold: what
+each leg contributes (e.g. the English-only default model finds few Chinese answers).
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chatllm.retrieval.knowledge_bases import RetrievedChunk
+from chatllm.retrieval.knowledge_bases import KnowledgeBases, RetrievedChunk
+from chatllm.retrieval.lexical import tokenize
 
+Retriever = Callable[[str, int], Sequence[RetrievedChunk]]
+LEGS = ("dense", "lexical")
 QUESTIONS_FILE = "questions.jsonl"
 OFF_TOPIC_FILE = "off_topic.jsonl"
 
@@ -57,9 +63,7 @@ def documents(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name not in (QUESTIONS_FILE, OFF_TOPIC_FILE))
 
 
-def recall_at_k(
-    retrieve: Callable[[str, int], Sequence[RetrievedChunk]], questions: Sequence[LabelledQuestion], k: int = 3
-) -> RecallReport:
+def recall_at_k(retrieve: Retriever, questions: Sequence[LabelledQuestion], k: int = 3) -> RecallReport:
     report = RecallReport(k=k, questions=len(questions), found=0)
     for labelled in questions:
         chunks = retrieve(labelled.question, k)
@@ -81,9 +85,7 @@ class RejectionReport:
         return self.rejected / self.questions if self.questions else 0.0
 
 
-def off_topic_rejection(
-    retrieve: Callable[[str, int], Sequence[RetrievedChunk]], questions: Sequence[str], k: int = 3
-) -> RejectionReport:
+def off_topic_rejection(retrieve: Retriever, questions: Sequence[str], k: int = 3) -> RejectionReport:
     report = RejectionReport(questions=len(questions), rejected=0)
     for question in questions:
         chunks = retrieve(question, k)
@@ -92,3 +94,21 @@ def off_topic_rejection(
         else:
             report.rejected += 1
     return report
+
+
+def one_leg(library: KnowledgeBases, knowledge_base: str, leg: str) -> Retriever:
+    """A retriever that ranks by one leg's own score ("dense": cosine, "lexical": normalised BM25)."""
+    if leg not in LEGS:
+        raise ValueError(f"leg must be one of {LEGS}, not {leg!r}")
+
+    def retrieve(question: str, k: int) -> list[RetrievedChunk]:
+        if leg == "dense":
+            scores, _ = library.dense_search(knowledge_base, library.embedder.encode_query(question), k)
+        else:
+            hits = library.indexes(knowledge_base).lexical.search(tokenize(question), k)
+            scores = {h.key: h.score for h in hits}
+        chunks = library.chunks(knowledge_base, list(scores))
+        ranked = sorted((c for c in chunks.values()), key=lambda c: -scores[c.key])
+        return [RetrievedChunk(c.document_id, c.file, c.chunk, scores[c.key], c.text) for c in ranked]
+
+    return retrieve

@@ -27,20 +27,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from chatllm.retrieval.chunk_texts import ChunkTexts
 from chatllm.retrieval.dense import HnswIndex, HnswParams
 from chatllm.retrieval.lexical import LexicalIndex
+from chatllm.retrieval.search_indexes import SearchIndexes
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the chunk texts are saved with the indexes
 CURRENT = "CURRENT"
 
 
 @dataclass
 class SavedIndexes:
     documents: dict[str, str]  # document id -> generation the indexes hold
-    lexical: LexicalIndex
-    dense: HnswIndex | None
+    indexes: SearchIndexes
 
 
 @dataclass(frozen=True)
@@ -59,43 +60,41 @@ class IndexSnapshots:
         self.pending_folder.mkdir(parents=True, exist_ok=True)
 
     # --- snapshots ----------------------------------------------------------------
-    def load(self, collection: str, dimension: int, params: HnswParams | None, with_dense: bool) -> SavedIndexes | None:
-        """The last complete snapshot, or None (none yet, unreadable, or made with other settings)."""
+    def load(self, collection: str, dimension: int, params: HnswParams | None, local: bool) -> SavedIndexes | None:
+        """The last complete snapshot, or None (none yet, unreadable, or made with other settings).
+        `local`: the snapshot must hold the HNSW index and the texts too (see SearchIndexes)."""
         base = self.folder / collection
         try:
             current = base / (base / CURRENT).read_text().strip()
             meta = json.loads((current / "meta.json").read_text())
-            if meta["format"] != FORMAT_VERSION or meta["dense"] != with_dense or meta["dimension"] != dimension:
+            if meta["format"] != FORMAT_VERSION or meta["local"] != local or meta["dimension"] != dimension:
                 log.info("index snapshot of %s was made with other settings; rebuilding from the store", collection)
                 return None
-            lexical = LexicalIndex.load(current)
-            dense = HnswIndex.load(current, dimension, params or HnswParams()) if with_dense else None
+            indexes = SearchIndexes(LexicalIndex.load(current), None, None)
+            if local:
+                indexes.dense = HnswIndex.load(current, dimension, params or HnswParams())
+                indexes.texts = ChunkTexts.load(current)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, RuntimeError) as exc:  # faiss raises RuntimeError
             log.warning("index snapshot of %s unreadable (%s); rebuilding from the store", collection, exc)
             return None
-        return SavedIndexes(dict(meta["documents"]), lexical, dense)
+        return SavedIndexes(dict(meta["documents"]), indexes)
 
-    def save(
-        self,
-        collection: str,
-        dimension: int,
-        documents: dict[str, str],
-        lexical: LexicalIndex,
-        dense: HnswIndex | None,
-    ) -> None:
+    def save(self, collection: str, dimension: int, documents: dict[str, str], indexes: SearchIndexes) -> None:
         base = self.folder / collection
         base.mkdir(parents=True, exist_ok=True)
         number = 1 + max((_number(p) for p in base.glob("snapshot-*")), default=0)
         partial = base / f"snapshot-{number}.partial"
         partial.mkdir()
-        lexical.save(partial)
-        if dense is not None:
-            dense.save(partial)
+        indexes.lexical.save(partial)
+        if indexes.dense is not None:
+            indexes.dense.save(partial)
+        if indexes.texts is not None:
+            indexes.texts.save(partial)
         meta = {
             "format": FORMAT_VERSION,
-            "dense": dense is not None,
+            "local": indexes.dense is not None and indexes.texts is not None,
             "dimension": dimension,
             "documents": sorted(documents.items()),
         }

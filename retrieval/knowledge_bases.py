@@ -41,11 +41,20 @@ from chatllm.retrieval.loaders import load_document
 from chatllm.retrieval.recovery import RecoveryReport, recover
 from chatllm.retrieval.search_indexes import RetrievalSettings, SearchIndexes
 from chatllm.retrieval.splitter import DocumentSplitter
-from chatllm.retrieval.store import ChunkRow, DocumentRecord, MilvusStore, StoredChunk, chunk_key, collection_name
+from chatllm.retrieval.store import (
+    ChunkRow,
+    DocumentRecord,
+    MilvusStore,
+    StoredChunk,
+    chunk_key,
+    collection_name,
+    parse_chunk_key,
+)
 
 log = logging.getLogger(__name__)
 
 MIN_CANDIDATES = 20  # per leg, before fusion
+MIN_DENSE_WEIGHT = 0.05  # below it the model reads too little of the question to be asked
 MAX_TERMS_BYTES = 60_000  # under Milvus' 65535-byte VARCHAR limit
 
 
@@ -101,7 +110,9 @@ class KnowledgeBases:
         self.splitter = splitter
         self.settings = settings or RetrievalSettings()
         self.shared_store = store.is_server if shared_store is None else shared_store
-        self.local_dense = not store.is_server  # milvus-lite's own search is too slow (see chatllm.retrieval.dense)
+        # milvus-lite's own search is too slow (see chatllm.retrieval.dense): with it, vectors and texts
+        # are searched and read in this process.
+        self.local_search = not store.is_server
         self.snapshots = IndexSnapshots(index_folder) if index_folder is not None else None
         self._saver = DelayedSaver(self.save_snapshot, self.settings.snapshot_delay_seconds) if self.snapshots else None
         self._write_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
@@ -113,7 +124,7 @@ class KnowledgeBases:
         found = self._indexes.get(knowledge_base)
         if found is None:
             found = self._indexes.setdefault(
-                knowledge_base, SearchIndexes.empty(self.embedder.dimension, self.settings.hnsw, self.local_dense)
+                knowledge_base, SearchIndexes.empty(self.embedder.dimension, self.settings.hnsw, self.local_search)
             )
         return found
 
@@ -166,11 +177,13 @@ class KnowledgeBases:
             knowledge_base, document_id, generation, filename, len(chunks), len(data), len(loaded.text), time.time()
         )
         try:
-            return self._commit(record, terms, vectors)
+            return self._commit(record, terms, vectors, chunks)
         finally:
             self._pending.discard(generation)
 
-    def _commit(self, record: DocumentRecord, terms: list[list[str]], vectors: np.ndarray) -> IngestResult:
+    def _commit(
+        self, record: DocumentRecord, terms: list[list[str]], vectors: np.ndarray, texts: Sequence[str]
+    ) -> IngestResult:
         """The commit point, under the knowledge base's lock: manifest row, indexes, replaced documents."""
         name = record.knowledge_base
         with self._write_locks[name]:
@@ -188,7 +201,7 @@ class KnowledgeBases:
             committed = self._committed.setdefault(name, committed)  # a new knowledge base
             committed[record.document_id] = record
             keys = [chunk_key(record.document_id, record.generation, i) for i in range(record.chunks)]
-            self.indexes(name).add(keys, terms, vectors)
+            self.indexes(name).add(keys, terms, vectors, texts)
             replaced = [
                 r for r in committed.values() if r.filename == record.filename and r.document_id != record.document_id
             ]
@@ -209,68 +222,71 @@ class KnowledgeBases:
 
     # --- read --------------------------------------------------------------------
     def retrieve(
-        self,
-        knowledge_base: str,
-        query: str,
-        top_k: int,
-        legs: Sequence[str] = ("dense", "lexical"),
-        min_score: float | None = None,
+        self, knowledge_base: str, query: str, top_k: int, min_score: float | None = None
     ) -> list[RetrievedChunk]:
         """The best `top_k` chunks whose fused score reaches `min_score` (default: the configured
-        threshold); best first. `legs` exists for benchmarks and tests."""
+        threshold); best first."""
         threshold = self.settings.min_score if min_score is None else min_score
         return [
             RetrievedChunk(c.document_id, c.file, c.chunk, f.score, c.text)
-            for f, c in self.ranked(knowledge_base, query, top_k, legs)
+            for f, c in self.ranked(knowledge_base, query, top_k)
             if f.score >= threshold
         ]
 
-    def ranked(
-        self, knowledge_base: str, query: str, top_k: int, legs: Sequence[str] = ("dense", "lexical")
-    ) -> list[tuple[FusedScore, StoredChunk]]:
+    def ranked(self, knowledge_base: str, query: str, top_k: int) -> list[tuple[FusedScore, StoredChunk]]:
         """The best `top_k` chunks with their fused and per-leg scores, without a threshold."""
         committed = self._documents(knowledge_base, must_exist=True)
         if not committed:
             return []
         candidates = max(top_k * 4, MIN_CANDIDATES)
         indexes = self.indexes(knowledge_base)
-        lexical_weight = 1.0 if "lexical" in legs else 0.0
-        dense_weight = dense_leg_weight(self.embedder.unknown_token_fraction(query)) if "dense" in legs else 0.0
-        if legs == ("dense",):
-            dense_weight = 1.0  # the dense ranking alone, however little of the query the model reads
-        # In line: BM25 in a thread beside the embedding was no faster here (torch's OpenMP threads
-        # already use both cores), see chatllm.retrieval.ingest_pipeline.
-        scores = indexes.lexical.scores(tokenize(query)) if lexical_weight else None
+        dense_weight = dense_leg_weight(self.embedder.unknown_token_fraction(query))
+        # The question's embedding (on one core) runs while this thread does BM25 on the other.
+        embedding = self.embedder.encode_query_soon(query) if dense_weight > MIN_DENSE_WEIGHT else None
+        scores = indexes.lexical.scores(tokenize(query))
+        lexical = {h.key: h.score for h in scores.top(candidates)}
         dense: dict[str, float] = {}
         fetched: dict[str, StoredChunk] = {}
-        vector = self.embedder.encode_query(query) if dense_weight > 0.05 else None
-        if vector is not None:
-            dense, fetched = self._dense_search(knowledge_base, indexes, vector, candidates, committed)
+        if embedding is not None:
+            vector = embedding.result()
+            dense, fetched = self.dense_search(knowledge_base, vector, candidates)
+            dense.update(self._similarities(knowledge_base, indexes, vector, [k for k in lexical if k not in dense]))
+            lexical.update(scores.of(k for k in dense if k not in lexical))
         else:
             dense_weight = 0.0
-        lexical = {h.key: h.score for h in scores.top(candidates)} if scores is not None else {}
-        if vector is not None:
-            dense.update(self._similarities(knowledge_base, indexes, vector, [k for k in lexical if k not in dense]))
-        if scores is not None:
-            lexical.update(scores.of(k for k in dense if k not in lexical))
-        best = fuse(dense, lexical, dense_weight, lexical_weight)[:top_k]
-        missing = [f.key for f in best if f.key not in fetched]
-        fetched.update({c.key: c for c in self.store.get_chunks(knowledge_base, missing)})
-        return [(f, c) for f in best if (c := fetched.get(f.key)) is not None and _is_committed(c, committed)]
+        best = fuse(dense, lexical, dense_weight)[:top_k]
+        fetched |= self.chunks(knowledge_base, [f.key for f in best if f.key not in fetched], committed)
+        return [(f, c) for f in best if (c := fetched.get(f.key)) is not None]
 
-    def _dense_search(
-        self,
-        knowledge_base: str,
-        indexes: SearchIndexes,
-        vector: np.ndarray,
-        limit: int,
-        committed: dict[str, DocumentRecord],
+    def dense_search(
+        self, knowledge_base: str, vector: np.ndarray, limit: int
     ) -> tuple[dict[str, float], dict[str, StoredChunk]]:
+        """The `limit` committed chunks nearest to `vector` (cosine), and those of their stored chunks
+        that came with them (a Milvus server returns them with its hits)."""
+        indexes = self.indexes(knowledge_base)
         if indexes.dense is not None:
             return dict(indexes.dense.search(vector, limit)), {}
+        committed = self._documents(knowledge_base, must_exist=True)
         hits = self.store.search(knowledge_base, vector, limit, sorted(self._pending))
         hits = [h for h in hits if _is_committed(h, committed)]
         return {h.key: h.score for h in hits}, {h.key: h for h in hits}
+
+    def chunks(
+        self, knowledge_base: str, keys: Sequence[str], committed: dict[str, DocumentRecord] | None = None
+    ) -> dict[str, StoredChunk]:
+        """The committed chunks among `keys`: from the texts held beside the indexes, or read from a server."""
+        committed = self._documents(knowledge_base, must_exist=True) if committed is None else committed
+        texts = self.indexes(knowledge_base).texts
+        if texts is None:
+            stored = self.store.get_chunks(knowledge_base, keys)
+            return {c.key: c for c in stored if _is_committed(c, committed)}
+        found = {}
+        for key, text in texts.get(keys).items():
+            document_id, generation, chunk = parse_chunk_key(key)
+            record = committed.get(document_id)
+            if record is not None and record.generation == generation:
+                found[key] = StoredChunk(key, document_id, generation, chunk, record.filename, text)
+        return found
 
     def _similarities(
         self, knowledge_base: str, indexes: SearchIndexes, vector: np.ndarray, keys: list[str]
@@ -346,7 +362,7 @@ class KnowledgeBases:
             started = time.perf_counter()
             documents = {d: r.generation for d, r in committed.items()}
             name = collection_name(knowledge_base)
-            self.snapshots.save(name, self.embedder.dimension, documents, indexes.lexical, indexes.dense)
+            self.snapshots.save(name, self.embedder.dimension, documents, indexes)
         log.info(
             "saved the index snapshot of %s (%d chunks) in %.2fs",
             knowledge_base,
@@ -378,7 +394,7 @@ class KnowledgeBases:
         added = [r for doc_id, r in records.items() if known.get(doc_id) != r]
         if added:
             indexes.add_rows(
-                self.store.scan_chunks(knowledge_base, [r.document_id for r in added], self.local_dense),
+                self.store.scan_chunks(knowledge_base, [r.document_id for r in added], self.local_search),
                 {r.document_id: r.generation for r in added},
             )
         self._committed[knowledge_base] = records

@@ -78,17 +78,17 @@ def _load_snapshot(library: KnowledgeBases, name: str, committed: dict[str, Docu
     if library.snapshots is None:
         return False
     saved = library.snapshots.load(
-        collection_name(name), library.embedder.dimension, library.settings.hnsw, library.local_dense
+        collection_name(name), library.embedder.dimension, library.settings.hnsw, library.local_search
     )
     if saved is None:
         return False
-    indexes = SearchIndexes(saved.lexical, saved.dense)
+    indexes = saved.indexes
     wanted = {d: r.generation for d, r in committed.items()}
     stale = {d: g for d, g in saved.documents.items() if wanted.get(d) != g}
     missing = {d: g for d, g in wanted.items() if saved.documents.get(d) != g}
     indexes.remove(indexes.keys_of_documents(stale))
     if missing:
-        indexes.add_rows(library.store.scan_chunks(name, sorted(missing), library.local_dense), missing)
+        indexes.add_rows(library.store.scan_chunks(name, sorted(missing), library.local_search), missing)
     library._indexes[name] = indexes
     if stale or missing:
         log.info(
@@ -101,10 +101,10 @@ def _load_snapshot(library: KnowledgeBases, name: str, committed: dict[str, Docu
 def _rebuild(library: KnowledgeBases, name: str, committed: dict[str, DocumentRecord]) -> int:
     """Index every committed chunk from the store; delete the chunks of uncommitted generations."""
     indexes = library._indexes[name] = SearchIndexes.empty(
-        library.embedder.dimension, library.settings.hnsw, library.local_dense
+        library.embedder.dimension, library.settings.hnsw, library.local_search
     )
     wanted = {d: r.generation for d, r in committed.items()}
-    orphans = indexes.add_rows(library.store.scan_chunks(name, with_vectors=library.local_dense), wanted)
+    orphans = indexes.add_rows(library.store.scan_chunks(name, with_vectors_and_texts=library.local_search), wanted)
     if orphans:
         log.info("knowledge base %s: removing %d chunks of unfinished ingests", name, len(orphans))
         library.store.delete_chunk_keys(name, orphans)

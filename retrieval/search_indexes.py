@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from chatllm.retrieval.chunk_texts import ChunkTexts
 from chatllm.retrieval.dense import HnswIndex, HnswParams
 from chatllm.retrieval.lexical import LexicalIndex
 
@@ -26,25 +27,37 @@ class RetrievalSettings:
 
 @dataclass
 class SearchIndexes:
+    """BM25 always; with a local store (milvus-lite) also the HNSW index and the chunk texts, so a
+    question needs no store call. A Milvus server searches vectors and returns texts itself."""
+
     lexical: LexicalIndex
-    dense: HnswIndex | None  # None when the store searches vectors itself (a Milvus server)
+    dense: HnswIndex | None
+    texts: ChunkTexts | None
 
     @classmethod
-    def empty(cls, dimension: int, params: HnswParams, local_dense: bool) -> SearchIndexes:
-        return cls(LexicalIndex(), HnswIndex(dimension, params) if local_dense else None)
+    def empty(cls, dimension: int, params: HnswParams, local: bool) -> SearchIndexes:
+        if not local:
+            return cls(LexicalIndex(), None, None)
+        return cls(LexicalIndex(), HnswIndex(dimension, params), ChunkTexts())
 
-    def add(self, keys: Sequence[str], terms: Sequence[Sequence[str]], vectors: np.ndarray) -> None:
+    def add(
+        self, keys: Sequence[str], terms: Sequence[Sequence[str]], vectors: np.ndarray, texts: Sequence[str]
+    ) -> None:
         self.lexical.add(zip(keys, terms, strict=True))
         if self.dense is not None:
             self.dense.add(keys, vectors)
+        if self.texts is not None:
+            self.texts.add(keys, texts)
 
     def remove(self, keys: Sequence[str]) -> None:
         self.lexical.remove(keys)
         if self.dense is not None:
             self.dense.remove(keys)
+        if self.texts is not None:
+            self.texts.remove(keys)
 
     def add_rows(self, rows: Iterable[Mapping[str, Any]], generations: Mapping[str, str]) -> list[str]:
-        """Add stored chunk rows (pk, document_id, generation, terms[, vector]) of the wanted
+        """Add stored chunk rows (pk, document_id, generation, terms[, vector, text]) of the wanted
         (document -> generation) pairs; returns the keys of the rows that were not wanted."""
         unwanted: list[str] = []
         batch: list[Mapping[str, Any]] = []
@@ -66,6 +79,8 @@ class SearchIndexes:
         self.lexical.add((r["pk"], r["terms"].split()) for r in rows)
         if self.dense is not None:
             self.dense.add(keys, np.asarray([r["vector"] for r in rows], dtype=np.float32))
+        if self.texts is not None:
+            self.texts.add(keys, [r["text"] for r in rows])
 
     def keys_of_documents(self, documents: Mapping[str, str]) -> list[str]:
         """Indexed keys of the given (document -> generation) pairs."""

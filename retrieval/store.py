@@ -103,6 +103,12 @@ def chunk_key(document_id: str, generation: str, chunk: int) -> str:
     return f"{document_id}:{generation}:{chunk}"
 
 
+def parse_chunk_key(key: str) -> tuple[str, str, int]:
+    """(document id, generation, chunk number) of a `chunk_key`."""
+    document_id, generation, chunk = key.split(":")
+    return document_id, generation, int(chunk)
+
+
 def collection_name(knowledge_base: str) -> str:
     """Milvus names allow [A-Za-z0-9_]; knowledge-base names also allow '-'. Escaping keeps it reversible."""
     return CHUNK_PREFIX + knowledge_base.replace("_", "__").replace("-", "_d")
@@ -339,12 +345,13 @@ class MilvusStore:
         return [_stored(row) for row in self._client.get(name, ids=list(keys), output_fields=CHUNK_FIELDS)]
 
     def scan_chunks(
-        self, knowledge_base: str, document_ids: Sequence[str] = (), with_vectors: bool = False
+        self, knowledge_base: str, document_ids: Sequence[str] = (), with_vectors_and_texts: bool = False
     ) -> Iterator[dict[str, Any]]:
-        """Key, document, generation and terms (and vector) of every chunk row (of `document_ids` when given)."""
+        """Key, document, generation and terms (and vector and text) of every chunk row (of `document_ids`
+        when given)."""
         name = self.open_knowledge_base(knowledge_base, create=False)
         expr = f"document_id in [{', '.join(quoted(d) for d in document_ids)}]" if document_ids else 'pk != ""'
-        fields = ["pk", "document_id", "generation", "terms"] + (["vector"] if with_vectors else [])
+        fields = ["pk", "document_id", "generation", "terms"] + (["vector", "text"] if with_vectors_and_texts else [])
         return self._scan(name, expr, fields)
 
     def _scan(self, name: str, expr: str, fields: list[str]) -> Iterator[dict[str, Any]]:

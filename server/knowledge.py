@@ -78,7 +78,11 @@ def open_knowledge_bases(config: KnowledgeConfig, kb_dir: Path, embedder: Embedd
     started = time.perf_counter()
     initialise_segmenter()
     try:
-        embedder = embedder or Embedder(config.embedding_model, precision=config.embedding_precision)
+        embedder = embedder or Embedder(
+            config.embedding_model,
+            precision=config.embedding_precision,
+            question_runtime=config.embedding_question_runtime,
+        )
     except RetrievalError as exc:
         raise StartupError(str(exc)) from None
     uri = milvus_uri(config, kb_dir)
@@ -101,13 +105,15 @@ def open_knowledge_bases(config: KnowledgeConfig, kb_dir: Path, embedder: Embedd
     )
     report = library.recover()
     log.info(
-        "knowledge base ready in %.1fs: %s, embeddings %s (%d dims, %s); indexes loaded for %d knowledge bases, "
+        "knowledge base ready in %.1fs: %s, embeddings %s (%d dims, %s; questions on %s); indexes loaded for %d "
+        "knowledge bases, "
         "rebuilt for %d; recovery removed %d orphaned chunks, %d superseded documents",
         time.perf_counter() - started,
         uri,
         embedder.name,
         embedder.dimension,
         embedder.precision,
+        embedder.question_runtime,
         len(report.loaded_snapshots),
         len(report.rebuilt_indexes),
         report.orphaned_chunks,

@@ -256,3 +256,31 @@ def test_nothing_is_retrieved_below_the_threshold(store: MilvusStore, embedder: 
     assert [c.file for c in on_topic] == ["pears.txt"] and on_topic[0].score >= 0.34
     everything = knowledge.retrieve("kb", "What is the capital of Peru?", 3, min_score=0)
     assert len(everything) == 2 and all(0 <= c.score < 0.34 for c in everything)
+
+
+def test_with_milvus_lite_a_question_reads_nothing_from_the_store(
+    store: MilvusStore, embedder: Embedder, tmp_path: Path
+) -> None:
+    """The texts of the answer come from beside the indexes, and follow ingest, delete and restart."""
+    indexes = tmp_path / "indexes"
+    knowledge = library(store, embedder, indexes=indexes)
+    tea = knowledge.ingest("kb", "tea.txt", TEA)
+    pears = knowledge.ingest("kb", "pears.txt", PEARS)
+    knowledge.save_snapshot("kb")
+    knowledge.delete_document("kb", tea.document_id)  # after the snapshot: a restart must catch it up
+    again, _ = restarted(knowledge, store, embedder, indexes)
+    if store.is_server:  # a server answers the dense leg with the texts of its hits instead
+        assert again.indexes("kb").texts is None
+        return
+
+    def no_reads(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a question read chunks from the store")
+
+    store.get_chunks = no_reads  # type: ignore[method-assign]
+    store.get_vectors = no_reads  # type: ignore[method-assign]
+    found = again.retrieve("kb", "How many varieties of pears does the orchard grow?", 3, min_score=0)
+    assert [(c.document_id, c.file, c.chunk, c.text) for c in found] == [
+        (pears.document_id, "pears.txt", 0, PEARS.decode())
+    ]
+    deleted_before_the_restart = again.retrieve("kb", "龙井茶用多少度的水冲泡？", 3, min_score=0)
+    assert tea.document_id not in {c.document_id for c in deleted_before_the_restart}
