@@ -15,7 +15,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from chatllm.clients.access import TokenFileError
-from chatllm.clients.config import Config, add_config_arguments, from_args
+from chatllm.clients.config import Config
+from chatllm.clients.flags import add_config_arguments, from_args
 from chatllm.clients.tls import CertificateError
 
 DEFAULT_UPSTREAM = "localhost:50051"

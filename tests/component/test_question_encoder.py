@@ -67,5 +67,5 @@ def test_an_export_that_fails_falls_back_or_is_refused(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(OnnxQueryEncoder, "_export", broken_export)
     assert Embedder(question_runtime="auto").question_runtime == "torch"
-    with pytest.raises(RetrievalError, match="cannot run .* on ONNX Runtime: the exporter cannot trace"):
+    with pytest.raises(RetrievalError, match=r"cannot run .* on ONNX Runtime: the exporter cannot trace"):
         Embedder(question_runtime="onnx")

@@ -15,7 +15,8 @@ from chatllm.clients.access import (
     TokenRegistry,
     parse_token_file,
 )
-from chatllm.clients.config import Config, security_problems
+from chatllm.clients.config import Config
+from chatllm.clients.flags import security_problems
 from chatllm.server.errors import Reason, TokenLimited
 from chatllm.server.quotas import TokenQuotas
 
