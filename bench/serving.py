@@ -1,17 +1,18 @@
 """Serving benchmark: our full stack against vLLM's own OpenAI server, in one run.
 
-Two servers run side by side, on the vLLM engine with the same model, dtype and flags
-(fp32, eager, prefix caching, 1 GiB KV cache, both cores, Intel OpenMP in the engine
-processes on CPU):
+Two servers on the vLLM engine with the same model, dtype and flags (fp32, eager, prefix
+caching, 1 GiB KV cache, both cores, Intel OpenMP in the engine processes on CPU), never up
+at the same time (an idle vLLM CPU engine keeps OpenMP threads spinning and slows the other):
 
 - `chatllm serve`: the bridge's legacy NUL-delimited HTTP stream, and its gRPC Generate
   stream (the same server process; `chatllm server` alone is this gRPC path);
 - `python -m vllm.entrypoints.openai.api_server`, streaming /v1/chat/completions (SSE).
 
 Workload: N concurrent streams (1, 8, 32) of 64 new tokens, greedy, EOS ignored, the same
-chat prompts (both sides apply the model's chat template). The legs take turns run by run
-(their order rotating), so a machine whose load drifts treats them alike; an idle vLLM
-engine costs ~2% of a core. Reported per leg and N: output tokens/s (best and median run),
+chat prompts (both sides apply the model's chat template). The servers take turns round by
+round (--repeats rounds; in each, one server is started, warmed up, measured at every N and
+stopped, then the other, the order alternating between rounds), so a machine whose load
+drifts treats them alike. Reported per leg and N: output tokens/s (best and median round),
 time to first token p50/p99 (of the best run), and the serving process's own CPU time per
 1k tokens (the engine processes excluded): the cost of the code path itself, which the
 machine's load barely changes.
@@ -105,20 +106,16 @@ async def run_once(leg: Leg, n: int) -> Run:
     )
 
 
-async def measure(legs: list[Leg], levels: list[int], repeats: int) -> list[Run]:
-    """Every leg `repeats` times per level, taking turns in a rotating order."""
+async def measure(legs: list[Leg], levels: list[int]) -> list[Run]:
+    """Every leg of one server once per level, after a warm-up."""
     for leg in legs:
-        await leg.one(0)  # warm-up
+        await leg.one(0)
     runs = []
     for n in levels:
-        for rep in range(repeats):
-            shift = rep % len(legs)
-            for leg in legs[shift:] + legs[:shift]:
-                run = await run_once(leg, n)
-                runs.append(run)
-                print(
-                    f"  N={n} {leg.name}: {run.tokens_per_second:.1f} tok/s (load {run.load_average:.1f})", flush=True
-                )
+        for leg in legs:
+            run = await run_once(leg, n)
+            runs.append(run)
+            print(f"  N={n} {leg.name}: {run.tokens_per_second:.1f} tok/s (load {run.load_average:.1f})", flush=True)
     return runs
 
 
@@ -325,9 +322,9 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     body = (
-        f"Workload: N concurrent streams x {args.tokens} new tokens, greedy, EOS ignored; {args.repeats} runs per "
-        "leg and N, the legs taking turns. Engine: vLLM, fp32, eager, prefix caching, 1 GiB KV cache. `load` is "
-        "the machine's 1-minute load average over the runs (the machine may be shared).\n\n"
+        f"Workload: N concurrent streams x {args.tokens} new tokens, greedy, EOS ignored; {args.repeats} rounds, "
+        "the two servers taking turns and never up together. Engine: vLLM, fp32, eager, prefix caching, "
+        "1 GiB KV cache. `load` is the machine's 1-minute load average over the runs (the machine may be shared).\n\n"
     )
     header = ("leg", "N", "best tok/s", "median tok/s", "TTFT p50 s", "TTFT p99 s", "server CPU ms / 1k tok", "load")
     body += markdown_table(
@@ -369,15 +366,17 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="runs per leg and N")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds: each server measured once per N per round")
     parser.add_argument("--data-dir", default=str(REPO / ".cache" / "test-data"))
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="chatllm-serving-bench-"))
     print(f"server logs: {logs}", flush=True)
-    async with contextlib.AsyncExitStack() as stack:
-        legs = await chatllm_serve(stack, args, logs)
-        legs += await vllm_openai_server(stack, args, logs)
-        runs = await measure(legs, args.concurrency, args.repeats)
+    servers = [chatllm_serve, vllm_openai_server]
+    runs: list[Run] = []
+    for round_ in range(args.repeats):
+        for start in servers[round_ % 2 :] + servers[: round_ % 2]:
+            async with contextlib.AsyncExitStack() as stack:  # stops the server before the next starts
+                runs += await measure(await start(stack, args, logs), args.concurrency)
     rows = summarize(runs)
     body = report(rows, args)
     data = {"tokens": args.tokens, "repeats": args.repeats, "rows": rows, "runs": [r.__dict__ for r in runs]}
