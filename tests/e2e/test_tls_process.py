@@ -82,7 +82,7 @@ def test_serve_over_tls_reloads_its_certificates_on_sighup(
     assert next(grpc_stream).text is not None
     https_stream = requests.post(
         url + "/",
-        json={"prompt": LONG, "max_new_tokens": 80, "use_stream_chat": True},
+        json={"prompt": LONG, "max_new_tokens": 80, "use_stream_chat": True, "ignore_eos": True},
         headers={"Authorization": TOKEN},
         verify=str(ca.cert),
         stream=True,
