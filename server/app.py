@@ -126,7 +126,9 @@ class ChatLLMServer:
         if config.kb.knowledge_base:
             from chatllm.server.knowledge import KnowledgeService
 
-            retriever = await stack.enter_async_context(KnowledgeService.running(config.kb, config.common.kb_dir))
+            retriever = await stack.enter_async_context(
+                KnowledgeService.running(config.kb, config.common.kb_dir, config.limits.max_upload_bytes)
+            )
         if config.history.export_history_path:
             from chatllm.server.history import HistoryExporter
 

@@ -116,16 +116,19 @@ def source_pb(chunk: RetrievedChunk) -> pb.Source:
 class KnowledgeService:
     """Implements the servicer's KnowledgeRPCs and GenerateService's Retriever."""
 
-    def __init__(self, config: KnowledgeConfig, library: KnowledgeBases) -> None:
+    def __init__(self, config: KnowledgeConfig, library: KnowledgeBases, max_upload_bytes: int) -> None:
         self.config = config
+        self.max_upload_bytes = max_upload_bytes
         self.library = library
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def running(cls, config: KnowledgeConfig, kb_dir: Path) -> AsyncIterator[KnowledgeService]:
+    async def running(
+        cls, config: KnowledgeConfig, kb_dir: Path, max_upload_bytes: int
+    ) -> AsyncIterator[KnowledgeService]:
         library = await asyncio.to_thread(open_knowledge_bases, config, kb_dir)
         try:
-            yield cls(config, library)
+            yield cls(config, library, max_upload_bytes)
         finally:
             await asyncio.to_thread(library.store.close)
 
@@ -161,7 +164,7 @@ class KnowledgeService:
         header: pb.IngestHeader | None = None
         parts: list[bytes] = []
         size = 0
-        limit = self.config.max_upload_bytes
+        limit = self.max_upload_bytes
         async for request in requests:
             if request.HasField("header"):
                 if header is not None:
