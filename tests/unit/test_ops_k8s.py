@@ -153,7 +153,7 @@ def test_bridge_reaches_every_replica_through_the_headless_service() -> None:
         assert port["targetPort"] in server_ports and server_ports[port["targetPort"]] == port["port"]
     grpc_port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
     bridge = chatllm_config(container("chatllm-bridge")["args"])
-    assert bridge.upstream == f"dns:///{service['metadata']['name']}:{grpc_port}"
+    assert bridge.bridge.upstream == f"dns:///{service['metadata']['name']}:{grpc_port}"
 
 
 def test_bridge_probes_and_service_use_its_http_port() -> None:

@@ -18,7 +18,7 @@ def test_lite_file_by_default_server_when_a_uri_is_given(tmp_path: Path) -> None
     assert milvus_uri(config.kb, config.common.kb_dir) == str(tmp_path / "kb" / "milvus.db")
     assert not is_server_uri(milvus_uri(config.kb, config.common.kb_dir))
     server = Config.build(data_dir=str(tmp_path), milvus_uri="http://milvus:19530")
-    assert milvus_uri(server) == "http://milvus:19530" and is_server_uri("http://milvus:19530")
+    assert milvus_uri(server.kb, server.common.kb_dir) == "http://milvus:19530" and is_server_uri("http://milvus:19530")
     assert is_server_uri("https://in03-x.cloud.example:443")
 
 
