@@ -71,7 +71,7 @@ ZH_WORDS = (
 WARM_UP_QUERIES = 30
 MILVUS_LITE_QUERIES = 40  # its own search is slow; fewer samples are enough
 BASE_EMBEDDINGS = 2000
-EF_SEARCH_SWEEP = (32, 64, 128, 256)
+EF_SEARCH_SWEEP = (32, 64, 128, 192, 256)
 
 
 def sentence(rng: random.Random) -> str:

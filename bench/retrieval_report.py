@@ -72,8 +72,8 @@ def latency_section(latency: list[dict[str, Any]]) -> list[str]:
         "After a restart and 30 warm-up questions; p50 / p99 in ms. `dense` is the in-process FAISS HNSW search "
         "(top 20), `lexical` BM25 over the saved index (top 20), `texts` reading the texts of the top 3 from the "
         "copy held beside the indexes (what a retrieve does), `milvus-lite get` the same from milvus-lite (what it "
-        "did before); `query embedding` is the question on ONNX Runtime, one thread (`--embedding-question-runtime "
-        "auto` on a CPU); `milvus-lite search` is milvus-lite's own search on the same collection (what the dense "
+        "did before); `query embedding` is the question on ONNX Runtime (`--embedding-question-runtime auto` on a "
+        "CPU); `milvus-lite search` is milvus-lite's own search on the same collection (what the dense "
         "leg was before).",
         "",
         markdown_table(

@@ -220,7 +220,7 @@ class KnowledgeConfig:
     )
     hnsw_ef_construction: int = option(200, "HNSW index: candidate list size while building", commands=SERVER_COMMANDS)
     hnsw_ef_search: int = option(
-        128, "HNSW index: candidate list size per search (recall vs latency)", commands=SERVER_COMMANDS
+        192, "HNSW index: candidate list size per search (recall vs latency)", commands=SERVER_COMMANDS
     )
 
 

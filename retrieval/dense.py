@@ -32,7 +32,7 @@ class HnswParams:
 
     m: int = 32
     ef_construction: int = 200
-    ef_search: int = 128
+    ef_search: int = 192
 
 
 class HnswIndex:

@@ -7,7 +7,7 @@ hub name. Vectors are L2-normalised, so cosine and inner product agree.
 
 Precision: on a CPU with native bf16 (avx512_bf16 or AMX) the model runs in bf16 for
 documents, about twice as fast as fp32 with embeddings that agree to a cosine of 0.9999.
-Questions: on a CPU, one at a time on ONNX Runtime with one thread
+Questions: on a CPU, on ONNX Runtime with its own non-spinning thread pool
 (chatllm.retrieval.query_encoder), so a question does not wait on torch's thread pool
 while the cores are busy; where the export fails (an architecture the exporter cannot
 trace), on the torch model like the documents.
@@ -117,7 +117,7 @@ class Embedder:
         return np.ascontiguousarray(unit.cpu().numpy())
 
     def encode_query(self, text: str) -> np.ndarray:
-        """One question's unit vector: on ONNX Runtime (one thread, no lock: questions run in parallel),
+        """One question's unit vector: on ONNX Runtime (no lock: questions run in parallel),
         else with torch."""
         if self._questions is not None:
             return self._questions.encode(text)
@@ -125,8 +125,9 @@ class Embedder:
 
     def encode_query_soon(self, text: str) -> Future[np.ndarray]:
         """`encode_query` on another thread, for the caller to do other work meanwhile: ONNX Runtime
-        releases the GIL for the whole forward pass and uses one core. With torch (whose thread pool
-        already uses every core) it runs in line and the future is done when returned."""
+        releases the GIL for the whole forward pass, so the caller's Python work overlaps it. With
+        torch (whose thread pool already uses every core) it runs in line and the future is done
+        when returned."""
         if self._background is not None:
             return self._background.submit(self.encode_query, text)
         done: Future[np.ndarray] = Future()
