@@ -39,6 +39,14 @@ def credentials(
     return channel_credentials(tls_ca, tls_cert, tls_key)
 
 
+def _open_channel(api: Any, target: str, secure: grpc.ChannelCredentials | None) -> Any:
+    """A channel from `api` (grpc or grpc.aio, which name their constructors alike): TLS when
+    `secure` is given, else plaintext."""
+    if secure is None:
+        return api.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return api.secure_channel(target, secure, options=CHANNEL_OPTIONS)
+
+
 class AsyncChatClient:
     """asyncio client. `target` is host:port (or any gRPC target such as dns:///name:port); TLS options
     as in the module docstring."""
@@ -54,11 +62,7 @@ class AsyncChatClient:
         tls_cert: PathLike | None = None,
         tls_key: PathLike | None = None,
     ) -> None:
-        secure = credentials(tls, tls_ca, tls_cert, tls_key)
-        if secure is None:
-            self.channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        else:
-            self.channel = grpc.aio.secure_channel(target, secure, options=CHANNEL_OPTIONS)
+        self.channel: grpc.aio.Channel = _open_channel(grpc.aio, target, credentials(tls, tls_ca, tls_cert, tls_key))
         self.stub = pb_grpc.ChatLLMStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._metadata = _metadata(token)
@@ -172,11 +176,7 @@ class ChatClient:
         tls_cert: PathLike | None = None,
         tls_key: PathLike | None = None,
     ) -> None:
-        secure = credentials(tls, tls_ca, tls_cert, tls_key)
-        if secure is None:
-            self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        else:
-            self.channel = grpc.secure_channel(target, secure, options=CHANNEL_OPTIONS)
+        self.channel: grpc.Channel = _open_channel(grpc, target, credentials(tls, tls_ca, tls_cert, tls_key))
         self.stub = pb_grpc.ChatLLMStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._metadata = _metadata(token)
