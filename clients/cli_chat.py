@@ -14,6 +14,13 @@ from chatllm.clients.grpc_client import ChatClient
 DEFAULT_TARGET = "localhost:50051"
 
 
+TLS_FILES = {  # argument name -> help; each is --name-with-dashes, --name and env CHATLLM_NAME
+    "tls_ca": "PEM CA certificate(s) that signed the server's certificate; connects over TLS",
+    "tls_cert": "PEM client certificate, for a server with --tls-client-ca",
+    "tls_key": "PEM private key of --tls-cert",
+}
+
+
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target",
@@ -26,29 +33,15 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=None, help="seconds before giving up")
     tls = parser.add_argument_group("TLS (a server with --tls-cert)")
     tls.add_argument(
-        "--tls-ca",
-        "--tls_ca",
-        default=os.environ.get("CHATLLM_TLS_CA"),
-        help="PEM CA certificate(s) that signed the server's certificate; connects over TLS [env CHATLLM_TLS_CA]",
-    )
-    tls.add_argument(
         "--tls",
         action="store_true",
         default=bool(os.environ.get("CHATLLM_TLS")),
         help="connect over TLS, trusting the system's root CAs [env CHATLLM_TLS]",
     )
-    tls.add_argument(
-        "--tls-cert",
-        "--tls_cert",
-        default=os.environ.get("CHATLLM_TLS_CERT"),
-        help="PEM client certificate, for a server with --tls-client-ca [env CHATLLM_TLS_CERT]",
-    )
-    tls.add_argument(
-        "--tls-key",
-        "--tls_key",
-        default=os.environ.get("CHATLLM_TLS_KEY"),
-        help="PEM private key of --tls-cert [env CHATLLM_TLS_KEY]",
-    )
+    for name, help_text in TLS_FILES.items():
+        env = "CHATLLM_" + name.upper()
+        flag = "--" + name.replace("_", "-")
+        tls.add_argument(flag, "--" + name, default=os.environ.get(env), help=f"{help_text} [env {env}]")
 
 
 def open_client(args: argparse.Namespace, timeout: float | None) -> ChatClient:
