@@ -18,8 +18,9 @@ OpenAI routes only).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -147,37 +148,50 @@ async def upload_documents(request: web.Request) -> web.Response:
 async def _ingest_part(
     request: web.Request, knowledge_base: str, filename: str, part: BodyPartReader
 ) -> pb.IngestResponse:
-    """Relay one file part to Ingest as it arrives; cancel the call when it grows past the limit."""
+    """Relay one file part to Ingest as it arrives; cancel the call when it grows past the limit.
+
+    The bytes go as the call's request iterator, not through call.write(): when the server ends
+    the call while a write is in flight (its own --max-upload-bytes is smaller, say), grpc.aio's
+    write reports a bare INTERNAL "Internal error from Core" and the server's own status can be
+    lost; the iterator path stops writing and keeps the server's status.
+    """
     upstream = request.app[UPSTREAM]
     limit = request.app[CONFIG].limits.max_upload_bytes
-    call = upstream.ingest(_authorization(request))
-    try:
-        mime_type = utf8_header(part.headers.get("Content-Type", ""), "Content-Type")
-        header = pb.IngestHeader(knowledge_base=knowledge_base, filename=filename, mime_type=mime_type)
-        await call.write(pb.IngestRequest(header=header))
+    mime_type = utf8_header(part.headers.get("Content-Type", ""), "Content-Type")
+    header = pb.IngestHeader(knowledge_base=knowledge_base, filename=filename, mime_type=mime_type)
+    refused: list[Exception] = []  # why the bridge itself stopped reading the part (grpc cancels the call)
+
+    async def file_requests() -> AsyncIterator[pb.IngestRequest]:
+        yield pb.IngestRequest(header=header)
         size = 0
-        while True:
-            with multipart_errors():
-                block = await part.read_chunk(UPLOAD_CHUNK_BYTES)
-            if not block:
-                if not part.at_eof():  # the body ended before this part's boundary: the file is cut short
-                    raise errors.bad_request(
-                        FILE_FIELD, f"{filename}: the upload ended before the file did", code="invalid_multipart"
-                    )
-                break
-            size += len(block)
-            if size > limit:
-                raise too_large(filename, limit)
-            await call.write(pb.IngestRequest(chunk=block))
-        await call.done_writing()
+        try:
+            while True:
+                with multipart_errors():
+                    block = await part.read_chunk(UPLOAD_CHUNK_BYTES)
+                if not block:
+                    if not part.at_eof():  # the body ended before this part's boundary: the file is cut short
+                        raise errors.bad_request(
+                            FILE_FIELD, f"{filename}: the upload ended before the file did", code="invalid_multipart"
+                        )
+                    return
+                size += len(block)
+                if size > limit:
+                    raise too_large(filename, limit)
+                yield pb.IngestRequest(chunk=block)
+        except Exception as exc:
+            refused.append(exc)
+            raise  # grpc.aio cancels the call, so the server drops the half-sent file
+
+    call = upstream.ingest(file_requests(), _authorization(request))
+    try:
         return await call
     except grpc.aio.AioRpcError as exc:
+        if refused:
+            raise refused[0] from None
         raise rpc_error(exc) from None
-    except grpc.aio.UsageError:  # the server ended the call early (it refused the header): read why
-        try:
-            await call
-        except grpc.aio.AioRpcError as exc:
-            raise rpc_error(exc) from None
+    except asyncio.CancelledError:
+        if refused:  # the call was cancelled because of the bridge's own refusal, not this handler
+            raise refused[0] from None
         raise
     finally:
         call.cancel()  # no-op when finished; otherwise the server drops the half-sent file

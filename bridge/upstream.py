@@ -7,6 +7,7 @@ live here only.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -46,9 +47,9 @@ class Upstream:
     def generate(self, request: pb.GenerateRequest, authorization: str | None) -> grpc.aio.UnaryStreamCall:
         return self._stub.Generate(request, metadata=self.metadata(authorization), timeout=self.timeout)
 
-    def ingest(self, authorization: str | None) -> grpc.aio.StreamUnaryCall:
-        """An Ingest call to write the header and the file's chunks to."""
-        return self._stub.Ingest(metadata=self.metadata(authorization), timeout=self.timeout)
+    def ingest(self, requests: AsyncIterator[pb.IngestRequest], authorization: str | None) -> grpc.aio.StreamUnaryCall:
+        """An Ingest call that sends `requests` (the header, then the file's chunks)."""
+        return self._stub.Ingest(requests, metadata=self.metadata(authorization), timeout=self.timeout)
 
     async def list_documents(self, knowledge_base: str, authorization: str | None) -> pb.ListDocumentsResponse:
         request = pb.ListDocumentsRequest(knowledge_base=knowledge_base)

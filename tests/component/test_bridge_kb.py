@@ -4,6 +4,7 @@ over HTTP (plain and streamed) and WebSocket, with the real server, milvus-lite,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import requests
 import websocket
 
 from chatllm.bridge.runner import BridgeServer
+from chatllm.clients.config import Config
 from tests.servers import grpc_server, make_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -36,7 +38,10 @@ SPEAKER_ZH = "云雀 S2 智能音箱的保修期为十八个月，售后服务�
 
 
 @pytest_asyncio.fixture(scope="module")
-async def base_url(data_dir: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def server(
+    data_dir: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Config, int]]:
+    """The gRPC server's config and port."""
     config = make_config(
         data_dir,
         knowledge_base=True,
@@ -48,13 +53,24 @@ async def base_url(data_dir: Path, model_dir: Path, tmp_path_factory: pytest.Tem
         chunk_size=200,
         chunk_overlap=20,
     )
-    async with grpc_server(config) as server:
-        bridge = BridgeServer(config, f"127.0.0.1:{server.port}")
-        await bridge.start()
-        try:
-            yield f"http://127.0.0.1:{bridge.port}"
-        finally:
-            await bridge.stop()
+    async with grpc_server(config) as running:
+        yield config, running.port
+
+
+@contextlib.asynccontextmanager
+async def bridge_to(config: Config, port: int) -> AsyncIterator[str]:
+    bridge = BridgeServer(config, f"127.0.0.1:{port}")
+    await bridge.start()
+    try:
+        yield f"http://127.0.0.1:{bridge.port}"
+    finally:
+        await bridge.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def base_url(server: tuple[Config, int]) -> AsyncIterator[str]:
+    async with bridge_to(*server) as url:
+        yield url
 
 
 async def call(method: str, url: str, **kwargs: Any) -> requests.Response:
@@ -105,6 +121,20 @@ async def test_a_file_over_the_upload_limit_is_413_and_stores_nothing(base_url: 
     assert reply.status_code == 413
     assert reply.json()["error"]["message"].startswith("file: huge.txt: larger than the 32768-byte upload limit")
     assert "limits" not in {k["name"] for k in (await call("GET", f"{base_url}/api/kb")).json()["knowledge_bases"]}
+
+
+async def test_the_servers_smaller_limit_is_a_413_not_a_lost_status(server: tuple[Config, int]) -> None:
+    """A bridge allowing more than its server: the server ends each Ingest call while the bridge is
+    still sending chunks, and every upload must come back with the server's own reason (CI once got
+    grpc.aio's bare "Internal error from Core" from a write in flight)."""
+    config, port = server
+    async with bridge_to(config.replace(max_upload_bytes=1000 * UPLOAD_LIMIT), port) as url:
+        for attempt in range(20):
+            reply = await upload(url, "server-limit", ("huge.txt", b"word " * (100 * UPLOAD_LIMIT // 5)))
+            assert reply.status_code == 413, (attempt, reply.text)
+            assert "huge.txt: larger than the 32768-byte upload limit" in reply.json()["error"]["message"], reply.text
+        bases = (await call("GET", f"{url}/api/kb")).json()["knowledge_bases"]
+        assert "server-limit" not in {k["name"] for k in bases}
 
 
 async def test_a_bad_file_is_400_naming_it_and_earlier_files_are_reported(base_url: str) -> None:
