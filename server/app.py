@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib.metadata
 import logging
 import shutil
@@ -236,6 +237,7 @@ class ChatLLMServer:
             history,
         )
         stack.push_async_callback(self._watch_engine(engine))
+        freeze_startup_heap()
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         metrics.READY.set(1)
         log.info("ready: %s via %s on %s/%s", ", ".join(models.names), info.backend, info.device, info.dtype)
@@ -347,3 +349,17 @@ async def serve_until_signal(config: Config, on_ready: asyncio.Event | None = No
         await stop.wait()
         log.info("shutdown requested: draining")
         await server.drain()
+
+
+def freeze_startup_heap() -> None:
+    """Move everything loaded so far into the permanent generation, out of the collector's way.
+
+    After start-up the heap holds millions of long-lived objects (torch, vLLM, transformers,
+    the tokenizer, pymilvus). Every full collection walks them all again, and the per-token
+    garbage of a busy stream triggers full collections often: profiled at 32 concurrent
+    streams, they took about a quarter of the serving thread. vLLM's own API server freezes
+    its start-up heap for the same reason. Objects made after this point are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+    log.debug("froze %d start-up objects out of the garbage collector's reach", gc.get_freeze_count())
