@@ -97,15 +97,16 @@ class ChoiceSet:
             choice.cumulative_logprob = out.cumulative_logprob
         if out.cached_tokens is not None:
             self.cached_tokens = out.cached_tokens
+        # Built with only the fields this step has: this runs once per token of every stream.
         response = pb.GenerateResponse(
-            text=text,
-            completion_tokens=out.completion_tokens,
-            request_id=self.request_id,
-            index=out.index,
-            tool_calls=calls,
-            logprobs=logprobs_pb(out.logprobs) if self.logprobs else [],
+            text=text, completion_tokens=out.completion_tokens, request_id=self.request_id, index=out.index
         )
-        choice.logprobs.extend(response.logprobs)
+        if calls:
+            response.tool_calls.extend(calls)
+        if self.logprobs and out.logprobs:
+            entries = logprobs_pb(out.logprobs)
+            response.logprobs.extend(entries)
+            choice.logprobs.extend(entries)
         if not self.prompt_sent:
             self.prompt_sent = True
             response.prompt_tokens = len(self.prompt_ids)

@@ -40,7 +40,7 @@ class TokenLogprob:
     top: tuple[TopToken, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one is made per token of every stream, and frozen init costs twice
 class EngineOutput:
     """One step of one choice's stream: what it generated since its previous output.
 
