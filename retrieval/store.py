@@ -11,6 +11,12 @@ Known milvus-lite behaviours handled here: a reopened collection must be
 loaded before it is searched; only the sync client creates indexes; `delete`
 returns the deleted ids on lite but a `{"delete_count": n}` dict on a server.
 
+Writes on the ingest path (chunk rows, the manifest's commit row) go straight to
+milvus-lite's engine when it runs in this process, as milvus-lite 3 does behind a
+loopback gRPC server of its own: the round trip through pymilvus's row packing,
+protobuf and that server's threads cost about as much as the write itself, per
+document. Everything else, and every write to a server, goes through pymilvus.
+
 Vector indexes: a server gets an explicit HNSW index with the configured build and
 search parameters and answers the dense leg. milvus-lite gets a FLAT index only
 (it needs one to load a collection): its search walks every row in Python
@@ -21,6 +27,7 @@ index instead, and an HNSW build per flushed segment would only cost CPU.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -167,6 +174,7 @@ class MilvusStore:
             # and gets "GOAWAY too_many_pings" errors in the log for it.
             options["grpc_options"] = {"grpc.keepalive_time_ms": 600_000, "grpc.keepalive_permit_without_calls": 0}
         self._client = MilvusClient(uri=uri, **options)
+        self._engine = None if self.is_server else lite_engine(uri)
         self._loaded: set[str] = set()
         self._opening = threading.Lock()
         if self.is_server:
@@ -281,22 +289,23 @@ class MilvusStore:
         name = self.open_knowledge_base(knowledge_base, create=True)
         for start in range(0, len(rows), INSERT_BATCH):
             batch = rows[start : start + INSERT_BATCH]
-            self._client.insert(
-                name,
-                [
-                    {
-                        "pk": r.key,
-                        "document_id": r.document_id,
-                        "generation": r.generation,
-                        "chunk": r.chunk,
-                        "file": r.file,
-                        "text": r.text,
-                        "terms": r.terms,
-                        "vector": r.vector.tolist(),
-                    }
-                    for r in batch
-                ],
-            )
+            records = [
+                {
+                    "pk": r.key,
+                    "document_id": r.document_id,
+                    "generation": r.generation,
+                    "chunk": r.chunk,
+                    "file": r.file,
+                    "text": r.text,
+                    "terms": r.terms,
+                    "vector": r.vector.tolist(),
+                }
+                for r in batch
+            ]
+            if self._engine is not None:
+                self._engine.get_collection(name).insert(records)
+            else:
+                self._client.insert(name, records)
 
     def flush(self, knowledge_base: str) -> None:
         self._flush(collection_name(knowledge_base))
@@ -382,7 +391,15 @@ class MilvusStore:
         }
         # The upsert is in milvus-lite's WAL (replayed after a kill) or durable on a server when it returns;
         # a flush per document here cost ~6% of the ingest rate.
-        self._client.upsert(MANIFEST, [row])
+        if self._engine is not None:
+            self._engine.get_collection(MANIFEST).upsert([row])
+        else:
+            self._client.upsert(MANIFEST, [row])
+
+    @property
+    def writes_in_process(self) -> bool:
+        """True when ingest writes call milvus-lite's engine directly (see the module's docstring)."""
+        return self._engine is not None
 
     def remove_document(self, knowledge_base: str, document_id: str) -> None:
         self._client.delete(MANIFEST, ids=[_manifest_key(knowledge_base, document_id)])
@@ -392,6 +409,25 @@ class MilvusStore:
         rows = self._scan(MANIFEST, expr, MANIFEST_FIELDS)
         records = [DocumentRecord(**{f: row[f] for f in MANIFEST_FIELDS}) for row in rows]
         return sorted(records, key=lambda r: (r.created_unix, r.filename))
+
+
+def lite_engine(uri: str) -> Any | None:
+    """The MilvusLite engine that pymilvus started in this process for the milvus-lite path `uri`, or
+    None where this milvus-lite does not run one here (then every write goes through pymilvus).
+
+    milvus-lite 3 keeps one engine per data directory in its server manager, and its gRPC servicer
+    calls that same engine (`get_collection` returns one cached Collection per name), so a direct
+    write and a pymilvus read see the same memtable and write-ahead log."""
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return None
+    servers = getattr(server_manager_instance, "_servers", None)
+    entry = servers.get(os.path.abspath(uri)) if isinstance(servers, dict) else None
+    if not entry or len(entry) < 2 or not hasattr(entry[1], "get_collection"):
+        log.info("milvus-lite: no in-process engine for %s; ingest writes go through pymilvus", uri)
+        return None
+    return entry[1]
 
 
 def _manifest_key(knowledge_base: str, document_id: str) -> str:

@@ -284,3 +284,16 @@ def test_with_milvus_lite_a_question_reads_nothing_from_the_store(
     ]
     deleted_before_the_restart = again.retrieve("kb", "龙井茶用多少度的水冲泡？", 3, min_score=0)
     assert tea.document_id not in {c.document_id for c in deleted_before_the_restart}
+
+
+def test_milvus_lite_ingest_writes_go_to_its_engine_and_read_back_through_pymilvus(
+    store: MilvusStore, embedder: Embedder
+) -> None:
+    """With milvus-lite, chunk rows and the commit row skip pymilvus and lite's loopback gRPC server;
+    what they write is what pymilvus reads back (one engine), and a server keeps the pymilvus path."""
+    assert store.writes_in_process is not store.is_server
+    knowledge = library(store, embedder)
+    result = knowledge.ingest("kb", "pears.txt", PEARS)
+    rows = list(store.scan_chunks("kb", [result.document_id], with_vectors_and_texts=True))
+    assert [(r["text"], len(r["vector"])) for r in rows] == [(PEARS.decode(), embedder.dimension)]
+    assert [(d.document_id, d.chunks) for d in store.documents("kb")] == [(result.document_id, 1)]
