@@ -161,6 +161,40 @@ async def test_tool_results_go_back_to_the_model(client: openai.AsyncOpenAI) -> 
     assert reply.choices[0].message.content and not reply.choices[0].message.tool_calls
 
 
+# What the model writes in Hermes' tool-call format (SmolLM2's template has none of its own), forced with a
+# regex so that even the tiny model writes it: the `auto` path must turn that text into a tool call.
+HERMES_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>'
+
+
+async def test_auto_tool_choice_parses_the_models_call_with_vllms_parser(client: openai.AsyncOpenAI) -> None:
+    """`auto` leaves the model free (no grammar from the tools) and vLLM's hermes parser (the server's
+    --tool-call-parser) separates the call from the text, whole and streamed."""
+    forced = {"structured_outputs": {"regex": re.escape(HERMES_CALL)}}
+    request: dict[str, Any] = {
+        "model": MODEL, "messages": ask("What is the weather in Paris?"), "tools": [WEATHER, TIME],
+        "tool_choice": "auto", "max_tokens": 60, "temperature": 0, "extra_body": forced,
+    }  # fmt: skip
+    reply = await client.chat.completions.create(**request)
+    choice = reply.choices[0]
+    (call,) = choice.message.tool_calls or []
+    assert (call.function.name, json.loads(call.function.arguments)) == (
+        "get_weather",
+        {"city": "Paris", "unit": "celsius"},
+    )
+    assert choice.finish_reason == "tool_calls" and not choice.message.content
+
+    stream = await client.chat.completions.create(**request, stream=True)
+    chunks = [c async for c in stream]
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert deltas[0].function.name == "get_weather" and deltas[0].id
+    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"city": "Paris", "unit": "celsius"}
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+
+    free = await client.chat.completions.create(**{**request, "extra_body": {}})  # unforced: text, no call
+    assert free.choices[0].message.content and not free.choices[0].message.tool_calls
+
+
 # ------------------------------------------------------------------ logprobs, n, best_of
 async def test_chat_logprobs_in_openai_shape_streamed_and_not(client: openai.AsyncOpenAI) -> None:
     kwargs: dict[str, Any] = {"model": MODEL, "messages": ask(), "max_tokens": 8, "temperature": 0}
