@@ -27,7 +27,10 @@ from tests.prometheus_server import PrometheusServer, finite_values
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = "chatllm-bridge"  # `chatllm serve`: the bridge's /metrics carries the server's series too
-RATE_INTERVAL = "10s"  # Grafana's $__rate_interval for a 1 s scrape interval is 4 s; 10 s is steadier
+# Grafana's $__rate_interval for a 1 s scrape interval is 4 s. 30 s: a rate needs two samples in the window, and
+# on a loaded 2-core machine scrapes of the busy bridge stall for several seconds (a full-suite run once saw the
+# single 400 of the second round with no earlier sample within 10 s, and reported "only zeros").
+RATE_INTERVAL = "30s"
 DOCUMENT = b"Paris is the capital of France. The Eiffel Tower stands on the Champ de Mars in Paris.\n" * 3
 
 
