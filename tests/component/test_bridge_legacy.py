@@ -376,3 +376,69 @@ async def test_drain_cancels_streams_still_running_after_the_grace(stack: Stack,
     await asyncio.to_thread(response.close)
     await asyncio.to_thread(session.close)
     assert (await stack.wait_engine_idle(within=10)).active_requests == 0
+
+
+def open_sse_stream(
+    session: requests.Session, url: str, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[requests.Response, Iterator[str]]:
+    """A streaming request whose first SSE data line has arrived; the caller holds both until it closes."""
+    response = session.post(url, json=body, headers=headers, stream=True, timeout=120)
+    response.raise_for_status()
+    lines = response.iter_lines(chunk_size=1, decode_unicode=True)
+    data = (line.removeprefix("data: ") for line in lines if line and line.startswith("data: "))
+    first = next(data)
+    return response, itertools.chain([first], data)
+
+
+LONG = {"max_new_tokens": 2000, "ignore_eos": True}
+SSE_REQUESTS = {
+    "legacy SSE": ("/", {"prompt": "Write a very long story.", "use_stream_chat": True, **LONG}),
+    "OpenAI SSE": (
+        "/v1/chat/completions",
+        {
+            "model": "SmolLM2-135M-Instruct",
+            "messages": [{"role": "user", "content": "Write a very long story."}],
+            "stream": True,
+            "max_tokens": 2000,
+            "ignore_eos": True,
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(SSE_REQUESTS))
+async def test_drain_ends_a_running_sse_stream_with_an_error_event(stack: Stack, data_dir: Path, protocol: str) -> None:
+    """The answer pipeline's mid-stream rule through the real bridge, per SSE protocol: an error event (then
+    OpenAI's [DONE]), never a cut connection (the NUL stream and the WebSocket: the tests above)."""
+    bridge = BridgeServer(make_config(data_dir, shutdown_grace=1.0), stack.grpc_target)
+    await bridge.start()
+    path, body = SSE_REQUESTS[protocol]
+    session = requests.Session()
+    url, headers = f"http://127.0.0.1:{bridge.port}{path}", {"Accept": "text/event-stream"}
+    response, data = await asyncio.to_thread(open_sse_stream, session, url, body, headers)
+    await bridge.stop()
+    rest = await asyncio.to_thread(list, data)  # ends cleanly, not cut
+    if protocol == "OpenAI SSE":
+        assert rest[-1] == "[DONE]"
+        rest = rest[:-1]
+    error = json.loads(rest[-1])["error"]
+    assert "shutting down" in error["message"]
+    assert all("error" not in json.loads(event) for event in rest[:-1])
+    await asyncio.to_thread(response.close)
+    await asyncio.to_thread(session.close)
+    assert (await stack.wait_engine_idle(within=10)).active_requests == 0
+
+
+async def test_drain_answers_a_waiting_legacy_json_request_with_a_503(stack: Stack, data_dir: Path) -> None:
+    """A whole (non-streamed) answer cut by the drain is a 503 JSON error, not a partial answer or a 200."""
+    bridge = BridgeServer(make_config(data_dir, shutdown_grace=1.0), stack.grpc_target)
+    await bridge.start()
+    url = f"http://127.0.0.1:{bridge.port}/"
+    waiting = asyncio.create_task(
+        asyncio.to_thread(requests.post, url, json={"prompt": "Write a very long story.", **LONG}, timeout=120)
+    )
+    assert (await stack.wait_engine_busy(within=30)).active_requests == 1
+    await bridge.stop()
+    response = await waiting
+    assert response.status_code == 503 and "shutting down" in response.json()["error"]["message"]
+    assert (await stack.wait_engine_idle(within=10)).active_requests == 0

@@ -365,3 +365,16 @@ async def test_tokenize_and_detokenize_round_trip(stack: Stack) -> None:
             assert (await r.json())["prompt"] == QUESTION
         async with session.post(stack.http_url + "/tokenize", json={"model": "nope", "prompt": "x"}) as r:
             assert r.status == 404
+
+
+async def test_a_repeated_long_prompt_reports_cached_tokens_in_openai_usage(client: openai.AsyncOpenAI) -> None:
+    context = " ".join(f"Note {i}: the lake froze on night {i}." for i in range(40))  # > 2 KV blocks of 128
+    ask_twice = {"model": MODEL, "messages": ask(context + " When did the lake freeze?"), "max_tokens": 2}
+    first = await client.chat.completions.create(**ask_twice)
+    again = await client.chat.completions.create(**ask_twice)
+    assert first.usage and first.usage.prompt_tokens > 256
+    assert again.usage and again.usage.prompt_tokens_details and again.usage.prompt_tokens_details.cached_tokens
+    assert again.usage.prompt_tokens_details.cached_tokens >= 128
+    streamed = await client.chat.completions.create(**ask_twice, stream=True, stream_options={"include_usage": True})
+    usage = [chunk.usage async for chunk in streamed if chunk.usage]
+    assert usage and usage[-1].prompt_tokens_details and usage[-1].prompt_tokens_details.cached_tokens >= 128
