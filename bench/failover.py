@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import sys
@@ -260,13 +261,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the short plan the test suite runs")
     parser.add_argument("--no-record", action="store_true", help="print only; write nothing to bench/results/")
     parser.add_argument("--logs", type=Path, help="keep the replicas' and the bridge's logs in this folder")
+    parser.add_argument("--data-dir", default=str(REPO / ".cache" / "test-data"), help="where the model is")
+    parser.add_argument("--report", type=Path, help="also write the result as JSON to this file")
     args = parser.parse_args()
     plan = QUICK if args.quick else Plan()
-    data_dir = str(REPO / ".cache" / "test-data")
+    data_dir = args.data_dir
     with tempfile.TemporaryDirectory(prefix="chatllm-failover-") as workdir:
         logs = args.logs or Path(workdir)
         logs.mkdir(parents=True, exist_ok=True)
         result = asyncio.run(failover(plan, args.backend, data_dir, logs))
+    if args.report:
+        args.report.write_text(json.dumps(result, indent=2))
     body = report(result)
     print(body)
     if not args.no_record:

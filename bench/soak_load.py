@@ -19,6 +19,7 @@ import grpc
 
 from chatllm.clients import AsyncChatClient
 from chatllm.proto import SERVICE_NAME, pb
+from tests.hostile_payloads import deep_struct_request
 
 EOS = "<EOS>"
 PROMPT = "Count slowly from one to one hundred, one number per line."
@@ -233,32 +234,6 @@ def deep_form(rng: random.Random) -> tuple[bytes, str]:
         disposition = f'form-data; name="{field}"' + (f'; filename="{filename}"' if filename else "")
         body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
     return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def deep_struct_request(depth: int) -> bytes:
-    """A GenerateRequest whose chat_template_kwargs (a google.protobuf.Struct, field 17) holds lists
-    nested `depth` deep, as raw bytes (no protobuf library builds a message this deep)."""
-    # Value.list_value (field 6) -> ListValue.values (field 1) -> Value ... from the inside out: each
-    # level only prefixes a tag and a length, so the prefixes are computed first and joined once.
-    prefixes, size = [], 0
-    for _ in range(depth):
-        for tag in (b"\x0a", b"\x32"):  # ListValue.values, then Value.list_value
-            prefix = tag + _varint(size)
-            prefixes.append(prefix)
-            size += len(prefix)
-    value = b"".join(reversed(prefixes))
-    entry = b"\x0a\x01k" + b"\x12" + _varint(len(value)) + value  # Struct.FieldsEntry {key: "k", value}
-    struct = b"\x0a" + _varint(len(entry)) + entry  # Struct.fields
-    return b"\x0a\x02hi" + b"\x8a\x01" + _varint(len(struct)) + struct  # prompt "hi", chat_template_kwargs
 
 
 def hostile_body(rng: random.Random) -> bytes:

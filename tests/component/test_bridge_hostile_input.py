@@ -22,9 +22,9 @@ import websocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.soak_load import deep_struct_request
 from chatllm.bridge.openapi import DOCUMENT_FILE
 from chatllm.proto import SERVICE_NAME, pb
+from tests.hostile_payloads import deep_struct_request
 from tests.servers import make_config
 from tests.stack import StackThread
 
