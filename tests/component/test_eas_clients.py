@@ -106,6 +106,12 @@ async def test_signature_edge_cases_are_401_with_the_reason(stack: Stack) -> Non
     assert openai_route.status_code == 401  # the OpenAI routes take the raw token only
     for raw in (TOKEN, f"Bearer {TOKEN}"):
         assert (await post(stack.http_url + path, body, {"Authorization": raw})).status_code == 200
+    # Every legacy POST route takes a signature over its own path (the seed's clients post to "/").
+    for other in ("/", "/chat"):
+        signed = await post(stack.http_url + other, body, signed_headers(body, other))
+        assert signed.status_code == 200 and signed.json()["response"], signed.text
+        elsewhere = await post(stack.http_url + other, body, signed_headers(body, path))
+        assert elsewhere.status_code == 401 and "signature does not match" in elsewhere.json()["error"]["message"]
 
 
 async def test_langchain_pai_eas_classes_stream_what_they_invoke(stack: Stack) -> None:
@@ -120,6 +126,11 @@ async def test_langchain_pai_eas_classes_stream_what_they_invoke(stack: Stack) -
     chat = PaiEasChatEndpoint(eas_service_url=url, eas_service_token=TOKEN, temperature=0.0, top_k=1, max_new_tokens=24)
     reply = await asyncio.to_thread(chat.invoke, QUESTION)
     assert "Paris" in str(reply.content)
+    # The same text as a direct request at temperature 0, for both classes.
+    direct = {"prompt": QUESTION, "temperature": 0, "top_k": 1, "max_new_tokens": 24}
+    answer = await post(url, json.dumps(direct).encode(), {"Authorization": TOKEN})
+    assert answer.status_code == 200
+    assert invoked == answer.json()["response"] == str(reply.content)
 
 
 async def test_a_request_can_ask_for_cumulative_on_a_delta_server(stack: Stack) -> None:
