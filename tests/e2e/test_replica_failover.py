@@ -10,26 +10,17 @@ stays ready because B is serving. Figures of a full run: bench/results/failover-
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.bench_programs import run_bench_program
 
 
 async def test_killing_a_replica_under_load_retries_what_it_had_not_started(
     data_dir: Path, model_dir: Path, output_dir: Path
 ) -> None:
     # Run as a program, as test_soak.py runs the soak (tests do not import bench/).
-    report_file = output_dir / "failover.json"
-    command = [
-        sys.executable, str(REPO / "bench" / "failover.py"), "--backend", "hf", "--quick", "--no-record",
-        "--data-dir", str(data_dir), "--logs", str(output_dir), "--report", str(report_file),
-    ]  # fmt: skip
-    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=900)
-    assert report_file.exists(), done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(report_file.read_text())
+    args = ["--backend", "hf", "--quick", "--no-record", "--data-dir", str(data_dir), "--logs", str(output_dir)]
+    result = await asyncio.to_thread(run_bench_program, "failover.py", args, output_dir / "failover.json")
     plan = result["plan"]
     summary = str(result)
     at_kill = result["victim_at_kill"]

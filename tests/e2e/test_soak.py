@@ -8,25 +8,16 @@ in bench/results/soak-*.md, measured on a quiet machine."""
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.bench_programs import run_bench_program
 
 
 async def test_quick_soak_leaks_hangs_fails_and_drops_nothing(
     data_dir: Path, model_dir: Path, output_dir: Path
 ) -> None:
-    report_file = output_dir / "soak.json"
-    command = [
-        sys.executable, str(REPO / "bench" / "soak.py"), "--backend", "hf", "--quick", "--no-record",
-        "--data-dir", str(data_dir), "--workdir", str(output_dir), "--report", str(report_file),
-    ]  # fmt: skip
-    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=900)
-    assert report_file.exists(), done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads(report_file.read_text())
+    args = ["--backend", "hf", "--quick", "--no-record", "--data-dir", str(data_dir), "--workdir", str(output_dir)]
+    report = await asyncio.to_thread(run_bench_program, "soak.py", args, output_dir / "soak.json")
     plan, values = report["plan"], report["values"]
     table = "\n".join(" | ".join(map(str, row)) for row in report["rows"])
     assert values["disconnects"] == {"count": plan["disconnects"], "leaked": 0}, table
