@@ -32,7 +32,7 @@ $(SYSTEM_STAMP): ops/install/install-test-system.sh | $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy server bridge clients retrieval
+	$(VENV)/bin/mypy kernel server bridge clients retrieval
 
 proto: $(STAMP)
 	$(PY) proto/generate.py

@@ -106,7 +106,7 @@ def generate_leg(model_dir: Path, n: int, tokens: int) -> LegResult:
 
 
 async def run_backend(backend: str, data_dir: Path, levels: list[int], tokens: int, log_dir: Path) -> list[LegResult]:
-    from chatllm.clients.config import Config
+    from chatllm.kernel.config import Config
     from chatllm.server.chat import Chat
     from chatllm.server.engines import running_engine
     from chatllm.server.model_source import resolve

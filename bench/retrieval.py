@@ -43,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.common import percentile
 from bench.retrieval_report import write_report
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from chatllm.retrieval.evaluation import (
     documents,
     load_off_topic,

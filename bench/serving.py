@@ -213,7 +213,7 @@ def wait_ready(server: ChatllmSubprocess, pattern: str) -> None:
 
 def cpu_env() -> dict[str, str]:
     """What our engine sets for its processes on CPU, given to vLLM's server too."""
-    from chatllm.clients.config import Config
+    from chatllm.kernel.config import Config
     from chatllm.server.engines.vllm_setup import engine_environment, vllm_build
 
     return engine_environment(Config.build(), vllm_build() == "cpu", {})

@@ -51,7 +51,7 @@ def variants() -> dict[str, dict[str, str]]:
 
 async def measure(levels: list[int], tokens: int, repeats: int, data_dir: Path) -> dict[str, Any]:
     """In the child: start the engine (our adapter, so our env handling is what is measured)."""
-    from chatllm.clients.config import Config
+    from chatllm.kernel.config import Config
     from chatllm.server.chat import Chat, ChatInput
     from chatllm.server.engines.vllm import VLLMEngine
     from chatllm.server.model_source import resolve

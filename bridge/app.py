@@ -15,7 +15,7 @@ from chatllm.bridge.keys import ACCESS, CONFIG, STATE, UPSTREAM, BridgeSettings,
 from chatllm.bridge.middleware import MIDDLEWARES, is_websocket
 from chatllm.bridge.upstream import Upstream
 from chatllm.bridge.websocket import handle_websocket
-from chatllm.clients.access import TokenRegistry
+from chatllm.kernel.access import TokenRegistry
 
 
 def build_app(config: BridgeSettings, upstream_target: str, access: TokenRegistry | None = None) -> web.Application:

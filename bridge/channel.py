@@ -28,8 +28,8 @@ from typing import Any
 
 import grpc
 
-from chatllm.clients.config import SecurityConfig
-from chatllm.clients.tls import channel_credentials as tls_credentials
+from chatllm.kernel.config import SecurityConfig
+from chatllm.kernel.tls import channel_credentials as tls_credentials
 from chatllm.proto import SERVICE_NAME
 
 HEALTH_SERVICE = "grpc.health.v1.Health"

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from chatllm.clients.json_depth import nesting_depth
+from chatllm.kernel.json_depth import nesting_depth
 
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1

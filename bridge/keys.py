@@ -10,8 +10,8 @@ from aiohttp import web
 
 from chatllm.bridge.relay import InFlightCalls
 from chatllm.bridge.upstream import Upstream
-from chatllm.clients.access import Caller, TokenRegistry
-from chatllm.clients.config import BridgeConfig, Config, HistoryConfig, LimitsConfig, SecurityConfig
+from chatllm.kernel.access import Caller, TokenRegistry
+from chatllm.kernel.config import BridgeConfig, Config, HistoryConfig, LimitsConfig, SecurityConfig
 
 
 @dataclass(frozen=True)

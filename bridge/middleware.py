@@ -18,7 +18,7 @@ from chatllm.bridge.cors import check_origin, is_preflight, own_origin
 from chatllm.bridge.eas_signature import is_signed, verify
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.keys import ACCESS, CALLER, CONFIG, STATE
-from chatllm.clients.access import ANONYMOUS, Caller
+from chatllm.kernel.access import ANONYMOUS, Caller
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

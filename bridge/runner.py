@@ -1,5 +1,5 @@
 """Running the bridge (`chatllm bridge`; `chatllm serve` runs it beside the gRPC server in
-one event loop, see chatllm.clients.cli_server), with a graceful drain on SIGTERM/SIGINT.
+one event loop, see chatllm.clients.cli.serve), with a graceful drain on SIGTERM/SIGINT.
 
 Drain: readiness flips to 503, the listening socket closes, each WebSocket
 finishes its current answer and closes with 1001, HTTP streams get
@@ -24,9 +24,9 @@ from aiohttp.web_response import StreamResponse
 
 from chatllm.bridge.app import build_app
 from chatllm.bridge.keys import CALLER, STATE, BridgeSettings
-from chatllm.clients.access import ANONYMOUS
-from chatllm.clients.config import Config
-from chatllm.clients.tls import CertificateError, HttpsContext
+from chatllm.kernel.access import ANONYMOUS
+from chatllm.kernel.config import Config
+from chatllm.kernel.tls import CertificateError, HttpsContext
 
 log = logging.getLogger(__name__)
 LEFTOVER_TIMEOUT_S = 1.0  # after the grace period: how long cancelled handlers get to unwind

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from chatllm.bridge.errors import ApiError, bad_request
 from chatllm.bridge.field_types import kind
-from chatllm.clients.json_depth import MAX_JSON_DEPTH, deeper_than
+from chatllm.kernel.json_depth import MAX_JSON_DEPTH, deeper_than
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -21,8 +21,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chatllm.clients.requests import ChatResult, _ingest_messages, _metadata, _result, build_request
-from chatllm.clients.tls import channel_credentials
+from chatllm.clients.wire import ChatResult, _ingest_messages, _metadata, _result, build_request
+from chatllm.kernel.tls import channel_credentials
 from chatllm.proto import SERVICE_NAME, pb, pb_grpc
 
 __all__ = ["AsyncChatClient", "ChatClient", "ChatResult", "build_request"]

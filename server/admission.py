@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from chatllm.clients.access import ANONYMOUS_CALLER, Caller
+from chatllm.kernel.access import ANONYMOUS_CALLER, Caller
 from chatllm.server.errors import NotReady, Overloaded, Reason
 from chatllm.server.quotas import TokenQuotas
 

@@ -25,9 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from chatllm.clients.access import TokenFileError, TokenRegistry
-from chatllm.clients.config import Config
-from chatllm.clients.tls import CertificateError, HttpsContext
+from chatllm.kernel.access import TokenFileError, TokenRegistry
+from chatllm.kernel.config import Config
+from chatllm.kernel.tls import CertificateError, HttpsContext
 from chatllm.proto import SERVICE_NAME, pb, pb_grpc
 from chatllm.server import metrics
 from chatllm.server.admission import Admission

@@ -1,5 +1,5 @@
 """gRPC token auth: the `authorization` metadata must carry an accepted token (`--token`, or
-one of `--token-file`'s; see chatllm.clients.access). Tokens are never logged: a refusal logs
+one of `--token-file`'s; see chatllm.kernel.access). Tokens are never logged: a refusal logs
 the peer and the method, a caller is known by its token's name."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from chatllm.clients.access import TokenRegistry
+from chatllm.kernel.access import TokenRegistry
 from chatllm.proto import SERVICE_NAME
 from chatllm.server.errors import Reason, rich_status
 

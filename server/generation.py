@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from google.protobuf.json_format import MessageToDict
 
-from chatllm.clients.access import ANONYMOUS_CALLER, Caller
-from chatllm.clients.config import KnowledgeConfig, LimitsConfig, ServerConfig
+from chatllm.kernel.access import ANONYMOUS_CALLER, Caller
+from chatllm.kernel.config import KnowledgeConfig, LimitsConfig, ServerConfig
 from chatllm.proto import pb
 from chatllm.server import metrics, sampling
 from chatllm.server.admission import Admission

@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from chatllm.clients.config import HistoryConfig
+from chatllm.kernel.config import HistoryConfig
 from chatllm.server import metrics
 from chatllm.server.errors import StartupError
 

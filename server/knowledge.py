@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-from chatllm.clients.config import KnowledgeConfig
+from chatllm.kernel.config import KnowledgeConfig
 from chatllm.proto import pb
 from chatllm.retrieval.dense import HnswParams
 from chatllm.retrieval.embedder import Embedder

@@ -10,9 +10,9 @@ import logging
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from chatllm.clients.access import TokenRegistry
-from chatllm.clients.config import SecurityConfig
-from chatllm.clients.tls import HttpsContext
+from chatllm.kernel.access import TokenRegistry
+from chatllm.kernel.config import SecurityConfig
+from chatllm.kernel.tls import HttpsContext
 
 log = logging.getLogger(__name__)
 

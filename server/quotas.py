@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chatllm.clients.access import Caller
+from chatllm.kernel.access import Caller
 from chatllm.server.errors import Reason, TokenLimited
 
 STREAMS_RETRY_AFTER_S = 1.0  # when a stream ends is unknown; ask for a short wait

@@ -11,7 +11,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from chatllm.clients.access import ANONYMOUS_CALLER, Caller, TokenRegistry
+from chatllm.kernel.access import ANONYMOUS_CALLER, Caller, TokenRegistry
 from chatllm.proto import pb, pb_grpc
 from chatllm.server import catalog, metrics
 from chatllm.server.admission import Admission

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from chatllm.clients.tls import load_key_pair, read_pem
+from chatllm.kernel.tls import load_key_pair, read_pem
 
 
 class GrpcCertificates:

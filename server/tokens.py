@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.json_format import MessageToDict
 
-from chatllm.clients.config import LimitsConfig
+from chatllm.kernel.config import LimitsConfig
 from chatllm.proto import pb
 from chatllm.server.chat import Chat, ChatInput
 from chatllm.server.errors import InvalidArgument

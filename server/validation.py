@@ -7,8 +7,8 @@ import json
 import re
 from typing import Any
 
-from chatllm.clients.config import LimitsConfig
-from chatllm.clients.json_depth import MAX_JSON_DEPTH, deeper_than
+from chatllm.kernel.config import LimitsConfig
+from chatllm.kernel.json_depth import MAX_JSON_DEPTH, deeper_than
 from chatllm.proto import pb
 from chatllm.server.errors import InvalidArgument
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from chatllm.clients import AsyncChatClient
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from chatllm.proto import pb
 from chatllm.server.app import ChatLLMServer
 

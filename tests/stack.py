@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from chatllm.bridge.runner import BridgeServer
 from chatllm.clients import AsyncChatClient
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from chatllm.proto import pb
 from chatllm.server.app import ChatLLMServer
 from tests.servers import ServerThread, grpc_server, wait_engine_idle

@@ -7,7 +7,7 @@ import importlib.util
 import logging
 from collections.abc import AsyncIterator
 
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from chatllm.server.engines.base import Engine, EngineInfo, EngineOutput, EngineStats, Finish
 from chatllm.server.errors import StartupError
 from chatllm.server.model_source import ModelSource

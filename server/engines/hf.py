@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from chatllm.server.engines.base import Adapter, EngineInfo, EngineOutput, EngineStats, Finish
 from chatllm.server.engines.text_stream import IncrementalDetokenizer, StopMatcher
 from chatllm.server.errors import EngineDeadError, StartupError, Unsupported

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from chatllm.server.engines.base import Adapter, EngineInfo, EngineOutput, EngineStats, Finish, TokenLogprob, TopToken
 from chatllm.server.engines.lora import AdapterSpec, LoadedAdapters, adapter_specs, engine_arguments
 from chatllm.server.engines.process_owner import OwnedProcesses, owned_processes

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from chatllm.server.errors import StartupError
 from chatllm.server.model_source import ModelSource
 

@@ -16,7 +16,7 @@ import requests
 import websocket
 
 from chatllm.bridge.runner import BridgeServer
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from tests.servers import grpc_server, make_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

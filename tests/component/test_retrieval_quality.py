@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from chatllm.retrieval.evaluation import (
     documents,
     load_off_topic,

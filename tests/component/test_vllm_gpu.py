@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from chatllm.clients import AsyncChatClient
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from chatllm.server.engines import choose_backend
 from chatllm.server.engines.vllm_setup import cuda_devices, vllm_build
 from tests.servers import grpc_server, make_config

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from chatllm.clients import ChatClient
-from chatllm.clients.requests import ChatResult
+from chatllm.clients.wire import ChatResult
 from chatllm.server.history import HistoryExporter
 from tests.conftest import ChatllmProcess
 

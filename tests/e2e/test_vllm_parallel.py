@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from chatllm.clients import ChatClient
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from chatllm.proto import pb
 from chatllm.server.engines.vllm_setup import numa_node_of_cpu, omp_threads_bind, vllm_build
 

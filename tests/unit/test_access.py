@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chatllm.clients.access import (
+from chatllm.kernel.access import (
     ANONYMOUS,
     UNNAMED,
     TokenFileError,
@@ -15,8 +15,8 @@ from chatllm.clients.access import (
     TokenRegistry,
     parse_token_file,
 )
-from chatllm.clients.config import Config
-from chatllm.clients.flags import security_problems
+from chatllm.kernel.config import Config
+from chatllm.kernel.flags import security_problems
 from chatllm.server.errors import Reason, TokenLimited
 from chatllm.server.quotas import TokenQuotas
 
@@ -151,7 +151,7 @@ class Clock:
 
 
 def caller(name: str, **limits: int) -> object:
-    from chatllm.clients.access import Caller
+    from chatllm.kernel.access import Caller
 
     return Caller(name, f"{name}-token", TokenLimits(**limits))
 

@@ -4,8 +4,8 @@ import argparse
 
 import pytest
 
-from chatllm.clients.config import Config
-from chatllm.clients.flags import add_config_arguments, from_args
+from chatllm.kernel.config import Config
+from chatllm.kernel.flags import add_config_arguments, from_args
 
 
 def parse(argv: list[str], env: dict[str, str] | None = None, command: str = "server") -> Config:

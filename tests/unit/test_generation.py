@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from chatllm.proto import pb
 from chatllm.server.admission import Admission
 from chatllm.server.chat import Chat

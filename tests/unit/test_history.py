@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from chatllm.clients.config import Config
-from chatllm.clients.flags import validate
+from chatllm.kernel.config import Config
+from chatllm.kernel.flags import validate
 from chatllm.server import history, metrics
 from chatllm.server.errors import StartupError
 from chatllm.server.history import HistoryExporter, HistoryFiles, cut_incomplete_tail, file_name, period_start

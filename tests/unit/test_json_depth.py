@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatllm.clients.config import LimitsConfig
-from chatllm.clients.json_depth import MAX_JSON_DEPTH, deeper_than, nesting_depth
+from chatllm.kernel.config import LimitsConfig
+from chatllm.kernel.json_depth import MAX_JSON_DEPTH, deeper_than, nesting_depth
 from chatllm.proto import pb
 from chatllm.server import sampling
 from chatllm.server.errors import InvalidArgument

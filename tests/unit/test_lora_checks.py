@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from chatllm.server.engines.hf import HFEngine
 from chatllm.server.engines.lora import adapter_specs, engine_arguments
 from chatllm.server.errors import StartupError

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from chatllm.clients.cli import build_parser
-from chatllm.clients.config import Config
-from chatllm.clients.flags import from_args
+from chatllm.kernel.config import Config
+from chatllm.kernel.flags import from_args
 
 REPO = Path(__file__).resolve().parents[2]
 OPS = REPO / "ops"

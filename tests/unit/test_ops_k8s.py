@@ -19,8 +19,8 @@ import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring
 
 from chatllm.clients.cli import build_parser
-from chatllm.clients.config import Config
-from chatllm.clients.flags import from_args
+from chatllm.kernel.config import Config
+from chatllm.kernel.flags import from_args
 from chatllm.proto import SERVICE_NAME
 from tests.metric_names import exported_series_names, series_names_in
 

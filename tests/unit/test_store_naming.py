@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from chatllm.retrieval.store import (
     collection_name,
     deleted_count,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chatllm.clients.config import Config
+from chatllm.kernel.config import Config
 from chatllm.server.engines import choose_backend
 from chatllm.server.engines.vllm_setup import (
     SchedulerStatsSink,

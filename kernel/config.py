@@ -6,7 +6,7 @@ bridge never sees the engine's). Every field's metadata describes its flag, so t
 env lookup and the defaults cannot drift apart. Field names are unique across sections, so a flag
 `--max-new-tokens` is field `max_new_tokens` of exactly one section. Each flag accepts both
 spellings (`--max-new-tokens` and `--max_new_tokens`), as the seed did; the parser and the
-start-up checks are in `chatllm.clients.flags`.
+start-up checks are in `chatllm.kernel.flags`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The `chatllm` command: serve, server, bridge, chat, ingest, kb, models, info.
 
-Each group of subcommands lives in its own module with a `register(subparsers)`
+The command line is the composition root: the only package that imports both the server and the
+bridge (`serve`). Each group of subcommands lives in its own module with a `register(subparsers)`
 function; this module only assembles them.
 """
 
@@ -10,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from chatllm.clients import cli_chat, cli_kb, cli_server
-from chatllm.clients.tls import CertificateError
+from chatllm.clients.cli import chat, kb, serve
+from chatllm.kernel.tls import CertificateError
 
-COMMAND_MODULES = [cli_server, cli_chat, cli_kb]
+COMMAND_MODULES = [serve, chat, kb]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CertificateError as exc:  # a client's --tls-ca/--tls-cert/--tls-key file
         print(f"chatllm: error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

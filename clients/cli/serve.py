@@ -14,10 +14,10 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from chatllm.clients.access import TokenFileError
-from chatllm.clients.config import Config
-from chatllm.clients.flags import add_config_arguments, from_args
-from chatllm.clients.tls import CertificateError
+from chatllm.kernel.access import TokenFileError
+from chatllm.kernel.config import Config
+from chatllm.kernel.flags import add_config_arguments, from_args
+from chatllm.kernel.tls import CertificateError
 
 DEFAULT_UPSTREAM = "localhost:50051"
 log = logging.getLogger("chatllm.serve")

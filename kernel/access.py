@@ -31,8 +31,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chatllm.clients.auth import presented_value
-
 log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"  # no token is configured: nobody is identified
@@ -75,6 +73,14 @@ class Caller:
 
 
 ANONYMOUS_CALLER = Caller(ANONYMOUS)
+
+
+def presented_value(header: str) -> str:
+    """The token an Authorization header value carries: the value itself, or what follows `Bearer `."""
+    value = header.strip()
+    if value[:7].lower() == "bearer ":
+        value = value[7:].strip()
+    return value
 
 
 def _limits(text: str, where: str) -> TokenLimits:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from chatllm.clients.config import ENV_PREFIX, Config, SecurityConfig, option_fields
+from chatllm.kernel.config import ENV_PREFIX, Config, SecurityConfig, option_fields
 
 ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+|null")  # a browser's Origin header value
 

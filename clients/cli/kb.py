@@ -15,8 +15,8 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
-from chatllm.clients.cli_chat import add_target_arguments, fail, open_client
-from chatllm.clients.requests import INGEST_CHUNK_BYTES
+from chatllm.clients.cli.chat import add_target_arguments, fail, open_client
+from chatllm.clients.wire import INGEST_CHUNK_BYTES
 from chatllm.proto import pb
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".docx", ".pdf")
