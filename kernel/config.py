@@ -1,7 +1,7 @@
 """The one configuration object, built once from CLI flags and `CHATLLM_*` env, in sections.
 
 `Config` holds one frozen section per concern (model, engine, vllm, server, bridge, kb,
-history, limits, security, common); each component is given only the sections it uses (the
+history, limits, security, state, common); each component is given only the sections it uses (the
 bridge never sees the engine's). Every field's metadata describes its flag, so the parser, the
 env lookup and the defaults cannot drift apart. Field names are unique across sections, so a flag
 `--max-new-tokens` is field `max_new_tokens` of exactly one section. Each flag accepts both
@@ -293,6 +293,23 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class StateConfig:
+    """Where what a fleet shares lives: per-token limits and usage, priorities and fair share, stored responses."""
+
+    state_store: str = option(
+        "embedded",
+        "the fleet's shared state: embedded (in-process counters, a SQLite file under the data dir) or "
+        "redis://host:port/db (every replica and bridge pointing at one Redis enforce one limit)",
+    )
+    state_store_failure: str = option(
+        "open",
+        "when the state store cannot be reached: open (serve without the shared limits, log once a minute, count "
+        "the failures on /metrics) or closed (refuse with 503 until it is back)",
+        choices=("open", "closed"),
+    )
+
+
+@dataclass(frozen=True)
 class CommonConfig:
     data_dir: str = option(
         platformdirs.user_data_dir("chatllm"),
@@ -328,6 +345,7 @@ class Config:
     history: HistoryConfig = field(default_factory=HistoryConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     common: CommonConfig = field(default_factory=CommonConfig)
 
     @classmethod
