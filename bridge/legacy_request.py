@@ -51,8 +51,8 @@ class LegacyRequest(BaseModel):
     system_prompt: String | None = Field(None, description="replaces the server's default system prompt")
     history: list[HistoryPair] | None = Field(
         None,
-        description="earlier rounds, oldest first, as [question, answer] pairs; only the last --max_round "
-        "reach the model. On the WebSocket a frame with `history` replaces the connection's own.",
+        description="earlier rounds, oldest first, as [question, answer] pairs; only the rounds --max_round "
+        "and --max-round-trim keep reach the model. On the WebSocket a frame with `history` replaces the connection's own.",
     )
     max_new_tokens: Count | None = None
     use_stream_chat: LegacyBoolean | None = Field(

@@ -6,7 +6,7 @@ one frame with the whole answer when `use_stream_chat` is false), then a frame
 that is exactly `<EOS>`; with `langchain: true`, a `{"sources": [...]}` frame
 comes just before `<EOS>`. A failed round sends one `{"error": ...}` frame, then
 `<EOS>`, so clients that read until `<EOS>` never hang. The connection keeps its
-own history (a frame that carries `history` replaces it), trimmed to max_round.
+own history (a frame that carries `history` replaces it), trimmed to max_round by --max-round-trim's rule.
 Closing the socket mid-answer cancels that answer's gRPC call.
 
 `"stream_format": "events"` (an extension the web page uses) turns the frames of
@@ -32,6 +32,7 @@ from chatllm.bridge.legacy_request import from_text_or_json
 from chatllm.bridge.middleware import upstream_authorization
 from chatllm.bridge.relay import InFlightCalls, Progress, relay, request_id
 from chatllm.bridge.upstream import Upstream
+from chatllm.kernel.history_window import trim_history
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,7 @@ class WebSocketSession:
         await self.ws.send_str(EOS)
 
     def _trim(self, history: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        rounds = self.config.history.max_round
-        return list(history[-rounds:]) if rounds > 0 else []
+        return trim_history(history, self.config.history.max_round, self.config.history.max_round_trim)
 
 
 class TextFrames:

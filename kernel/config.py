@@ -229,6 +229,12 @@ class HistoryConfig:
     """The conversation's history: what reaches the model, and the export of every exchange."""
 
     max_round: int = option(5, "history rounds that reach the model (and each WebSocket connection keeps)")
+    max_round_trim: str = option(
+        "exact",
+        "how the history is cut to --max_round: exact (the last N rounds every turn) or stable (grow to 2N "
+        "rounds, then cut back to N, so the prompt's prefix stays the same, and cached, for N turns)",
+        choices=("exact", "stable"),
+    )
     export_history_path: str | None = option(
         None, "directory for JSONL conversation history (off when unset)", commands=SERVER_COMMANDS
     )

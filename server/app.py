@@ -249,6 +249,7 @@ class ChatLLMServer:
                 engine.tokenizer,
                 engine.info.context_length,
                 max_round=self.config.history.max_round,
+                max_round_trim=self.config.history.max_round_trim,
                 default_system_prompt=model.system_prompt,
                 no_template=model.no_template,
                 model_type=model.model_type,

@@ -12,6 +12,7 @@ from typing import Any
 
 import jinja2
 
+from chatllm.kernel.history_window import trim_history
 from chatllm.server.errors import InvalidArgument, Reason
 from chatllm.server.templates import family_template, load_template
 
@@ -94,6 +95,7 @@ class Chat:
         context_length: int,
         *,
         max_round: int,
+        max_round_trim: str = "exact",
         default_system_prompt: str = "",
         no_template: bool = False,
         model_type: str | None = None,
@@ -102,6 +104,7 @@ class Chat:
         self.tokenizer = tokenizer
         self.context_length = context_length
         self.max_round = max_round
+        self.max_round_trim = max_round_trim
         self.default_system_prompt = default_system_prompt
         self.no_template = no_template
         self.template: str | None = None
@@ -120,11 +123,12 @@ class Chat:
             self.template_source = "none"
 
     def trim_history(self, history: Sequence[ChatTurn]) -> list[ChatTurn]:
-        return list(history[-self.max_round :]) if self.max_round > 0 else []
+        return trim_history(history, self.max_round, self.max_round_trim)
 
     def messages(self, chat: ChatInput, knowledge: Sequence[Retrieved] | None = None) -> list[dict[str, Any]]:
         """What the template renders. `messages` as sent (the knowledge-base context wraps the last user
-        message); legacy input with the default system prompt and its history trimmed to max_round."""
+        message); legacy input with the default system prompt and its history trimmed to max_round
+        (kernel.history_window)."""
         if chat.messages:
             given = [dict(m) for m in chat.messages]
             if knowledge is not None:
