@@ -319,8 +319,7 @@ class StateConfig:
 class CommonConfig:
     data_dir: str = option(
         platformdirs.user_data_dir("chatllm"),
-        "folder for everything the stack writes (converted models, knowledge base, history)",
-        commands=SERVER_COMMANDS,
+        "folder for everything the stack writes (converted models, knowledge base, history, the embedded state store)",
     )
     log_level: str = option("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 

@@ -16,6 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "tests" / "output"
+pytest_plugins = ["tests.redis_server"]  # redis_server, redis_url: a real Redis for the state-store tests
 
 # Tests never reach the Hugging Face hub.
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the test suite drives for real beyond the project's own dependencies: Debian's Chromium
 # (web page tests), Prometheus (dashboard proof), LibreOffice + CJK fonts (PDF fixtures), util-linux
-# (`unshare --net` for the Milvus-server tests), and Alibaba's official PAI-EAS SDK in the venv.
+# (`unshare --net` for the Milvus-server tests), Redis (the fleet's state store), and Alibaba's official PAI-EAS SDK in the venv.
 # Usage: install-test-system.sh VENV_DIR
 set -euo pipefail
 venv=${1:-.venv}
@@ -9,7 +9,7 @@ venv=${1:-.venv}
 # as the client tests run it) under PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python.
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "eas-prediction==0.36"
 
-pkgs=(chromium prometheus libreoffice-writer-nogui fonts-wqy-zenhei util-linux)
+pkgs=(chromium prometheus libreoffice-writer-nogui fonts-wqy-zenhei util-linux redis-server)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
