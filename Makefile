@@ -1,4 +1,5 @@
-# The README's two commands: `make run` (the stack) and `make test` (the suite).
+# The README's commands: `make run` (the stack), `make test` (the suite) and `make test-fast` (its
+# fast tier: no model, no engine; the real servicer and bridge over tests/fake_engine.py).
 # Both create .venv at the repo root and install everything on first use; re-runs
 # skip installing unless pyproject.toml or the install scripts changed.
 VENV ?= .venv
@@ -8,7 +9,7 @@ SYSTEM_STAMP := $(VENV)/.chatllm-test-system
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test install test-system lint proto bench clean
+.PHONY: run test test-fast install test-system lint proto bench clean
 
 run: $(STAMP)
 	$(VENV)/bin/chatllm serve $(ARGS)
@@ -16,6 +17,9 @@ run: $(STAMP)
 test: $(STAMP) $(SYSTEM_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test-fast: $(STAMP) $(SYSTEM_STAMP)
+	$(PY) -m pytest --fast $(PYTEST_ARGS)
 
 install: $(STAMP)
 

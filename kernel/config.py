@@ -103,6 +103,12 @@ class EngineConfig:
     )
     num_threads: int = option(0, "CPU threads for torch (0 = all cores)", commands=SERVER_COMMANDS)
     max_model_len: int = option(0, "cap on context length (0 = model's)", commands=SERVER_COMMANDS)
+    engine_start_log: str | None = option(
+        None,
+        "append a line (backend, model, process id) to this file each time an engine starts (the test suite "
+        "counts model start-ups with it)",
+        commands=SERVER_COMMANDS,
+    )
 
     @property
     def engine_backend(self) -> str:

@@ -19,6 +19,7 @@ import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -48,6 +49,9 @@ from chatllm.server.tokens import TokenService
 from chatllm.server.tools import ToolCalling
 
 log = logging.getLogger(__name__)
+
+# What starts the engine for a model: `running_engine` (the --backend flag's choice) unless a caller passes its own.
+EngineFactory = Callable[[Config, ModelSource], contextlib.AbstractAsyncContextManager[Engine]]
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
@@ -99,10 +103,18 @@ class ChatLLMServer:
     """One gRPC server. `running()` for in-process use; `serve_until_signal()` for the CLI.
 
     With `local_socket` it also listens on a Unix socket in a private folder (`local_target`), for
-    a bridge in the same process (`chatllm serve`) when the TCP port speaks TLS."""
+    a bridge in the same process (`chatllm serve`) when the TCP port speaks TLS.
 
-    def __init__(self, config: Config, *, local_socket: bool = False) -> None:
+    `engine` is the seam between serving and the model: a factory that starts an engine for the
+    resolved model (default: the backend the config chooses), or an engine object that is already
+    running (the fast tests pass tests/fake_engine.py's; then no model is resolved or loaded, and
+    the base model is served as --served-model-name)."""
+
+    def __init__(
+        self, config: Config, *, local_socket: bool = False, engine: Engine | EngineFactory = running_engine
+    ) -> None:
         self.config = config
+        self._engine = engine
         security = config.security
         try:
             self.access = TokenRegistry(security.token, security.token_file)
@@ -197,8 +209,7 @@ class ChatLLMServer:
         """Load model, knowledge base and history export; then report SERVING."""
         config = self.config
         model = config.model
-        source = await asyncio.to_thread(resolve, model.model_path, config.common.models_dir, model.served_model_name)
-        engine = await stack.enter_async_context(running_engine(config, source))
+        source, engine = await self._start_engine(stack)
         chat = self._chat(engine)
         tool_calling = None
         if model.tool_call_parser != "none":
@@ -237,10 +248,22 @@ class ChatLLMServer:
             history,
         )
         stack.push_async_callback(self._watch_engine(engine))
-        freeze_startup_heap()
+        if not isinstance(self._engine, Engine):
+            freeze_startup_heap()
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         metrics.READY.set(1)
         log.info("ready: %s via %s on %s/%s", ", ".join(models.names), info.backend, info.device, info.dtype)
+
+    async def _start_engine(self, stack: contextlib.AsyncExitStack) -> tuple[ModelSource, Engine]:
+        """The model and its engine: resolved and started (stopped by `stack`), or the engine passed in."""
+        model = self.config.model
+        if isinstance(self._engine, Engine):
+            name = model.served_model_name or "model"
+            given = model.model_path or f"engine:{self._engine.info.backend}"
+            return ModelSource(name, Path(name), given), self._engine
+        models_dir = self.config.common.models_dir
+        source = await asyncio.to_thread(resolve, model.model_path, models_dir, model.served_model_name)
+        return source, await stack.enter_async_context(self._engine(self.config, source))
 
     def _chat(self, engine: Engine) -> Chat:
         model = self.config.model
@@ -319,9 +342,11 @@ class ChatLLMServer:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def running(cls, config: Config) -> AsyncIterator[ChatLLMServer]:
+    async def running(
+        cls, config: Config, engine: Engine | EngineFactory = running_engine
+    ) -> AsyncIterator[ChatLLMServer]:
         """Started and loaded on entry; drained and stopped on exit."""
-        server = cls(config)
+        server = cls(config, engine=engine)
         async with contextlib.AsyncExitStack() as stack:
             await server.start()
             stack.push_async_callback(server.stop)

@@ -1,5 +1,11 @@
 """Shared fixtures: a session data dir (with the converted built-in model), in-process
-servers on port 0, and subprocesses of `chatllm` that are always cleaned up."""
+servers on port 0, and subprocesses of `chatllm` that are always cleaned up.
+
+Tiers: a test that needs a model (an LLM engine, the embedder, a `chatllm` process) is marked
+`model`, by hand or here (every test under tests/e2e/ and every test using `model_dir` or
+`chatllm_process`). `pytest --fast` (`make test-fast`) runs the others: the real servicer and
+bridge over tests/fake_engine.py, and the unit tests; it fails if any engine starts. Every run
+prints its model start-ups at the end (tests/startups.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +15,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+import pytest_asyncio
+
+from tests.startups import StartupLog
+
+if TYPE_CHECKING:
+    from tests.fake_engine import FakeEngine
+    from tests.stack import Stack
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "tests" / "output"
@@ -22,6 +36,58 @@ pytest_plugins = ["tests.redis_server"]  # redis_server, redis_url: a real Redis
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+MODEL_FIXTURES = {"model_dir", "chatllm_process"}
+STARTUPS = pytest.StashKey[StartupLog]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fast", action="store_true", help="the fast tier: no test marked `model`, and no engine may start"
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "model: needs a model (LLM engine, embedder, or a chatllm process)")
+    config.stash[STARTUPS] = StartupLog()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    e2e = REPO / "tests" / "e2e"
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & MODEL_FIXTURES or e2e in Path(item.path).parents:
+            item.add_marker(pytest.mark.model)
+    if config.getoption("--fast"):
+        fast = [item for item in items if item.get_closest_marker("model") is None]
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("model")])
+        items[:] = fast
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    yield
+    started = item.config.stash[STARTUPS].attribute(item.nodeid.split("::", 1)[0])
+    if started and item.config.getoption("--fast"):
+        item.config.stash[STARTUPS].fast_tier_broken.append(item.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    startups = config.stash[STARTUPS]
+    startups.attribute("(after the last test)")
+    for line in startups.summary():
+        terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    startups = session.config.stash[STARTUPS]
+    if startups.fast_tier_broken:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    config.stash[STARTUPS].close()
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +105,23 @@ def model_dir(data_dir: Path) -> Path:
     from chatllm.server.model_source import resolve
 
     return resolve(None, data_dir / "models").path
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    """The fake engine behind `fake_stack`: script it (answer, stall, fail, dead) before the request."""
+    from tests.fake_engine import FakeEngine  # after the environment above is set
+
+    return FakeEngine()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def fake_stack(tmp_path: Path, fake_engine: FakeEngine) -> AsyncIterator[Stack]:
+    """The real gRPC server and bridge over `fake_engine` (no model; starts in milliseconds)."""
+    from tests.stack import fake_config, serving_stack
+
+    async with serving_stack(fake_config(tmp_path), fake_engine) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
-"""A fake `Engine` for fast unit tests of the layers above the engine (generation, servicer).
+"""A fake `Engine` for the fast tier: the layers above the engine (generation, servicer, bridge).
 
-It answers every prompt with a scripted text, one word per step, for each of `n` choices;
-it can stall (to exercise deadlines and cancellation), fail a request, or die. Nothing is
-mocked below it: generation.py's real code runs against it in milliseconds.
+It answers every prompt with a scripted text, one word per step, for each of `n` choices (with
+`ignore_eos`, the words repeat until max_new_tokens); it can stall between steps (to exercise
+streaming, deadlines and cancellation), fail a request, or die. Nothing is mocked below it:
+the real servicer and bridge run against it (`ChatLLMServer(config, engine=FakeEngine())`, the
+`fake_stack` fixtures) and start in milliseconds, with no model.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 from chatllm.server.engines.base import Adapter, EngineInfo, EngineOutput, EngineStats, Finish, TokenLogprob
 from chatllm.server.errors import EngineDeadError, Unsupported
 from chatllm.server.sampling import SamplingOptions
+
+FAKE_MODEL = "fake-model"  # the name the fake stacks serve it under (--served-model-name)
 
 
 class WordTokenizer:
@@ -30,6 +34,16 @@ class WordTokenizer:
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, Any]:
         return {"input_ids": [self.vocab.setdefault(word, len(self.vocab)) for word in text.split()]}
+
+    def __len__(self) -> int:
+        return max(len(self.vocab), 1000)  # ids below 1000 decode even before the words were seen
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        words = {index: word for word, index in self.vocab.items()}
+        return " ".join(words.get(i, f"<{i}>") for i in ids)
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str]:
+        return self.decode(ids).split(" ") if ids else []
 
     def apply_chat_template(
         self, messages: list[dict[str, Any]], chat_template: str | None = None, **kwargs: Any
@@ -88,7 +102,10 @@ class FakeEngine:
             raise EngineDeadError("the fake engine died")
         self.seen.append((prompt_ids, options, adapter))
         aborted = self._aborts.setdefault(request_id, asyncio.Event())
-        words = self.answer.split()[: options.max_new_tokens]
+        words = self.answer.split()
+        if options.ignore_eos:
+            words = [words[i % len(words)] for i in range(options.max_new_tokens)]
+        words = words[: options.max_new_tokens]
         self.running += 1
         try:
             for step, word in enumerate(words, 1):

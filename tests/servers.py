@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +14,9 @@ from typing import Any
 from chatllm.clients import AsyncChatClient
 from chatllm.kernel.config import Config
 from chatllm.proto import pb
-from chatllm.server.app import ChatLLMServer
+from chatllm.server.app import ChatLLMServer, EngineFactory
+from chatllm.server.engines import Engine, running_engine
+from tests.startups import ENV as STARTUP_LOG_ENV
 
 
 async def wait_engine_idle(client: AsyncChatClient, within: float) -> pb.ServerInfo:
@@ -38,14 +41,16 @@ def make_config(data_dir: Path, **overrides: Any) -> Config:
         "knowledge_base": False,
         "data_dir": str(data_dir),
         "shutdown_grace": 10.0,
+        "engine_start_log": os.environ.get(STARTUP_LOG_ENV),  # counted at the end of the run
     }
     values.update(overrides)
     return Config.build(**values)
 
 
 @contextlib.asynccontextmanager
-async def grpc_server(config: Config) -> AsyncIterator[ChatLLMServer]:
-    async with ChatLLMServer.running(config) as server:
+async def grpc_server(config: Config, engine: Engine | EngineFactory = running_engine) -> AsyncIterator[ChatLLMServer]:
+    """A real server: on the config's model and backend, or on `engine` (a FakeEngine: no model)."""
+    async with ChatLLMServer.running(config, engine) as server:
         yield server
 
 
@@ -53,8 +58,9 @@ class ServerThread:
     """A real ChatLLMServer on its own event loop in a background thread, for tests that
     use blocking clients (requests, websocket-client, hypothesis) from the test thread."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, engine: Engine | EngineFactory = running_engine) -> None:
         self.config = config
+        self.engine = engine
         self.port = 0
         self.server: ChatLLMServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -70,7 +76,7 @@ class ServerThread:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
-            async with ChatLLMServer.running(self.config) as server:
+            async with ChatLLMServer.running(self.config, self.engine) as server:
                 self.server, self.port = server, server.port
                 self._ready.set()
                 await self._stop.wait()

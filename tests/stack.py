@@ -1,5 +1,6 @@
-"""The whole stack in the test process: a real gRPC server (real model) and the real
-bridge in front of it, both on port 0, talking gRPC over loopback."""
+"""The whole stack in the test process: a real gRPC server and the real bridge in front of it, both
+on port 0, talking gRPC over loopback. The server runs the real model, or (the fast tier) the
+scripted tests/fake_engine.py: then the stack starts in milliseconds and needs no model at all."""
 
 from __future__ import annotations
 
@@ -8,13 +9,17 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from chatllm.bridge.runner import BridgeServer
 from chatllm.clients import AsyncChatClient
 from chatllm.kernel.config import Config
 from chatllm.proto import pb
-from chatllm.server.app import ChatLLMServer
-from tests.servers import ServerThread, grpc_server, wait_engine_idle
+from chatllm.server.app import ChatLLMServer, EngineFactory
+from chatllm.server.engines import Engine, running_engine
+from tests.fake_engine import FAKE_MODEL
+from tests.servers import ServerThread, grpc_server, make_config, wait_engine_idle
 
 
 @dataclass
@@ -53,9 +58,15 @@ class Stack:
                 await asyncio.sleep(0.05)
 
 
+def fake_config(data_dir: Path, **overrides: Any) -> Config:
+    """make_config for a stack over the fake engine (served as FAKE_MODEL). Tool calling is off unless
+    asked for: its parsers are vLLM's, and importing vLLM takes longer than the whole fast tier's stack."""
+    return make_config(data_dir, **{"served_model_name": FAKE_MODEL, "tool_call_parser": "none", **overrides})
+
+
 @contextlib.asynccontextmanager
-async def serving_stack(config: Config) -> AsyncIterator[Stack]:
-    async with grpc_server(config) as server:
+async def serving_stack(config: Config, engine: Engine | EngineFactory = running_engine) -> AsyncIterator[Stack]:
+    async with grpc_server(config, engine) as server:
         bridge = BridgeServer(config, f"127.0.0.1:{server.port}")
         await bridge.start()
         try:
@@ -68,8 +79,8 @@ class StackThread(ServerThread):
     """The whole stack (server + bridge, one event loop) in a background thread, for tests that
     use blocking clients (requests, websocket-client, schemathesis, hypothesis) from the test thread."""
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
+    def __init__(self, config: Config, engine: Engine | EngineFactory = running_engine) -> None:
+        super().__init__(config, engine)
         self.bridge_port = 0
 
     @property
@@ -84,7 +95,7 @@ class StackThread(ServerThread):
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
-            async with serving_stack(self.config) as stack:
+            async with serving_stack(self.config, self.engine) as stack:
                 self.server, self.port, self.bridge_port = stack.server, stack.server.port, stack.bridge.port
                 self._ready.set()
                 await self._stop.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from chatllm.kernel.config import Config
@@ -45,6 +46,8 @@ async def running_engine(config: Config, source: ModelSource) -> AsyncIterator[E
     """Start the chosen engine; stop it (and any processes it spawned) on exit."""
     backend, why = choose_backend(config)
     log.info("engine backend: %s (%s)", backend, why)
+    if config.engine.engine_start_log:
+        record_start(config.engine.engine_start_log, backend, source)
     if backend == "vllm":
         from chatllm.server.engines.vllm import VLLMEngine
 
@@ -55,3 +58,9 @@ async def running_engine(config: Config, source: ModelSource) -> AsyncIterator[E
 
         async with HFEngine.running(config, source) as hf_engine:
             yield hf_engine
+
+
+def record_start(path: str, backend: str, source: ModelSource) -> None:
+    """One line per engine start, appended (lines this short are written whole even when processes share the file)."""
+    with open(path, "a", encoding="utf-8") as log_file:
+        log_file.write(f"{backend}\t{source.name}\t{os.getpid()}\n")

@@ -22,6 +22,8 @@ from chatllm.retrieval.splitter import DocumentSplitter, SplitterSettings
 from chatllm.retrieval.store import ChunkRow, DocumentRecord, MilvusStore, collection_name
 from tests.milvus_backends import BACKENDS, milvus_uri_for
 
+pytestmark = pytest.mark.model  # the real embedder
+
 TEA = "龙井茶的最佳冲泡水温是八十五度，冲泡时间为两分钟。".encode()
 PEARS = b"The Larkspur orchard grows seventeen varieties of pears."
 SPLITTER = DocumentSplitter(SplitterSettings(chunk_size=120, chunk_overlap=10))

@@ -22,6 +22,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent.parent
 SERVER_CASES = ["tests/component/test_knowledge_library.py", "tests/component/test_knowledge_base.py"]
 
+pytestmark = pytest.mark.model  # the real embedder and model, in a pytest subprocess
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="creating a network namespace (unshare --net) needs root")

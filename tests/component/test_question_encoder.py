@@ -12,6 +12,8 @@ from chatllm.retrieval.embedder import Embedder
 from chatllm.retrieval.errors import RetrievalError
 from chatllm.retrieval.query_encoder import OnnxQueryEncoder
 
+pytestmark = pytest.mark.model  # the real embedder
+
 QUESTIONS = [
     "How long is the warranty of the pump?",
     "What is the capital of France?",

@@ -21,6 +21,8 @@ from chatllm.retrieval.knowledge_bases import KnowledgeBases
 from chatllm.retrieval.search_indexes import DEFAULT_MIN_SCORE
 from chatllm.server.knowledge import open_knowledge_bases
 
+pytestmark = pytest.mark.model  # the real embedder
+
 DATA = Path(__file__).resolve().parent.parent / "data"
 SETS = {"en": DATA / "kb_en", "zh": DATA / "kb_zh"}
 DEFAULT_TOP_K = Config().kb.retrieval_top_k

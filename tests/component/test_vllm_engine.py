@@ -27,6 +27,7 @@ from chatllm.server.model_source import builtin_gguf
 from tests.servers import grpc_server, make_config, wait_engine_idle
 
 pytestmark = [
+    pytest.mark.model,
     pytest.mark.asyncio(loop_scope="session"),
     pytest.mark.skipif(vllm_build() is None, reason="vLLM is not installed (make install puts it in .venv)"),
 ]

@@ -23,6 +23,7 @@ GPUS = cuda_devices()
 CUDA_VLLM = vllm_build() == "cuda"
 
 pytestmark = [
+    pytest.mark.model,
     pytest.mark.gpu,
     pytest.mark.asyncio(loop_scope="session"),
     pytest.mark.skipif(

@@ -1,0 +1,26 @@
+"""The fast tier's seam: the real gRPC server and bridge over tests/fake_engine.py, with no model."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from chatllm.clients import AsyncChatClient
+from tests.fake_engine import FAKE_MODEL, FakeEngine
+from tests.stack import Stack
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+async def test_the_injected_engine_answers_every_surface(fake_stack: Stack, fake_engine: FakeEngine) -> None:
+    async with AsyncChatClient(fake_stack.grpc_target) as client:
+        result = await client.chat("hello there", temperature=0)
+        models = await client.models()
+    assert result.text == fake_engine.answer and result.finish_reason == "stop"
+    assert [(m.id, m.backend) for m in models.models] == [(FAKE_MODEL, "fake")]
+    async with aiohttp.ClientSession() as session:
+        async with session.post(fake_stack.http_url + "/", json={"prompt": "hello", "use_stream_chat": False}) as r:
+            legacy = await r.json()
+    assert legacy["response"] == fake_engine.answer
+    prompt_ids, _, _ = fake_engine.seen[-1]
+    assert "hello" in fake_engine.tokenizer.decode(prompt_ids)
