@@ -52,7 +52,8 @@ class LegacyRequest(BaseModel):
     history: list[HistoryPair] | None = Field(
         None,
         description="earlier rounds, oldest first, as [question, answer] pairs; only the rounds --max_round "
-        "and --max-round-trim keep reach the model. On the WebSocket a frame with `history` replaces the connection's own.",
+        "and --max-round-trim keep reach the model. On the WebSocket a frame with `history` replaces the "
+        "connection's own.",
     )
     max_new_tokens: Count | None = None
     use_stream_chat: LegacyBoolean | None = Field(
