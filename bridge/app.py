@@ -7,14 +7,17 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 from aiohttp import web
 
-from chatllm.bridge import health, kb_api, legacy, openai_api, openapi
-from chatllm.bridge import web as web_page
+from chatllm.bridge import health, openapi, web_page
 from chatllm.bridge.channel import channel_credentials
 from chatllm.bridge.cors import add_cors_headers
-from chatllm.bridge.keys import ACCESS, CONFIG, STATE, UPSTREAM, BridgeSettings, BridgeState
+from chatllm.bridge.knowledge_base import handlers as knowledge_base
+from chatllm.bridge.legacy import handler as legacy
 from chatllm.bridge.middleware import MIDDLEWARES, is_websocket
+from chatllm.bridge.openai import handlers as openai_api
+from chatllm.bridge.settings import BridgeSettings
+from chatllm.bridge.state import ACCESS, CONFIG, STATE, UPSTREAM, BridgeState
 from chatllm.bridge.upstream import Upstream
-from chatllm.bridge.websocket import handle_websocket
+from chatllm.bridge.websocket.session import handle_websocket
 from chatllm.kernel.access import TokenRegistry
 
 
@@ -50,7 +53,7 @@ def add_routes(app: web.Application) -> None:
     router.add_route("*", "/v1/{tail:.*}", _unknown_v1_route, name="openai_unknown")
     router.add_post("/tokenize", openai_api.tokenize, name="tokenize")
     router.add_post("/detokenize", openai_api.detokenize, name="detokenize")
-    kb_api.add_routes(router)  # /api/kb/...: before the catch-alls below
+    knowledge_base.add_routes(router)  # /api/kb/...: before the catch-alls below
     web_page.add_routes(app)  # /api/info, /api/chat, /static/
     router.add_get("/{tail:.*}", root, name="root")
     router.add_post("/{tail:.*}", legacy.handle_post, name="legacy")

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.keys import CONFIG
+from chatllm.bridge.state import CONFIG
 
 ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
 EXPOSED_HEADERS = "Retry-After, X-Request-Id, WWW-Authenticate"

@@ -25,11 +25,28 @@ from typing import Any
 import grpc
 from aiohttp import web
 from google.rpc import error_details_pb2, status_pb2
+from pydantic import Field
+
+from chatllm.bridge.reply_parts import Body
 
 RETRY_AFTER_OVERLOADED_S = 1
 RETRY_AFTER_UNAVAILABLE_S = 5
 ERROR_DOMAIN = "chatllm.v1"
 _DETAILS_KEY = "grpc-status-details-bin"
+
+
+class ErrorDetail(Body):
+    message: str = Field(description="what went wrong; for a bad field it starts with `field: `")
+    type: str = Field(description="error class: invalid_request_error, authentication_error, rate_limit_error, ...")
+    param: str | None = Field(description="the request field at fault")
+    code: str | None = Field(description="snake_case reason: invalid_field, invalid_api_key, overloaded, ...")
+    status: int = Field(ge=400, le=599, description="the HTTP status")
+
+
+class Error(Body):
+    """Every error of the bridge, HTTP and WebSocket alike (the OpenAI error shape)."""
+
+    error: ErrorDetail
 
 
 @dataclass

@@ -4,10 +4,22 @@ server reports `chatllm.v1.ChatLLM` SERVING and the bridge is not draining),
 
 from __future__ import annotations
 
+from typing import Literal
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from chatllm.bridge.keys import STATE, UPSTREAM
+from chatllm.bridge.reply_parts import Body
+from chatllm.bridge.state import STATE, UPSTREAM
+
+
+class Alive(Body):
+    status: Literal["alive"]
+
+
+class Readiness(Body):
+    status: Literal["ready", "not ready", "draining"]
+    detail: str
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -15,9 +15,9 @@ from aiohttp import web
 
 from chatllm.bridge import errors, metrics
 from chatllm.bridge.cors import check_origin, is_preflight, own_origin
-from chatllm.bridge.eas_signature import is_signed, verify
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.keys import ACCESS, CALLER, CONFIG, STATE
+from chatllm.bridge.legacy.eas_signature import is_signed, verify
+from chatllm.bridge.state import ACCESS, CALLER, CONFIG, STATE
 from chatllm.kernel.access import ANONYMOUS, Caller
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,11 @@
 """The bridge's OpenAPI 3.1 document, served at GET /openapi.json (public, like the probes).
 
 The routes are described in openapi_paths.py; every body schema is generated from the pydantic
-models the handlers parse with (legacy_request.py, openai_request.py) and the response models
-(schemas.py). The document is committed as bridge/openapi.json, which is what the bridge
-serves; after changing a route or a model, regenerate it with `python -m chatllm.bridge.openapi`.
-tests/unit/test_openapi.py fails when the committed file is stale, invalid, or lists other
-routes than the app.
+models the handlers parse with (legacy/request.py, openai/request.py) and the reply models beside
+each protocol (legacy/replies.py, openai/replies.py, knowledge_base/replies.py, ...). The document
+is committed as bridge/openapi.json, which is what the bridge serves; after changing a route or a
+model, regenerate it with `python -m chatllm.bridge.openapi`. tests/unit/test_openapi.py fails when
+the committed file is stale, invalid, or lists other routes than the app.
 """
 
 from __future__ import annotations
@@ -19,8 +19,28 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from chatllm.bridge.legacy_request import LegacyRequest
-from chatllm.bridge.openai_request import (
+from chatllm.bridge.errors import Error
+from chatllm.bridge.health import Alive, Readiness
+from chatllm.bridge.knowledge_base.replies import (
+    DeletedDocument,
+    DeletedKnowledgeBase,
+    DocumentList,
+    KnowledgeBaseList,
+    UploadError,
+    UploadResult,
+)
+from chatllm.bridge.legacy.replies import LegacyReply
+from chatllm.bridge.legacy.request import LegacyRequest
+from chatllm.bridge.openai.replies import (
+    ChatCompletion,
+    Completion,
+    DetokenizeResult,
+    EmbeddingList,
+    Model,
+    ModelList,
+    TokenizeResult,
+)
+from chatllm.bridge.openai.request import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
@@ -37,7 +57,7 @@ from chatllm.bridge.openapi_paths import (
     operations_paths,
     web_page_paths,
 )
-from chatllm.bridge.schemas import RESPONSES
+from chatllm.bridge.web_page import Info
 
 REQUESTS: tuple[type[BaseModel], ...] = (
     LegacyRequest,
@@ -46,6 +66,26 @@ REQUESTS: tuple[type[BaseModel], ...] = (
     EmbeddingRequest,
     TokenizeRequest,
     DetokenizeRequest,
+)
+RESPONSES: tuple[type[BaseModel], ...] = (
+    Error,
+    UploadError,
+    LegacyReply,
+    ChatCompletion,
+    Completion,
+    Model,
+    ModelList,
+    EmbeddingList,
+    TokenizeResult,
+    DetokenizeResult,
+    KnowledgeBaseList,
+    DocumentList,
+    UploadResult,
+    DeletedDocument,
+    DeletedKnowledgeBase,
+    Info,
+    Alive,
+    Readiness,
 )
 UPLOAD_FORM: Schema = {
     "type": "object",

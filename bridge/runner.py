@@ -23,7 +23,8 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from chatllm.bridge.app import build_app
-from chatllm.bridge.keys import CALLER, STATE, BridgeSettings
+from chatllm.bridge.settings import BridgeSettings
+from chatllm.bridge.state import CALLER, STATE
 from chatllm.kernel.access import ANONYMOUS
 from chatllm.kernel.config import Config
 from chatllm.kernel.tls import CertificateError, HttpsContext

@@ -22,7 +22,7 @@ import requests
 from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import REGISTRY
 
-from chatllm.bridge.eas_signature import DATE_FORMAT, expected_signature
+from chatllm.bridge.legacy.eas_signature import DATE_FORMAT, expected_signature
 from chatllm.bridge.runner import BridgeServer
 from chatllm.clients import AsyncChatClient
 from tests.servers import make_config

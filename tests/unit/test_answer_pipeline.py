@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from chatllm.bridge.answer import ChoiceChange, stream_answer, whole_answer
+from chatllm.bridge.answer.pipeline import ChoiceChange, stream_answer, whole_answer
+from chatllm.bridge.answer.progress import Progress
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.relay import Progress
 from chatllm.proto import pb
 
 WORDS = [f"w{i} " for i in range(200)]

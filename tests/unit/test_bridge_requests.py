@@ -9,8 +9,8 @@ import pytest
 
 from chatllm.bridge import errors
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.legacy_request import from_http_body, from_text_or_json
-from chatllm.bridge.openai_request import ChatCompletionRequest, CompletionRequest
+from chatllm.bridge.legacy.request import from_http_body, from_text_or_json
+from chatllm.bridge.openai.request import ChatCompletionRequest, CompletionRequest
 from chatllm.bridge.validation import parse
 from chatllm.server.errors import Reason, rich_status
 

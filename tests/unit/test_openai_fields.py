@@ -11,7 +11,7 @@ from openai.types import completion_create_params
 from openai.types.chat import completion_create_params as chat_create_params
 
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.openai_request import CHAT_REFUSED, COMPLETION_REFUSED, ChatCompletionRequest, CompletionRequest
+from chatllm.bridge.openai.request import CHAT_REFUSED, COMPLETION_REFUSED, ChatCompletionRequest, CompletionRequest
 from chatllm.bridge.validation import parse
 
 CHAT_FIELDS = sorted(typing.get_type_hints(chat_create_params.CompletionCreateParamsStreaming))

@@ -11,8 +11,8 @@ from aiohttp.test_utils import make_mocked_request
 from openapi_spec_validator import validate
 
 from chatllm.bridge.app import build_app
-from chatllm.bridge.keys import BridgeSettings
 from chatllm.bridge.openapi import DOCUMENT_FILE, document, render
+from chatllm.bridge.settings import BridgeSettings
 from tests.servers import make_config
 
 HTTP_METHODS = ("get", "post", "put", "delete", "patch", "options", "head", "trace")

@@ -11,9 +11,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from chatllm.bridge.answer import ChoiceChange
+from chatllm.bridge.answer.pipeline import ChoiceChange
+from chatllm.bridge.answer.progress import Choice, Progress
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.relay import Choice, Progress
 from chatllm.proto import pb
 
 DONE = b"data: [DONE]\n\n"

@@ -1,8 +1,8 @@
 """OpenAI-compatible routes: /v1/chat/completions, /v1/completions (SSE ending in
 `data: [DONE]` when streamed), /v1/models, /v1/embeddings, and vLLM's /tokenize and
 /detokenize, so the `openai` client, LangChain and LlamaIndex work against the bridge.
-Bodies are the pydantic models of openai_request.py; shapes are openai_shapes.py; the
-answer pipeline (chatllm.bridge.answer) does the rest."""
+Bodies are the pydantic models of request.py; shapes are shapes.py; the answer pipeline
+(chatllm.bridge.answer) does the rest."""
 
 from __future__ import annotations
 
@@ -17,19 +17,19 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from chatllm.bridge import errors
-from chatllm.bridge.answer import http_stream, whole_answer
+from chatllm.bridge.answer.pipeline import http_stream, whole_answer
+from chatllm.bridge.answer.relay import relay, request_id
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM
 from chatllm.bridge.middleware import upstream_authorization
-from chatllm.bridge.openai_request import (
+from chatllm.bridge.openai.request import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
     TokenizeRequest,
 )
-from chatllm.bridge.openai_shapes import ChatShape, CompletionShape, OpenAIStream, Shape, whole_body
-from chatllm.bridge.relay import relay, request_id
+from chatllm.bridge.openai.shapes import ChatShape, CompletionShape, OpenAIStream, Shape, whole_body
+from chatllm.bridge.state import CONFIG, STATE, UPSTREAM
 from chatllm.bridge.validation import json_object, parse
 from chatllm.proto import pb
 

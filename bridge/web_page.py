@@ -14,14 +14,25 @@ from typing import Any
 import grpc
 from aiohttp import web
 from google.protobuf.json_format import MessageToDict
+from pydantic import BaseModel
 
 from chatllm.bridge import errors
-from chatllm.bridge.keys import CONFIG, UPSTREAM
 from chatllm.bridge.middleware import is_websocket, upstream_authorization
-from chatllm.bridge.websocket import handle_websocket
+from chatllm.bridge.state import CONFIG, UPSTREAM
+from chatllm.bridge.websocket.session import handle_websocket
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 NO_CACHE = {"Cache-Control": "no-cache"}
+
+
+class Info(BaseModel):
+    """The served model(s), the server's state and limits, the model catalogue (ModelInfo, ServerInfo and
+    CatalogModel of the gRPC API, as JSON with the proto's field names)."""
+
+    model: dict[str, Any] | None
+    models: list[dict[str, Any]]
+    server: dict[str, Any]
+    catalog: list[dict[str, Any]]
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,4 +1,5 @@
-"""Typed application keys and the bridge's small mutable state."""
+"""The bridge's small mutable state (draining, open WebSockets, requests in flight) and the typed keys
+that hold it, the settings, the upstream and the accepted tokens on the application and its requests."""
 
 from __future__ import annotations
 
@@ -8,24 +9,10 @@ from typing import Protocol
 
 from aiohttp import web
 
-from chatllm.bridge.relay import InFlightCalls
+from chatllm.bridge.answer.relay import InFlightCalls
+from chatllm.bridge.settings import BridgeSettings
 from chatllm.bridge.upstream import Upstream
 from chatllm.kernel.access import Caller, TokenRegistry
-from chatllm.kernel.config import BridgeConfig, Config, HistoryConfig, LimitsConfig, SecurityConfig
-
-
-@dataclass(frozen=True)
-class BridgeSettings:
-    """The config sections the bridge uses (it never sees the model's, the engine's or the server's)."""
-
-    bridge: BridgeConfig
-    history: HistoryConfig
-    limits: LimitsConfig
-    security: SecurityConfig
-
-    @classmethod
-    def of(cls, config: Config) -> BridgeSettings:
-        return cls(config.bridge, config.history, config.limits, config.security)
 
 
 class Drainable(Protocol):

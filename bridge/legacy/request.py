@@ -181,8 +181,3 @@ def _utf8(body: bytes) -> str:
         raise bad_request(
             "body", f"not valid UTF-8 ({exc.reason} at byte {exc.start})", code="invalid_encoding"
         ) from None
-
-
-def legacy_schema() -> dict[str, Any]:
-    """The JSON schema of LegacyRequest (for the OpenAPI document)."""
-    return LegacyRequest.model_json_schema(ref_template="#/components/schemas/{model}")

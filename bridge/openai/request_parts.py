@@ -16,8 +16,6 @@ from chatllm.bridge.field_types import Boolean, String, StringList
 from chatllm.bridge.validation import FieldProblem
 from chatllm.proto import pb
 
-ROLES = ("system", "developer", "user", "assistant", "tool")
-
 
 class Strict(BaseModel):
     """Unknown fields are a 400 naming them: nothing a client sends is silently dropped."""

@@ -29,8 +29,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from chatllm.bridge import errors
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.keys import CONFIG, UPSTREAM
 from chatllm.bridge.middleware import upstream_authorization
+from chatllm.bridge.state import CONFIG, UPSTREAM
 from chatllm.proto import pb
 
 UPLOAD_CHUNK_BYTES = 256 * 1024

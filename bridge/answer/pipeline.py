@@ -27,8 +27,8 @@ import grpc
 from aiohttp import web
 
 from chatllm.bridge import errors
+from chatllm.bridge.answer.progress import Progress
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.relay import Progress
 from chatllm.proto import pb
 
 Chunk = TypeVar("Chunk", bytes, str)

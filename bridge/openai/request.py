@@ -30,7 +30,7 @@ from chatllm.bridge.field_types import (
     TopLogprobs,
     UInt32,
 )
-from chatllm.bridge.openai_types import (
+from chatllm.bridge.openai.request_parts import (
     ChatMessage,
     FunctionTool,
     NamedToolChoice,

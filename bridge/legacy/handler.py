@@ -17,12 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
-from chatllm.bridge.answer import ChoiceChange, http_stream, whole_answer
+from chatllm.bridge.answer.pipeline import ChoiceChange, http_stream, whole_answer
+from chatllm.bridge.answer.progress import Progress
+from chatllm.bridge.answer.relay import relay, request_id
 from chatllm.bridge.errors import ApiError
-from chatllm.bridge.keys import CONFIG, STATE, UPSTREAM
-from chatllm.bridge.legacy_request import LegacyRequest, from_http_body
+from chatllm.bridge.legacy.request import LegacyRequest, from_http_body
 from chatllm.bridge.middleware import upstream_authorization
-from chatllm.bridge.relay import Progress, relay, request_id
+from chatllm.bridge.state import CONFIG, STATE, UPSTREAM
 
 
 def dumps(value: Any) -> str:
