@@ -14,11 +14,13 @@ from chatllm.bridge.knowledge_base import handlers as knowledge_base
 from chatllm.bridge.legacy import handler as legacy
 from chatllm.bridge.middleware import MIDDLEWARES, is_websocket
 from chatllm.bridge.openai import handlers as openai_api
+from chatllm.bridge.responses import handlers as responses
 from chatllm.bridge.settings import BridgeSettings
-from chatllm.bridge.state import ACCESS, CONFIG, STATE, UPSTREAM, BridgeState
+from chatllm.bridge.state import ACCESS, CONFIG, STATE, STATE_STORE, UPSTREAM, BridgeState
 from chatllm.bridge.upstream import Upstream
 from chatllm.bridge.websocket.session import handle_websocket
 from chatllm.kernel.access import TokenRegistry
+from chatllm.kernel.state.connection import open_state_store
 
 
 def build_app(config: BridgeSettings, upstream_target: str, access: TokenRegistry | None = None) -> web.Application:
@@ -32,6 +34,7 @@ def build_app(config: BridgeSettings, upstream_target: str, access: TokenRegistr
     app[ACCESS] = access or TokenRegistry(security.token, security.token_file)
     credentials = channel_credentials(security, upstream_target)
     app.cleanup_ctx.append(_upstream_channel(config, upstream_target, credentials))
+    app.cleanup_ctx.append(_state_store)
     app.on_response_prepare.append(add_cors_headers)
     app.on_shutdown.append(_drain_websockets)
     add_routes(app)
@@ -50,6 +53,7 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/v1/embeddings", openai_api.embeddings, name="openai_embeddings")
     router.add_get("/v1/models", openai_api.list_models, name="openai_models")
     router.add_get("/v1/models/{model}", openai_api.get_model, name="openai_model")
+    responses.add_routes(app)  # /v1/responses...: before the /v1 catch-all
     router.add_route("*", "/v1/{tail:.*}", _unknown_v1_route, name="openai_unknown")
     router.add_post("/tokenize", openai_api.tokenize, name="tokenize")
     router.add_post("/detokenize", openai_api.detokenize, name="detokenize")
@@ -82,6 +86,14 @@ def _upstream_channel(
         await upstream.close()
 
     return channel
+
+
+async def _state_store(app: web.Application) -> AsyncIterator[None]:
+    """The fleet's shared state (--state-store), open while the app runs (the stored responses live there)."""
+    settings = app[CONFIG]
+    async with open_state_store(settings.state, settings.common.data_path) as store:
+        app[STATE_STORE] = store
+        yield
 
 
 async def _drain_websockets(app: web.Application) -> None:

@@ -57,6 +57,9 @@ from chatllm.bridge.openapi_paths import (
     operations_paths,
     web_page_paths,
 )
+from chatllm.bridge.responses.openapi import responses_paths
+from chatllm.bridge.responses.request import ResponseCreateRequest
+from chatllm.bridge.responses.schemas import RESPONSE_MODELS
 from chatllm.bridge.web_page import Info
 
 REQUESTS: tuple[type[BaseModel], ...] = (
@@ -66,6 +69,7 @@ REQUESTS: tuple[type[BaseModel], ...] = (
     EmbeddingRequest,
     TokenizeRequest,
     DetokenizeRequest,
+    ResponseCreateRequest,
 )
 RESPONSES: tuple[type[BaseModel], ...] = (
     Error,
@@ -103,7 +107,7 @@ UPLOAD_FORM: Schema = {
 
 def all_schemas() -> dict[str, Schema]:
     """Every body schema, generated from the models (a reply's field with a default may be absent)."""
-    models = [(m, "validation") for m in (*REQUESTS, *RESPONSES)]
+    models = [(m, "validation") for m in (*REQUESTS, *RESPONSES, *RESPONSE_MODELS)]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
     return {**top["$defs"], "UploadForm": UPLOAD_FORM}
 
@@ -116,6 +120,7 @@ def document() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/": legacy_operations(),
         **openai_paths(),
+        **responses_paths(),
         **knowledge_base_paths(),
         **web_page_paths(),
         **operations_paths(),

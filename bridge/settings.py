@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chatllm.kernel.config import BridgeConfig, Config, HistoryConfig, LimitsConfig, SecurityConfig
+from chatllm.kernel.config import (
+    BridgeConfig,
+    CommonConfig,
+    Config,
+    HistoryConfig,
+    LimitsConfig,
+    SecurityConfig,
+    StateConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -15,7 +23,9 @@ class BridgeSettings:
     history: HistoryConfig
     limits: LimitsConfig
     security: SecurityConfig
+    state: StateConfig
+    common: CommonConfig
 
     @classmethod
     def of(cls, config: Config) -> BridgeSettings:
-        return cls(config.bridge, config.history, config.limits, config.security)
+        return cls(config.bridge, config.history, config.limits, config.security, config.state, config.common)

@@ -13,6 +13,7 @@ from chatllm.bridge.answer.relay import InFlightCalls
 from chatllm.bridge.settings import BridgeSettings
 from chatllm.bridge.upstream import Upstream
 from chatllm.kernel.access import Caller, TokenRegistry
+from chatllm.kernel.state.connection import StateStore
 
 
 class Drainable(Protocol):
@@ -45,4 +46,5 @@ CONFIG = web.AppKey("config", BridgeSettings)
 UPSTREAM = web.AppKey("upstream", Upstream)
 STATE = web.AppKey("state", BridgeState)
 ACCESS = web.AppKey("access", TokenRegistry)  # the tokens the bridge accepts (none: it forwards the client's)
+STATE_STORE = web.AppKey("state_store", StateStore)  # --state-store: what a fleet's bridges share
 CALLER = web.RequestKey("caller", Caller)  # set by the token check: whose token the request carries

@@ -319,6 +319,16 @@ class StateConfig:
         "the failures on /metrics) or closed (refuse with 503 until it is back)",
         choices=("open", "closed"),
     )
+    responses_ttl: float = option(
+        30 * 24 * 3600.0,
+        "seconds a stored /v1/responses response (and its chain) is kept; OpenAI keeps them 30 days",
+        commands=("serve", "bridge"),
+    )
+    responses_max_bytes: int = option(
+        1024**3,
+        "size cap of the stored /v1/responses responses; beyond it the least recently used are evicted",
+        commands=("serve", "bridge"),
+    )
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,14 @@ from chatllm.bridge.settings import BridgeSettings
 from tests.servers import make_config
 
 HTTP_METHODS = ("get", "post", "put", "delete", "patch", "options", "head", "trace")
-SAMPLE_PARAMETERS = {"kb": "manuals", "id": "ab" * 32, "model": "m", "filename": "app.js", "tail": "some/prefix"}
+SAMPLE_PARAMETERS = {
+    "kb": "manuals",
+    "id": "ab" * 32,
+    "model": "m",
+    "filename": "app.js",
+    "tail": "some/prefix",
+    "response_id": "resp_1",
+}
 
 
 @pytest.fixture(scope="module")
