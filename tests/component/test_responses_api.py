@@ -5,6 +5,7 @@ input_items, and the 400s for what is not supported."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,31 +13,40 @@ from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
-from tests.agent_stack import FAKE_MODEL, bridge_for, fake_served
-from tests.fake_engine import FakeEngine
-from tests.stack import Stack
+from chatllm.bridge.runner import BridgeServer
+from chatllm.kernel.config import Config
+from tests.fake_engine import FAKE_MODEL, FakeEngine
+from tests.stack import Stack, fake_config, serving_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 ANSWER = "the answer is forty two"
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def engine() -> FakeEngine:
-    return FakeEngine(answer=ANSWER)
+@pytest.fixture
+def engine(fake_engine: FakeEngine) -> FakeEngine:
+    fake_engine.answer = ANSWER
+    return fake_engine
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def stack(monkeypatch: pytest.MonkeyPatch, engine: FakeEngine, tmp_path: Path) -> AsyncIterator[Stack]:
-    async with fake_served(monkeypatch, engine, tmp_path) as running:
-        yield running
+@pytest.fixture
+def stack(fake_stack: Stack, engine: FakeEngine) -> Stack:
+    return fake_stack
+
+
+@contextlib.asynccontextmanager
+async def bridge_for(config: Config, grpc_port: int) -> AsyncIterator[BridgeServer]:
+    """Another bridge (a restart, or a second replica of the front door) in front of the same server."""
+    bridge = BridgeServer(config, f"127.0.0.1:{grpc_port}")
+    await bridge.start()
+    try:
+        yield bridge
+    finally:
+        await bridge.stop()
 
 
 def last_prompt(engine: FakeEngine) -> str:
-    """The words of the last prompt the engine was given."""
-    words = {i: w for w, i in engine.tokenizer.vocab.items()}
-    return " ".join(words[i] for i in engine.seen[-1][0])
+    return str(engine.tokenizer.decode(engine.seen[-1][0]))
 
 
 async def call(stack: Stack | str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -222,9 +232,9 @@ async def test_what_is_not_supported_is_a_400_naming_the_field(stack: Stack, bod
 
 
 async def test_a_chain_continues_through_another_bridge_on_a_shared_redis(
-    monkeypatch: pytest.MonkeyPatch, engine: FakeEngine, tmp_path: Path, redis_url: str
+    engine: FakeEngine, tmp_path: Path, redis_url: str
 ) -> None:
-    async with fake_served(monkeypatch, engine, tmp_path / "a", state_store=redis_url) as first_stack:
+    async with serving_stack(fake_config(tmp_path / "a", state_store=redis_url), engine) as first_stack:
         _, first = await call(first_stack, "POST", "/v1/responses", {"input": "my name is Ann"})
         other_config = first_stack.server.config.replace(data_dir=str(tmp_path / "b"))  # nothing local is shared
         async with bridge_for(other_config, first_stack.server.port) as other:
