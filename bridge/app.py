@@ -6,13 +6,15 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from chatllm.bridge import health, openapi, web_page
+from chatllm.bridge.anthropic import handlers as anthropic
 from chatllm.bridge.channel import channel_credentials
 from chatllm.bridge.cors import add_cors_headers
 from chatllm.bridge.knowledge_base import handlers as knowledge_base
 from chatllm.bridge.legacy import handler as legacy
-from chatllm.bridge.middleware import MIDDLEWARES, is_websocket
+from chatllm.bridge.middleware import MIDDLEWARES, is_websocket, render_errors
 from chatllm.bridge.openai import handlers as openai_api
 from chatllm.bridge.responses import handlers as responses
 from chatllm.bridge.settings import BridgeSettings
@@ -28,7 +30,7 @@ def build_app(config: BridgeSettings, upstream_target: str, access: TokenRegistr
 
     Raises TokenFileError / CertificateError for a token file or upstream TLS file that cannot be used."""
     security = config.security
-    app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=MIDDLEWARES)
+    app = web.Application(client_max_size=config.limits.max_body_bytes, middlewares=_middlewares())
     app[CONFIG] = config
     app[STATE] = BridgeState()
     app[ACCESS] = access or TokenRegistry(security.token, security.token_file)
@@ -39,6 +41,14 @@ def build_app(config: BridgeSettings, upstream_target: str, access: TokenRegistr
     app.on_shutdown.append(_drain_websockets)
     add_routes(app)
     return app
+
+
+def _middlewares() -> list[Middleware]:
+    """The bridge's own, with Anthropic's error shape just inside the error renderer (so the token
+    check's 401 on /v1/messages is Anthropic's shape too)."""
+    middlewares = list(MIDDLEWARES)
+    middlewares.insert(middlewares.index(render_errors) + 1, anthropic.anthropic_errors)
+    return middlewares
 
 
 def add_routes(app: web.Application) -> None:
@@ -54,6 +64,7 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/v1/models", openai_api.list_models, name="openai_models")
     router.add_get("/v1/models/{model}", openai_api.get_model, name="openai_model")
     responses.add_routes(app)  # /v1/responses...: before the /v1 catch-all
+    anthropic.add_routes(app)  # /v1/messages...
     router.add_route("*", "/v1/{tail:.*}", _unknown_v1_route, name="openai_unknown")
     router.add_post("/tokenize", openai_api.tokenize, name="tokenize")
     router.add_post("/detokenize", openai_api.detokenize, name="detokenize")

@@ -106,8 +106,9 @@ def _same_origin(request: web.Request) -> bool:
 
 
 def presented_token(request: web.Request) -> str | None:
-    """The Authorization header, or on a same-origin WebSocket handshake the page's token cookie."""
-    header = request.headers.get("Authorization")
+    """The Authorization header (or `x-api-key`, which Anthropic's clients send), or on a same-origin
+    WebSocket handshake the page's token cookie."""
+    header = request.headers.get("Authorization") or request.headers.get("x-api-key")
     if header is None and is_websocket(request) and _same_origin(request):
         cookie = request.cookies.get(TOKEN_COOKIE)
         return cookie or None

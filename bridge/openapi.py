@@ -19,6 +19,8 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from chatllm.bridge.anthropic.openapi import messages_paths
+from chatllm.bridge.anthropic.schemas import MESSAGE_MODELS
 from chatllm.bridge.errors import Error
 from chatllm.bridge.health import Alive, Readiness
 from chatllm.bridge.knowledge_base.replies import (
@@ -107,7 +109,7 @@ UPLOAD_FORM: Schema = {
 
 def all_schemas() -> dict[str, Schema]:
     """Every body schema, generated from the models (a reply's field with a default may be absent)."""
-    models = [(m, "validation") for m in (*REQUESTS, *RESPONSES, *RESPONSE_MODELS)]
+    models = [(m, "validation") for m in (*REQUESTS, *RESPONSES, *RESPONSE_MODELS, *MESSAGE_MODELS)]
     _, top = models_json_schema(models, ref_template="#/components/schemas/{model}")  # type: ignore[arg-type]
     return {**top["$defs"], "UploadForm": UPLOAD_FORM}
 
@@ -121,6 +123,7 @@ def document() -> dict[str, Any]:
         "/": legacy_operations(),
         **openai_paths(),
         **responses_paths(),
+        **messages_paths(),
         **knowledge_base_paths(),
         **web_page_paths(),
         **operations_paths(),
@@ -138,7 +141,7 @@ def document() -> dict[str, Any]:
         },
         "servers": [{"url": "http://localhost:8000", "description": "`chatllm serve` / `chatllm bridge` default"}],
         "security": TOKEN,
-        "tags": [{"name": name} for name in ("legacy", "openai", "knowledge-base", "web", "operations")],
+        "tags": [{"name": name} for name in ("legacy", "openai", "anthropic", "knowledge-base", "web", "operations")],
         "paths": paths,
         "components": {
             "securitySchemes": {
@@ -147,7 +150,13 @@ def document() -> dict[str, Any]:
                     "in": "header",
                     "name": "Authorization",
                     "description": "the server's --token, raw or as `Bearer <token>`",
-                }
+                },
+                "apiKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "the server's --token, as Anthropic's clients send it (any route takes it)",
+                },
             },
             "schemas": all_schemas(),
         },
