@@ -24,6 +24,10 @@ REFUSED = {
     "mcp_servers": "MCP servers (call your tools yourself: tool_use, then tool_result)",
     "context_management": "context management",
 }
+CREATE_REFUSED = {
+    "diagnostics": "prompt-cache diagnostics",
+    "inference_geo": "inference regions (this server runs where it runs)",
+}
 TOOL_ERROR_PREFIX = "Error: "  # a tool_result with is_error: the chat template has no such flag
 
 
@@ -195,6 +199,8 @@ class ConversationFields(Strict):
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
     output_config: OutputConfig | None = None
+    cache_control: CacheControl | None = Field(None, description=CACHE_CONTROL)
+    speed: Literal["standard"] | None = Field(None, description="standard only")
     container: Any = Field(None, description=REFUSED_FIELD)
     mcp_servers: Any = Field(None, description=REFUSED_FIELD)
     context_management: Any = Field(None, description=REFUSED_FIELD)
@@ -230,6 +236,10 @@ class MessagesRequest(ConversationFields):
     stream: Boolean | None = None
     metadata: Metadata | None = None
     service_tier: Literal["auto", "standard_only"] | None = Field(None, description="one tier here: both mean it")
+    diagnostics: Any = Field(None, description=REFUSED_FIELD)
+    inference_geo: Any = Field(None, description=REFUSED_FIELD)
+
+    _refuse_create = field_validator(*CREATE_REFUSED, mode="before")(refuse(CREATE_REFUSED))
 
     def to_generate_request(self, request_id: str) -> pb.GenerateRequest:
         values = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
