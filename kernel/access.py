@@ -3,15 +3,19 @@
 Tokens come from `--token` (one token, named "unnamed") and `--token-file`, a text file with one
 token per line:
 
-    # name:token[:limits]          blank lines and lines starting with # are ignored
+    # name:token[:options]         blank lines and lines starting with # are ignored
     alice:6f1d0c8e2b7a4c59
-    batch-jobs:0b9e44d1c2a35f7e:rpm=120,streams=4
+    batch-jobs:0b9e44d1c2a35f7e:rpm=120,tpm=200000,streams=4,daily_tokens=5000000,priority=bulk
+    ops:3c8a1f5e9d2b7c40:admin
 
 - name: 1-64 of `A-Z a-z 0-9 _ . -`, starting with a letter or digit; unique. It is what logs,
-  metrics labels and the history export show; "anonymous" and "unnamed" are reserved.
+  metrics labels, usage and the history export show; "anonymous" and "unnamed" are reserved.
 - token: printable ASCII without spaces or `:` (it travels in HTTP headers and gRPC metadata); unique.
-- limits (optional, comma-separated): `rpm=N`, at most N Generate requests per minute (a token
-  bucket of N that refills at N/60 per second); `streams=N`, at most N Generate calls at once.
+- options (optional, comma-separated), each limit fleet-wide when the fleet shares a state store:
+  `rpm=N`, at most N Generate requests in any 60 s; `tpm=N`, at most N prompt + completion tokens
+  in any 60 s; `streams=N`, at most N Generate calls at once; `daily_tokens=N`, at most N tokens per
+  UTC day; `priority=CLASS`, the highest class its requests get (interactive, default, bulk: see
+  chatllm.kernel.priority); `admin`, may read everyone's usage (GET /api/usage, `chatllm usage`).
 
 The file is re-read when it changes (checked on every lookup: one stat), so a token added or
 removed takes effect on the next request, without a restart. A file that stops parsing is
@@ -31,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chatllm.kernel.priority import CLASS_NAMES, Priority
+
 log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"  # no token is configured: nobody is identified
@@ -38,7 +44,8 @@ UNNAMED = "unnamed"  # the single --token
 RESERVED_NAMES = frozenset({ANONYMOUS, UNNAMED})
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TOKEN = re.compile(r"[!-9;-~]+")  # printable ASCII except space and ':'
-LIMIT_KEYS = ("rpm", "streams")
+LIMIT_KEYS = ("rpm", "tpm", "streams", "daily_tokens")
+ADMIN = "admin"
 # A file written within this many seconds of being read may change again without its stat changing
 # (timestamps have a coarse tick): it is read again until it is older than that.
 RACY_WINDOW_NS = 2_000_000_000
@@ -53,11 +60,18 @@ class TokenLimits:
     """Per-token limits on Generate; None: no limit."""
 
     rpm: int | None = None
+    tpm: int | None = None
     streams: int | None = None
+    daily_tokens: int | None = None
 
     def describe(self) -> str:
         parts = [f"{key}={value}" for key in LIMIT_KEYS if (value := getattr(self, key)) is not None]
         return ",".join(parts) or "none"
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether admission must reserve the request's tokens (a tpm or daily limit)."""
+        return self.tpm is not None or self.daily_tokens is not None
 
 
 NO_LIMITS = TokenLimits()
@@ -65,11 +79,23 @@ NO_LIMITS = TokenLimits()
 
 @dataclass(frozen=True)
 class Caller:
-    """Who a request comes from: the token's name, the token itself (to forward), its limits."""
+    """Who a request comes from: the token's name, the token itself (to forward), its limits, the highest
+    priority class its requests get, and whether it may read everyone's usage."""
 
     name: str
     token: str | None = field(default=None, repr=False)
     limits: TokenLimits = NO_LIMITS
+    priority: Priority = Priority.INTERACTIVE  # the ceiling: a token without one may ask for any class
+    admin: bool = False
+
+    def describe(self) -> str:
+        """Name and options, for the log (never the token)."""
+        options = [self.limits.describe()] if self.limits != NO_LIMITS else []
+        if self.priority is not Priority.INTERACTIVE:
+            options.append(f"priority={self.priority.label}")
+        if self.admin:
+            options.append(ADMIN)
+        return f"{self.name}[{','.join(options)}]" if options else self.name
 
 
 ANONYMOUS_CALLER = Caller(ANONYMOUS)
@@ -83,18 +109,32 @@ def presented_value(header: str) -> str:
     return value
 
 
-def _limits(text: str, where: str) -> TokenLimits:
-    values: dict[str, int] = {}
+OPTIONS_HELP = "rpm=N, tpm=N, streams=N, daily_tokens=N, priority=CLASS, admin"
+
+
+def _options(name: str, token: str, text: str, where: str) -> Caller:
+    """The caller a line's options describe (see the module docstring)."""
+    limits: dict[str, int] = {}
+    seen: set[str] = set()
+    priority, admin = Priority.INTERACTIVE, False
     for item in text.split(","):
-        key, sep, raw = item.strip().partition("=")
-        if key not in LIMIT_KEYS or not sep:
-            raise TokenFileError(f"{where}: limit {item.strip()!r} is not one of rpm=N, streams=N")
-        if key in values:
+        key, sep, raw = (part.strip() for part in item.strip().partition("="))
+        if key in seen:
             raise TokenFileError(f"{where}: {key} is given twice")
-        if not raw.strip().isdigit() or int(raw) < 1:
-            raise TokenFileError(f"{where}: {key} must be a whole number >= 1")
-        values[key] = int(raw)
-    return TokenLimits(**values)
+        seen.add(key)
+        if key == ADMIN and not sep:
+            admin = True
+        elif key == "priority" and sep:
+            if raw.lower() not in CLASS_NAMES:
+                raise TokenFileError(f"{where}: priority must be one of {', '.join(CLASS_NAMES)}")
+            priority = Priority[raw.upper()]
+        elif key in LIMIT_KEYS and sep:
+            if not raw.isdigit() or int(raw) < 1:
+                raise TokenFileError(f"{where}: {key} must be a whole number >= 1")
+            limits[key] = int(raw)
+        else:
+            raise TokenFileError(f"{where}: option {item.strip()!r} is not one of {OPTIONS_HELP}")
+    return Caller(name, token, TokenLimits(**limits), priority, admin)
 
 
 def parse_token_file(text: str, source: str = "token file") -> list[Caller]:
@@ -109,7 +149,7 @@ def parse_token_file(text: str, source: str = "token file") -> list[Caller]:
         where = f"{source} line {number}"
         parts = line.split(":")
         if len(parts) not in (2, 3):
-            raise TokenFileError(f"{where}: expected name:token or name:token:limits")
+            raise TokenFileError(f"{where}: expected name:token or name:token:options")
         name, token = parts[0].strip(), parts[1].strip()
         if not NAME.fullmatch(name):
             raise TokenFileError(f"{where}: name {name[:64]!r} must be 1-64 of A-Z a-z 0-9 _ . - (letter/digit first)")
@@ -121,10 +161,9 @@ def parse_token_file(text: str, source: str = "token file") -> list[Caller]:
             raise TokenFileError(f"{where}: the name {name!r} is given twice")
         if token in tokens:
             raise TokenFileError(f"{where}: this token is already given to another name")
-        limits = _limits(parts[2], where) if len(parts) == 3 else NO_LIMITS
         names.add(name)
         tokens.add(token)
-        callers.append(Caller(name, token, limits))
+        callers.append(_options(name, token, parts[2], where) if len(parts) == 3 else Caller(name, token))
     return callers
 
 
@@ -214,5 +253,5 @@ class TokenRegistry:
 
 
 def describe(callers: Sequence[Caller]) -> str:
-    """Names and limits, for the log (never the tokens)."""
-    return ", ".join(f"{c.name}[{c.limits.describe()}]" if c.limits != NO_LIMITS else c.name for c in callers) or "none"
+    """Names and options, for the log (never the tokens)."""
+    return ", ".join(c.describe() for c in callers) or "none"

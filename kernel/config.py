@@ -251,6 +251,12 @@ class HistoryConfig:
 class LimitsConfig:
     max_concurrent: int = option(64, "requests generating at once (0 = engine's limit)", commands=SERVER_COMMANDS)
     max_queue: int = option(256, "requests waiting beyond max_concurrent before refusing", commands=SERVER_COMMANDS)
+    priority_aging: float = option(
+        30.0,
+        "seconds of waiting that raise a queued request one priority class (bulk -> default -> interactive), so "
+        "no class starves; 0: never",
+        commands=SERVER_COMMANDS,
+    )
     request_timeout: float = option(600.0, "seconds a request may take end to end (0 = none)")
     shutdown_grace: float = option(30.0, "seconds in-flight requests get to finish on SIGTERM")
     max_prompt_chars: int = option(100_000, "longest prompt + system prompt accepted", commands=SERVER_COMMANDS)
@@ -315,8 +321,9 @@ class StateConfig:
     )
     state_store_failure: str = option(
         "open",
-        "when the state store cannot be reached: open (serve without the shared limits, log once a minute, count "
-        "the failures on /metrics) or closed (refuse with 503 until it is back)",
+        "when the state store cannot be reached: open (count limits in this process instead, log once a minute, "
+        "count the failures on /metrics) or closed (refuse the requests of tokens with limits with 503 until it "
+        "is back); usage waits in memory either way",
         choices=("open", "closed"),
     )
     responses_ttl: float = option(

@@ -28,6 +28,10 @@ from grpc_reflection.v1alpha import reflection
 
 from chatllm.kernel.access import TokenFileError, TokenRegistry
 from chatllm.kernel.config import Config
+from chatllm.kernel.state.connection import StateStore, open_state_store, parse_state_store
+from chatllm.kernel.state.fair_share import FairShareCounters
+from chatllm.kernel.state.limits import TokenLimiter
+from chatllm.kernel.state.usage import UsageLedger
 from chatllm.kernel.tls import CertificateError, HttpsContext
 from chatllm.proto import SERVICE_NAME, pb, pb_grpc
 from chatllm.server import metrics
@@ -47,6 +51,7 @@ from chatllm.server.servicer import ChatLLMServicer, ServerState
 from chatllm.server.tls import GrpcCertificates
 from chatllm.server.tokens import TokenService
 from chatllm.server.tools import ToolCalling
+from chatllm.server.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +113,20 @@ class ChatLLMServer:
     `engine` is the seam between serving and the model: a factory that starts an engine for the
     resolved model (default: the backend the config chooses), or an engine object that is already
     running (the fast tests pass tests/fake_engine.py's; then no model is resolved or loaded, and
-    the base model is served as --served-model-name)."""
+    the base model is served as --served-model-name). `store`: a state store opened by the caller
+    (`chatllm serve` shares one with its bridge); by default the server opens --state-store itself."""
 
     def __init__(
-        self, config: Config, *, local_socket: bool = False, engine: Engine | EngineFactory = running_engine
+        self,
+        config: Config,
+        *,
+        local_socket: bool = False,
+        engine: Engine | EngineFactory = running_engine,
+        store: StateStore | None = None,
     ) -> None:
         self.config = config
         self._engine = engine
+        self._given_store = store
         security = config.security
         try:
             self.access = TokenRegistry(security.token, security.token_file)
@@ -124,8 +136,12 @@ class ChatLLMServer:
                 metrics_tls = HttpsContext(security.tls_cert, security.tls_key, security.tls_client_ca)
         except (TokenFileError, CertificateError) as exc:
             raise StartupError(str(exc)) from None
+        try:
+            parse_state_store(config.state.state_store)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
         self.state = ServerState(
-            Admission(config.limits.max_concurrent, config.limits.max_queue),
+            Admission(config.limits.max_concurrent, config.limits.max_queue, aging=config.limits.priority_aging),
             self.access.required,
             package_version(),
         )
@@ -209,6 +225,7 @@ class ChatLLMServer:
         """Load model, knowledge base and history export; then report SERVING."""
         config = self.config
         model = config.model
+        await self._open_state(stack)
         source, engine = await self._start_engine(stack)
         chat = self._chat(engine)
         tool_calling = None
@@ -264,6 +281,18 @@ class ChatLLMServer:
         models_dir = self.config.common.models_dir
         source = await asyncio.to_thread(resolve, model.model_path, models_dir, model.served_model_name)
         return source, await stack.enter_async_context(self._engine(self.config, source))
+
+    async def _open_state(self, stack: contextlib.AsyncExitStack) -> None:
+        """The state store and what admission keeps in it: limits, fair-share counters, usage."""
+        store = self._given_store
+        if store is None:
+            store = await stack.enter_async_context(open_state_store(self.config.state, self.config.common.data_path))
+        admission = self.state.admission
+        admission.limiter = await stack.enter_async_context(TokenLimiter(store).running())
+        admission.fair = await stack.enter_async_context(FairShareCounters(store).running())
+        ledger = await stack.enter_async_context(UsageLedger(store).running())
+        admission.usage = UsageRecorder(ledger)
+        self.state.usage = ledger
 
     def _chat(self, engine: Engine) -> Chat:
         model = self.config.model

@@ -36,6 +36,10 @@ class Reason(str, enum.Enum):
     OVERLOADED = "OVERLOADED"
     TOKEN_RATE_LIMITED = "TOKEN_RATE_LIMITED"
     TOKEN_STREAMS_LIMITED = "TOKEN_STREAMS_LIMITED"
+    TOKEN_TOKENS_LIMITED = "TOKEN_TOKENS_LIMITED"
+    TOKEN_DAILY_LIMITED = "TOKEN_DAILY_LIMITED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    STATE_STORE_UNAVAILABLE = "STATE_STORE_UNAVAILABLE"
     LOADING = "LOADING"
     DRAINING = "DRAINING"
     KNOWLEDGE_BASE_DISABLED = "KNOWLEDGE_BASE_DISABLED"
@@ -84,6 +88,13 @@ class Unauthenticated(ChatLLMError):
     reason = Reason.UNAUTHENTICATED
 
 
+class PermissionDenied(ChatLLMError):
+    """An accepted token asks for something only an admin token may (the token file's `admin`)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = Reason.PERMISSION_DENIED
+
+
 class NotFound(ChatLLMError):
     code = grpc.StatusCode.NOT_FOUND
 
@@ -96,7 +107,8 @@ class Overloaded(ChatLLMError):
 
 
 class TokenLimited(Overloaded):
-    """A token's own limit (requests per minute, concurrent streams) is reached; others are unaffected."""
+    """A token's own limit (requests or tokens per minute, concurrent streams, daily tokens) is reached;
+    others are unaffected."""
 
     def __init__(self, message: str, reason: Reason, retry_after: float) -> None:
         super().__init__(message, reason)

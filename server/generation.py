@@ -20,15 +20,17 @@ from google.protobuf.json_format import MessageToDict
 
 from chatllm.kernel.access import ANONYMOUS_CALLER, Caller
 from chatllm.kernel.config import KnowledgeConfig, LimitsConfig, ServerConfig
+from chatllm.kernel.priority import Priority, clamp
 from chatllm.proto import pb
 from chatllm.server import metrics, sampling
-from chatllm.server.admission import Admission
+from chatllm.server.admission import Admission, Admitted
 from chatllm.server.chat import Chat, ChatInput, ChatTurn, Retrieved
 from chatllm.server.choices import ChoiceSet
 from chatllm.server.engines.base import Engine, Finish
 from chatllm.server.errors import DeadlineExceeded, InvalidArgument, NotReady, Reason, RequestFailed
 from chatllm.server.models import ServedModels
 from chatllm.server.tools import ToolCalling, ToolSession, tool_dicts
+from chatllm.server.usage import RequestUsage
 from chatllm.server.validation import knowledge_base_name, validate
 
 log = logging.getLogger(__name__)
@@ -153,15 +155,11 @@ class GenerateService:
         request_id = request.request_id or uuid.uuid4().hex
         timeout = self.limits.request_timeout
         deadline = arrival + timeout if timeout > 0 else None
-        metrics.QUEUE_DEPTH.inc()
-        try:
-            slot = self.admission.slot(caller)
-            await _within(slot.__aenter__(), deadline, "waiting for a free slot")
-        finally:
-            metrics.QUEUE_DEPTH.dec()
+        slot = self.admission.slot(caller, clamp(requested_priority(request), caller.priority))
+        admitted = await _within(slot.__aenter__(), deadline, "waiting for a free slot")
         try:
             # aclosing: a consumer that leaves closes the engine stream now (aborting it), not at GC.
-            answer = self._generate(request, caller.name, plan, request_id, arrival, deadline)
+            answer = self._generate(request, admitted, plan, request_id, arrival, deadline)
             async with contextlib.aclosing(answer) as responses:
                 async for response in responses:
                     yield response
@@ -171,7 +169,7 @@ class GenerateService:
     async def _generate(
         self,
         request: pb.GenerateRequest,
-        token_name: str,
+        admitted: Admitted,
         plan: Plan,
         request_id: str,
         arrival: float,
@@ -187,6 +185,7 @@ class GenerateService:
         collect = options.best_of is not None and options.best_of > options.n
         if collect:  # best_of: generate the candidates, rank them by total log probability, answer at the end
             options = dataclasses.replace(options, n=options.best_of, logprobs=options.logprobs or 0)
+        await admitted.reserve(len(built.ids), options.n * options.max_new_tokens)
         engine_id = f"{request_id}:{uuid.uuid4().hex[:8]}"  # unique even if a client reuses ids
         timer = _Deadline(deadline, lambda: self.engine.abort(engine_id))
         choices = ChoiceSet(options.n, built.ids, request_id, plan.tools, plan.options.logprobs is not None)
@@ -197,7 +196,9 @@ class GenerateService:
             outputs = self.engine.generate(built.ids, options, engine_id, plan.adapter)
             async with contextlib.aclosing(outputs):
                 async for out in outputs:
-                    clock.tick(out.completion_tokens - choices.choices[out.index].completion_tokens)
+                    new_tokens = out.completion_tokens - choices.choices[out.index].completion_tokens
+                    clock.tick(new_tokens)
+                    admitted.generated(new_tokens)
                     if out.queue_seconds is not None:
                         clock.queue_seconds = out.queue_seconds
                     if out.finish is not None and timer.fired:
@@ -229,7 +230,8 @@ class GenerateService:
         finally:
             timer.cancel()
             outcome = _finish_name(final.finish_reason) if final is not None else ended
-            record = Record(request_id, token_name, built.history_rounds, arrival, outcome)
+            admitted.usage = _usage(plan, choices, admitted, final)
+            record = Record(request_id, admitted.caller.name, built.history_rounds, arrival, outcome)
             self._record(request, record, choices.answer(), final)
 
     def _final(
@@ -354,6 +356,26 @@ class _TokenClock:
             for _ in range(new_tokens):
                 metrics.INTER_TOKEN.observe((now - self.last_at) / new_tokens)
         self.last_at = now
+
+
+def requested_priority(request: pb.GenerateRequest) -> Priority | None:
+    """The class the request asks for (None: it asks nothing)."""
+    return _PRIORITIES.get(request.priority)
+
+
+_PRIORITIES = {
+    pb.PRIORITY_INTERACTIVE: Priority.INTERACTIVE,
+    pb.PRIORITY_DEFAULT: Priority.DEFAULT,
+    pb.PRIORITY_BULK: Priority.BULK,
+}
+
+
+def _usage(plan: Plan, choices: ChoiceSet, admitted: Admitted, final: pb.GenerateFinal | None) -> RequestUsage:
+    """What the client was told it used; for an answer cut short (cancelled, failed), what it consumed."""
+    if final is not None:
+        usage = final.usage
+        return RequestUsage(plan.model, usage.prompt_tokens, usage.cached_prompt_tokens, usage.completion_tokens)
+    return RequestUsage(plan.model, len(choices.prompt_ids), choices.cached_tokens, admitted.completion_tokens)
 
 
 def _finish_name(reason: pb.FinishReason) -> str:

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from chatllm.kernel.state import failure as state_store_metrics
 from chatllm.server.engines.base import EngineStats
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -24,6 +25,12 @@ TOKEN_REQUESTS = Counter(
     "gRPC requests by the name of the caller's token (anonymous: no token configured; unnamed: --token), "
     "method and status code",
     ["token", "method", "code"],
+)
+TOKEN_TOKENS = Counter(
+    "chatllm_token_tokens_total",
+    "Tokens used by the name of the caller's token, the model that answered, and kind: prompt, cached_prompt "
+    "(the part of prompt whose KV cache was reused) or completion",
+    ["token", "model", "kind"],
 )
 IN_FLIGHT = Gauge("chatllm_requests_in_flight", "gRPC requests being handled", ["method"])
 QUEUE_DEPTH = Gauge("chatllm_queue_depth", "Generate requests admitted but waiting for a slot")
@@ -82,3 +89,4 @@ class EngineCollector(Collector):
 
 ENGINES = EngineCollector()
 REGISTRY.register(ENGINES)
+_ = state_store_metrics  # chatllm_state_store_* (kernel.state.failure) are this process's series too

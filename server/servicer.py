@@ -12,15 +12,25 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from chatllm.kernel.access import ANONYMOUS_CALLER, Caller, TokenRegistry
+from chatllm.kernel.state.usage import UsageLedger
 from chatllm.proto import pb, pb_grpc
 from chatllm.server import catalog, metrics
 from chatllm.server.admission import Admission
 from chatllm.server.embeddings import EmbeddingService
 from chatllm.server.engines.base import Engine
-from chatllm.server.errors import ChatLLMError, NotReady, Reason, Unauthenticated, grpc_code, status_of
+from chatllm.server.errors import (
+    ChatLLMError,
+    NotReady,
+    PermissionDenied,
+    Reason,
+    Unauthenticated,
+    grpc_code,
+    status_of,
+)
 from chatllm.server.generation import GenerateService
 from chatllm.server.models import ServedModels
 from chatllm.server.tokens import TokenService
+from chatllm.server.usage import usage_report
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,6 +62,7 @@ class ServerState:
         self.tokens: TokenService | None = None
         self.knowledge: KnowledgeRPCs | None = None
         self.embeddings: EmbeddingService | None = None
+        self.usage: UsageLedger | None = None  # the state store's usage (GetUsage)
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
@@ -208,6 +219,14 @@ class ChatLLMServicer(pb_grpc.ChatLLMServicer):
     @unary("Embed")
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         return await self._embeddings().embed(request)
+
+    @unary("GetUsage")
+    async def GetUsage(self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext) -> pb.GetUsageResponse:
+        if self.state.access.required and not self.caller(context).admin:
+            raise PermissionDenied("usage is for tokens marked `admin` in the token file")
+        if self.state.usage is None:
+            raise NotReady("the server is still starting; retry shortly", Reason.LOADING)
+        return await usage_report(self.state.usage, request)
 
     @unary("GetServerInfo")
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:

@@ -1,4 +1,4 @@
-"""Named tokens: the token file's format, re-reading it on change, and the per-token limits."""
+"""Named tokens: the token file's format (names, limits, priority ceiling, admin) and re-reading it on change."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from chatllm.kernel.access import (
     TokenFileError,
     TokenLimits,
     TokenRegistry,
+    describe,
     parse_token_file,
 )
 from chatllm.kernel.config import Config
 from chatllm.kernel.flags import security_problems
-from chatllm.server.errors import Reason, TokenLimited
-from chatllm.server.quotas import TokenQuotas
+from chatllm.kernel.priority import Priority
 
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-9876543210"
@@ -33,6 +33,20 @@ def test_a_token_file_names_tokens_and_their_limits() -> None:
         ("bob", BOB, TokenLimits(rpm=60, streams=4)),
     ]
     assert ALICE not in repr(callers) and BOB not in repr(callers)  # a logged caller shows no token
+
+
+def test_options_give_token_limits_a_priority_ceiling_and_the_admin_marker() -> None:
+    batch, ops, plain = parse_token_file(
+        f"batch:{ALICE}:rpm=120, tpm=200000,streams=4,daily_tokens=5000000,priority=Bulk\n"
+        f"ops:{BOB}:admin\nplain:plain-token\n"
+    )
+    assert batch.limits == TokenLimits(rpm=120, tpm=200000, streams=4, daily_tokens=5000000)
+    assert batch.limits.counts_tokens and not plain.limits.counts_tokens
+    assert (batch.priority, batch.admin) == (Priority.BULK, False)
+    assert (ops.priority, ops.admin, ops.limits) == (Priority.INTERACTIVE, True, TokenLimits())
+    assert describe([batch, ops, plain]) == (
+        "batch[rpm=120,tpm=200000,streams=4,daily_tokens=5000000,priority=bulk], ops[admin], plain"
+    )
 
 
 @pytest.mark.parametrize(
@@ -50,7 +64,11 @@ def test_a_token_file_names_tokens_and_their_limits() -> None:
         (f"alice:{ALICE}\nbob:{ALICE}", "line 2: this token is already given"),
         (f"alice:{ALICE}:rpm=0", "rpm must be a whole number >= 1"),
         (f"alice:{ALICE}:rpm=1.5", "rpm must be a whole number >= 1"),
-        (f"alice:{ALICE}:burst=3", "'burst=3' is not one of rpm=N, streams=N"),
+        (f"alice:{ALICE}:burst=3", "'burst=3' is not one of rpm=N, tpm=N, streams=N, daily_tokens=N"),
+        (f"alice:{ALICE}:tpm=-5", "tpm must be a whole number >= 1"),
+        (f"alice:{ALICE}:priority=urgent", "priority must be one of interactive, default, bulk"),
+        (f"alice:{ALICE}:admin=yes", "'admin=yes' is not one of"),
+        (f"alice:{ALICE}:admin,admin", "admin is given twice"),
         (f"alice:{ALICE}:rpm=3,rpm=4", "rpm is given twice"),
     ],
 )
@@ -140,64 +158,6 @@ def test_the_single_token_may_not_hide_in_the_file(tmp_path: Path) -> None:
     write(tmp_path / "tokens", f"alice:{ALICE}\n")
     with pytest.raises(TokenFileError, match="also the token of 'alice'"):
         TokenRegistry(ALICE, tmp_path / "tokens")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def caller(name: str, **limits: int) -> object:
-    from chatllm.kernel.access import Caller
-
-    return Caller(name, f"{name}-token", TokenLimits(**limits))
-
-
-def test_streams_limit_refuses_at_once_and_frees_on_release() -> None:
-    quotas = TokenQuotas()
-    bob, alice = caller("bob", streams=2), caller("alice")
-    quotas.admit(bob)  # type: ignore[arg-type]
-    quotas.admit(bob)  # type: ignore[arg-type]
-    with pytest.raises(TokenLimited) as refused:
-        quotas.admit(bob)  # type: ignore[arg-type]
-    assert refused.value.reason is Reason.TOKEN_STREAMS_LIMITED and refused.value.retry_after == 1.0
-    assert "streams=2" in str(refused.value) and "bob-token" not in str(refused.value)
-    for _ in range(10):
-        quotas.admit(alice)  # type: ignore[arg-type]  # another token is not touched by bob's limit
-    quotas.release(bob)  # type: ignore[arg-type]
-    quotas.admit(bob)  # type: ignore[arg-type]
-    assert quotas.streams("bob") == 2 and quotas.streams("alice") == 10
-
-
-def test_requests_per_minute_is_a_bucket_that_refills() -> None:
-    clock = Clock()
-    quotas = TokenQuotas(clock)
-    carol = caller("carol", rpm=2)
-    for _ in range(2):
-        quotas.admit(carol)  # type: ignore[arg-type]
-        quotas.release(carol)  # type: ignore[arg-type]
-    with pytest.raises(TokenLimited) as refused:
-        quotas.admit(carol)  # type: ignore[arg-type]
-    assert refused.value.reason is Reason.TOKEN_RATE_LIMITED
-    assert refused.value.retry_after == pytest.approx(30.0)  # one request every 60/2 s
-    assert quotas.streams("carol") == 0  # a refusal counts nothing
-    clock.now += 29.0
-    with pytest.raises(TokenLimited) as again:
-        quotas.admit(carol)  # type: ignore[arg-type]
-    assert again.value.retry_after == pytest.approx(1.0)
-    clock.now += 1.0
-    quotas.admit(carol)  # type: ignore[arg-type]
-
-
-def test_a_lower_limit_from_a_reloaded_file_applies_at_once() -> None:
-    quotas = TokenQuotas(Clock())
-    quotas.admit(caller("dave", rpm=100))  # type: ignore[arg-type]
-    quotas.admit(caller("dave", rpm=1))  # type: ignore[arg-type]  # 1 left of the old bucket, capped to the new 1
-    with pytest.raises(TokenLimited):
-        quotas.admit(caller("dave", rpm=1))  # type: ignore[arg-type]
 
 
 def test_security_flags_that_only_work_together() -> None:

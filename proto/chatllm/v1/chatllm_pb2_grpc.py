@@ -94,6 +94,11 @@ class ChatLLMStub:
                 request_serializer=chatllm_dot_v1_dot_chatllm__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=chatllm_dot_v1_dot_chatllm__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/chatllm.v1.ChatLLM/GetUsage',
+                request_serializer=chatllm_dot_v1_dot_chatllm__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=chatllm_dot_v1_dot_chatllm__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class ChatLLMServicer:
@@ -196,6 +201,15 @@ class ChatLLMServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """GetUsage reports the tokens used per token name, model and UTC day, from the
+        state store (--state-store: the whole fleet's when it is shared). Only tokens
+        marked `admin` in the token file may call it (PERMISSION_DENIED otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatLLMServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -258,6 +272,11 @@ def add_ChatLLMServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=chatllm_dot_v1_dot_chatllm__pb2.EmbedRequest.FromString,
                     response_serializer=chatllm_dot_v1_dot_chatllm__pb2.EmbedResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=chatllm_dot_v1_dot_chatllm__pb2.GetUsageRequest.FromString,
+                    response_serializer=chatllm_dot_v1_dot_chatllm__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -584,6 +603,33 @@ class ChatLLM:
             '/chatllm.v1.ChatLLM/Embed',
             chatllm_dot_v1_dot_chatllm__pb2.EmbedRequest.SerializeToString,
             chatllm_dot_v1_dot_chatllm__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatllm.v1.ChatLLM/GetUsage',
+            chatllm_dot_v1_dot_chatllm__pb2.GetUsageRequest.SerializeToString,
+            chatllm_dot_v1_dot_chatllm__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,
