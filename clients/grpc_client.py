@@ -153,6 +153,11 @@ class AsyncChatClient:
         """Load, uptime and model of the server."""
         return await self.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=self._metadata, timeout=self.timeout)
 
+    async def usage(self, start: str = "", end: str = "", token: str = "") -> pb.GetUsageResponse:
+        """Tokens used per token name, model and UTC day (YYYY-MM-DD bounds, both included; an admin token)."""
+        request = pb.GetUsageRequest(start=start, end=end, token=token)
+        return await self.stub.GetUsage(request, metadata=self._metadata, timeout=self.timeout)
+
     async def ready(self) -> bool:
         """True when the readiness health check says SERVING."""
         try:
@@ -263,6 +268,11 @@ class ChatClient:
     def server_info(self) -> pb.ServerInfo:
         """Load, uptime and model of the server."""
         return self.stub.GetServerInfo(pb.GetServerInfoRequest(), metadata=self._metadata, timeout=self.timeout)
+
+    def usage(self, start: str = "", end: str = "", token: str = "") -> pb.GetUsageResponse:
+        """Tokens used per token name, model and UTC day (YYYY-MM-DD bounds, both included; an admin token)."""
+        request = pb.GetUsageRequest(start=start, end=end, token=token)
+        return self.stub.GetUsage(request, metadata=self._metadata, timeout=self.timeout)
 
     def ready(self) -> bool:
         """True when the readiness health check says SERVING."""

@@ -50,13 +50,15 @@ def build_request(
     raw_prompt: bool = False,
     channel: str = "",
     stop: Sequence[str] = (),
+    priority: str | None = None,
     **sampling: Any,
 ) -> pb.GenerateRequest:
     """A GenerateRequest; `sampling` takes the SamplingParams fields (max_new_tokens, temperature, n, ...).
 
     The input is `prompt` (+ `system_prompt`, `history`) or `messages` (dicts in OpenAI's shape, or
     pb.Message). `tools` are OpenAI-shaped function tools; `tool_choice` is "auto", "none", "required"
-    or a function's name. `knowledge_base` set (even to "default") turns on knowledge-base answers."""
+    or a function's name. `knowledge_base` set (even to "default") turns on knowledge-base answers.
+    `priority`: interactive, default or bulk (the server keeps it within the token's ceiling)."""
     params = pb.SamplingParams(stop=list(stop), **{k: v for k, v in sampling.items() if v is not None})
     return pb.GenerateRequest(
         messages=[m if isinstance(m, pb.Message) else message_pb(m) for m in messages],
@@ -74,7 +76,20 @@ def build_request(
         retrieval_top_k=retrieval_top_k,
         raw_prompt=raw_prompt,
         channel=channel,
+        priority=priority_pb(priority),
     )
+
+
+PRIORITIES = {"interactive": pb.PRIORITY_INTERACTIVE, "default": pb.PRIORITY_DEFAULT, "bulk": pb.PRIORITY_BULK}
+
+
+def priority_pb(name: str | None) -> pb.Priority.ValueType:
+    """A priority class's name as the proto's enum (ValueError for another name)."""
+    if name is None:
+        return pb.PRIORITY_UNSPECIFIED
+    if name not in PRIORITIES:
+        raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {name!r}")
+    return PRIORITIES[name]
 
 
 def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:

@@ -132,6 +132,13 @@ class VLLMConfig:
         choices=("compact", "any"),
         commands=SERVER_COMMANDS,
     )
+    scheduling_policy: str = option(
+        "priority",
+        "vLLM: order of its own waiting queue and its preemption victims: priority (by each request's class, "
+        "then arrival; see docs/operations.md) or fcfs",
+        choices=("priority", "fcfs"),
+        commands=SERVER_COMMANDS,
+    )
     distributed_executor_backend: str | None = option(
         None, "vLLM: mp or ray (ray for multi-node)", choices=("mp", "ray"), commands=SERVER_COMMANDS
     )

@@ -193,7 +193,7 @@ class GenerateService:
         final = None
         ended = "abort"  # what to record when no final message went out: abort (client gone), timeout, error
         try:
-            outputs = self.engine.generate(built.ids, options, engine_id, plan.adapter)
+            outputs = self.engine.generate(built.ids, options, engine_id, plan.adapter, int(admitted.priority))
             async with contextlib.aclosing(outputs):
                 async for out in outputs:
                     new_tokens = out.completion_tokens - choices.choices[out.index].completion_tokens

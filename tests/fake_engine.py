@@ -68,6 +68,7 @@ class FakeEngine:
     adapters: Sequence[Adapter] = ()
     aborted: list[str] = field(default_factory=list)
     seen: list[tuple[list[int], SamplingOptions, str | None]] = field(default_factory=list)
+    priorities: list[int] = field(default_factory=list)  # each request's class, as the engine got it
     dead: bool = False
     running: int = 0
 
@@ -96,11 +97,17 @@ class FakeEngine:
         self._aborts.setdefault(request_id, asyncio.Event()).set()
 
     async def generate(
-        self, prompt_ids: list[int], options: SamplingOptions, request_id: str, adapter: str | None = None
+        self,
+        prompt_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        adapter: str | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[EngineOutput]:
         if self.dead:
             raise EngineDeadError("the fake engine died")
         self.seen.append((prompt_ids, options, adapter))
+        self.priorities.append(priority)
         aborted = self._aborts.setdefault(request_id, asyncio.Event())
         words = self.answer.split()
         if options.ignore_eos:

@@ -23,6 +23,7 @@ from chatllm.bridge.answer.relay import relay, request_id
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.legacy.request import LegacyRequest, from_http_body
 from chatllm.bridge.middleware import upstream_authorization
+from chatllm.bridge.priority import apply_header
 from chatllm.bridge.state import CONFIG, STATE, UPSTREAM
 
 
@@ -95,6 +96,7 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     rid = request_id(request.headers.get("X-Request-Id"))
     protocol = "sse" if stream and wants_sse else "http"
     grpc_request = legacy.to_generate_request("http", rid, history)
+    apply_header(grpc_request, request.headers)
     authorization = upstream_authorization(request)
     updates = relay(request.app[UPSTREAM], grpc_request, protocol, authorization, request.app[STATE].calls)
     delta = (legacy.stream_mode or config.bridge.legacy_stream) == "delta"

@@ -3,7 +3,7 @@
 JSON fields: prompt, system_prompt, history [[q, a], ...], max_new_tokens,
 use_stream_chat, temperature, top_k, top_p, do_sample, use_cache, stop, langchain
 (+ kb: which knowledge base, default "default"). Extensions: ignore_eos, seed,
-repetition_penalty, model, stream_mode, stream_format. Unknown fields are ignored (the
+repetition_penalty, model, stream_mode, stream_format, priority. Unknown fields are ignored (the
 protocol's rule); a wrong type is a 400 naming the field. `use_cache` is accepted and
 ignored: it was a transformers `generate()` flag (reuse the KV cache while decoding),
 which every engine here always does, so it has nothing to switch.
@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from chatllm.bridge.errors import bad_request
 from chatllm.bridge.field_types import Count, LegacyBoolean, Number, Seed, String, StringList, TopK
+from chatllm.bridge.priority import PriorityClass, priority_pb
 from chatllm.bridge.validation import check_depth, decode_json, parse, reject_lone_surrogates
 from chatllm.proto import pb
 
@@ -84,6 +85,7 @@ class LegacyRequest(BaseModel):
     ignore_eos: LegacyBoolean | None = None
     seed: Seed | None = None
     repetition_penalty: Number | None = None
+    priority: PriorityClass | None = None
 
     @property
     def stream(self) -> bool | None:
@@ -130,6 +132,7 @@ class LegacyRequest(BaseModel):
             knowledge_base=self.knowledge_base or "",
             channel=channel,
             model=self.model or "",
+            priority=priority_pb(self.priority),
         )
 
 

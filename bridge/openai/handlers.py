@@ -29,6 +29,7 @@ from chatllm.bridge.openai.request import (
     TokenizeRequest,
 )
 from chatllm.bridge.openai.shapes import ChatShape, CompletionShape, OpenAIStream, Shape, whole_body
+from chatllm.bridge.priority import apply_header
 from chatllm.bridge.state import CONFIG, STATE, UPSTREAM
 from chatllm.bridge.validation import json_object, parse
 from chatllm.proto import pb
@@ -95,6 +96,7 @@ async def _complete(
         raise errors.from_rpc(exc) from None
     envelope = {"id": f"{shape.id_prefix}-{rid}", "created": int(time.time()), "model": model}
     generate = body.to_generate_request(rid)
+    apply_header(generate, request.headers)
     updates = relay(upstream, generate, "openai", authorization, request.app[STATE].calls)
     headers = {"X-Request-Id": rid}
     if not body.stream:

@@ -42,6 +42,7 @@ from chatllm.bridge.openai.request_parts import (
     structured_output,
     tool_choice_pb,
 )
+from chatllm.bridge.priority import SERVICE_TIERS, PriorityClass, priority_pb
 from chatllm.bridge.validation import FieldProblem
 from chatllm.proto import pb
 
@@ -97,6 +98,7 @@ class SamplingFields(Strict):
     logit_bias: dict[str, Number] | None = Field(None, description="token id (as a string) -> bias, -100 to 100")
     user: String | None = Field(None, description="the end user's id, kept in the history export")
     response_format: ResponseFormat | None = None
+    priority: PriorityClass | None = None
     # vLLM's extensions
     top_k: TopK | None = None
     min_p: Number | None = None
@@ -210,7 +212,9 @@ class ChatCompletionRequest(SamplingFields):
     metadata: dict[str, String] | None = Field(None, description="your tags, kept in the history export")
     safety_identifier: String | None = Field(None, description="as `user`: kept in the history export")
     store: Literal[False] | None = Field(None, description="only false (use the server's --export-history-path)")
-    service_tier: Literal["auto", "default"] | None = Field(None, description="one tier: auto and default only")
+    service_tier: Literal["auto", "default", "priority", "flex"] | None = Field(
+        None, description="`priority`: the interactive class, `flex`: bulk (see `priority`, which wins over it)"
+    )
     modalities: list[Literal["text"]] | None = Field(None, description="text only")
     audio: Any = Field(None, description=REFUSED_FIELD)
     functions: Any = Field(None, description=REFUSED_FIELD)
@@ -256,6 +260,9 @@ class ChatCompletionRequest(SamplingFields):
             chat_template_kwargs=template_kwargs if kwargs else None,
             user=self.user or self.safety_identifier or "",
             metadata=self.metadata or {},
+            priority=priority_pb(
+                self.priority if self.priority is not None else SERVICE_TIERS[self.service_tier or "auto"]
+            ),
         )
 
     def client_field(self, server_field: str) -> str:
@@ -309,6 +316,7 @@ class CompletionRequest(SamplingFields):
             model=self.model or "",
             structured_output=self.structured_output_pb(),
             user=self.user or "",
+            priority=priority_pb(self.priority),
         )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -28,6 +29,7 @@ from chatllm.bridge.answer.relay import InFlightCalls, relay, request_id
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.legacy.request import from_text_or_json
 from chatllm.bridge.middleware import upstream_authorization
+from chatllm.bridge.priority import apply_header, header_priority
 from chatllm.bridge.settings import BridgeSettings
 from chatllm.bridge.state import CONFIG, STATE, UPSTREAM
 from chatllm.bridge.upstream import Upstream
@@ -50,8 +52,10 @@ class WebSocketSession:
         upstream: Upstream,
         authorization: str | None,
         calls: InFlightCalls,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.ws = ws
+        self.headers = headers or {}  # the handshake's: its X-Priority applies to every frame
         self.calls = calls
         self.config = config
         self.upstream = upstream
@@ -120,6 +124,7 @@ class WebSocketSession:
             self.history = self._trim(legacy.history_pairs() or [])
         stream = legacy.stream if legacy.stream is not None else True
         request = legacy.to_generate_request("ws", request_id(None), self.history)
+        apply_header(request, self.headers)
         updates = relay(self.upstream, request, "ws", self.authorization, self.calls)
         encoder: Encoder[str] = (
             EventFrames() if legacy.events else TextFrames(stream, legacy.knowledge_base is not None)
@@ -164,7 +169,8 @@ async def handle_websocket(request: web.Request, page: bool = False) -> web.Stre
         )
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=config.limits.max_body_bytes, compress=False)
     authorization = upstream_authorization(request)
-    session = WebSocketSession(ws, config, request.app[UPSTREAM], authorization, state.calls)
+    header_priority(request.headers)  # a bad X-Priority is refused at the handshake, not on each frame
+    session = WebSocketSession(ws, config, request.app[UPSTREAM], authorization, state.calls, request.headers)
     state.websockets.add(session)  # before the first await, so the limit cannot be overshot
     metrics.WEBSOCKET_CONNECTIONS.inc()
     try:

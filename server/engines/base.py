@@ -94,10 +94,18 @@ class Engine(Protocol):
     adapters: Sequence[Adapter]  # LoRA adapters loaded at start-up
 
     def generate(
-        self, prompt_ids: list[int], options: SamplingOptions, request_id: str, adapter: str | None = None
+        self,
+        prompt_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        adapter: str | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[EngineOutput]:
         """Stream outputs of every choice; each choice's last has `finish` set. `adapter` names a LoRA
-        adapter the engine serves (None: the base model). Raises EngineDeadError if the engine is dead."""
+        adapter the engine serves (None: the base model). `priority`: the request's class
+        (chatllm.kernel.priority: lower is more urgent), for an engine that schedules by it (vLLM with
+        --scheduling-policy priority); admission has already served the classes in order. Raises
+        EngineDeadError if the engine is dead."""
         ...
 
     async def abort(self, request_id: str) -> None:

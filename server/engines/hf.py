@@ -232,7 +232,12 @@ class HFEngine:
                     raise EngineDeadError("hf engine stopped while generating") from None
 
     async def generate(
-        self, prompt_ids: list[int], options: SamplingOptions, request_id: str, adapter: str | None = None
+        self,
+        prompt_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        adapter: str | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[EngineOutput]:
         if adapter is not None:  # the server refuses --lora-modules with this backend at start-up
             raise Unsupported("model", "hf", "LoRA adapters need --backend vllm")

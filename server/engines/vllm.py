@@ -226,7 +226,12 @@ class VLLMEngine:
         await self._llm.abort(request_id)
 
     async def generate(
-        self, prompt_ids: list[int], options: SamplingOptions, request_id: str, adapter: str | None = None
+        self,
+        prompt_ids: list[int],
+        options: SamplingOptions,
+        request_id: str,
+        adapter: str | None = None,
+        priority: int = 0,
     ) -> AsyncIterator[EngineOutput]:
         from vllm.exceptions import VLLMValidationError
         from vllm.inputs import TokensPrompt
@@ -242,7 +247,8 @@ class VLLMEngine:
             # aclosing: when our consumer goes away, vLLM's generator is closed at once,
             # which aborts the request in the engine.
             lora = self._loras.request_for(adapter)
-            async with contextlib.aclosing(self._llm.generate(prompt, params, request_id, lora_request=lora)) as outs:
+            answer = self._llm.generate(prompt, params, request_id, lora_request=lora, priority=priority)
+            async with contextlib.aclosing(answer) as outs:
                 async for out in outs:
                     for output in steps.outputs(out):
                         yield output

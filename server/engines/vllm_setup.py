@@ -125,6 +125,7 @@ def build_engine_args(config: Config, source: ModelSource) -> tuple[Any, bool]:
         "enforce_eager": on_cpu if config.vllm.enforce_eager is None else config.vllm.enforce_eager,
         "enable_prefix_caching": config.vllm.enable_prefix_caching,
         "distributed_executor_backend": config.vllm.distributed_executor_backend,
+        "scheduling_policy": config.vllm.scheduling_policy,
         # Our own stat logger only: the default ones log every few seconds and register
         # `vllm:*` Prometheus metrics next to ours.
         "disable_log_stats": True,

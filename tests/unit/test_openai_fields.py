@@ -46,7 +46,7 @@ CHAT_SAMPLES: dict[str, tuple[Any, str]] = {
 # Fields whose allowed values mean "the default" (nothing to change): the other values are refused.
 CHAT_DEFAULT_ONLY: dict[str, tuple[Any, Any]] = {
     "store": (False, True),
-    "service_tier": ("default", "priority"),
+    "service_tier": ("default", "scale"),
     "modalities": (["text"], ["text", "audio"]),
 }
 STREAMING = ("stream", "stream_options")  # shape the response, checked through the stack

@@ -150,15 +150,19 @@ def test_engine_args_on_cpu_map_our_flags(tmp_path: Path) -> None:
     assert on_cpu and args.enforce_eager and args.enable_prefix_caching
     assert args.dtype == "float32" and args.max_model_len == 2048 and args.max_num_seqs == 8
     assert args.kv_cache_memory_bytes == int(1.5 * 1024**3)
-    assert args.served_model_name == "m" and args.disable_log_stats
+    assert args.served_model_name == "m" and args.disable_log_stats and args.scheduling_policy == "priority"
     args, _ = build_engine_args(
         Config.build(
-            precision="bf16", enforce_eager=False, enable_prefix_caching=False, distributed_executor_backend="mp"
+            precision="bf16",
+            enforce_eager=False,
+            enable_prefix_caching=False,
+            distributed_executor_backend="mp",
+            scheduling_policy="fcfs",
         ),
         source,
     )
     assert args.dtype == "bfloat16" and not args.enforce_eager and not args.enable_prefix_caching
-    assert args.distributed_executor_backend == "mp"
+    assert args.distributed_executor_backend == "mp" and args.scheduling_policy == "fcfs"
 
 
 @pytest.mark.skipif(vllm_build() != "cpu", reason="needs the vLLM CPU build")
