@@ -1,4 +1,4 @@
-"""The `chatllm` command: serve, server, bridge, chat, ingest, kb, models, info.
+"""The `chatllm` command: serve, server, bridge, chat, ingest, kb, models, info, usage.
 
 The command line is the composition root: the only package that imports both the server and the
 bridge (`serve`). Each group of subcommands lives in its own module with a `register(subparsers)`
@@ -11,10 +11,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from chatllm.clients.cli import chat, kb, serve
+from chatllm.clients.cli import chat, kb, serve, usage
 from chatllm.kernel.tls import CertificateError
 
-COMMAND_MODULES = [serve, chat, kb]
+COMMAND_MODULES = [serve, chat, kb, usage]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,6 +68,9 @@ def register(subparsers: Any) -> None:
     chat.add_argument("--kb", default=None, help="answer from this knowledge base")
     chat.add_argument("--sources", action="store_true", help="print the knowledge-base sources after the answer")
     chat.add_argument("--stats", action="store_true", help="print usage and timings to stderr")
+    chat.add_argument(
+        "--priority", choices=("interactive", "default", "bulk"), help="priority class (within the token's ceiling)"
+    )
     add_target_arguments(chat)
     chat.set_defaults(handler=run_chat)
 
@@ -97,7 +100,14 @@ def run_chat(args: argparse.Namespace) -> int:
         "top_p": args.top_p,
     }
     with open_client(args, args.timeout) as client:
-        call = client.stream(prompt, system_prompt=args.system, knowledge_base=args.kb, channel="cli", **sampling)
+        call = client.stream(
+            prompt,
+            system_prompt=args.system,
+            knowledge_base=args.kb,
+            channel="cli",
+            priority=args.priority,
+            **sampling,
+        )
         final = None
         try:
             for response in call:
