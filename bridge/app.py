@@ -8,7 +8,7 @@ import grpc
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from chatllm.bridge import health, openapi, web_page
+from chatllm.bridge import health, openapi, usage, web_page
 from chatllm.bridge.anthropic import handlers as anthropic
 from chatllm.bridge.channel import channel_credentials
 from chatllm.bridge.cors import add_cors_headers
@@ -69,6 +69,7 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/tokenize", openai_api.tokenize, name="tokenize")
     router.add_post("/detokenize", openai_api.detokenize, name="detokenize")
     knowledge_base.add_routes(router)  # /api/kb/...: before the catch-alls below
+    usage.add_routes(app)  # /api/usage
     web_page.add_routes(app)  # /api/info, /api/chat, /static/
     router.add_get("/{tail:.*}", root, name="root")
     router.add_post("/{tail:.*}", legacy.handle_post, name="legacy")

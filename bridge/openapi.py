@@ -62,6 +62,7 @@ from chatllm.bridge.openapi_paths import (
 from chatllm.bridge.responses.openapi import responses_paths
 from chatllm.bridge.responses.request import ResponseCreateRequest
 from chatllm.bridge.responses.schemas import RESPONSE_MODELS
+from chatllm.bridge.usage import UsageReport
 from chatllm.bridge.web_page import Info
 
 REQUESTS: tuple[type[BaseModel], ...] = (
@@ -92,6 +93,7 @@ RESPONSES: tuple[type[BaseModel], ...] = (
     Info,
     Alive,
     Readiness,
+    UsageReport,
 )
 UPLOAD_FORM: Schema = {
     "type": "object",

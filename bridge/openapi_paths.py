@@ -295,7 +295,31 @@ def knowledge_base_paths() -> dict[str, Any]:
 
 def operations_paths() -> dict[str, Any]:
     plain = {"text/plain": {"schema": {"type": "string"}}}
+    day = {"in": "query", "required": False, "schema": {"type": "string", "format": "date"}}
     return {
+        "/api/usage": {
+            "get": operation(
+                "usage",
+                "operations",
+                "Tokens used per token name, model and UTC day, from the state store (admin tokens only)",
+                {
+                    "200": {"description": "the usage", "content": json_body(ref("UsageReport"))},
+                    **errors(400, 401, 403, 503),
+                },
+                security=TOKEN,
+                parameters=[
+                    {**day, "name": "start", "description": "first UTC day, YYYY-MM-DD (default: unbounded)"},
+                    {**day, "name": "end", "description": "last UTC day, YYYY-MM-DD (default: unbounded)"},
+                    {
+                        "in": "query",
+                        "name": "token",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "only this token name",
+                    },
+                ],
+            )
+        },
         "/healthz": {
             "get": operation(
                 "liveness",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from chatllm.kernel.state.failure import StoreUnavailable
 from chatllm.kernel.state.limits import utc_day
-from chatllm.kernel.state.usage import Usage, UsageLedger
+from chatllm.kernel.state.usage import Usage, UsageLedger, parse_day
 from chatllm.proto import pb
 from chatllm.server import metrics
 from chatllm.server.errors import InvalidArgument, NotReady, Reason
@@ -56,8 +56,11 @@ async def usage_report(ledger: UsageLedger, request: pb.GetUsageRequest) -> pb.G
     """GetUsage: the ledger's rows for the asked days and token."""
     for name in ("start", "end"):
         day = getattr(request, name)
-        if day and not _is_day(day):
-            raise InvalidArgument(name, "a UTC day as YYYY-MM-DD")
+        try:
+            if day:
+                parse_day(day)
+        except ValueError as exc:
+            raise InvalidArgument(name, str(exc)) from None
     try:
         rows = await ledger.report(request.start or None, request.end or None, request.token or None)
     except StoreUnavailable:
@@ -75,11 +78,3 @@ async def usage_report(ledger: UsageLedger, request: pb.GetUsageRequest) -> pb.G
         for row in rows
     ]
     return pb.GetUsageResponse(records=records, state_store=ledger.store.location.description)
-
-
-def _is_day(text: str) -> bool:
-    try:
-        time.strptime(text, "%Y-%m-%d")
-    except ValueError:
-        return False
-    return len(text) == 10

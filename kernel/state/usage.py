@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -180,6 +181,17 @@ class UsageLedger:
         if not self._schema_ready:
             await self.store.sqlite_call("usage", lambda db: db.execute(SCHEMA))
             self._schema_ready = True
+
+
+def parse_day(text: str) -> str:
+    """A UTC day as YYYY-MM-DD (ValueError otherwise): the bounds of a usage report."""
+    try:
+        time.strptime(text, "%Y-%m-%d")
+    except ValueError:
+        raise ValueError("a UTC day as YYYY-MM-DD") from None
+    if len(text) != 10:
+        raise ValueError("a UTC day as YYYY-MM-DD")
+    return text
 
 
 def _add_row(db: sqlite3.Connection, usage: Usage) -> None:

@@ -77,7 +77,7 @@ async def test_a_cancelled_stream_is_charged_what_it_consumed(store: StateStore)
     caller = Caller("carol", "c-token", TokenLimits(tpm=1000))
     received = 0
     async with contextlib.aclosing(svc.stream(request(), caller)) as stream:
-        async for response in stream:
+        async for _ in stream:
             received += 1
             if received == 2:
                 break  # the client goes away after two tokens

@@ -118,7 +118,9 @@ async def test_a_waiting_interactive_request_overtakes_queued_bulk(stack: Stack,
     running = asyncio.create_task(ask("running", PAGE, "default"))
     await stack.wait_engine_busy(5, PAGE)
     bulk = [asyncio.create_task(ask(f"bulk-{n}", BATCH, "bulk")) for n in range(3)]
-    while (await stack.server_info(PAGE)).waiting_requests < 3:
+    for _ in range(500):  # until the three wait behind it (5 s at most)
+        if (await stack.server_info(PAGE)).waiting_requests >= 3:
+            break
         await asyncio.sleep(0.01)
     chat = asyncio.create_task(ask("chat", PAGE, "interactive"))
     await asyncio.gather(running, chat, *bulk)
