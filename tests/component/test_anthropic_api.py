@@ -160,3 +160,11 @@ async def test_an_unknown_model_is_anthropics_404(fake_stack: Stack) -> None:
         fake_stack, {"model": "claude-opus-9", "messages": BASE["messages"]}, "/v1/messages/count_tokens"
     )
     assert status == 404 and error["error"]["type"] == "not_found_error"
+
+
+async def test_langchain_anthropic_reads_the_messages(fake_stack: Stack, engine: FakeEngine) -> None:
+    from langchain_anthropic import ChatAnthropic
+
+    llm = ChatAnthropic(base_url=fake_stack.http_url, api_key="unused", model=FAKE_MODEL, max_tokens=64, max_retries=0)  # type: ignore[call-arg]
+    assert (await llm.ainvoke("hello")).text == ANSWER
+    assert "".join([chunk.text async for chunk in llm.astream("hello")]) == ANSWER

@@ -242,3 +242,29 @@ async def test_a_chain_continues_through_another_bridge_on_a_shared_redis(
             chained = {"input": "go on", "previous_response_id": first["id"]}
             status, _ = await call(url, "POST", "/v1/responses", chained)
             assert status == 200 and "my name is Ann" in last_prompt(engine)
+
+
+async def test_the_agents_sdk_and_langchain_read_the_responses(stack: Stack) -> None:
+    """Their parsing of the whole response and of the stream, without a model (the tools: the contract tests)."""
+    import openai
+    from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, set_tracing_disabled
+    from langchain_openai import ChatOpenAI
+
+    set_tracing_disabled(True)  # traces would go to OpenAI's servers
+    async with openai.AsyncOpenAI(base_url=stack.http_url + "/v1", api_key="unused", max_retries=0) as client:
+        model = OpenAIResponsesModel(model=FAKE_MODEL, openai_client=client)
+        agent = Agent(name="a", instructions="be brief", model=model, model_settings=ModelSettings(temperature=0))
+        assert (await Runner.run(agent, "hello")).final_output == ANSWER
+        streamed = Runner.run_streamed(agent, "hello")
+        deltas = [e.data.delta async for e in streamed.stream_events() if e.type == "raw_response_event"
+                  and e.data.type == "response.output_text.delta"]  # fmt: skip
+        assert "".join(deltas) == streamed.final_output == ANSWER
+    llm = ChatOpenAI(
+        base_url=stack.http_url + "/v1",
+        api_key="unused",
+        model=FAKE_MODEL,
+        max_retries=0,
+        use_responses_api=True,  # type: ignore[arg-type]
+    )
+    assert (await llm.ainvoke("hello")).text == ANSWER
+    assert "".join([chunk.text async for chunk in llm.astream("hello")]) == ANSWER
