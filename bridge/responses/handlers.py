@@ -4,11 +4,13 @@ POST /v1/responses/{id}/cancel, GET /v1/responses/{id}/input_items.
 A request becomes one Generate call through the answer pipeline (chatllm.bridge.answer), like
 /v1/chat/completions: its conversation is the stored chain of `previous_response_id` (inputs and
 outputs, tool calls and their outputs included) followed by its own input. Stored responses live
-in the response store (store.py), so any bridge on the same state store can continue or read them.
+in the response store (store.py), so any bridge on the same state store can continue or read them;
+only with the token that stored them (`owner`): another token's responses are a 404.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -26,12 +28,22 @@ from chatllm.bridge.responses.service import ResponsesService
 from chatllm.bridge.responses.shapes import ResponseMeta
 from chatllm.bridge.responses.store import open_response_store
 from chatllm.bridge.responses.stream import ResponsesStream
-from chatllm.bridge.state import CONFIG, STATE, STATE_STORE, UPSTREAM
+from chatllm.bridge.state import CALLER, CONFIG, STATE, STATE_STORE, UPSTREAM
 from chatllm.bridge.validation import json_object, parse
 
 RESPONSES = web.AppKey("responses", ResponsesService)
 INPUT_ITEMS_DEFAULT_LIMIT = 20
 INPUT_ITEMS_MAX_LIMIT = 100
+
+
+def owner(request: web.Request) -> str:
+    """Whose responses a request may read and continue: the name of the token the bridge accepted; when the
+    bridge checks none (the servers do), a digest of the credential presented; "" with no credential."""
+    caller = request.get(CALLER)
+    if caller is not None:
+        return f"token:{caller.name}"
+    presented = upstream_authorization(request)
+    return "digest:" + hashlib.sha256(presented.encode()).hexdigest() if presented else ""
 
 
 def _service(request: web.Request) -> ResponsesService:
@@ -43,7 +55,8 @@ def _service(request: web.Request) -> ResponsesService:
 async def create(request: web.Request) -> web.StreamResponse:
     service = _service(request)
     body = parse(ResponseCreateRequest, json_object(await request.read()))
-    earlier = await service.conversation(body.previous_response_id) if body.previous_response_id else []
+    who = owner(request)
+    earlier = await service.conversation(body.previous_response_id, who) if body.previous_response_id else []
     input_items = [item_json(item) for item in body.input_items()]
     rid = request_id(request.headers.get("X-Request-Id"))
     upstream, authorization = request.app[UPSTREAM], upstream_authorization(request)
@@ -51,20 +64,20 @@ async def create(request: web.Request) -> web.StreamResponse:
         model = body.model or await upstream.model_id(authorization)
     except grpc.aio.AioRpcError as exc:
         raise errors.from_rpc(exc) from None
-    meta = ResponseMeta(body, model)
+    meta = ResponseMeta(body, model, who)
     generate = body.to_generate_request(rid, to_messages([*earlier, *input_items]))
     updates = relay(upstream, generate, "responses", authorization, request.app[STATE].calls)
     headers = {"X-Request-Id": rid}
     if body.background:
         queued = meta.response("queued")
-        await service.save(queued, input_items)
+        await service.save(queued, input_items, who)
         service.start_background(meta, input_items, updates, body.client_field)
         return web.json_response(queued, headers=headers)
     if body.stream:
         return await _stream(request, service, meta, input_items, updates, headers)
     response = meta.finished(await whole_answer(updates, body.client_field))
     if body.stored:
-        await service.keep(response, input_items)
+        await service.keep(response, input_items, who)
     return web.json_response(response, headers=headers)
 
 
@@ -83,7 +96,7 @@ async def _stream(
         if encoder.result is not None:
             if meta.body.stored:
                 try:
-                    await service.keep(encoder.result, input_items)
+                    await service.keep(encoder.result, input_items, meta.owner)
                 except ApiError as err:  # --state-store-failure closed: the answer fails with the store
                     await sink.send(encoder.failure(err))
             await sink.send([encoder.last_event()])
@@ -95,18 +108,18 @@ async def _stream(
 
 async def retrieve(request: web.Request) -> web.Response:
     _no_query(request)
-    record = await _service(request).load(request.match_info["response_id"])
+    record = await _service(request).load(request.match_info["response_id"], owner(request))
     return web.json_response(record["response"])
 
 
 async def delete(request: web.Request) -> web.Response:
     response_id = request.match_info["response_id"]
-    await _service(request).delete(response_id)
+    await _service(request).delete(response_id, owner(request))
     return web.json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
 
 async def cancel(request: web.Request) -> web.Response:
-    return web.json_response(await _service(request).cancel(request.match_info["response_id"]))
+    return web.json_response(await _service(request).cancel(request.match_info["response_id"], owner(request)))
 
 
 async def input_items(request: web.Request) -> web.Response:
@@ -121,7 +134,7 @@ async def input_items(request: web.Request) -> web.Response:
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
         raise errors.bad_request("order", "must be asc or desc")
-    items = (await _service(request).load(request.match_info["response_id"]))["input"]
+    items = (await _service(request).load(request.match_info["response_id"], owner(request)))["input"]
     if order == "desc":
         items = items[::-1]
     after = query.get("after")

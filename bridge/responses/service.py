@@ -48,39 +48,41 @@ class ResponsesService:
         except StoreUnavailable as exc:  # counted and logged by the state store
             raise errors.unavailable(f"the response store: {exc}", "state_store_unavailable") from None
 
-    async def load(self, response_id: str) -> Record:
+    async def load(self, response_id: str, owner: str) -> Record:
+        """The record, when `owner` stored it: another token's response does not exist for this one."""
         record = await self._guarded(lambda: self.store.get(response_id))
-        if record is None:
+        if record is None or record.get("owner", "") != owner:
             raise not_found(response_id)
         return record
 
-    async def save(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
-        record = {"response": response, "input": input_items}
+    async def save(self, response: dict[str, Any], input_items: list[dict[str, Any]], owner: str) -> None:
+        record = {"response": response, "input": input_items, "owner": owner}
         await self._guarded(lambda: self.store.put(response["id"], record))
 
-    async def keep(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
+    async def keep(self, response: dict[str, Any], input_items: list[dict[str, Any]], owner: str) -> None:
         """Store an answer already generated: with --state-store-failure open, a store that cannot be
         reached does not cost the client its answer (the response just cannot be retrieved or chained)."""
         try:
-            await self.save(response, input_items)
+            await self.save(response, input_items, owner)
         except ApiError:
             if self.fail_closed:
                 raise
 
-    async def delete(self, response_id: str) -> None:
+    async def delete(self, response_id: str, owner: str) -> None:
+        await self.load(response_id, owner)
         if not await self._guarded(lambda: self.store.delete(response_id)):
             raise not_found(response_id)
         task = self.background.get(response_id)
         if task is not None:
             task.cancel()
 
-    async def conversation(self, previous_id: str) -> list[dict[str, Any]]:
+    async def conversation(self, previous_id: str, owner: str) -> list[dict[str, Any]]:
         """The items of the chain that ends with `previous_id`, oldest first (inputs, then outputs)."""
         chain: list[Record] = []
         next_id: str | None = previous_id
         while next_id and len(chain) < MAX_CHAIN:
             record = await self._guarded(lambda i=next_id: self.store.get(i))  # type: ignore[misc]
-            if record is None:
+            if record is None or record.get("owner", "") != owner:
                 why = "not found" if next_id == previous_id else f"{next_id!r}, earlier in its chain, is gone"
                 raise errors.bad_request(
                     "previous_response_id", f"{previous_id!r}: {why}", code="previous_response_not_found"
@@ -108,7 +110,7 @@ class ResponsesService:
         assert task is not None
         watcher = asyncio.create_task(self._watch_for_cancel(meta.id, task))
         try:
-            await self.save(meta.response("in_progress"), input_items)
+            await self.save(meta.response("in_progress"), input_items, meta.owner)
             try:
                 response = meta.finished(await whole_answer(updates, client_field))
             except ApiError as err:
@@ -126,7 +128,7 @@ class ResponsesService:
             if current is not None and current["response"]["status"] == "cancelled":
                 return  # cancelled meanwhile (perhaps through another bridge): that stays
             if current is not None or response["status"] != "cancelled":
-                await self.save(response, input_items)
+                await self.save(response, input_items, meta.owner)
 
     async def _watch_for_cancel(self, response_id: str, task: asyncio.Task[None]) -> None:
         while True:
@@ -137,14 +139,14 @@ class ResponsesService:
                     task.cancel()
                     return
 
-    async def cancel(self, response_id: str) -> dict[str, Any]:
-        record = await self.load(response_id)
+    async def cancel(self, response_id: str, owner: str) -> dict[str, Any]:
+        record = await self.load(response_id, owner)
         response = record["response"]
         if not response.get("background"):
             raise errors.bad_request("response_id", "only responses created with background: true can be cancelled")
         if response["status"] in UNFINISHED:
             response["status"] = "cancelled"
-            await self.save(response, record["input"])
+            await self.save(response, record["input"], owner)
             task = self.background.get(response_id)
             if task is not None:
                 task.cancel()

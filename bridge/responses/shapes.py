@@ -35,6 +35,7 @@ class ResponseMeta:
 
     body: ResponseCreateRequest
     model: str
+    owner: str = ""  # whose token stored it (handlers.owner)
     id: str = field(default_factory=lambda: new_id("resp"))
     created_at: int = field(default_factory=lambda: int(time.time()))
     ids: ItemIds = field(default_factory=ItemIds)

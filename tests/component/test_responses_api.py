@@ -268,3 +268,24 @@ async def test_the_agents_sdk_and_langchain_read_the_responses(stack: Stack) -> 
     )
     assert (await llm.ainvoke("hello")).text == ANSWER
     assert "".join([chunk.text async for chunk in llm.astream("hello")]) == ANSWER
+
+
+async def test_a_stored_response_belongs_to_the_token_that_made_it(engine: FakeEngine, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice:token-a\nbob:token-b\n")
+    async with serving_stack(fake_config(tmp_path, token_file=str(tokens)), engine) as stack:
+
+        async def as_(token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:
+                async with session.request(method, stack.http_url + path, json=body) as reply:
+                    return reply.status, await reply.json()
+
+        _, made = await as_("token-a", "POST", "/v1/responses", {"input": "secret plans"})
+        path = f"/v1/responses/{made['id']}"
+        assert (await as_("token-b", "GET", path))[0] == 404
+        assert (await as_("token-b", "GET", path + "/input_items"))[0] == 404
+        assert (await as_("token-b", "DELETE", path))[0] == 404
+        chained = {"input": "go on", "previous_response_id": made["id"]}
+        assert (await as_("token-b", "POST", "/v1/responses", chained))[0] == 400
+        assert (await as_("token-a", "POST", "/v1/responses", chained))[0] == 200
+        assert (await as_("token-a", "GET", path)) == (200, made)
