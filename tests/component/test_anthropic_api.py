@@ -168,3 +168,24 @@ async def test_langchain_anthropic_reads_the_messages(fake_stack: Stack, engine:
     llm = ChatAnthropic(base_url=fake_stack.http_url, api_key="unused", model=FAKE_MODEL, max_tokens=64, max_retries=0)  # type: ignore[call-arg]
     assert (await llm.ainvoke("hello")).text == ANSWER
     assert "".join([chunk.text async for chunk in llm.astream("hello")]) == ANSWER
+
+
+DEEP = "[" * 200_000 + "]" * 200_000
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/messages", '{"model": "m", "max_tokens": 4, "messages": ' + DEEP + "}"),
+        ("/v1/messages/count_tokens", '{"model": "m", "messages": [{"role": "user", "content": "\\udc80"}]}'),
+        ("/v1/responses", '{"input": ' + DEEP + "}"),
+        ("/v1/responses", '{"input": "\\udc80"}'),
+    ],
+)
+async def test_hostile_json_is_a_400_naming_the_body(fake_stack: Stack, path: str, body: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.post(fake_stack.http_url + path, data=body) as reply:
+            status, error = reply.status, await reply.json()
+    assert status == 400
+    message = error["error"]["message"]
+    assert message.startswith("body: ") and ("nested deeper" in message or "surrogate" in message)
