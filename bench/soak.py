@@ -3,6 +3,9 @@
 Phases, in one run against the same stack (`chatllm serve` with the knowledge base):
 1. N mid-stream disconnects (NUL stream, SSE, WebSocket close 1000, gRPC cancel, gRPC
    deadline), then the engine's running + waiting requests  -> leaked engine requests;
+   then, one at a time, disconnects per protocol (HTTP JSON, NUL stream, SSE, OpenAI SSE,
+   WebSocket, gRPC) and during a long prefill (bench/disconnect.py)  -> disconnect-to-abort
+   latency p99, tokens decoded after the disconnect, engine failures;
 2. 5x overload: the server filled to --max-concurrent + --max-queue with long streams, then
    4x that many more requests (HTTP and gRPC) in waves  -> refused count, refusal latency
    p99 (client side), hung requests, accepted ones all answered;
@@ -11,7 +14,8 @@ Phases, in one run against the same stack (`chatllm serve` with the knowledge ba
 4. kill -9 during an ingest, restart on the same database (K times)  -> partial documents;
 5. SIGTERM under 32 streams (NUL, WebSocket, gRPC)  -> completed vs dropped, exit code.
 
-Targets: 0 leaked, 0 hung, refusal p99 < 50 ms, 0 5xx, 0 partial, 0 dropped, exit 0.
+Targets: 0 leaked, disconnect-to-abort p99 <= 100 ms with <= 2 tokens decoded after it and 0 engine
+failures, 0 hung, refusal p99 < 50 ms, 0 5xx, 0 partial, 0 dropped, exit 0.
 Exits 1 when one is missed. `--quick` is the short version the test suite runs.
 
     .venv/bin/python bench/soak.py [--backend vllm|hf] [--quick] [--no-record]
@@ -40,6 +44,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import disconnect
 from bench import soak_load as load
 from bench.common import REPO, ChatllmSubprocess, markdown_table, percentile, write_results
 from chatllm.clients import AsyncChatClient
@@ -63,6 +68,8 @@ class Plan:
     max_queue: int = 24  # capacity 32: the SIGTERM phase's 32 streams are all admitted
     drain_streams: int = 32
     overload_factor: int = 5
+    abort_rounds: int = 2  # disconnects per protocol, measured one at a time
+    prefill_disconnects: int = 10
 
     @property
     def capacity(self) -> int:
@@ -70,7 +77,9 @@ class Plan:
 
 
 QUICK = Plan(disconnects=10, fuzzed=60, kills=1, long_tokens=16, drain_tokens=12)
-FULL = Plan(disconnects=100, fuzzed=600, kills=3, long_tokens=48, drain_tokens=64)
+FULL = Plan(
+    disconnects=100, fuzzed=600, kills=3, long_tokens=48, drain_tokens=64, abort_rounds=20, prefill_disconnects=200
+)
 
 
 @dataclass
@@ -92,7 +101,7 @@ class Stack:
         args = [
             "serve", *ENGINE_FLAGS[backend], "--host", "127.0.0.1", "--port", "0", "--grpc-host", "127.0.0.1",
             "--grpc-port", "0", "--data-dir", data_dir, "--knowledge-base", "--milvus-uri", str(db),
-            "--chunk-size", "100", "--chunk-overlap", "10", "--max-model-len", "320", "--temperature", "0",
+            "--chunk-size", "100", "--chunk-overlap", "10", "--max-model-len", "2048", "--temperature", "0",
             "--max-concurrent", str(plan.max_concurrent), "--max-queue", str(plan.max_queue),
             "--request-timeout", "180", "--shutdown-grace", "300",
         ]  # fmt: skip
@@ -150,6 +159,18 @@ async def disconnects(stack: Stack, session: aiohttp.ClientSession, plan: Plan, 
         "mid-stream disconnects", f"{plan.disconnects} ({', '.join(names)})", f"{leaked} leaked engine requests",
         "0 leaked", leaked == 0,
     )  # fmt: skip
+
+
+async def disconnect_to_abort(stack: Stack, session: aiohttp.ClientSession, plan: Plan, report: Report) -> None:
+    """Per protocol: client gone -> engine request dropped, and the tokens decoded in between."""
+    assert stack.client is not None
+    phase = await disconnect.phase(
+        session, stack.url, stack.client, stack.process.log_path, plan.abort_rounds, plan.prefill_disconnects
+    )
+    phase.still_answers = await stack.answers(session)
+    report.values["disconnect_to_abort"] = phase.values()
+    for row in phase.rows():
+        report.add(*row)
 
 
 async def overload(stack: Stack, session: aiohttp.ClientSession, plan: Plan, report: Report) -> None:
@@ -311,6 +332,7 @@ async def soak(backend: str, plan: Plan, data_dir: str, workdir: Path) -> Report
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
             await disconnects(stack, session, plan, report)
+            await disconnect_to_abort(stack, session, plan, report)
             await overload(stack, session, plan, report)
             await fuzz(stack, session, plan, report)
             partial = orphans = interrupted = 0

@@ -231,7 +231,7 @@ class GenerateService:
             timer.cancel()
             outcome = _finish_name(final.finish_reason) if final is not None else ended
             admitted.usage = _usage(plan, choices, admitted, final)
-            record = Record(request_id, admitted.caller.name, built.history_rounds, arrival, outcome)
+            record = Record(request_id, admitted.caller.name, built.history_rounds, arrival, outcome, admitted.usage)
             self._record(request, record, choices.answer(), final)
 
     def _final(
@@ -291,8 +291,8 @@ class GenerateService:
             record.token_name,
             channel,
             reason,
-            usage.prompt_tokens,
-            usage.completion_tokens,
+            record.used.prompt_tokens,
+            record.used.completion_tokens,
             latency,
         )
         if self.history is None:
@@ -334,6 +334,7 @@ class Record:
     rounds: int
     arrival: float
     outcome: str
+    used: RequestUsage  # for an answer cut short: what the engine produced before it was dropped
 
 
 class _TokenClock:

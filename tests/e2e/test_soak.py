@@ -1,5 +1,5 @@
 """The short version of bench/soak.py through a real `chatllm serve` (hf engine): mid-stream
-disconnects, 5x overload, fuzzed inputs, kill -9 during an ingest, SIGTERM under 32 streams.
+disconnects, disconnect-to-abort per protocol and during a long prefill, 5x overload, fuzzed inputs, kill -9 during an ingest, SIGTERM under 32 streams.
 
 Runs the benchmark script as a program (tests do not import bench/) and asserts the counts the soak
 promises (0 leaked, 0 hung, 0 5xx, 0 partial, 0 dropped, exit 0), not the refusal latency: timings live
@@ -21,6 +21,12 @@ async def test_quick_soak_leaks_hangs_fails_and_drops_nothing(
     plan, values = report["plan"], report["values"]
     table = "\n".join(" | ".join(map(str, row)) for row in report["rows"])
     assert values["disconnects"] == {"count": plan["disconnects"], "leaked": 0}, table
+    aborts = values["disconnect_to_abort"]
+    assert aborts["unlogged"] == 0, table  # every client that left was dropped by the server
+    by_protocol = aborts["by_protocol"]
+    assert set(by_protocol) == {"HTTP JSON", "NUL stream", "SSE", "OpenAI SSE", "WebSocket", "gRPC", "during prefill"}
+    assert all(row["engine_failures"] == 0 for row in by_protocol.values()), table
+    assert by_protocol["during prefill"]["count"] == plan["prefill_disconnects"]
 
     overload = values["overload"]
     capacity = plan["max_concurrent"] + plan["max_queue"]
