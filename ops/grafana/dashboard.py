@@ -266,6 +266,42 @@ SECTIONS: list[tuple[str, list[Panel]]] = [
         ],
     ),
     (
+        "Fleet: usage per token and the state store",
+        [
+            Panel(
+                "Tokens used per token name",
+                "Prompt, cached-prompt and completion tokens per second, by the name of the caller's token, "
+                "summed over the server replicas (GET /api/usage has the totals).",
+                [rate_by("chatllm_token_tokens_total", SERVER, "token, kind", "{{token}} {{kind}}")],
+                width=8,
+            ),
+            Panel(
+                "Generate requests per token name",
+                "By status: RESOURCE_EXHAUSTED is a token over its rpm, tpm, streams or daily limit (or a full "
+                "server), UNAVAILABLE includes a closed state store.",
+                [
+                    rate_by(
+                        "chatllm_token_requests_total",
+                        SERVER + ', method="Generate"',
+                        "token, code",
+                        "{{token}} {{code}}",
+                    )
+                ],
+                "reqps",
+                width=8,
+            ),
+            Panel(
+                "State store",
+                "1 while every process reaches the state store (--state-store); operations that could not.",
+                [
+                    (f"min(chatllm_state_store_up{{{BOTH}}})", "up"),
+                    (f"sum(rate(chatllm_state_store_failures_total{{{BOTH}}}[{RATE}])) or vector(0)", "failures/s"),
+                ],
+                width=8,
+            ),
+        ],
+    ),
+    (
         "Knowledge base",
         [
             Panel(

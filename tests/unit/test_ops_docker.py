@@ -70,15 +70,19 @@ def test_every_yaml_file_under_ops_parses() -> None:
         assert documents, f"{path} is empty"
 
 
+SERVERS, BRIDGES = ("server-1", "server-2"), ("bridge-1", "bridge-2")
+
+
 def test_compose_file_is_valid_for_docker_compose(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {"server", "bridge", "prometheus", "grafana", "etcd", "minio", "milvus"}
+    others = {"redis", "prometheus", "grafana", "etcd", "minio", "milvus"}
+    assert set(compose["services"]) == {*SERVERS, *BRIDGES, *others}
 
 
 def test_docker_compose_rejects_a_broken_file(tmp_path: Path) -> None:
     """The validator can fail: an unknown key and a dangling depends_on are errors."""
     text = (OPS / "compose.yaml").read_text()
     broken = tmp_path / "compose.yaml"
-    broken.write_text(text.replace("    stop_grace_period: 45s\n", "    stop_grace_periode: 45s\n", 1))
+    broken.write_text(text.replace("  stop_grace_period: 45s\n", "  stop_grace_periode: 45s\n", 1))
     assert compose_config(broken).returncode != 0
     broken.write_text(text.replace("condition: service_healthy", "condition: service_helthy", 1))
     assert compose_config(broken).returncode != 0
@@ -86,36 +90,48 @@ def test_docker_compose_rejects_a_broken_file(tmp_path: Path) -> None:
 
 def test_compose_commands_are_valid_chatllm_command_lines(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    server, bridge = services["server"]["command"], services["bridge"]["command"]
-    server_config, bridge_config = chatllm_config(server), chatllm_config(bridge)
-    assert server_config.kb.milvus_uri == "http://milvus:19530"  # Milvus standalone, not milvus-lite
-    assert bridge_config.bridge.upstream == f"server:{server_config.server.grpc_port}"
-    assert server_config.history.export_history_path and server_config.history.export_history_path.startswith("/data/")
-    assert {"target": "/data"}.items() <= services["server"]["volumes"][0].items()
+    servers = [chatllm_config(services[name]["command"]) for name in SERVERS]
+    bridges = [chatllm_config(services[name]["command"]) for name in BRIDGES]
+    for name, config in zip(SERVERS, servers, strict=True):
+        assert config.kb.milvus_uri == "http://milvus:19530"  # Milvus standalone, not milvus-lite
+        assert config.history.export_history_path and config.history.export_history_path.startswith("/data/")
+        assert "server" in services[name]["networks"]["default"]["aliases"]
+        assert services[name]["depends_on"]["milvus"]["condition"] == "service_healthy"
+    # Each replica its own data volume (converted models, history files).
+    assert len({services[name]["volumes"][0]["source"] for name in SERVERS}) == len(SERVERS)
+    for name in SERVERS:
+        assert {"target": "/data"}.items() <= services[name]["volumes"][0].items()
+    for config in bridges:  # every bridge in front of every replica (the alias resolves to all of them)
+        assert config.bridge.upstream == f"dns:///server:{servers[0].server.grpc_port}"
+    # One shared state store: limits, usage and stored responses hold for the whole fleet.
+    redis_port = int(services["redis"]["expose"][0])
+    for config in [*servers, *bridges]:
+        assert config.state.state_store == f"redis://redis:{redis_port}/0"
+    assert {p["published"] for name in BRIDGES for p in services[name]["ports"]} == {"8000", "8001"}
     # SIGTERM drains for --shutdown-grace; Docker must not SIGKILL before that is over.
-    for name, config in (("server", server_config), ("bridge", bridge_config)):
+    for name, config in [*zip(SERVERS, servers, strict=True), *zip(BRIDGES, bridges, strict=True)]:
         grace = services[name]["stop_grace_period"]
         assert int(grace.removesuffix("s")) >= config.limits.shutdown_grace + 5, name
-    milvus_depends = services["server"]["depends_on"]["milvus"]["condition"]
-    assert milvus_depends == "service_healthy"
 
 
 def test_compose_healthcheck_asks_the_readiness_service() -> None:
     from chatllm.proto import SERVICE_NAME
 
-    server = yaml.safe_load((OPS / "compose.yaml").read_text())["services"]["server"]
+    server = yaml.safe_load((OPS / "compose.yaml").read_text())["services"][SERVERS[0]]
     snippet = server["healthcheck"]["test"][-1]
     assert f'service="{SERVICE_NAME}"' in snippet and "127.0.0.1:50051" in snippet
 
 
 def test_prometheus_scrapes_the_compose_services_where_they_serve_metrics(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    server = chatllm_config(services["server"]["command"])
-    bridge = chatllm_config(services["bridge"]["command"])
+    server = chatllm_config(services[SERVERS[0]]["command"])
+    bridge = chatllm_config(services[BRIDGES[0]]["command"])
     scrape = yaml.safe_load((OPS / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
-    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in scrape}
-    assert targets["chatllm-server"] == [f"server:{server.server.metrics_port}"]
-    assert targets["chatllm-bridge"] == [f"bridge:{bridge.bridge.port}"]
+    discovered = {job["job_name"]: job["dns_sd_configs"][0] for job in scrape if "dns_sd_configs" in job}
+    assert discovered["chatllm-server"] == {"names": ["server"], "type": "A", "port": server.server.metrics_port}
+    assert discovered["chatllm-bridge"] == {"names": ["bridge"], "type": "A", "port": bridge.bridge.port}
+    for name in BRIDGES:
+        assert "bridge" in services[name]["networks"]["default"]["aliases"]
     mounts = {v["target"]: Path(v["source"]) for v in services["prometheus"]["volumes"] if v["type"] == "bind"}
     assert mounts["/etc/prometheus"] == OPS / "prometheus"
     command = services["prometheus"]["command"]

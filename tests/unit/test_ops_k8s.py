@@ -162,6 +162,21 @@ def test_bridge_reaches_every_replica_through_the_headless_service() -> None:
     assert bridge.bridge.upstream == f"dns:///{service['metadata']['name']}:{grpc_port}"
 
 
+def test_every_replica_and_bridge_share_the_redis_state_store() -> None:
+    service = resource("Service", "chatllm-redis")
+    redis = resource("StatefulSet", "chatllm-redis")
+    pod = redis["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    redis_ports = port_numbers(pod["spec"]["containers"][0])
+    port = service["spec"]["ports"][0]
+    assert redis_ports[port["targetPort"]] == port["port"]
+    assert "--appendonly" in pod["spec"]["containers"][0]["args"]  # usage survives a Redis restart
+    assert resource("Deployment", "chatllm-bridge")["spec"]["replicas"] == 2
+    for deployment in ("chatllm-server", "chatllm-bridge"):
+        config = chatllm_config(container(deployment)["args"])
+        assert config.state.state_store == f"redis://{service['metadata']['name']}:{port['port']}/0", deployment
+
+
 def test_bridge_probes_and_service_use_its_http_port() -> None:
     bridge = container("chatllm-bridge")
     config = chatllm_config(bridge["args"])

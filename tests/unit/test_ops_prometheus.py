@@ -82,10 +82,9 @@ def test_a_typo_in_a_rule_is_caught(tmp_path: Path, mutation: str) -> None:
 
 def test_scrape_jobs_cover_server_and_bridge_on_their_default_ports() -> None:
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
-    targets = {
-        job["job_name"]: [t for static in job["static_configs"] for t in static["targets"]]
-        for job in config["scrape_configs"]
-    }
-    assert targets["chatllm-server"] == ["server:8001"]  # `chatllm server` --metrics-port default
-    assert targets["chatllm-bridge"] == ["bridge:8000"]  # the bridge's HTTP port serves /metrics
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    # Every replica behind one DNS name (compose's network alias), each its own target.
+    server, bridge = jobs["chatllm-server"]["dns_sd_configs"], jobs["chatllm-bridge"]["dns_sd_configs"]
+    assert server == [{"names": ["server"], "type": "A", "port": 8001}]  # `chatllm server` --metrics-port default
+    assert bridge == [{"names": ["bridge"], "type": "A", "port": 8000}]  # the bridge's HTTP port serves /metrics
     assert config["rule_files"] == ["alerts.yml"]
