@@ -1,5 +1,6 @@
 """The short version of bench/soak.py through a real `chatllm serve` (hf engine): mid-stream
-disconnects, disconnect-to-abort per protocol and during a long prefill, 5x overload, fuzzed inputs, kill -9 during an ingest, SIGTERM under 32 streams.
+disconnects, disconnect-to-abort per protocol and during a long prefill, 5x overload, fuzzed inputs,
+kill -9 during an ingest, SIGTERM under 32 streams.
 
 Runs the benchmark script as a program (tests do not import bench/) and asserts the counts the soak
 promises (0 leaked, 0 hung, 0 5xx, 0 partial, 0 dropped, exit 0), not the refusal latency: timings live
