@@ -258,6 +258,18 @@ class HistoryConfig:
 class LimitsConfig:
     max_concurrent: int = option(64, "requests generating at once (0 = engine's limit)", commands=SERVER_COMMANDS)
     max_queue: int = option(256, "requests waiting beyond max_concurrent before refusing", commands=SERVER_COMMANDS)
+    interactive_slots: int = option(
+        4,
+        "slots beyond --max-concurrent that only interactive requests may take, so a chat request starts at once "
+        "even when bulk work fills the server",
+        commands=SERVER_COMMANDS,
+    )
+    fair_share: bool = option(
+        True,
+        "serve waiting requests of one priority class in proportion per token name (virtual token counters, the "
+        "VTC scheduler); --no-fair-share: in arrival order",
+        commands=SERVER_COMMANDS,
+    )
     priority_aging: float = option(
         30.0,
         "seconds of waiting that raise a queued request one priority class (bulk -> default -> interactive), so "

@@ -5,12 +5,15 @@ refused at once (never queued without bound), and a draining server refuses ever
 over its own limits (rpm, tpm, streams, daily tokens: chatllm.kernel.state.limits, fleet-wide with a
 shared state store) is refused before it takes a place in the queue.
 
+`interactive_slots` more slots are kept for the interactive class (as the request asked, within its
+token's ceiling): a chat request starts at once even when bulk work fills every other slot.
+
 When a slot frees, the waiting request served next is the one with the best rank:
 1. its priority class (interactive, default, bulk), raised one class for every `aging` seconds it has
    waited, so a bulk request never starves behind a stream of interactive ones;
 2. within a class, its token's virtual token counter (chatllm.kernel.state.fair_share): the token
    served least so far goes first, so a token with ten streams waiting cannot starve one with one;
-3. then arrival order.
+3. then arrival order (`fair_share` off: arrival order right after the class).
 """
 
 from __future__ import annotations
@@ -85,15 +88,20 @@ class Admission:
         usage: UsageRecorder | None = None,
         aging: float = DEFAULT_AGING_S,
         clock: Callable[[], float] = time.monotonic,
+        interactive_slots: int = 0,
+        fair_share: bool = True,
     ) -> None:
         self.max_concurrent = max_concurrent
         self.max_queue = max_queue
+        self.interactive_slots = interactive_slots
+        self.fair_share = fair_share
         self.limiter = limiter
         self.fair = fair or FairShareCounters()
         self.usage = usage
         self.aging = aging
         self._clock = clock
         self.active = 0
+        self._interactive = 0  # of them, interactive
         self._waiters: list[_Waiter] = []
         self.draining = False
         self._idle = asyncio.Event()
@@ -103,13 +111,22 @@ class Admission:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    def _full(self) -> bool:
-        return self.max_concurrent > 0 and self.active >= self.max_concurrent
+    def _has_room(self, priority: Priority) -> bool:
+        """Whether a request of this class may start now: at most max_concurrent + interactive_slots run,
+        of which at most max_concurrent are not interactive."""
+        if self.max_concurrent <= 0:
+            return True
+        if self.active >= self.max_concurrent + self.interactive_slots:
+            return False
+        return priority is Priority.INTERACTIVE or self.active - self._interactive < self.max_concurrent
 
-    def _refuse_if_full(self) -> None:
+    def _startable(self) -> list[_Waiter]:
+        return [w for w in self._waiters if self._has_room(w.priority)]
+
+    def _refuse_if_full(self, priority: Priority) -> None:
         if self.draining:
             raise NotReady("server is shutting down; retry on another replica", Reason.DRAINING)
-        if self._full() and self.waiting >= self.max_queue:
+        if not self._has_room(priority) and self.waiting >= self.max_queue:
             raise Overloaded(
                 f"server at capacity: {self.active} requests generating and {self.waiting} queued; retry later"
             )
@@ -131,18 +148,18 @@ class Admission:
         self, caller: Caller = ANONYMOUS_CALLER, priority: Priority = Priority.DEFAULT
     ) -> AsyncIterator[Admitted]:
         """Hold a generation slot for the duration of the block."""
-        self._refuse_if_full()
+        self._refuse_if_full(priority)
         ticket = None
         if self.limiter is not None:
             ticket = await self.call_limiter(self.limiter.admit(caller.name, caller.limits))
         admitted = Admitted(self, caller, priority, ticket)
         try:
-            self._refuse_if_full()  # others may have queued while the limits were checked
+            self._refuse_if_full(priority)  # others may have queued while the limits were checked
             await self._take_slot(caller.name, priority)
             try:
                 yield admitted
             finally:
-                self._release_slot()
+                self._release_slot(priority)
         finally:
             await self._settle(admitted)
 
@@ -156,8 +173,8 @@ class Admission:
 
     async def _take_slot(self, name: str, priority: Priority) -> None:
         self._idle.clear()
-        if not self._full() and not self._waiters:
-            self.active += 1
+        if self._has_room(priority) and not self._startable():
+            self._start(priority)
             return
         if self._waiters and all(w.name != name for w in self._waiters):
             self.fair.lift(name, min(self.fair.counter(w.name) for w in self._waiters))
@@ -171,25 +188,31 @@ class Admission:
                 self._waiters.remove(waiter)
                 metrics.QUEUE_DEPTH.dec()
             elif not waiter.granted.cancelled():
-                self._release_slot()  # granted as it was cancelled: pass the slot on
+                self._release_slot(priority)  # granted as it was cancelled: pass the slot on
             self._maybe_idle()
             raise
 
-    def _release_slot(self) -> None:
+    def _start(self, priority: Priority) -> None:
+        self.active += 1
+        self._interactive += priority is Priority.INTERACTIVE
+
+    def _release_slot(self, priority: Priority) -> None:
         self.active -= 1
-        while self._waiters and not self._full():
-            waiter = min(self._waiters, key=self._rank)
+        self._interactive -= priority is Priority.INTERACTIVE
+        while startable := self._startable():
+            waiter = min(startable, key=self._rank)
             self._waiters.remove(waiter)
             metrics.QUEUE_DEPTH.dec()
             if waiter.granted.done():  # cancelled, its task not yet resumed: it cleans up nothing else
                 continue
-            self.active += 1
+            self._start(waiter.priority)
             waiter.granted.set_result(None)
         self._maybe_idle()
 
     def _rank(self, waiter: _Waiter) -> tuple[int, float, float]:
         promoted = int((self._clock() - waiter.arrived) // self.aging) if self.aging > 0 else 0
-        return max(0, waiter.priority - promoted), self.fair.counter(waiter.name), waiter.arrived
+        served = self.fair.counter(waiter.name) if self.fair_share else 0.0
+        return max(0, waiter.priority - promoted), served, waiter.arrived
 
     def _maybe_idle(self) -> None:
         if self.active == 0 and not self._waiters:

@@ -141,7 +141,13 @@ class ChatLLMServer:
         except ValueError as exc:
             raise StartupError(str(exc)) from None
         self.state = ServerState(
-            Admission(config.limits.max_concurrent, config.limits.max_queue, aging=config.limits.priority_aging),
+            Admission(
+                config.limits.max_concurrent,
+                config.limits.max_queue,
+                aging=config.limits.priority_aging,
+                interactive_slots=config.limits.interactive_slots,
+                fair_share=config.limits.fair_share,
+            ),
             self.access.required,
             package_version(),
         )

@@ -29,7 +29,8 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 async def stack(tmp_path: Path, fake_engine: FakeEngine) -> AsyncIterator[Stack]:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"page:{PAGE}\nbatch:{BATCH}:priority=bulk\n")
-    config = fake_config(tmp_path, token_file=str(tokens), max_concurrent=1)
+    # No slots of the interactive class's own: an interactive request has to overtake the queue.
+    config = fake_config(tmp_path, token_file=str(tokens), max_concurrent=1, interactive_slots=0)
     async with serving_stack(config, fake_engine) as running:
         yield running
 

@@ -165,3 +165,34 @@ async def test_two_backlogged_tokens_are_served_within_the_vtc_bound() -> None:
     for label in list(runner.releases):
         runner.releases[label].set()
     await asyncio.gather(*runner.tasks)
+
+
+async def test_interactive_slots_start_a_chat_request_while_bulk_fills_the_server() -> None:
+    runner = Runner(Admission(max_concurrent=2, max_queue=10, interactive_slots=1))
+    for index in range(4):
+        await runner.send(f"bulk-{index}", caller("batch"), Priority.BULK)
+    assert runner.served == ["bulk-0", "bulk-1"] and runner.admission.waiting == 2
+    await runner.send("chat-0", caller("page"), Priority.INTERACTIVE)
+    assert runner.served[-1] == "chat-0"  # on its own slot, at once
+    await runner.send("chat-1", caller("page"), Priority.INTERACTIVE)
+    assert runner.served[-1] == "chat-0" and runner.admission.waiting == 3  # its slot is taken: it waits
+    await runner.finish("chat-0")
+    assert runner.served[-1] == "chat-1"  # the interactive slot goes back to the interactive class
+    await runner.finish("bulk-0")
+    assert runner.served[-1] == "bulk-2"
+    for label in list(runner.releases):
+        runner.releases[label].set()
+    await asyncio.gather(*runner.tasks)
+
+
+async def test_without_fair_share_a_class_is_served_in_arrival_order() -> None:
+    runner = Runner(Admission(max_concurrent=1, max_queue=50, fair_share=False))
+    await runner.send("a-running", caller("a"), tokens=100)
+    for index in range(3):
+        await runner.send(f"a-{index}", caller("a"), tokens=100)
+    await runner.send("b-0", caller("b"), tokens=100)
+    for _ in range(4):
+        await runner.finish(runner.served[-1])
+    assert runner.served == ["a-running", "a-0", "a-1", "a-2", "b-0"]
+    await runner.finish("b-0")
+    await asyncio.gather(*runner.tasks)
