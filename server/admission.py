@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from chatllm.kernel.access import ANONYMOUS_CALLER, Caller
+from chatllm.kernel.access import ANONYMOUS_CALLER, NO_LIMITS, Caller
 from chatllm.kernel.priority import Priority
 from chatllm.kernel.state.failure import StoreUnavailable
 from chatllm.kernel.state.fair_share import FairShareCounters
@@ -68,7 +68,8 @@ class Admitted:
         """The prompt is built: reserve what the request may use (TokenLimited when the budget is short)."""
         limiter = self.admission.limiter
         if limiter is not None and self.ticket is not None:
-            await self.admission.call_limiter(limiter.reserve(self.ticket, prompt_tokens + most_completion_tokens))
+            reserve = limiter.reserve(self.ticket, prompt_tokens + most_completion_tokens)
+            await self.admission.call_limiter("reserve", reserve, timed=self.ticket.limits.counts_tokens)
         self.prompt_tokens = prompt_tokens
         self.admission.fair.charge(self.caller.name, prompt_tokens=prompt_tokens)
 
@@ -131,8 +132,9 @@ class Admission:
                 f"server at capacity: {self.active} requests generating and {self.waiting} queued; retry later"
             )
 
-    async def call_limiter(self, step: Any) -> Any:
-        """Await a limiter step, its refusals as the server's errors."""
+    async def call_limiter(self, name: str, step: Any, timed: bool = True) -> Any:
+        """Await a limiter step (timed as `name` when it asks the store), its refusals as the server's errors."""
+        started = time.perf_counter()
         try:
             return await step
         except LimitExceeded as exc:
@@ -142,6 +144,9 @@ class Admission:
                 "the state store is unreachable and --state-store-failure is closed; retry shortly",
                 Reason.STATE_STORE_UNAVAILABLE,
             ) from None
+        finally:
+            if timed:
+                metrics.LIMIT_CHECK.labels(name).observe(time.perf_counter() - started)
 
     @contextlib.asynccontextmanager
     async def slot(
@@ -151,7 +156,8 @@ class Admission:
         self._refuse_if_full(priority)
         ticket = None
         if self.limiter is not None:
-            ticket = await self.call_limiter(self.limiter.admit(caller.name, caller.limits))
+            admit = self.limiter.admit(caller.name, caller.limits)
+            ticket = await self.call_limiter("admit", admit, timed=caller.limits != NO_LIMITS)
         admitted = Admitted(self, caller, priority, ticket)
         try:
             self._refuse_if_full(priority)  # others may have queued while the limits were checked

@@ -32,6 +32,13 @@ TOKEN_TOKENS = Counter(
     "(the part of prompt whose KV cache was reused) or completion",
     ["token", "model", "kind"],
 )
+LIMIT_CHECK = Histogram(
+    "chatllm_limit_check_seconds",
+    "Time a request's token limits took to check in the state store, by step (admit: before it waits; "
+    "reserve: its tokens, once the prompt is built)",
+    ["step"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025, 0.1, 1.0),
+)
 IN_FLIGHT = Gauge("chatllm_requests_in_flight", "gRPC requests being handled", ["method"])
 QUEUE_DEPTH = Gauge("chatllm_queue_depth", "Generate requests admitted but waiting for a slot")
 QUEUE_LIMIT = Gauge(
