@@ -47,6 +47,7 @@ class Ticket:
     shared: bool  # its stream and request are counted in Redis (False: in this process)
     reserved: int = 0
     reserved_shared: bool = False
+    daily_in_memory: bool = False  # its daily reservation went to this process's memory (SQLite failed)
     settled: bool = False
 
 
@@ -175,10 +176,11 @@ class TokenLimiter:
             except StoreUnavailable:
                 if self.store.policy.fail_closed:
                     raise
+        ticket.daily_in_memory = True
         return self._local_daily.reserve(ticket.name, ticket.day, tokens, allowed)
 
     async def _daily_settle(self, ticket: Ticket, reserved: int, used: int) -> None:
-        if self._sqlite_daily is not None:
+        if self._sqlite_daily is not None and not ticket.daily_in_memory:
             await self._sqlite_daily.settle(ticket.name, ticket.day, reserved, used)
         else:
             self._local_daily.settle(ticket.name, ticket.day, reserved, used)
