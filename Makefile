@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.chatllm-installed
 SYSTEM_STAMP := $(VENV)/.chatllm-test-system
+# The page's type checker (TypeScript, pinned in package-lock.json), installed by `make lint`.
+NODE_STAMP := node_modules/.chatllm-installed
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -33,10 +35,15 @@ $(SYSTEM_STAMP): ops/install/install-test-system.sh | $(STAMP)
 	ops/install/install-test-system.sh $(VENV)
 	touch $@
 
-lint: $(STAMP)
+lint: $(STAMP) $(NODE_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy kernel server bridge clients retrieval
+	node_modules/.bin/tsc --project tsconfig.json
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
 
 proto: $(STAMP)
 	$(PY) proto/generate.py
@@ -45,4 +52,4 @@ bench: $(STAMP)
 	$(PY) bench/engine.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules

@@ -1,9 +1,16 @@
+// @ts-check
 // HTTP calls, the access token and user-visible errors, shared by the tabs.
 
+import { byId } from "./dom.js";
+import { emit } from "./events.js";
+
 const TOKEN_KEY = "chatllm_token";
-const $ = (id) => document.getElementById(id);
 
 export class ApiError extends Error {
+  /**
+   * @param {number} status the HTTP status, 0 when the server could not be reached
+   * @param {string} message words for the user
+   */
   constructor(status, message) {
     super(message);
     this.status = status;
@@ -12,9 +19,11 @@ export class ApiError extends Error {
 
 export const auth = {
   token: sessionStorage.getItem(TOKEN_KEY) || "",
+  /** @returns {Record<string, string>} */
   headers() {
     return this.token ? { Authorization: this.token } : {};
   },
+  /** @param {string} token */
   save(token) {
     this.token = token;
     sessionStorage.setItem(TOKEN_KEY, token);
@@ -29,10 +38,12 @@ export const auth = {
   },
 };
 
+/** @param {string} path relative to the page (the bridge may sit under a path prefix) */
 export function url(path) {
   return new URL(path, document.baseURI).toString();
 }
 
+/** @param {string} path */
 export function wsUrl(path) {
   const u = new URL(path, document.baseURI);
   u.protocol = u.protocol === "https:" ? "wss:" : "ws:";
@@ -41,7 +52,11 @@ export function wsUrl(path) {
   return u.toString();
 }
 
-// Words for a failed call: what the user can do about it.
+/**
+ * Words for a failed call: what the user can do about it.
+ * @param {number} status
+ * @param {string} [message] the server's
+ */
 export function describe(status, message) {
   if (status === 401) return "The access token is missing or wrong.";
   if (status === 413) return `File too large: ${message}`;
@@ -53,6 +68,7 @@ export function describe(status, message) {
   return message || `Request failed (HTTP ${status}).`;
 }
 
+/** @param {Response} response */
 export async function errorFrom(response) {
   let message = response.statusText;
   try {
@@ -67,46 +83,55 @@ export async function errorFrom(response) {
 // The banner under the top bar. `kind` says which condition it reports, so the code that sees
 // the condition end clears only its own banner: "connection" (the page cannot talk to the server
 // right now), "token" (the token dialog was dismissed) or "error" (anything else).
+/** @typedef {"connection" | "token" | "error"} BannerKind */
+/** @type {BannerKind | null} */
 let bannerKind = null;
 
+/**
+ * @param {string} text "" hides the banner
+ * @param {BannerKind} [kind]
+ * @param {{label: string, run: () => void} | null} [action] a button on the banner
+ */
 export function showBanner(text, kind = "error", action = null) {
-  const button = $("banner-action");
-  $("banner-text").textContent = text;
-  $("banner").hidden = !text;
+  const button = byId("banner-action");
+  byId("banner-text").textContent = text;
+  byId("banner").hidden = !text;
   bannerKind = text ? kind : null;
   button.hidden = !action;
   button.textContent = action ? action.label : "";
   button.onclick = action ? action.run : null;
 }
 
+/** @param {BannerKind} kind */
 export function clearBanner(kind) {
   if (bannerKind === kind) showBanner("");
 }
 
 // The token dialog. While a prompt is pending, every call that got a 401 waits on it; closing
 // the dialog (Escape, "Not now") leaves it pending and says how to continue.
+/** @type {Promise<void> | null} */
 let tokenPrompt = null;
 
-function tokenState(state) {
-  document.dispatchEvent(new CustomEvent("chatllm:token", { detail: state }));
+function tokenDialog() {
+  return byId("token-dialog", HTMLDialogElement);
 }
 
 export function tokenDismissed() {
-  return tokenPrompt !== null && !$("token-dialog").open;
+  return tokenPrompt !== null && !tokenDialog().open;
 }
 
 export function reopenTokenDialog() {
-  const dialog = $("token-dialog");
+  const dialog = tokenDialog();
   if (!tokenPrompt || dialog.open) return;
   clearBanner("token");
-  tokenState("asking");
+  emit("token", "asking");
   dialog.showModal();
-  $("token-input").focus();
+  byId("token-input").focus();
 }
 
 function onDialogClosed() {
   if (!tokenPrompt) return; // closed by a submitted token
-  tokenState("dismissed");
+  emit("token", "dismissed");
   showBanner("This server needs an access token before it answers.", "token", {
     label: "Enter token",
     run: reopenTokenDialog,
@@ -114,40 +139,51 @@ function onDialogClosed() {
 }
 
 export function initTokenDialog() {
-  const dialog = $("token-dialog");
+  const dialog = tokenDialog();
   dialog.addEventListener("close", onDialogClosed);
-  $("token-cancel").addEventListener("click", () => dialog.close());
+  byId("token-cancel").addEventListener("click", () => dialog.close());
 }
 
-// Ask for the token once; resolves when the user submitted one.
+/**
+ * Asks for the token once; resolves when the user submitted one.
+ * @param {boolean} wrong whether the last token was refused
+ * @returns {Promise<void>}
+ */
 export function askToken(wrong) {
-  const error = $("token-error");
+  const error = byId("token-error");
   error.hidden = !wrong;
   error.textContent = wrong ? "Wrong token: the server refused it." : "";
   if (tokenPrompt) return tokenPrompt;
-  $("token-input").value = "";
+  const input = byId("token-input", HTMLInputElement);
+  input.value = "";
   // The server answered (with a 401): whatever said it cannot be reached is stale.
   clearBanner("connection");
   tokenPrompt = new Promise((resolve) => {
-    $("token-form").addEventListener(
+    byId("token-form").addEventListener(
       "submit",
       () => {
-        auth.save($("token-input").value.trim());
+        auth.save(input.value.trim());
         tokenPrompt = null;
         clearBanner("token");
-        tokenState("saved");
+        emit("token", "saved");
         resolve();
       },
       { once: true },
     );
   });
-  tokenState("asking");
-  const dialog = $("token-dialog");
+  emit("token", "asking");
+  const dialog = tokenDialog();
   if (!dialog.open) dialog.showModal();
   return tokenPrompt;
 }
 
-// fetch() with the token; a 401 asks for the token and retries.
+/**
+ * fetch() with the token; a 401 asks for the token and retries. Resolves to the JSON body
+ * (null for a 204), which the caller names the type of; rejects with an ApiError in words.
+ * @param {string} path
+ * @param {RequestInit} [options]
+ * @returns {Promise<unknown>}
+ */
 export async function api(path, options = {}) {
   for (let attempt = 0; ; attempt++) {
     let response;

@@ -1,38 +1,67 @@
+// @ts-check
 // Entry point: tabs, the model panel, and start-up (the chat first, so the page answers at once;
 // then the server's info, which asks for the token when needed; then the socket).
 
 import { api, initTokenDialog, showBanner } from "./api.js";
-import { initChat, showModel } from "./chat.js";
-import { initKnowledgeBase, refreshKnowledgeBases } from "./kb.js";
+import { initChat } from "./chat.js";
+import { initComposer, showModel } from "./composer.js";
+import { byId, el, tableRow } from "./dom.js";
+import { on } from "./events.js";
+import { initKnowledgeBase, refreshKnowledgeBases, setKnowledgeBaseNameRule } from "./kb.js";
 import { initKnowledgeBaseChoice } from "./kb-choice.js";
 import { chosenModel, initSettings, setKnowledgeBaseAvailable, setModels } from "./settings.js";
+import { initSidebar } from "./sidebar.js";
+import { startConnection } from "./socket.js";
 
-const $ = (id) => document.getElementById(id);
+/** @typedef {import("./settings.js").ModelInfo} ModelInfo */
+
+/**
+ * What /api/info answers. `rules` holds the server's rules that the page checks before asking
+ * (absent on a server that does not send them: the server's answer then says what is wrong).
+ * @typedef {object} ServerInfo
+ * @property {ModelInfo | null} model the first served model
+ * @property {ModelInfo[]} [models] every one, adapters included
+ * @property {{knowledge_base_enabled?: boolean, version?: string}} [server]
+ * @property {{name: string, model_path: string, model_type?: string, recommended_hardware: string}[]} [catalog]
+ * @property {{knowledge_base_name?: import("./kb.js").NameRule}} [rules]
+ */
+
 let knowledgeBasesLoaded = false;
+/** @type {ModelInfo | null} */
 let served = null; // the first model /api/info lists
 
+/**
+ * @param {HTMLElement} tab
+ * @param {boolean} focus
+ */
 function selectTab(tab, focus) {
-  for (const other of document.querySelectorAll('[role="tab"]')) {
+  for (const other of tabs()) {
     const active = other === tab;
     other.setAttribute("aria-selected", String(active));
     other.tabIndex = active ? 0 : -1; // one tab stop for the tab list; arrows move inside it
-    $(other.getAttribute("aria-controls")).hidden = !active;
+    byId(other.getAttribute("aria-controls") ?? "").hidden = !active;
   }
   if (focus) tab.focus();
 }
 
+function tabs() {
+  return [...document.querySelectorAll('[role="tab"]')].map((tab) => /** @type {HTMLElement} */ (tab));
+}
+
 function initTabs() {
-  const tabs = [...document.querySelectorAll('[role="tab"]')];
-  for (const tab of tabs) {
+  const all = tabs();
+  for (const tab of all) {
     tab.addEventListener("click", () => selectTab(tab, false));
     tab.addEventListener("keydown", (event) => {
-      const index = tabs.indexOf(tab);
-      const target = {
-        ArrowRight: tabs[(index + 1) % tabs.length],
-        ArrowLeft: tabs[(index - 1 + tabs.length) % tabs.length],
-        Home: tabs[0],
-        End: tabs[tabs.length - 1],
-      }[event.key];
+      const index = all.indexOf(tab);
+      /** @type {Record<string, HTMLElement>} */
+      const targets = {
+        ArrowRight: all[(index + 1) % all.length],
+        ArrowLeft: all[(index - 1 + all.length) % all.length],
+        Home: all[0],
+        End: all[all.length - 1],
+      };
+      const target = targets[event.key];
       if (!target) return;
       event.preventDefault();
       selectTab(target, true);
@@ -40,19 +69,15 @@ function initTabs() {
   }
 }
 
+/** @param {[string, string | undefined][]} rows */
 function definitionRows(rows) {
-  return rows.flatMap(([label, value]) => {
-    const dt = document.createElement("dt");
-    dt.textContent = label;
-    const dd = document.createElement("dd");
-    dd.textContent = value ?? "–";
-    return [dt, dd];
-  });
+  return rows.flatMap(([label, value]) => [el("dt", { textContent: label }), el("dd", { textContent: value ?? "–" })]);
 }
 
+/** @param {ServerInfo} info */
 function renderModel(info) {
-  const model = info.model || {};
-  $("model-info").replaceChildren(
+  const model = info.model || /** @type {Partial<ModelInfo>} */ ({});
+  byId("model-info").replaceChildren(
     ...definitionRows([
       ["Model", model.id],
       ["Loaded from", model.model_path],
@@ -66,23 +91,15 @@ function renderModel(info) {
     ]),
   );
   const models = info.models || (info.model ? [info.model] : []);
-  $("served-models").hidden = models.length < 2;
-  $("served-model-list").replaceChildren(
-    ...models.map((entry) => Object.assign(document.createElement("li"), { textContent: entry.id })),
-  );
-  $("catalog").replaceChildren(
-    ...(info.catalog || []).map((entry) => {
-      const row = document.createElement("tr");
-      for (const text of [entry.name, entry.model_path, entry.model_type || "–", entry.recommended_hardware]) {
-        const cell = document.createElement("td");
-        cell.textContent = text;
-        row.append(cell);
-      }
-      return row;
-    }),
+  byId("served-models").hidden = models.length < 2;
+  byId("served-model-list").replaceChildren(...models.map((entry) => el("li", { textContent: entry.id })));
+  byId("catalog").replaceChildren(
+    ...(info.catalog || []).map((entry) =>
+      tableRow([entry.name, entry.model_path, entry.model_type || "–", entry.recommended_hardware]),
+    ),
   );
   setModels(models, model.context_length);
-  served = model;
+  served = info.model;
   showServedModel();
 }
 
@@ -95,8 +112,9 @@ function showServedModel() {
 
 // Runs before every (re)connection of the chat socket: a 401 here opens the token dialog.
 async function loadInfo() {
-  const info = await api("api/info");
+  const info = /** @type {ServerInfo} */ (await api("api/info"));
   renderModel(info);
+  setKnowledgeBaseNameRule(info.rules?.knowledge_base_name);
   const kbEnabled = Boolean(info.server?.knowledge_base_enabled);
   setKnowledgeBaseAvailable(kbEnabled);
   if (kbEnabled && !knowledgeBasesLoaded) {
@@ -114,8 +132,11 @@ function start() {
   initSettings();
   initKnowledgeBaseChoice();
   initKnowledgeBase();
-  document.addEventListener("chatllm:model", showServedModel);
-  initChat(loadInfo);
+  initComposer();
+  initSidebar();
+  initChat();
+  on("model-chosen", showServedModel);
+  startConnection(loadInfo);
 }
 
 start();

@@ -1,28 +1,44 @@
+// @ts-check
 // The chat tab: the open conversation, streaming answers over the page's socket (the legacy
-// WebSocket protocol with `stream_format: "events"`), Stop, regenerate, edit and resend, the
-// start screen, and the conversation list.
+// WebSocket protocol with `stream_format: "events"`), Stop, regenerate, edit and resend, and what
+// the conversation list asks for (open, new, rename, delete, export).
 
 import { describe, showBanner } from "./api.js";
-import { assistantElement, editBox, renderAnswerBody, userElement } from "./messages.js";
+import { focusPrompt, setBusy } from "./composer.js";
+import { byId } from "./dom.js";
+import { on } from "./events.js";
+import { StreamedMarkdown } from "./markdown.js";
+import { answerBody, assistantElement, editBox, userElement } from "./messages.js";
 import { chosenModel, closeDrawers, requestSettings } from "./settings.js";
 import { renderSidebar } from "./sidebar.js";
-import { dropWaitingFrame, restartSocket, sendFrame, startConnection } from "./socket.js";
+import { dropWaitingFrame, restartSocket, sendFrame } from "./socket.js";
 import * as store from "./store.js";
+
+/** @typedef {import("./store.js").Message} Message */
+/** @typedef {import("./store.js").Source} Source */
+
+/**
+ * The answer being streamed: its message, its element, how its body is drawn, and its timing.
+ * @typedef {{message: Message, element: HTMLElement, view: StreamedMarkdown | null, sentAt: number,
+ *   firstAt: number | null, renderQueued: boolean}} Answering
+ */
+
+/**
+ * One frame of an answer (the "events" stream format).
+ * @typedef {{delta?: string, error?: {status: number, message: string}, final?: {finish_reason: string,
+ *   usage: Message["usage"], timings: object, sources?: Source[]}}} AnswerEvent
+ */
 
 const EOS = "<EOS>";
 const STICK_PX = 80; // follow a streaming answer while the reader is this close to the bottom
-const $ = (id) => document.getElementById(id);
-const EXAMPLES = [
-  "Explain what a knowledge base adds to a chat model, in three sentences.",
-  "Write a Python function that checks whether a number is prime.",
-  "Give me a one-week study plan for learning SQL.",
-  "Summarise the plot of Hamlet for a ten-year-old.",
-];
 
 const chat = {
   conversation: store.newConversation(),
-  current: null, // {message, element, sentAt, firstAt, renderQueued}
+  /** @type {Answering | null} */
+  current: null,
 };
+
+const messagesBox = () => byId("messages");
 
 function saveConversation() {
   if (!chat.conversation.messages.length) return;
@@ -30,66 +46,62 @@ function saveConversation() {
     showBanner("This browser refused to store the conversation (storage full or disabled): export it to keep it.");
   }
   store.setActiveConversationId(chat.conversation.id);
-  refreshSidebar();
+  renderSidebar(chat.conversation.id);
 }
 
 function nearBottom() {
-  const box = $("messages");
+  const box = messagesBox();
   return box.scrollHeight - box.scrollTop - box.clientHeight < STICK_PX;
 }
 
 // Scrolls the message list only: scrollIntoView would also scroll the page and push the
 // composer off a phone's screen.
 function scrollToBottom() {
-  const box = $("messages");
+  const box = messagesBox();
   box.scrollTop = box.scrollHeight;
 }
 
+/** @param {boolean} empty */
 function showStartScreen(empty) {
-  $("start-screen").hidden = !empty;
-  $("messages").hidden = empty;
+  byId("start-screen").hidden = !empty;
+  messagesBox().hidden = empty;
 }
 
 function renderHeader() {
-  $("conversation-title").textContent = store.titleOf(chat.conversation);
+  byId("conversation-title").textContent = store.titleOf(chat.conversation);
 }
 
-// Only the last question can be edited and only the last answer regenerated.
+/**
+ * Only the last question can be edited and only the last answer regenerated.
+ * @param {Message} message
+ * @param {number} index
+ */
 function messageElement(message, index) {
   const messages = chat.conversation.messages;
-  const last = index === messages.length - 1;
   if (message.role === "user") {
     const lastQuestion = index >= messages.length - 2 && messages.findLastIndex((m) => m.role === "user") === index;
-    return userElement(message, lastQuestion && !chat.current ? { edit: startEdit } : {});
+    return userElement(message, lastQuestion && !chat.current);
   }
-  return assistantElement(message, last && !chat.current ? { regenerate } : {});
+  return assistantElement(message, index === messages.length - 1 && !chat.current);
 }
 
 function renderConversation() {
   const messages = chat.conversation.messages;
-  $("messages").replaceChildren(...messages.map(messageElement));
+  messagesBox().replaceChildren(...messages.map(messageElement));
   showStartScreen(messages.length === 0);
   renderHeader();
   scrollToBottom();
 }
 
-function refreshSidebar() {
-  renderSidebar(chat.conversation.id, {
-    open: openConversation,
-    rename: renameConversation,
-    remove: deleteConversation,
-    exportAs: exportConversation,
-    refresh: refreshSidebar,
-  });
-}
-
+/** @param {string} data a socket frame */
 function onFrame(data) {
   const current = chat.current;
   if (!current) return;
   if (data === EOS) {
-    finishCurrent();
+    endCurrent({});
     return;
   }
+  /** @type {AnswerEvent} */
   let event;
   try {
     event = JSON.parse(data);
@@ -109,18 +121,24 @@ function onFrame(data) {
   }
 }
 
+/**
+ * Draws the answer at most once per animation frame, however many deltas came.
+ * @param {Answering} current
+ */
 function scheduleRender(current) {
   if (current.renderQueued) return;
   current.renderQueued = true;
   requestAnimationFrame(() => {
     current.renderQueued = false;
-    if (chat.current !== current) return;
+    if (chat.current !== current || !current.message.content) return;
     const follow = nearBottom();
-    renderAnswerBody(current.element, current.message);
+    current.view ??= new StreamedMarkdown(answerBody(current.element));
+    current.view.update(current.message.content);
     if (follow) scrollToBottom();
   });
 }
 
+/** @param {Answering} current */
 function statsOf(current) {
   const tokens = current.message.usage?.completion_tokens ?? 0;
   if (current.firstAt === null) return { ttft_s: null, tokens_per_s: null };
@@ -131,74 +149,62 @@ function statsOf(current) {
   };
 }
 
-// Ends the answer in progress (done, failed or stopped): drawn in full, saved, the composer back.
+/**
+ * Ends the answer in progress (done, failed or stopped): drawn in full, saved, the composer back.
+ * @param {Partial<Message>} changes
+ */
 function endCurrent(changes) {
   const current = chat.current;
+  if (!current) return;
   chat.current = null;
   Object.assign(current.message, { pending: false, stats: statsOf(current) }, changes);
   if (!current.message.model) current.message.model = chosenModel(); // asked before the server's info came
   const follow = nearBottom();
-  const messages = $("messages");
+  const messages = messagesBox();
   // Redraw the last question too: its Edit button comes back.
   const index = chat.conversation.messages.length - 2;
   if (index >= 0 && messages.children.length >= 2) {
     messages.children[messages.children.length - 2].replaceWith(messageElement(chat.conversation.messages[index], index));
   }
-  const element = messageElement(current.message, chat.conversation.messages.length - 1);
-  current.element.replaceWith(element);
+  current.element.replaceWith(messageElement(current.message, chat.conversation.messages.length - 1));
   setBusy(false);
   saveConversation();
   if (follow || changes.stopped) scrollToBottom();
 }
 
-function finishCurrent() {
-  endCurrent({});
-}
-
-function setBusy(busy) {
-  $("send").hidden = busy;
-  $("stop").hidden = !busy;
-}
-
+/**
+ * @param {string} prompt
+ * @param {[string, string][]} history
+ */
 function buildFrame(prompt, history) {
-  return JSON.stringify({
-    prompt,
-    history,
-    ...requestSettings(),
-    use_stream_chat: true,
-    stream_format: "events",
-  });
+  return JSON.stringify({ prompt, history, ...requestSettings(), use_stream_chat: true, stream_format: "events" });
 }
 
+/** @param {string} prompt */
 function ask(prompt) {
+  if (chat.current) return;
   const messages = chat.conversation.messages;
   const history = store.historyOf(messages);
+  /** @type {Message} */
   const question = { role: "user", content: prompt };
+  /** @type {Message} */
   const answer = { role: "assistant", content: "", model: chosenModel(), pending: true };
   // Only the last question and answer offer Edit and Regenerate.
-  for (const button of $("messages").querySelectorAll(".message-actions .edit, .message-actions .regenerate")) {
-    const row = button.parentElement;
-    button.remove();
+  for (const action of messagesBox().querySelectorAll(".message-actions .edit, .message-actions .regenerate")) {
+    const row = /** @type {HTMLElement} */ (action.parentElement);
+    action.remove();
     if (!row.childElementCount) row.remove();
   }
   messages.push(question, answer);
   const element = assistantElement(answer);
-  $("messages").append(userElement(question), element);
+  messagesBox().append(userElement(question), element);
   showStartScreen(false);
   renderHeader();
   scrollToBottom();
-  chat.current = { message: answer, element, sentAt: performance.now(), firstAt: null, renderQueued: false };
+  chat.current = { message: answer, element, view: null, sentAt: performance.now(), firstAt: null, renderQueued: false };
   setBusy(true);
   saveConversation();
   sendFrame(buildFrame(prompt, history));
-}
-
-function send() {
-  const prompt = $("prompt").value.trim();
-  if (!prompt || chat.current) return;
-  $("prompt").value = "";
-  fitPrompt();
-  ask(prompt);
 }
 
 // Closing the socket cancels the answer's gRPC call (and so the engine request). The partial
@@ -210,7 +216,10 @@ function stop() {
   restartSocket();
 }
 
-// Removes the last question and its answer, then asks `prompt` in their place.
+/**
+ * Removes the last question and its answer, then asks `prompt` in their place.
+ * @param {string} prompt
+ */
 function askAgain(prompt) {
   if (chat.current) return;
   const messages = chat.conversation.messages;
@@ -220,23 +229,29 @@ function askAgain(prompt) {
   ask(prompt);
 }
 
+function lastQuestion() {
+  return chat.conversation.messages.findLast((m) => m.role === "user");
+}
+
 function regenerate() {
-  const question = chat.conversation.messages.findLast((m) => m.role === "user");
+  const question = lastQuestion();
   if (question) askAgain(question.content);
 }
 
+/** @param {HTMLElement} element the last question's */
 function startEdit(element) {
-  if (chat.current) return;
-  const question = chat.conversation.messages.findLast((m) => m.role === "user");
-  element.replaceChildren(editBox(question.content, askAgain, renderConversation));
-  element.querySelector("textarea").focus();
+  const question = lastQuestion();
+  if (chat.current || !question) return;
+  element.replaceChildren(editBox(question.content));
+  element.querySelector("textarea")?.focus();
 }
 
+/** @param {string} id */
 function openConversation(id) {
   if (chat.current) stop();
   const conversation = store.loadConversation(id);
   if (!conversation) {
-    refreshSidebar();
+    renderSidebar(chat.conversation.id);
     return;
   }
   // An answer that was streaming when the page closed cannot be resumed.
@@ -246,7 +261,7 @@ function openConversation(id) {
   chat.conversation = conversation;
   store.setActiveConversationId(id);
   renderConversation();
-  refreshSidebar();
+  renderSidebar(id);
   closeDrawers();
 }
 
@@ -255,94 +270,58 @@ function newConversation() {
   chat.conversation = store.newConversation();
   store.setActiveConversationId(null);
   renderConversation();
-  refreshSidebar();
+  renderSidebar(chat.conversation.id);
   closeDrawers();
-  $("prompt").focus();
+  focusPrompt();
 }
 
-function renameConversation(id, title) {
-  const conversation = id === chat.conversation.id ? chat.conversation : store.loadConversation(id);
+/** @param {string} id */
+function conversationById(id) {
+  return id === chat.conversation.id ? chat.conversation : store.loadConversation(id);
+}
+
+/** @param {{id: string, title: string}} rename */
+function renameConversation({ id, title }) {
+  const conversation = conversationById(id);
   if (!conversation) return;
   conversation.title = title;
   store.saveConversation(conversation, false);
   renderHeader();
-  refreshSidebar();
+  renderSidebar(chat.conversation.id);
 }
 
+/** @param {string} id */
 function deleteConversation(id) {
-  const conversation = id === chat.conversation.id ? chat.conversation : store.loadConversation(id);
+  const conversation = conversationById(id);
   if (!conversation || !window.confirm(`Delete “${store.titleOf(conversation)}”? This cannot be undone.`)) return;
   store.deleteConversation(id);
   if (id === chat.conversation.id) newConversation();
-  else refreshSidebar();
+  else renderSidebar(chat.conversation.id);
 }
 
-function exportConversation(id, format) {
-  const conversation = id === chat.conversation.id ? chat.conversation : store.loadConversation(id);
+/** @param {{id: string, format: "md" | "json"}} request */
+function exportConversation({ id, format }) {
+  const conversation = conversationById(id);
   if (conversation) store.download(conversation, format);
 }
 
-// The input grows with its text; CSS caps it (max-height), then it scrolls.
-function fitPrompt() {
-  const prompt = $("prompt");
-  prompt.style.height = "auto";
-  prompt.style.height = `${prompt.scrollHeight}px`;
-}
-
-/** The start screen names the model that will answer and offers a few example prompts. */
-export function showModel(model, detail) {
-  $("start-title").textContent = model ? `Chat with ${model}` : "Chat with the model";
-  $("start-detail").textContent = detail;
-}
-
-function renderExamples() {
-  $("examples").replaceChildren(
-    ...EXAMPLES.map((text) => {
-      const example = document.createElement("button");
-      example.type = "button";
-      example.className = "example";
-      example.textContent = text;
-      example.addEventListener("click", () => {
-        $("prompt").value = text;
-        send();
-      });
-      return example;
-    }),
-  );
-}
-
-export function initChat(prepare) {
-  $("composer").addEventListener("submit", (event) => {
-    event.preventDefault();
-    send();
-  });
-  $("prompt").addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      send();
-    }
-  });
-  $("prompt").addEventListener("input", fitPrompt);
-  // The long hint wraps on a phone: a short one there.
-  const narrow = window.matchMedia("(max-width: 600px)");
-  const hint = () => {
-    $("prompt").placeholder = narrow.matches ? "Ask something…" : "Ask something… (Enter sends, Shift+Enter adds a line)";
-    fitPrompt();
-  };
-  narrow.addEventListener("change", hint);
-  hint();
-  $("stop").addEventListener("click", stop);
-  $("new-chat").addEventListener("click", newConversation);
-  renderExamples();
+/** Wires the chat tab and reopens the conversation that was open; the socket is started apart. */
+export function initChat() {
+  on("question-send", ask);
+  on("answer-stop", stop);
+  on("socket-frame", onFrame);
+  on("socket-lost", () => endCurrent({ error: "Connection lost while answering." }));
+  on("conversation-new", newConversation);
+  on("conversation-open", openConversation);
+  on("conversation-rename", renameConversation);
+  on("conversation-delete", deleteConversation);
+  on("conversation-export", exportConversation);
+  on("question-edit", startEdit);
+  on("question-resend", askAgain);
+  on("question-edit-cancel", renderConversation);
+  on("answer-regenerate", regenerate);
   const saved = store.activeConversationId();
   if (saved && store.loadConversation(saved)) openConversation(saved);
   else renderConversation();
-  refreshSidebar();
-  startConnection({
-    prepare,
-    onFrame,
-    onLost: () => {
-      if (chat.current) endCurrent({ error: "Connection lost while answering." });
-    },
-  });
+  renderSidebar(chat.conversation.id);
 }

@@ -1,11 +1,17 @@
+// @ts-check
 // The one selected knowledge base. The Chat tab's picker and the Knowledge base tab's picker are two
-// views of it; the choice is remembered across reloads (localStorage).
+// views of it; the choice is remembered across reloads (localStorage). A new choice is told as the
+// knowledge-base-chosen event.
+
+import { byId, setOptions } from "./dom.js";
+import { emit } from "./events.js";
 
 const KEY = "chatllm.knowledge-base";
 const PICKERS = ["kb-select", "chat-kb"];
-const listeners = [];
+/** @type {string[]} */
 let names = [];
-let created = []; // made in this page, not stored on the server until a document is uploaded
+/** @type {string[]} made in this page, not stored on the server until a document is uploaded */
+const created = [];
 let selected = remembered();
 
 function remembered() {
@@ -18,8 +24,8 @@ function remembered() {
 
 function fill() {
   for (const id of PICKERS) {
-    const select = document.getElementById(id);
-    select.replaceChildren(...names.map((name) => new Option(name, name)));
+    const select = byId(id, HTMLSelectElement);
+    setOptions(select, names);
     select.value = selectedKnowledgeBase();
   }
 }
@@ -28,12 +34,11 @@ export function selectedKnowledgeBase() {
   return selected || "default";
 }
 
-export function knowledgeBaseNames() {
-  return [...names];
-}
-
-/** The server's knowledge bases. Without a remembered choice, the first one that exists is
- * selected (an empty "default" only when the server has none). */
+/**
+ * The server's knowledge bases. Without a remembered choice, the first one that exists is
+ * selected (an empty "default" only when the server has none).
+ * @param {string[]} serverNames
+ */
 export function setKnowledgeBaseNames(serverNames) {
   if (!selected) selected = serverNames[0] || null;
   names = [...serverNames];
@@ -41,6 +46,10 @@ export function setKnowledgeBaseNames(serverNames) {
   fill();
 }
 
+/**
+ * @param {string} name
+ * @param {boolean} [isNew] made in this page (listed although the server has no such one yet)
+ */
 export function chooseKnowledgeBase(name, isNew = false) {
   if (isNew && !created.includes(name)) created.push(name);
   if (!names.includes(name)) names.push(name);
@@ -52,16 +61,13 @@ export function chooseKnowledgeBase(name, isNew = false) {
     // remembered for this page only
   }
   fill();
-  if (changed) for (const listener of listeners) listener(name);
-}
-
-export function onKnowledgeBaseChange(listener) {
-  listeners.push(listener);
+  if (changed) emit("knowledge-base-chosen", name);
 }
 
 export function initKnowledgeBaseChoice() {
   for (const id of PICKERS) {
-    document.getElementById(id).addEventListener("change", (event) => chooseKnowledgeBase(event.target.value));
+    const select = byId(id, HTMLSelectElement);
+    select.addEventListener("change", () => chooseKnowledgeBase(select.value));
   }
   names = [selectedKnowledgeBase()];
   fill();

@@ -1,36 +1,30 @@
-// The conversation list: open one, and on the open one rename, export (Markdown, JSON), delete.
+// @ts-check
+// The conversation list: new, open one, and on the open one rename, export (Markdown, JSON),
+// delete. What the user picks is told as conversation-* events.
 
+import { button, byId, el } from "./dom.js";
+import { emit } from "./events.js";
 import { listConversations } from "./store.js";
 
-const $ = (id) => document.getElementById(id);
+/** @typedef {import("./store.js").ConversationEntry} ConversationEntry */
 
-function iconButton(icon, label, onClick, text = "") {
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = `icon-button ${icon}`;
-  button.setAttribute("aria-label", label);
-  button.title = label;
-  const glyph = document.createElement("span");
-  glyph.className = `icon icon-${icon}`;
-  glyph.setAttribute("aria-hidden", "true");
-  button.append(glyph);
-  if (text) button.append(text); // the icon alone does not say which export is which
-  button.addEventListener("click", onClick);
-  return button;
-}
+/** @type {string | null} the open conversation, as last drawn */
+let activeId = null;
 
-function startRename(item, entry, handlers) {
-  const input = document.createElement("input");
-  input.className = "conversation-rename";
-  input.value = entry.title;
-  input.setAttribute("aria-label", "Conversation name");
+/**
+ * @param {HTMLLIElement} item
+ * @param {ConversationEntry} entry
+ */
+function startRename(item, entry) {
+  const input = el("input", { className: "conversation-rename", value: entry.title, ariaLabel: "Conversation name" });
   let finished = false;
+  /** @param {boolean} keep */
   const finish = (keep) => {
     if (finished) return;
     finished = true;
     const title = input.value.trim();
-    if (keep && title && title !== entry.title) handlers.rename(entry.id, title);
-    else handlers.refresh();
+    if (keep && title && title !== entry.title) emit("conversation-rename", { id: entry.id, title });
+    else renderSidebar(activeId);
   };
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter") {
@@ -48,41 +42,49 @@ function startRename(item, entry, handlers) {
   input.select();
 }
 
-function conversationItem(entry, active, handlers) {
-  const item = document.createElement("li");
-  item.className = `conversation${active ? " active" : ""}`;
-  item.dataset.id = entry.id;
-  const open = document.createElement("button");
-  open.type = "button";
-  open.className = "conversation-open";
-  open.textContent = entry.title;
-  open.title = entry.title;
-  if (active) open.setAttribute("aria-current", "true");
-  open.addEventListener("click", () => handlers.open(entry.id));
+/**
+ * @param {ConversationEntry} entry
+ * @param {boolean} active
+ */
+function conversationItem(entry, active) {
+  const item = el("li", { className: `conversation${active ? " active" : ""}` });
+  const open = el("button", {
+    type: "button",
+    className: "conversation-open",
+    textContent: entry.title,
+    title: entry.title,
+    onclick: () => emit("conversation-open", entry.id),
+  });
+  if (active) open.ariaCurrent = "true";
   item.append(open);
-  if (active) {
-    const actions = document.createElement("div");
-    actions.className = "conversation-actions";
-    actions.append(
-      iconButton("edit", "Rename conversation", () => startRename(item, entry, handlers)),
-      iconButton("download", "Export as Markdown", () => handlers.exportAs(entry.id, "md"), ".md"),
-      iconButton("download", "Export as JSON", () => handlers.exportAs(entry.id, "json"), ".json"),
-      iconButton("trash", "Delete conversation", () => handlers.remove(entry.id)),
-    );
-    item.append(actions);
-  }
+  if (!active) return item;
+  /** @param {"md" | "json"} format */
+  const exportAs = (format) => emit("conversation-export", { id: entry.id, format });
+  item.append(
+    el(
+      "div",
+      { className: "conversation-actions" },
+      // The icon alone does not say which export is which: ".md" / ".json" beside it.
+      button({ icon: "edit", label: "Rename conversation", className: "icon-button edit", onClick: () => startRename(item, entry) }),
+      button({ icon: "download", text: ".md", label: "Export as Markdown", className: "icon-button download", onClick: () => exportAs("md") }),
+      button({ icon: "download", text: ".json", label: "Export as JSON", className: "icon-button download", onClick: () => exportAs("json") }),
+      button({ icon: "trash", label: "Delete conversation", className: "icon-button trash", onClick: () => emit("conversation-delete", entry.id) }),
+    ),
+  );
   return item;
 }
 
-/** Redraws the list; `activeId` is the open conversation (listed once it has a message). */
-export function renderSidebar(activeId, handlers) {
-  const entries = listConversations();
-  const items = entries.map((entry) => conversationItem(entry, entry.id === activeId, handlers));
-  if (!items.length) {
-    const empty = document.createElement("li");
-    empty.className = "muted sidebar-empty";
-    empty.textContent = "No saved conversations yet.";
-    items.push(empty);
-  }
-  $("conversation-list").replaceChildren(...items);
+/**
+ * Redraws the list.
+ * @param {string | null} active the open conversation (listed once it has a message)
+ */
+export function renderSidebar(active) {
+  activeId = active;
+  const items = listConversations().map((entry) => conversationItem(entry, entry.id === active));
+  if (!items.length) items.push(el("li", { className: "muted sidebar-empty", textContent: "No saved conversations yet." }));
+  byId("conversation-list").replaceChildren(...items);
+}
+
+export function initSidebar() {
+  byId("new-chat").addEventListener("click", () => emit("conversation-new"));
 }

@@ -1,28 +1,36 @@
+// @ts-check
 // The page's WebSocket on api/chat. Before each (re)connection the HTTP API is asked first: a
 // refused handshake looks like any lost connection to the browser, while an HTTP 401 opens the
 // token dialog. Lost connections are retried with backoff; a frame sent while the socket is down
-// waits for it.
+// waits for it. Frames and lost connections are told as events (socket-frame, socket-lost).
 
 import { auth, clearBanner, reopenTokenDialog, showBanner, tokenDismissed, wsUrl } from "./api.js";
-
-const $ = (id) => document.getElementById(id);
+import { byId } from "./dom.js";
+import { emit, on } from "./events.js";
 
 const socket = {
+  /** @type {WebSocket | null} */
   ws: null,
   delay: 500,
-  timer: null,
-  waiting: null, // a frame to send once the socket opens
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  timer: undefined,
+  /** @type {string | null} a frame to send once the socket opens */
+  waiting: null,
+  /** @type {() => Promise<void>} */
   prepare: async () => {},
-  onFrame: () => {},
-  onLost: () => {},
 };
 
+/**
+ * @param {"" | "ok" | "down"} state
+ * @param {string} text
+ */
 function setStatus(state, text) {
-  const element = $("conn-status");
+  const element = byId("conn-status");
   element.className = `conn ${state}`;
   element.textContent = text;
 }
 
+/** @param {string} text */
 function retryLater(text) {
   const seconds = Math.round(socket.delay / 100) / 10;
   setStatus("down", "disconnected");
@@ -38,7 +46,7 @@ async function connect() {
   try {
     await socket.prepare(); // waits while the token dialog is open or dismissed
   } catch (error) {
-    retryLater(error.message);
+    retryLater(error instanceof Error ? error.message : String(error));
     return;
   }
   open();
@@ -57,22 +65,21 @@ function open() {
       socket.waiting = null;
     }
   };
-  ws.onmessage = (event) => socket.onFrame(event.data);
+  ws.onmessage = (event) => emit("socket-frame", String(event.data));
   ws.onclose = () => {
     if (ws !== socket.ws) return; // an old socket replaced on purpose (Stop)
     socket.ws = null;
-    socket.onLost();
+    emit("socket-lost");
     retryLater("Connection to the server lost.");
   };
 }
 
-export function isConnected() {
-  return socket.ws !== null && socket.ws.readyState === WebSocket.OPEN;
-}
-
-/** Sends now, or once the socket is open (asking for the token again if it was dismissed). */
+/**
+ * Sends now, or once the socket is open (asking for the token again if it was dismissed).
+ * @param {string} frame
+ */
 export function sendFrame(frame) {
-  if (isConnected()) {
+  if (socket.ws !== null && socket.ws.readyState === WebSocket.OPEN) {
     socket.ws.send(frame);
     return;
   }
@@ -95,11 +102,16 @@ export function restartSocket() {
   }
 }
 
-export function startConnection({ prepare, onFrame, onLost }) {
-  Object.assign(socket, { prepare, onFrame, onLost });
-  document.addEventListener("chatllm:token", (event) => {
-    if (event.detail === "dismissed") setStatus("down", "token needed");
-    else if (event.detail === "asking") setStatus("", "waiting for the token…");
+/**
+ * Connects, and reconnects whenever the connection is lost.
+ * @param {() => Promise<void>} prepare runs before each connection (the page asks /api/info, which
+ *   asks for the token when the server wants one); a failure is retried like a lost connection
+ */
+export function startConnection(prepare) {
+  socket.prepare = prepare;
+  on("token", (state) => {
+    if (state === "dismissed") setStatus("down", "token needed");
+    else if (state === "asking") setStatus("", "waiting for the token…");
     else setStatus("", "connecting…");
   });
   connect();

@@ -1,15 +1,49 @@
+// @ts-check
 // Conversations kept in this browser (localStorage): one entry per conversation plus an index,
 // so opening the list does not parse every conversation. Also their exports (Markdown, JSON).
-//
-// A conversation: {id, title, created, updated, messages}. A message is {role: "user", content}
-// or {role: "assistant", content, model, pending, stopped, error, finish_reason, usage, timings,
-// sources, stats}. An empty title means "named after the first question".
+
+import { el } from "./dom.js";
+
+/**
+ * A retrieved chunk an answer used (the server's `sources`).
+ * @typedef {{file: string, chunk: number, score: number, text: string}} Source
+ */
+
+/**
+ * A question (role "user": only content) or an answer (role "assistant": the rest, as it arrives).
+ * @typedef {object} Message
+ * @property {"user" | "assistant"} role
+ * @property {string} content
+ * @property {string} [model]
+ * @property {boolean} [pending] still streaming
+ * @property {boolean} [stopped] stopped by the user
+ * @property {boolean} [interrupted] the page closed while it streamed
+ * @property {string} [error]
+ * @property {string} [finish_reason]
+ * @property {{prompt_tokens?: number, completion_tokens?: number}} [usage]
+ * @property {object} [timings]
+ * @property {Source[]} [sources]
+ * @property {{ttft_s: number | null, tokens_per_s: number | null}} [stats] measured by the page
+ */
+
+/**
+ * An empty title means "named after the first question"; times are milliseconds since the epoch.
+ * @typedef {{id: string, title: string, created: number, updated: number, messages: Message[]}} Conversation
+ */
+
+/** @typedef {{id: string, title: string, updated: number}} ConversationEntry */
 
 const INDEX_KEY = "chatllm.conversations";
 const ENTRY_PREFIX = "chatllm.conversation.";
 const ACTIVE_KEY = "chatllm.active-conversation";
 const TITLE_CHARS = 60;
 
+/**
+ * @template T
+ * @param {string} key
+ * @param {T} fallback
+ * @returns {T}
+ */
 function readJson(key, fallback) {
   try {
     const value = localStorage.getItem(key);
@@ -19,12 +53,14 @@ function readJson(key, fallback) {
   }
 }
 
+/** @returns {Conversation} */
 export function newConversation() {
   const now = Date.now();
   const id = crypto.randomUUID ? crypto.randomUUID() : `${now}-${Math.random().toString(36).slice(2)}`;
   return { id, title: "", created: now, updated: now, messages: [] };
 }
 
+/** @param {Conversation} conversation */
 export function titleOf(conversation) {
   if (conversation.title) return conversation.title;
   const first = conversation.messages.find((m) => m.role === "user");
@@ -33,18 +69,26 @@ export function titleOf(conversation) {
   return line.length > TITLE_CHARS ? `${line.slice(0, TITLE_CHARS - 1)}…` : line;
 }
 
-/** [{id, title, updated}], most recently used first. */
+/** @returns {ConversationEntry[]} most recently used first */
 export function listConversations() {
-  const index = readJson(INDEX_KEY, []);
+  const index = readJson(INDEX_KEY, /** @type {ConversationEntry[]} */ ([]));
   return Array.isArray(index) ? index.sort((a, b) => b.updated - a.updated) : [];
 }
 
+/**
+ * @param {string} id
+ * @returns {Conversation | null}
+ */
 export function loadConversation(id) {
-  const conversation = readJson(ENTRY_PREFIX + id, null);
+  const conversation = readJson(ENTRY_PREFIX + id, /** @type {Conversation | null} */ (null));
   return conversation && Array.isArray(conversation.messages) ? conversation : null;
 }
 
-/** Saves the conversation; returns false when the browser refused (storage full or disabled). */
+/**
+ * Saves the conversation; returns false when the browser refused (storage full or disabled).
+ * @param {Conversation} conversation
+ * @param {boolean} [touch] whether it counts as used now
+ */
 export function saveConversation(conversation, touch = true) {
   if (touch) conversation.updated = Date.now();
   try {
@@ -58,6 +102,7 @@ export function saveConversation(conversation, touch = true) {
   }
 }
 
+/** @param {string} id */
 export function deleteConversation(id) {
   try {
     localStorage.removeItem(ENTRY_PREFIX + id);
@@ -77,6 +122,7 @@ export function activeConversationId() {
   }
 }
 
+/** @param {string | null} id */
 export function setActiveConversationId(id) {
   try {
     if (id) localStorage.setItem(ACTIVE_KEY, id);
@@ -86,9 +132,13 @@ export function setActiveConversationId(id) {
   }
 }
 
-/** The [question, answer] rounds the server needs as history: every answered round, a stopped
- * answer with what it had so far, never a failed one. */
+/**
+ * The [question, answer] rounds the server needs as history: every answered round, a stopped
+ * answer with what it had so far, never a failed one.
+ * @param {Message[]} messages
+ */
 export function historyOf(messages) {
+  /** @type {[string, string][]} */
   const rounds = [];
   for (let i = 0; i + 1 < messages.length; i++) {
     const [question, answer] = [messages[i], messages[i + 1]];
@@ -99,14 +149,20 @@ export function historyOf(messages) {
   return rounds;
 }
 
+/** @param {number | undefined} score */
 export function formatScore(score) {
   return typeof score === "number" ? String(Number(score.toPrecision(3))) : "–";
 }
 
+/**
+ * @param {Source} source
+ * @param {number} index
+ */
 function sourceLine(source, index) {
   return `${index + 1}. ${source.file}, chunk ${source.chunk + 1}, relevance ${formatScore(source.score)}`;
 }
 
+/** @param {Conversation} conversation */
 export function toMarkdown(conversation) {
   const lines = [`# ${titleOf(conversation)}`, "", `_Exported from ChatLLM on ${new Date().toISOString()}_`, ""];
   for (const message of conversation.messages) {
@@ -122,6 +178,7 @@ export function toMarkdown(conversation) {
   return lines.join("\n");
 }
 
+/** @param {Conversation} conversation */
 export function toJson(conversation) {
   const messages = conversation.messages.map((message) => {
     const { pending, ...kept } = message; // page-internal state
@@ -137,6 +194,10 @@ export function toJson(conversation) {
   return JSON.stringify(exported, null, 2);
 }
 
+/**
+ * @param {Conversation} conversation
+ * @param {string} extension
+ */
 export function fileNameFor(conversation, extension) {
   const slug = titleOf(conversation)
     .toLowerCase()
@@ -146,13 +207,18 @@ export function fileNameFor(conversation, extension) {
   return `${slug || "conversation"}.${extension}`;
 }
 
-/** Saves the conversation as a file (Markdown or JSON) through the browser's downloads. */
+/**
+ * Saves the conversation as a file (Markdown or JSON) through the browser's downloads.
+ * @param {Conversation} conversation
+ * @param {"md" | "json"} format
+ */
 export function download(conversation, format) {
   const text = format === "md" ? toMarkdown(conversation) : toJson(conversation);
   const type = format === "md" ? "text/markdown" : "application/json";
-  const link = document.createElement("a");
-  link.href = URL.createObjectURL(new Blob([text], { type: `${type};charset=utf-8` }));
-  link.download = fileNameFor(conversation, format);
+  const link = el("a", {
+    href: URL.createObjectURL(new Blob([text], { type: `${type};charset=utf-8` })),
+    download: fileNameFor(conversation, format),
+  });
   document.body.append(link);
   link.click();
   link.remove();

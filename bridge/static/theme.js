@@ -1,3 +1,4 @@
+// @ts-check
 // Dark mode. A classic script in <head>, so the theme is set before the first paint (no flash of
 // the light page). It follows prefers-color-scheme until the user picks one with the toggle; the
 // pick is remembered in localStorage.
@@ -5,7 +6,8 @@
   const KEY = "chatllm.theme";
   const root = document.documentElement;
   const media = window.matchMedia("(prefers-color-scheme: dark)");
-  let choice = null; // "dark" | "light" once the user picked one
+  /** @type {"dark" | "light" | null} once the user picked one */
+  let choice = null;
 
   try {
     const value = localStorage.getItem(KEY);
@@ -37,7 +39,7 @@
   apply();
   media.addEventListener("change", apply);
   document.addEventListener("DOMContentLoaded", () => {
-    document.getElementById("theme-toggle").addEventListener("click", toggle);
+    document.getElementById("theme-toggle")?.addEventListener("click", toggle);
     apply();
   });
 })();

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from playwright.sync_api import Locator, Page, ViewportSize, expect
+from playwright.sync_api import BrowserContext, Locator, Page, Route, ViewportSize, expect
 
 from chatllm.clients import ChatClient
 
@@ -87,6 +88,22 @@ def answered(answer: Locator, timeout: float = ANSWER_TIMEOUT_MS) -> Locator:
     """Waits until the answer is complete (its stats line appears); returns it."""
     expect(answer.locator(".stats")).to_be_visible(timeout=timeout)
     return answer
+
+
+def change_info(context: BrowserContext, change: Callable[[dict[str, Any]], None]) -> None:
+    """Routes the page's /api/info through `change`, to check the page's side of what a server
+    might send (a 401 before the token goes through as it is)."""
+
+    def handle(route: Route) -> None:
+        response = route.fetch()
+        if response.status != 200:
+            route.fulfill(response=response)
+            return
+        info = response.json()
+        change(info)
+        route.fulfill(response=response, body=json.dumps(info))
+
+    context.route("**/api/info", handle)
 
 
 def record_sent_frames(page: Page) -> list[dict[str, Any]]:

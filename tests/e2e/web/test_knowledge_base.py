@@ -4,13 +4,14 @@ choice for both tabs, sources people can check; and the screenshots of such a co
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.e2e.web.conftest import MAX_UPLOAD
-from tests.e2e.web.pages import PHONE, Site, answered, ask, open_with_token, watch_for_errors
+from tests.e2e.web.pages import PHONE, Site, answered, ask, change_info, open_with_token, watch_for_errors
 
 MANUAL = """# Zephyr-9 field kettle
 
@@ -23,6 +24,7 @@ The Zephyr-9 kettle boils one litre of water in exactly 47 seconds on its turbo 
 The warranty of the Zephyr-9 covers the heating coil for 11 years.
 """
 TEA = "Oolong tea from the Wuyi mountains is roasted over charcoal for twelve hours.\n"
+NAME_RULE = {"pattern": "^[A-Za-z0-9_-]{1,64}$", "description": "1-64 letters, digits, _ or -"}
 
 
 def create_knowledge_base(page: Page, name: str) -> None:
@@ -161,4 +163,45 @@ def test_file_too_large_is_explained(page: Page, site: Site, tmp_path: Path) -> 
     create_knowledge_base(page, "big")
     upload(page, big)
     expect(page.locator("#upload-results li.rejected")).to_contain_text("File too large")
+    expect(page.locator("#upload-status")).to_contain_text("Stored 0 of 1")
+
+
+def with_rules(rules: dict[str, Any] | None) -> Callable[[dict[str, Any]], None]:
+    """/api/info with `rules` replaced (None: without any, as a server that sends none)."""
+
+    def change(info: dict[str, Any]) -> None:
+        info.pop("rules", None)
+        if rules is not None:
+            info["rules"] = rules
+
+    return change
+
+
+def test_a_knowledge_base_name_is_checked_by_the_servers_rule_from_api_info(
+    context: BrowserContext, page: Page, site: Site
+) -> None:
+    change_info(context, with_rules({"knowledge_base_name": NAME_RULE}))
+    open_with_token(page, site)
+    page.click("#tab-kb")
+    page.fill("#kb-new-name", "no spaces allowed")
+    page.press("#kb-new-name", "Enter")
+    expect(page.locator("#upload-status")).to_have_text("Knowledge-base names: 1-64 letters, digits, _ or -.")
+    expect(page.locator("#upload-status")).to_have_class("error")
+    expect(page.locator("#kb-select option", has_text="no spaces allowed")).to_have_count(0)
+    expect(page.locator("#kb-new-name")).to_have_attribute("title", NAME_RULE["description"])
+    create_knowledge_base(page, "rule-abiding")
+
+
+def test_without_the_rule_the_server_refuses_a_bad_name_on_upload(
+    context: BrowserContext, page: Page, site: Site, tmp_path: Path
+) -> None:
+    tea = tmp_path / "tea.txt"
+    tea.write_text(TEA)
+    change_info(context, with_rules(None))
+    open_with_token(page, site)
+    create_knowledge_base(page, "no spaces allowed")
+    upload(page, tea)
+    rejected = page.locator("#upload-results li.rejected")
+    expect(rejected).to_contain_text("tea.txt: not stored.")
+    expect(rejected).to_contain_text("letters, digits")
     expect(page.locator("#upload-status")).to_contain_text("Stored 0 of 1")

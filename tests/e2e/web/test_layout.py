@@ -3,10 +3,10 @@ dark mode, the model tab and the model picker."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
-from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.e2e.web.pages import (
     PHONE,
@@ -14,6 +14,7 @@ from tests.e2e.web.pages import (
     Site,
     answered,
     ask,
+    change_info,
     open_with_token,
     record_sent_frames,
     watch_for_errors,
@@ -182,16 +183,10 @@ def test_model_picker_for_more_than_one_model_names_it_in_each_frame(
     """The server serves one model here; /api/info is given a second entry (as a server with an
     adapter lists it) to check the page's side: the picker, and `model` in the chat frames."""
 
-    def two_models(route: Route) -> None:
-        response = route.fetch()
-        if response.status != 200:  # the 401 before the token
-            route.fulfill(response=response)
-            return
-        info = response.json()
+    def two_models(info: dict[str, Any]) -> None:
         info["models"] = [info["model"], {**info["model"], "id": "kettle-adapter"}]
-        route.fulfill(response=response, body=json.dumps(info))
 
-    context.route("**/api/info", two_models)
+    change_info(context, two_models)
     frames = record_sent_frames(page)
     open_with_token(page, site)
     picker = page.locator("#model-select")
