@@ -1,4 +1,5 @@
-"""Token auth end to end: HTTP routes, the WebSocket handshake, the OpenAI client and gRPC."""
+"""Token auth end to end: HTTP routes, the WebSocket handshake, the OpenAI client and gRPC (the real
+bridge and server, over the fake engine)."""
 
 from __future__ import annotations
 
@@ -18,20 +19,22 @@ import websocket
 
 from chatllm.bridge.runner import BridgeServer
 from chatllm.clients import AsyncChatClient
+from tests.fake_engine import FAKE_MODEL, FakeEngine
 from tests.servers import make_config
-from tests.stack import Stack, serving_stack
+from tests.stack import Stack, fake_config, serving_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-MODEL = "SmolLM2-135M-Instruct"
+MODEL = FAKE_MODEL
 TOKEN = "s3cret-token"
 QUESTION = "What is the capital of France?"
+ANSWER = "The capital of France is Paris."
 BODY = {"prompt": QUESTION, "max_new_tokens": 8, "temperature": 0}
 
 
 @pytest_asyncio.fixture(scope="module")
-async def stack(data_dir: Path, model_dir: Path) -> AsyncIterator[Stack]:
-    async with serving_stack(make_config(data_dir, token=TOKEN)) as running:
+async def stack(data_dir: Path) -> AsyncIterator[Stack]:
+    async with serving_stack(fake_config(data_dir, token=TOKEN), FakeEngine(answer=ANSWER)) as running:
         yield running
 
 

@@ -1,4 +1,4 @@
-"""Named tokens through the real stack (server with the real model + bridge, one token file):
+"""Named tokens through the real stack (server over the fake engine + bridge, one token file):
 tokens added and removed without a restart, per-token limits refused at once without touching
 other tokens, and the token's name (never the token) in logs, metrics and the history export."""
 
@@ -25,8 +25,9 @@ from prometheus_client import REGISTRY
 from chatllm.bridge.legacy.eas_signature import DATE_FORMAT, expected_signature
 from chatllm.bridge.runner import BridgeServer
 from chatllm.clients import AsyncChatClient
+from tests.fake_engine import FakeEngine
 from tests.servers import make_config
-from tests.stack import Stack, serving_stack
+from tests.stack import Stack, fake_config, serving_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -36,6 +37,7 @@ CAROL = "carol-9b2c7d5e40"  # rpm=2
 DAVE = "dave-1c5f8a3e77"  # added and removed by the tests
 TOKENS = f"alice:{ALICE}\nbob:{BOB}:streams=1\ncarol:{CAROL}:rpm=2\n"
 QUESTION = "What is the capital of France?"
+ANSWER = "The capital of France is Paris."
 BODY = {"prompt": QUESTION, "max_new_tokens": 8, "temperature": 0}
 LONG = {"prompt": "Count from one to a hundred in words.", "max_new_tokens": 200, "ignore_eos": True}
 
@@ -53,9 +55,10 @@ def history_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def stack(data_dir: Path, model_dir: Path, token_file: Path, history_dir: Path) -> AsyncIterator[Stack]:
-    config = make_config(data_dir, token_file=str(token_file), export_history_path=str(history_dir), temperature=0.0)
-    async with serving_stack(config) as running:
+async def stack(data_dir: Path, token_file: Path, history_dir: Path) -> AsyncIterator[Stack]:
+    config = fake_config(data_dir, token_file=str(token_file), export_history_path=str(history_dir), temperature=0.0)
+    # A word every 10 ms: a long answer is still running while the test sends the next requests.
+    async with serving_stack(config, FakeEngine(answer=ANSWER, stall=0.01)) as running:
         yield running
 
 

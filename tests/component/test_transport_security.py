@@ -1,4 +1,4 @@
-"""TLS through the real stack: the gRPC server with mutual TLS (real model), a bridge that reaches
+"""TLS through the real stack: the gRPC server with mutual TLS (over the fake engine), a bridge that reaches
 it over mutual TLS and serves HTTPS/wss, certificates re-read without dropping connections, and
 CORS. Every certificate is made here by `tests.certificates` (nothing is committed)."""
 
@@ -24,12 +24,15 @@ from chatllm.bridge.runner import BridgeServer
 from chatllm.clients import AsyncChatClient
 from chatllm.server.app import ChatLLMServer
 from tests.certificates import CertificateAuthority, Issued
+from tests.fake_engine import FakeEngine
 from tests.servers import grpc_server, make_config
+from tests.stack import fake_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 TOKEN = "tls-test-token"
 QUESTION = "What is the capital of France?"
+ANSWER = "The capital of France is Paris."
 BODY = {"prompt": QUESTION, "max_new_tokens": 8, "temperature": 0}
 APP_ORIGIN = "https://app.example"
 
@@ -87,9 +90,9 @@ class SecureStack:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def stack(data_dir: Path, model_dir: Path, pki: Pki) -> AsyncIterator[SecureStack]:
+async def stack(data_dir: Path, pki: Pki) -> AsyncIterator[SecureStack]:
     """gRPC server with mutual TLS; a separate bridge that reaches it over mutual TLS and serves HTTPS."""
-    server_config = make_config(
+    server_config = fake_config(
         data_dir,
         token=TOKEN,
         tls_cert=str(pki.grpc_server.cert),
@@ -107,7 +110,7 @@ async def stack(data_dir: Path, model_dir: Path, pki: Pki) -> AsyncIterator[Secu
         upstream_tls_key=str(pki.client.key),
         cors_origins=(APP_ORIGIN,),
     )
-    async with grpc_server(server_config) as server:
+    async with grpc_server(server_config, FakeEngine(answer=ANSWER, stall=0.01)) as server:
         bridge = BridgeServer(bridge_config, f"localhost:{server.port}")
         await bridge.start()
         try:
