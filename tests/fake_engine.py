@@ -10,6 +10,7 @@ the real servicer and bridge run against it (`ChatLLMServer(config, engine=FakeE
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,10 +20,11 @@ from chatllm.server.errors import EngineDeadError, Unsupported
 from chatllm.server.sampling import SamplingOptions
 
 FAKE_MODEL = "fake-model"  # the name the fake stacks serve it under (--served-model-name)
+WORDS = re.compile(r"\w+|[^\w\s]")
 
 
 class WordTokenizer:
-    """One token per word; ids are positions in a growing vocabulary."""
+    """One token per word or punctuation mark; ids are positions in a growing vocabulary."""
 
     chat_template = (
         "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>\n{% endfor %}"
@@ -31,9 +33,12 @@ class WordTokenizer:
 
     def __init__(self) -> None:
         self.vocab: dict[str, int] = {}
+        self.texts: dict[tuple[int, ...], str] = {}  # every text tokenized, by its ids
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, Any]:
-        return {"input_ids": [self.vocab.setdefault(word, len(self.vocab)) for word in text.split()]}
+        ids = [self.vocab.setdefault(word, len(self.vocab)) for word in WORDS.findall(text)]
+        self.texts[tuple(ids)] = text
+        return {"input_ids": ids}
 
     def __len__(self) -> int:
         return max(len(self.vocab), 1000)  # ids below 1000 decode even before the words were seen
@@ -71,6 +76,11 @@ class FakeEngine:
     priorities: list[int] = field(default_factory=list)  # each request's class, as the engine got it
     dead: bool = False
     running: int = 0
+
+    @property
+    def prompts(self) -> list[str]:
+        """The text of each prompt the engine was given, in order (as the chat template rendered it)."""
+        return [self.tokenizer.texts[tuple(ids)] for ids, _, _ in self.seen]
 
     def __post_init__(self) -> None:
         self.info = EngineInfo(backend="fake", device="cpu", dtype="float32", context_length=self.context_length)

@@ -1,8 +1,8 @@
 """Fuzzing through the real stack: schemathesis against the bridge's OpenAPI document, and
-hypothesis over WebSocket frames, with the real bridge, gRPC server, knowledge base and model.
+hypothesis over WebSocket frames, with the real bridge, gRPC server and knowledge base (the real
+embedder), over the fake engine: what the fuzzers probe is the stack's handling of input.
 
-The server runs with a 48-token context and 6 new tokens by default, so a generated request
-costs at most a second of generation on two cores. Checks: no 5xx, every response documented
+The server runs with a 48-token context and 6 new tokens by default. Checks: no 5xx, every response documented
 (status, content type, JSON schema), the token honoured, no request hangs (per-request timeout),
 and a normal question still gets its answer afterwards.
 """
@@ -25,10 +25,13 @@ from hypothesis import strategies as st
 from chatllm.bridge.openapi import DOCUMENT_FILE
 from chatllm.proto import SERVICE_NAME, pb
 from tests.hostile_payloads import deep_struct_request
-from tests.servers import make_config
-from tests.stack import StackThread
+from tests.fake_engine import FakeEngine
+from tests.stack import StackThread, fake_config
+
+pytestmark = pytest.mark.model  # the knowledge base's embedder
 
 TOKEN = "fuzz-token-3c9d"
+ANSWER = "The capital of France is Paris."
 AUTH = {"Authorization": TOKEN}
 EOS = "<EOS>"
 # Client side: a request that takes longer is a hang. Generous, because a generated request may ask
@@ -63,11 +66,10 @@ class BridgeToken:
 
 
 @pytest.fixture(scope="module")
-def stack(data_dir: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackThread]:
-    config = make_config(
+def stack(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackThread]:
+    config = fake_config(
         data_dir,
         token=TOKEN,
-        max_model_len=48,
         max_round=0,  # WebSocket history would soon fill the 48-token context and turn every frame into a 400
         max_new_tokens=6,
         temperature=0.0,
@@ -77,7 +79,7 @@ def stack(data_dir: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFact
         request_timeout=0,  # no server-side 504: a slow answer must still be an answer
         ws_max_pending=4,
     )
-    with StackThread(config) as running:
+    with StackThread(config, FakeEngine(answer=ANSWER, context_length=48)) as running:
         yield running
 
 

@@ -1,5 +1,6 @@
-"""The legacy HTTP protocol through the real bridge, real gRPC server and real model:
-plain-text (curl) and JSON bodies, NUL-delimited and SSE streams, errors, cancellation."""
+"""The legacy HTTP protocol through the real bridge and real gRPC server, over the fake engine:
+plain-text (curl) and JSON bodies, NUL-delimited and SSE streams, errors, cancellation. (What the
+real model answers through these protocols: tests/component/model/.)"""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import requests
 import websocket
 
 from chatllm.bridge.runner import BridgeServer
+from tests.fake_engine import FAKE_MODEL, FakeEngine
 from tests.servers import make_config
-from tests.stack import Stack, serving_stack
+from tests.stack import Stack, fake_config, serving_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -28,13 +30,14 @@ MAX_BODY = 64 * 1024
 
 
 @pytest_asyncio.fixture(scope="module")
-async def stack(data_dir: Path, model_dir: Path) -> AsyncIterator[Stack]:
+async def stack(data_dir: Path) -> AsyncIterator[Stack]:
     # Server defaults: greedy, short answers; one request at a time and no queue, so a
     # second concurrent request is refused (RESOURCE_EXHAUSTED -> 429).
-    config = make_config(
+    config = fake_config(
         data_dir, temperature=0.0, max_new_tokens=16, max_concurrent=1, max_queue=0, max_body_bytes=MAX_BODY
     )
-    async with serving_stack(config) as running:
+    # A word every 10 ms: a long answer is still running while the test sends the next requests.
+    async with serving_stack(config, FakeEngine(answer=ANSWER, stall=0.01)) as running:
         yield running
 
 
@@ -396,7 +399,7 @@ SSE_REQUESTS = {
     "OpenAI SSE": (
         "/v1/chat/completions",
         {
-            "model": "SmolLM2-135M-Instruct",
+            "model": FAKE_MODEL,
             "messages": [{"role": "user", "content": "Write a very long story."}],
             "stream": True,
             "max_tokens": 2000,
