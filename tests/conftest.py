@@ -124,6 +124,18 @@ async def fake_stack(tmp_path: Path, fake_engine: FakeEngine) -> AsyncIterator[S
         yield stack
 
 
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def hf_stack(data_dir: Path, model_dir: Path) -> AsyncIterator[Stack]:
+    """The real model on the hf engine behind the real server and bridge, with default settings, for
+    every test that checks what the model itself does: one model start-up for the whole run (tests
+    pass the sampling they need; the protocol's own tests use `fake_stack`)."""
+    from tests.servers import make_config
+    from tests.stack import serving_stack
+
+    async with serving_stack(make_config(data_dir)) as stack:
+        yield stack
+
+
 @pytest.fixture
 def output_dir(request: pytest.FixtureRequest) -> Path:
     """A folder under tests/output/ for files a test leaves for humans (screenshots, logs)."""

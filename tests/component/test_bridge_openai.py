@@ -1,4 +1,6 @@
-"""The OpenAI-compatible API through the real bridge, driven by the real `openai` package."""
+"""The OpenAI-compatible API through the real bridge and server, driven by the real `openai` package, over
+the fake engine (which, as the hf backend, refuses every sampling field beyond temperature, top-k and
+top-p). The same client against the real model on vLLM: tests/component/contract/."""
 
 from __future__ import annotations
 
@@ -9,19 +11,20 @@ import openai
 import pytest
 import pytest_asyncio
 
-from tests.servers import make_config
-from tests.stack import Stack, serving_stack
+from tests.fake_engine import FAKE_MODEL, FakeEngine
+from tests.stack import Stack, fake_config, serving_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 QUESTION = "What is the capital of France?"
 ANSWER = "The capital of France is Paris."
-MODEL = "SmolLM2-135M-Instruct"
+MODEL = FAKE_MODEL
 
 
 @pytest_asyncio.fixture(scope="module")
-async def stack(data_dir: Path, model_dir: Path) -> AsyncIterator[Stack]:
-    async with serving_stack(make_config(data_dir, max_new_tokens=48)) as running:
+async def stack(data_dir: Path) -> AsyncIterator[Stack]:
+    engine = FakeEngine(answer=ANSWER, stall=0.01, supports_everything=False)
+    async with serving_stack(fake_config(data_dir, max_new_tokens=48), engine) as running:
         yield running
 
 
@@ -121,7 +124,7 @@ async def test_models_list_and_retrieve(client: openai.AsyncOpenAI) -> None:
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"messages": [{"role": "user"}]}, "messages[0]"),  # an assistant message last is now a prefill
         ({"messages": [{"role": "tool", "content": "hi"}]}, "messages[0]"),  # tool messages need tool_call_id
-        ({"logprobs": True}, "logprobs"),  # transformers' continuous batching has none: refused, not dropped
+        ({"logprobs": True}, "logprobs"),  # a backend without them (hf, this fake) refuses them: never dropped
         ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
     ],
 )

@@ -1,4 +1,5 @@
-"""The legacy WebSocket protocol through the real bridge, real gRPC server and real model."""
+"""The legacy WebSocket protocol through the real bridge and real gRPC server, over the fake engine;
+and a conversation with the real model that remembers its earlier rounds."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest_asyncio
 import websocket  # the websocket-client package, as the EAS docs' Python client uses
 
 from chatllm.bridge.runner import BridgeServer
+from tests.fake_engine import FakeEngine
 from tests.servers import make_config
-from tests.stack import Stack, serving_stack
+from tests.stack import Stack, fake_config, serving_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -33,9 +35,14 @@ async def history_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def stack(data_dir: Path, model_dir: Path, history_dir: Path) -> AsyncIterator[Stack]:
+async def engine() -> FakeEngine:
+    return FakeEngine(answer=ANSWER, stall=0.01)  # a long answer is still running while the test goes on
+
+
+@pytest_asyncio.fixture(scope="module")
+async def stack(data_dir: Path, engine: FakeEngine, history_dir: Path) -> AsyncIterator[Stack]:
     # The server's history export shows exactly which history each round was sent with.
-    config = make_config(
+    config = fake_config(
         data_dir,
         temperature=0.0,
         max_new_tokens=24,
@@ -44,7 +51,7 @@ async def stack(data_dir: Path, model_dir: Path, history_dir: Path) -> AsyncIter
         ws_max_connections=MAX_CONNECTIONS,
         export_history_path=str(history_dir),
     )
-    async with serving_stack(config) as running:
+    async with serving_stack(config, engine) as running:
         yield running
 
 
@@ -86,13 +93,18 @@ def answer_rounds(url: str, frames: list[str], header: list[str] | None = None) 
         ws.close()
 
 
-async def test_five_back_to_back_prompts_get_five_eos_and_the_history_grows(stack: Stack, history_dir: Path) -> None:
-    prompts = ["Hello, my name is Zorblax.", "What is 2 + 2?", "Name a colour.", "Name a fruit.", "What is my name?"]
+PROMPTS = ["Hello, my name is Zorblax.", "What is 2 + 2?", "Name a colour.", "Name a fruit.", "What is my name?"]
+
+
+async def test_five_back_to_back_prompts_get_five_eos_and_the_history_grows(
+    stack: Stack, engine: FakeEngine, history_dir: Path
+) -> None:
+    prompts = PROMPTS
     frames = [json.dumps({"prompt": p, "max_new_tokens": 16}) for p in prompts]
     before = len(await ws_entries(history_dir))
     answers = await asyncio.to_thread(answer_rounds, stack.ws_url + "/", frames)
     assert len(answers) == 5 and all(answers)
-    assert "Zorblax" in answers[-1]  # round 5 was answered from rounds 1-4
+    assert all(p in engine.prompts[-1] for p in prompts)  # round 5 was asked with rounds 1-4
     rounds = await exported(history_dir, before, 5)
     assert [r["prompt"] for r in rounds] == prompts, "answered in order"
     assert [r["history_length"] for r in rounds] == [0, 1, 2, 3, 4]
@@ -213,3 +225,9 @@ async def test_answer_still_running_after_the_grace_ends_with_an_error_frame(sta
     assert error["status"] == 503 and "shutting down" in error["message"]
     assert message.type is aiohttp.WSMsgType.CLOSE and message.data == aiohttp.WSCloseCode.GOING_AWAY
     assert (await stack.wait_engine_idle(within=10)).active_requests == 0
+
+
+async def test_the_real_model_answers_the_fifth_prompt_from_the_first_four(hf_stack: Stack) -> None:
+    frames = [json.dumps({"prompt": p, "max_new_tokens": 16, "temperature": 0}) for p in PROMPTS]
+    answers = await asyncio.to_thread(answer_rounds, hf_stack.ws_url + "/", frames)
+    assert "Zorblax" in answers[-1]
