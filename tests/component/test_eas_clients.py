@@ -1,5 +1,6 @@
-"""The PAI-EAS ecosystem's own clients against the real stack: the official `eas-prediction` SDK (signed
-requests), LangChain's PaiEasEndpoint / PaiEasChatEndpoint (delta streams), and the signature's edge cases."""
+"""The PAI-EAS ecosystem's own clients against the real bridge and server (over the fake engine: what is
+checked is signing and stream framing): the official `eas-prediction` SDK (signed requests), LangChain's
+PaiEasEndpoint / PaiEasChatEndpoint (delta streams), and the signature's edge cases."""
 
 from __future__ import annotations
 
@@ -21,23 +22,24 @@ import pytest
 import pytest_asyncio
 import requests
 
-from tests.servers import make_config
-from tests.stack import Stack, serving_stack
+from tests.fake_engine import FakeEngine
+from tests.stack import Stack, fake_config, serving_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 TOKEN = "eas-s3cret"
 SERVICE = "chatllm_demo"
 QUESTION = "What is the capital of France?"
+ANSWER = "The capital of France is Paris."
 HOURS_2 = datetime.timedelta(hours=2)
 SDK_CALL = Path(__file__).resolve().parent.parent / "clients" / "eas_sdk_call.py"
 
 
 @pytest_asyncio.fixture(scope="module")
-async def stack(data_dir: Path, model_dir: Path) -> AsyncIterator[Stack]:
+async def stack(data_dir: Path) -> AsyncIterator[Stack]:
     # LangChain's PAI-EAS classes join NUL-delimited pieces: they need the delta stream mode.
-    config = make_config(data_dir, token=TOKEN, legacy_stream="delta", max_new_tokens=24, temperature=0.0)
-    async with serving_stack(config) as running:
+    config = fake_config(data_dir, token=TOKEN, legacy_stream="delta", max_new_tokens=24, temperature=0.0)
+    async with serving_stack(config, FakeEngine(answer=ANSWER)) as running:
         yield running
 
 
