@@ -45,6 +45,9 @@ MAX_CHUNK_SIZE = 16_000  # characters; 4 bytes each stays under Milvus' 65535-by
 MAX_FILENAME = 255
 MAX_QUERY_CHARS = 10_000
 DOCUMENT_ID_LENGTH = 64
+# A refused upload's remaining messages are read and dropped for at most this long before the refusal
+# is sent (see _drain_refused_upload).
+REFUSED_UPLOAD_DRAIN_S = 10.0
 
 
 def milvus_uri(config: KnowledgeConfig, kb_dir: Path) -> str:
@@ -152,6 +155,21 @@ def source_pb(chunk: RetrievedChunk) -> pb.Source:
     )
 
 
+async def _drain_refused_upload(requests: AsyncIterator[pb.IngestRequest]) -> None:
+    """Read and drop what the client still sends of a refused upload, then let the refusal go out.
+
+    A grpc.aio client still writing when the server ends the call can lose the server's status to a
+    bare INTERNAL "Internal error from Core" (grpc/grpc#36066); the bridge relays uploads that way.
+    Bounded in time: a client that keeps sending longer gets the refusal anyway."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(_exhaust(requests), REFUSED_UPLOAD_DRAIN_S)
+
+
+async def _exhaust(requests: AsyncIterator[pb.IngestRequest]) -> None:
+    async for _ in requests:
+        pass
+
+
 class KnowledgeService:
     """Implements the servicer's KnowledgeRPCs and GenerateService's Retriever."""
 
@@ -200,6 +218,13 @@ class KnowledgeService:
 
     async def _receive(self, requests: AsyncIterator[pb.IngestRequest]) -> tuple[pb.IngestHeader, bytes]:
         """The header and the whole file, within --max-upload-bytes."""
+        try:
+            return await self._read_upload(requests)
+        except InvalidArgument:
+            await _drain_refused_upload(requests)
+            raise
+
+    async def _read_upload(self, requests: AsyncIterator[pb.IngestRequest]) -> tuple[pb.IngestHeader, bytes]:
         header: pb.IngestHeader | None = None
         parts: list[bytes] = []
         size = 0

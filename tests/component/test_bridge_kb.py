@@ -1,5 +1,6 @@
 """Knowledge base through the real bridge: multipart upload / list / delete, and `langchain: true`
-over HTTP (plain and streamed) and WebSocket, with the real server, milvus-lite, embedder and model."""
+over HTTP (plain and streamed) and WebSocket, with the real server, milvus-lite and embedder, over the
+fake engine (which shows what the retrieved chunks put in front of the model)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ import websocket
 
 from chatllm.bridge.runner import BridgeServer
 from chatllm.kernel.config import Config
-from tests.servers import grpc_server, make_config
+from tests.fake_engine import FakeEngine
+from tests.servers import grpc_server
+from tests.stack import fake_config
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.model]  # the real embedder
 
 TOKEN = "kb-secret"
 AUTH = {"Authorization": TOKEN}
@@ -38,11 +41,16 @@ SPEAKER_ZH = "云雀 S2 智能音箱的保修期为十八个月，售后服务�
 
 
 @pytest_asyncio.fixture(scope="module")
+async def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest_asyncio.fixture(scope="module")
 async def server(
-    data_dir: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    data_dir: Path, engine: FakeEngine, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[tuple[Config, int]]:
     """The gRPC server's config and port."""
-    config = make_config(
+    config = fake_config(
         data_dir,
         knowledge_base=True,
         milvus_uri=str(tmp_path_factory.mktemp("bridge-kb") / "kb.db"),
@@ -53,7 +61,7 @@ async def server(
         chunk_size=200,
         chunk_overlap=20,
     )
-    async with grpc_server(config) as running:
+    async with grpc_server(config, engine) as running:
         yield config, running.port
 
 
@@ -172,11 +180,12 @@ def assert_sources(sources: list[dict[str, Any]], file: str, evidence: str) -> N
     assert sources[0]["score"] >= sources[-1]["score"] > 0
 
 
-async def test_langchain_true_over_http_returns_the_answer_and_sources(base_url: str) -> None:
+async def test_langchain_true_over_http_returns_the_answer_and_sources(base_url: str, engine: FakeEngine) -> None:
     question = "What is the default Wi-Fi password of the Zephyr R7?"
     body = {"prompt": question, "langchain": True, "kb": "manuals", "use_stream_chat": False}
     reply = (await call("POST", base_url + "/", json=body)).json()
-    assert "tangerine" in reply["response"].lower()
+    assert "tangerine-42" in engine.prompts[-1] and question in engine.prompts[-1]  # the model was given the chunk
+    assert reply["response"] == engine.answer
     assert reply["history"] == [[question, reply["response"]]]
     assert_sources(reply["sources"], "zephyr.md", "tangerine-42")
 
@@ -190,7 +199,7 @@ async def test_langchain_true_over_http_returns_the_answer_and_sources(base_url:
     assert "sources" not in plain
 
 
-async def test_langchain_true_over_websocket_sends_sources_before_eos(base_url: str) -> None:
+async def test_langchain_true_over_websocket_sends_sources_before_eos(base_url: str, engine: FakeEngine) -> None:
     await upload(base_url, "default", ("云雀.txt", SPEAKER_ZH))  # no "kb" field: the default knowledge base
 
     def converse() -> list[str]:
@@ -208,7 +217,7 @@ async def test_langchain_true_over_websocket_sends_sources_before_eos(base_url: 
 
     frames = await asyncio.to_thread(converse)
     answer, last = "".join(frames[:-1]), json.loads(frames[-1])
-    assert answer.strip()
+    assert answer == engine.answer and "十八个月" in engine.prompts[-1]
     assert list(last) == ["sources"]
     assert_sources(last["sources"], "云雀.txt", "十八个月")
 

@@ -1,5 +1,5 @@
 """Legacy `langchain` / `kb` fields through the bridge to the real knowledge base (milvus-lite,
-real embedder, real model): replies carry the retrieved sources."""
+real embedder), over the fake engine: replies carry the retrieved sources, the prompt the chunks."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest_asyncio
 import requests
 
 from chatllm.clients import AsyncChatClient
-from tests.servers import make_config
-from tests.stack import Stack, serving_stack
+from tests.fake_engine import FakeEngine
+from tests.stack import Stack, fake_config, serving_stack
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.model]  # the real embedder
 
 ROUTER = b"""# Zephyr R7 router
 
@@ -32,18 +32,23 @@ QUESTION = "What is the default Wi-Fi password of the Zephyr R7?"
 
 
 @pytest_asyncio.fixture(scope="module")
-async def stack(data_dir: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+async def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def stack(data_dir: Path, engine: FakeEngine, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     db = tmp_path_factory.mktemp("kb") / "milvus.db"
-    config = make_config(
+    config = fake_config(
         data_dir, knowledge_base=True, milvus_uri=str(db), chunk_size=200, chunk_overlap=20, temperature=0.0
     )
-    async with serving_stack(config) as running:
+    async with serving_stack(config, engine) as running:
         async with AsyncChatClient(running.grpc_target) as client:
             await client.ingest(data=ROUTER, filename="zephyr.md", knowledge_base="devices")
         yield running
 
 
-async def test_langchain_true_answers_from_the_knowledge_base_with_sources(stack: Stack) -> None:
+async def test_langchain_true_answers_from_the_knowledge_base_with_sources(stack: Stack, engine: FakeEngine) -> None:
     body = {"prompt": QUESTION, "langchain": "True", "kb": "devices", "max_new_tokens": 24}
     response = await asyncio.to_thread(requests.post, stack.http_url + "/", json=body, timeout=300)
     assert response.status_code == 200, response.text
@@ -51,7 +56,7 @@ async def test_langchain_true_answers_from_the_knowledge_base_with_sources(stack
     assert set(reply) == {"response", "history", "usage", "sources"}
     assert reply["sources"] and all(set(s) == {"file", "chunk", "score", "text"} for s in reply["sources"])
     assert reply["sources"][0]["file"] == "zephyr.md" and "tangerine-42" in reply["sources"][0]["text"]
-    assert "tangerine" in reply["response"].lower()
+    assert reply["response"] == engine.answer and "tangerine-42" in engine.prompts[-1]
     plain = await asyncio.to_thread(
         requests.post, stack.http_url + "/", json={"prompt": QUESTION, "max_new_tokens": 4}, timeout=300
     )
