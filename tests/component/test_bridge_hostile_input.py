@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from chatllm.bridge.openapi import DOCUMENT_FILE
 from chatllm.proto import SERVICE_NAME, pb
-from tests.hostile_payloads import deep_struct_request
 from tests.fake_engine import FakeEngine
+from tests.hostile_payloads import deep_struct_request
 from tests.stack import StackThread, fake_config
 
 pytestmark = pytest.mark.model  # the knowledge base's embedder
