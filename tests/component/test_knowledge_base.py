@@ -1,5 +1,6 @@
-"""The knowledge base through the real gRPC server: real embedder, real model, and a real Milvus store:
-milvus-lite, and a Milvus server inside a network namespace (tests/milvus_backends.py)."""
+"""The knowledge base through the real gRPC server: real embedder and a real Milvus store (milvus-lite,
+and a Milvus server inside a network namespace: tests/milvus_backends.py), over the fake engine, which
+shows exactly what the retrieved chunks put in front of the model."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ import pytest_asyncio
 from chatllm.clients import AsyncChatClient
 from chatllm.proto import pb
 from chatllm.server.app import ChatLLMServer
+from chatllm.server.chat import NOTHING_RELEVANT_PROMPT
+from tests.fake_engine import FakeEngine
 from tests.milvus_backends import BACKENDS, milvus_uri_for
-from tests.servers import grpc_server, make_config
+from tests.servers import grpc_server
+from tests.stack import fake_config
 
-pytestmark = pytest.mark.asyncio(loop_scope="session")
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.model]  # the real embedder
 
 ROUTER = b"""# Zephyr R7 router
 
@@ -53,7 +57,7 @@ Membership costs 25 euros a year and includes one tasting kit per season.
 
 
 def config_for(data_dir: Path, uri: str, **overrides: object):
-    return make_config(
+    return fake_config(
         data_dir,
         knowledge_base=True,
         milvus_uri=uri,
@@ -64,13 +68,18 @@ def config_for(data_dir: Path, uri: str, **overrides: object):
     )
 
 
+@pytest.fixture(scope="module")
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
 @pytest_asyncio.fixture(scope="module", params=BACKENDS)
 async def server(
-    request: pytest.FixtureRequest, data_dir: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, data_dir: Path, engine: FakeEngine, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[ChatLLMServer]:
     uri = milvus_uri_for(request.param, tmp_path_factory.mktemp("kb"))
     config = config_for(data_dir, uri, kb_index_dir=str(tmp_path_factory.mktemp("kb-indexes")))
-    async with grpc_server(config) as running:
+    async with grpc_server(config, engine) as running:
         yield running
 
 
@@ -186,21 +195,26 @@ async def test_delete_document_and_knowledge_base(client: AsyncChatClient) -> No
     assert error.code() == grpc.StatusCode.NOT_FOUND and "deleting" in error.details()
 
 
-async def test_generate_with_the_knowledge_base_answers_with_sources(client: AsyncChatClient) -> None:
+async def test_generate_with_the_knowledge_base_answers_with_sources(
+    client: AsyncChatClient, engine: FakeEngine
+) -> None:
     await client.ingest(data=ROUTER, filename="zephyr.md", knowledge_base="answers")
+    question = "What is the default Wi-Fi password of the Zephyr R7?"
     result = await client.chat(
-        "What is the default Wi-Fi password of the Zephyr R7?",
+        question,
         knowledge_base="answers",
         retrieval_top_k=2,
         temperature=0.0,
         max_new_tokens=24,
     )
-    assert result.text.strip()
-    assert result.finish_reason in ("stop", "length")
+    assert result.text == engine.answer and result.finish_reason == "stop"
     assert result.sources and {s.file for s in result.sources} == {"zephyr.md"}  # the reset chunk may fall short
     assert "tangerine-42" in result.sources[0].text
     assert result.timings.retrieval_seconds > 0
-    assert "tangerine" in result.text.lower()
+    prompt = engine.prompts[-1]  # the model is given the chunks it cites, then the question
+    assert all(s.text.strip() in prompt for s in result.sources) and prompt.index("tangerine-42") < prompt.index(
+        question
+    )
 
     error = await rpc_error(client.chat("anything", knowledge_base="missing-kb", max_new_tokens=4))
     assert error.code() == grpc.StatusCode.NOT_FOUND
@@ -208,15 +222,15 @@ async def test_generate_with_the_knowledge_base_answers_with_sources(client: Asy
 
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_documents_survive_a_server_restart(
-    data_dir: Path, model_dir: Path, tmp_path: Path, backend: str
+    data_dir: Path, engine: FakeEngine, tmp_path: Path, backend: str
 ) -> None:
     db = milvus_uri_for(backend, tmp_path)
     indexes = str(tmp_path / "indexes")
-    async with grpc_server(config_for(data_dir, db, kb_index_dir=indexes)) as first:
+    async with grpc_server(config_for(data_dir, db, kb_index_dir=indexes), engine) as first:
         async with AsyncChatClient(f"127.0.0.1:{first.port}") as client:
             stored = await client.ingest(data=HANDBOOK_ZH, filename="手册.txt", knowledge_base="persist")
             await client.ingest(data=ORCHARD, filename="orchard.txt", knowledge_base="persist")
-    async with grpc_server(config_for(data_dir, db, kb_index_dir=indexes)) as second:
+    async with grpc_server(config_for(data_dir, db, kb_index_dir=indexes), engine) as second:
         async with AsyncChatClient(f"127.0.0.1:{second.port}") as client:
             assert {d.filename for d in await client.list_documents("persist")} == {"手册.txt", "orchard.txt"}
             # A Chinese question needs the lexical leg, which must have been rebuilt from the store.
@@ -227,7 +241,7 @@ async def test_documents_survive_a_server_restart(
 
 
 async def test_off_topic_questions_get_no_sources_and_an_answer_that_says_so(
-    client: AsyncChatClient, server: ChatLLMServer
+    client: AsyncChatClient, server: ChatLLMServer, engine: FakeEngine
 ) -> None:
     await client.ingest(data=TEA_CLUB, filename="tea-club.md", knowledge_base="tea")
     assert await client.retrieve(PERU, "tea", top_k=3) == []
@@ -237,5 +251,6 @@ async def test_off_topic_questions_get_no_sources_and_an_answer_that_says_so(
     assert all(s.score >= server.config.kb.kb_min_score for s in on_topic)
 
     result = await client.chat(PERU, knowledge_base="tea", retrieval_top_k=3, temperature=0.0, max_new_tokens=16)
-    assert list(result.sources) == [] and result.text.strip()
+    assert list(result.sources) == [] and result.text == engine.answer
     assert result.timings.retrieval_seconds > 0  # it did look
+    assert NOTHING_RELEVANT_PROMPT.format(question=PERU) in engine.prompts[-1]  # the model is told to say so
