@@ -1,4 +1,5 @@
-"""The real gRPC server (in process, port 0) with the real model on the hf engine."""
+"""The real gRPC server (in process, port 0): its protocol over the fake engine, and what the real model
+does through it on the hf engine (the shared `hf_stack`)."""
 
 from __future__ import annotations
 
@@ -14,23 +15,39 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from chatllm.clients import AsyncChatClient
 from chatllm.proto import SERVICE_NAME, pb
 from chatllm.server.app import ChatLLMServer
+from chatllm.server.engines.hf import PAGE_SIZE, _check_cache_holds_context, _kv_blocks
 from chatllm.server.errors import StartupError
+from tests.fake_engine import FAKE_MODEL, FakeEngine
 from tests.servers import grpc_server, make_config, wait_engine_idle
+from tests.stack import Stack, fake_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 QUESTION = "What is the capital of France?"
+ANSWER = "The capital of France is Paris."
+
+
+@pytest.fixture(scope="module")
+def engine() -> FakeEngine:
+    return FakeEngine(answer=ANSWER)
 
 
 @pytest_asyncio.fixture(scope="module")
-async def server(data_dir: Path, model_dir: Path) -> AsyncIterator[ChatLLMServer]:
-    async with grpc_server(make_config(data_dir, max_concurrent=16, max_queue=32)) as running:
+async def server(data_dir: Path, engine: FakeEngine) -> AsyncIterator[ChatLLMServer]:
+    async with grpc_server(fake_config(data_dir, max_concurrent=16, max_queue=32), engine) as running:
         yield running
 
 
 @pytest_asyncio.fixture
 async def client(server: ChatLLMServer) -> AsyncIterator[AsyncChatClient]:
     async with AsyncChatClient(f"127.0.0.1:{server.port}") as c:
+        yield c
+
+
+@pytest_asyncio.fixture
+async def hf_client(hf_stack: Stack) -> AsyncIterator[AsyncChatClient]:
+    """A client of the real model on the hf engine."""
+    async with AsyncChatClient(hf_stack.grpc_target) as c:
         yield c
 
 
@@ -42,8 +59,8 @@ async def test_stream_of_deltas_concatenates_to_the_final_text(client: AsyncChat
     final = responses[-1]
     assert final.HasField("final") and sum(r.HasField("final") for r in responses) == 1
     text = "".join(r.text for r in responses)
-    assert "Paris" in text
-    assert final.final.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+    assert text == ANSWER
+    assert final.final.finish_reason == pb.FINISH_REASON_STOP
     assert final.final.usage.completion_tokens == final.completion_tokens > 0
     assert final.final.usage.prompt_tokens > 10
     assert final.final.usage.total_tokens == final.final.usage.prompt_tokens + final.final.usage.completion_tokens
@@ -51,11 +68,11 @@ async def test_stream_of_deltas_concatenates_to_the_final_text(client: AsyncChat
     assert 0 < t.time_to_first_token_seconds <= t.total_seconds
 
 
-async def test_greedy_answer_matches_transformers_generate(client: AsyncChatClient, model_dir: Path) -> None:
+async def test_greedy_answer_matches_transformers_generate(hf_client: AsyncChatClient, model_dir: Path) -> None:
     """The engine path changes nothing: greedy output equals plain model.generate."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    result = await client.chat(QUESTION, temperature=0.0, max_new_tokens=16)
+    result = await hf_client.chat(QUESTION, temperature=0.0, max_new_tokens=16)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     text = tokenizer.apply_chat_template(
@@ -68,7 +85,9 @@ async def test_greedy_answer_matches_transformers_generate(client: AsyncChatClie
     assert result.usage.prompt_tokens == ids["input_ids"].shape[1]
 
 
-async def test_eight_concurrent_streams_finish_with_correct_usage(client: AsyncChatClient) -> None:
+async def test_eight_concurrent_streams_finish_with_correct_usage(hf_client: AsyncChatClient) -> None:
+    client = hf_client
+
     async def one(i: int) -> tuple[int, int, int]:
         n_deltas = 0
         final = None
@@ -86,7 +105,8 @@ async def test_eight_concurrent_streams_finish_with_correct_usage(client: AsyncC
         assert n_deltas >= 2
 
 
-async def test_cancelled_stream_frees_its_engine_slot(client: AsyncChatClient) -> None:
+async def test_cancelled_stream_frees_its_engine_slot(hf_client: AsyncChatClient) -> None:
+    client = hf_client
     call = client.stream("Write a very long story about a dragon.", max_new_tokens=2000, ignore_eos=True)
     got = 0
     async for r in call:
@@ -100,7 +120,8 @@ async def test_cancelled_stream_frees_its_engine_slot(client: AsyncChatClient) -
     assert info.active_requests == 0 and info.waiting_requests == 0
 
 
-async def test_deadline_aborts_the_engine_request(client: AsyncChatClient) -> None:
+async def test_deadline_aborts_the_engine_request(hf_client: AsyncChatClient) -> None:
+    client = hf_client
     call = client.stream("Tell me everything about Rome.", max_new_tokens=2000, ignore_eos=True, timeout=1.0)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         async for _ in call:
@@ -119,8 +140,6 @@ async def test_deadline_aborts_the_engine_request(client: AsyncChatClient) -> No
         ({"top_p": 1.5}, "sampling.top_p"),
         ({"top_k": -1}, "sampling.top_k"),
         ({"max_new_tokens": 0}, "sampling.max_new_tokens"),
-        ({"repetition_penalty": 1.2}, "sampling.repetition_penalty"),  # hf backend cannot honour it
-        ({"seed": 7}, "sampling.seed"),
         ({"stop": [""]}, "sampling.stop"),
     ],
 )
@@ -133,7 +152,20 @@ async def test_invalid_sampling_is_invalid_argument_naming_the_field(
     assert err.value.details().startswith(field + ":"), err.value.details()
 
 
-async def test_empty_prompt_and_overlong_prompt_are_invalid(client: AsyncChatClient) -> None:
+@pytest.mark.parametrize(("sampling", "field"), [({"repetition_penalty": 1.2}, "sampling.repetition_penalty"),
+                                                 ({"seed": 7}, "sampling.seed")])  # fmt: skip
+async def test_the_hf_engine_refuses_what_it_cannot_honour(
+    hf_client: AsyncChatClient, sampling: dict[str, object], field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await hf_client.chat(QUESTION, **sampling)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field + ": not supported by the hf backend"), err.value.details()
+
+
+async def test_empty_prompt_and_overlong_prompt_are_invalid(
+    client: AsyncChatClient, hf_client: AsyncChatClient
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.chat("   ")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -141,12 +173,13 @@ async def test_empty_prompt_and_overlong_prompt_are_invalid(client: AsyncChatCli
     # ~10k tokens: under the character limit, over the model's 8192-token context.
     long_prompt = " ".join(f"w{i}" for i in range(12_000))[:99_000]
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.chat(long_prompt)
+        await hf_client.chat(long_prompt)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "context" in err.value.details() and err.value.details().startswith("prompt:")
 
 
-async def test_stop_strings_end_the_answer_before_the_stop(client: AsyncChatClient) -> None:
+async def test_stop_strings_end_the_answer_before_the_stop(hf_client: AsyncChatClient) -> None:
+    client = hf_client
     full = await client.chat(QUESTION, temperature=0.0, max_new_tokens=16)
     assert "Paris" in full.text
     cut = await client.chat(QUESTION, temperature=0.0, max_new_tokens=16, stop=["Paris"])
@@ -154,30 +187,33 @@ async def test_stop_strings_end_the_answer_before_the_stop(client: AsyncChatClie
     assert cut.finish_reason == "stop"
 
 
-async def test_history_and_system_prompt_reach_the_model(client: AsyncChatClient) -> None:
-    plain = await client.chat("What is my name?", temperature=0.0, max_new_tokens=12)
-    with_history = await client.chat(
-        "What is my name?",
-        temperature=0.0,
-        max_new_tokens=12,
-        history=[("Hello, my name is Zorblax.", "Nice to meet you, Zorblax!")],
+async def test_history_and_system_prompt_reach_the_model(client: AsyncChatClient, engine: FakeEngine) -> None:
+    await client.chat("What is my name?", max_new_tokens=12)
+    assert engine.prompts[-1] == "<user>What is my name?</user>\n<assistant>"
+    history = [("Hello, my name is Zorblax.", "Nice to meet you, Zorblax!")]
+    await client.chat("What is my name?", max_new_tokens=12, history=history)
+    assert engine.prompts[-1] == (
+        "<user>Hello, my name is Zorblax.</user>\n<assistant>Nice to meet you, Zorblax!</assistant>\n"
+        "<user>What is my name?</user>\n<assistant>"
     )
-    assert with_history.usage.prompt_tokens > plain.usage.prompt_tokens + 10
-    with_system = await client.chat(
-        "What is my name?", temperature=0.0, max_new_tokens=12, system_prompt="Always answer in French."
-    )
-    assert with_system.usage.prompt_tokens != plain.usage.prompt_tokens
+    await client.chat("What is my name?", max_new_tokens=12, system_prompt="Always answer in French.")
+    assert engine.prompts[-1].startswith("<system>Always answer in French.</system>\n")
 
 
 async def test_list_models_and_server_info(client: AsyncChatClient) -> None:
     models = await client.models()
-    assert models.models[0].id == "SmolLM2-135M-Instruct"
-    assert models.models[0].backend == "hf" and models.models[0].context_length == 8192
-    assert models.models[0].chat_template == "tokenizer"
+    assert models.models[0].id == FAKE_MODEL and models.models[0].backend == "fake"
     assert any(m.name == "Qwen2-7b" and "A10" in m.recommended_hardware for m in models.catalog)
     info = await client.server_info()
     assert info.uptime_seconds > 0 and info.version
     assert info.max_concurrent == 16 and not info.draining
+
+
+async def test_the_real_model_is_described_as_loaded(hf_client: AsyncChatClient) -> None:
+    (base,) = (await hf_client.models()).models
+    assert (base.id, base.backend, base.context_length, base.chat_template) == (
+        "SmolLM2-135M-Instruct", "hf", 8192, "tokenizer"
+    )  # fmt: skip
 
 
 async def test_health_serving_and_reflection_lists_the_service(server: ChatLLMServer) -> None:
@@ -203,23 +239,27 @@ async def test_knowledge_base_disabled_is_unavailable(client: AsyncChatClient) -
     assert "knowledge base" in err.value.details()
 
 
-async def test_a_kv_cache_smaller_than_the_context_is_a_startup_error(data_dir: Path, model_dir: Path) -> None:
+def test_a_kv_cache_smaller_than_the_context_is_a_startup_error(model_dir: Path) -> None:
     """One 256-token block cannot hold the model's 8192-token context: refuse to start, saying what
     to change, rather than let a long request wait forever for blocks that never free up."""
+    from transformers import AutoConfig
+
+    blocks = _kv_blocks(AutoConfig.from_pretrained(model_dir), 4, 0.02)  # fp32
+    assert blocks == 1
     with pytest.raises(StartupError, match=r"holds 256 tokens.*--max-model-len 256"):
-        async with grpc_server(make_config(data_dir, kv_cache_space=0.02)):
-            pass
+        _check_cache_holds_context(blocks, 8192, 0.02)
+    _check_cache_holds_context(blocks, PAGE_SIZE, 0.02)  # a context capped to the cache starts
 
 
 async def test_requests_that_each_fill_the_whole_cache_take_turns(data_dir: Path, model_dir: Path) -> None:
-    """With the context capped to the cache, two answers that each need every block both finish."""
-    async with grpc_server(make_config(data_dir, kv_cache_space=0.02, max_model_len=256)) as server:
+    """With one cache block (a request holds a whole block), two answers that each need it both finish."""
+    async with grpc_server(make_config(data_dir, kv_cache_space=0.02, max_model_len=128)) as server:
         async with AsyncChatClient(f"127.0.0.1:{server.port}") as client:
             answers = await asyncio.wait_for(
                 asyncio.gather(
-                    *(client.chat(QUESTION, max_new_tokens=180, ignore_eos=True, temperature=0.0) for _ in range(2))
+                    *(client.chat(QUESTION, max_new_tokens=24, ignore_eos=True, temperature=0.0) for _ in range(2))
                 ),
                 timeout=300,
             )
-            assert [a.usage.completion_tokens for a in answers] == [180, 180]
-            assert (await client.server_info()).model.context_length == 256
+            assert [a.usage.completion_tokens for a in answers] == [24, 24]
+            assert (await client.server_info()).model.context_length == 128
