@@ -63,10 +63,11 @@ class ChoiceSet:
     """The choices of one request, as they stream out of the engine."""
 
     def __init__(
-        self, n: int, prompt_ids: list[int], request_id: str, tools: ToolSession | None, logprobs: bool
+        self, n: int, prompt_ids: list[int], request_id: str, tools: ToolSession | None, logprobs: bool, model: str
     ) -> None:
         self.prompt_ids = prompt_ids
         self.request_id = request_id
+        self.model = model  # sent in the first response
         self.logprobs = logprobs
         self.choices = [ChoiceState(i, tools.choice_parser() if tools else None) for i in range(n)]
         self.prompt_sent = False
@@ -110,6 +111,7 @@ class ChoiceSet:
         if not self.prompt_sent:
             self.prompt_sent = True
             response.prompt_tokens = len(self.prompt_ids)
+            response.model = self.model
             self.prompt_logprobs = logprobs_pb(out.prompt_logprobs)
             response.prompt_logprobs.extend(self.prompt_logprobs)
         if finished:
@@ -136,7 +138,7 @@ class ChoiceSet:
     def best(self, n: int) -> ChoiceSet:
         """The n choices with the highest total log probability, re-numbered from 0 (best_of)."""
         ranked = sorted(self.choices, key=lambda c: c.cumulative_logprob, reverse=True)[:n]
-        kept = ChoiceSet(0, self.prompt_ids, self.request_id, None, self.logprobs)
+        kept = ChoiceSet(0, self.prompt_ids, self.request_id, None, self.logprobs, self.model)
         kept.choices = [
             ChoiceState(
                 i, c.parser, c.text, c.completion_tokens, c.finish, c.stop_reason, c.cumulative_logprob, c.logprobs
@@ -162,6 +164,7 @@ class ChoiceSet:
                 logprobs=c.logprobs,
                 prompt_tokens=len(self.prompt_ids) if c.index == 0 else 0,
                 prompt_logprobs=self.prompt_logprobs if c.index == 0 else [],
+                model=self.model if c.index == 0 else "",
             )
             for c in self.choices
         ]

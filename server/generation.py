@@ -188,7 +188,7 @@ class GenerateService:
         await admitted.reserve(len(built.ids), options.n * options.max_new_tokens)
         engine_id = f"{request_id}:{uuid.uuid4().hex[:8]}"  # unique even if a client reuses ids
         timer = _Deadline(deadline, lambda: self.engine.abort(engine_id))
-        choices = ChoiceSet(options.n, built.ids, request_id, plan.tools, plan.options.logprobs is not None)
+        choices = ChoiceSet(options.n, built.ids, request_id, plan.tools, plan.options.logprobs is not None, plan.model)
         clock = _TokenClock(arrival)
         final = None
         ended = "abort"  # what to record when no final message went out: abort (client gone), timeout, error

@@ -36,6 +36,7 @@ class Progress:
     prompt_tokens: int = 0
     prompt_logprobs: list[pb.TokenLogprob] = field(default_factory=list)
     request_id: str = ""
+    model: str = ""  # the model that answers (the server names it in its first message)
     final: pb.GenerateFinal | None = None
 
     def choice(self, index: int = 0) -> Choice:
@@ -66,6 +67,7 @@ class Progress:
         if response.finish_reason:
             choice.finish_reason = FINISH_NAMES.get(response.finish_reason, "stop")
         self.prompt_tokens = self.prompt_tokens or response.prompt_tokens
+        self.model = self.model or response.model
         self.prompt_logprobs.extend(response.prompt_logprobs)
         self.request_id = response.request_id
         if response.HasField("final"):

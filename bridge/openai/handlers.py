@@ -90,11 +90,8 @@ async def _complete(
 ) -> web.StreamResponse:
     rid = request_id(request.headers.get("X-Request-Id"))
     upstream, authorization = request.app[UPSTREAM], upstream_authorization(request)
-    try:
-        model = body.model or await upstream.model_id(authorization)
-    except grpc.aio.AioRpcError as exc:
-        raise errors.from_rpc(exc) from None
-    envelope = {"id": f"{shape.id_prefix}-{rid}", "created": int(time.time()), "model": model}
+    # "model" comes with the server's first message (the model that answers, as named or the base model).
+    envelope = {"id": f"{shape.id_prefix}-{rid}", "created": int(time.time())}
     generate = body.to_generate_request(rid)
     apply_header(generate, request.headers)
     updates = relay(upstream, generate, "openai", authorization, request.app[STATE].calls)

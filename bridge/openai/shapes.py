@@ -193,7 +193,7 @@ class OpenAIStream:
         self.continuous_usage = continuous_usage
 
     def _chunk(self, choices: list[dict[str, Any]], progress: Progress) -> bytes:
-        event = {**self.envelope, "choices": choices}
+        event = {**self.envelope, "model": progress.model, "choices": choices}
         if self.include_usage:
             event["usage"] = progress.usage() if self.continuous_usage else None
         return sse(event)
@@ -207,7 +207,7 @@ class OpenAIStream:
     def closing(self, progress: Progress, changes: list[ChoiceChange]) -> list[bytes]:
         chunks = self.update(progress, changes)
         if self.include_usage:
-            chunks.append(sse({**self.envelope, "choices": [], "usage": progress.usage()}))
+            chunks.append(sse({**self.envelope, "model": progress.model, "choices": [], "usage": progress.usage()}))
         return [*chunks, DONE]
 
     def failure(self, error: ApiError) -> list[bytes]:
@@ -216,4 +216,5 @@ class OpenAIStream:
 
 def whole_body(shape: Shape, envelope: dict[str, Any], progress: Progress) -> dict[str, Any]:
     choices = [shape.whole_choice(c, progress) for _, c in sorted(progress.choices.items())]
-    return {**envelope, "object": shape.object_name, "choices": choices, "usage": progress.usage()}
+    body = {**envelope, "model": progress.model, "object": shape.object_name}
+    return {**body, "choices": choices, "usage": progress.usage()}

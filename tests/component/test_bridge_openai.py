@@ -4,12 +4,15 @@ top-p). The same client against the real model on vLLM: tests/component/contract
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import openai
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 
 from tests.fake_engine import FAKE_MODEL, FakeEngine
 from tests.stack import Stack, fake_config, serving_stack
@@ -155,3 +158,21 @@ async def test_abandoned_stream_cancels_the_engine_request(client: openai.AsyncO
     await stream.close()
     idle = await stack.wait_engine_idle(within=10)
     assert idle.active_requests == 0 and idle.waiting_requests == 0
+
+
+def server_calls(method: str) -> float:
+    return REGISTRY.get_sample_value("chatllm_requests_total", {"method": method, "code": "OK"}) or 0.0
+
+
+async def test_the_reply_names_the_model_the_server_says_answered_without_asking_for_the_list(stack: Stack) -> None:
+    """A body without `model` gets the base model's name, from the server's first message: the bridge
+    makes no ListModels call for it."""
+    body = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 4}
+    listed = server_calls("ListModels")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(stack.http_url + "/v1/chat/completions", json=body) as whole:
+            assert (await whole.json())["model"] == MODEL
+        async with session.post(stack.http_url + "/v1/completions", json={"prompt": "hi", "stream": True}) as stream:
+            events = [json.loads(line[6:]) for line in (await stream.text()).splitlines() if line[6:7] == "{"]
+    assert events and all(event["model"] == MODEL for event in events)
+    assert server_calls("ListModels") == listed

@@ -142,10 +142,13 @@ async def test_messages_reach_the_template_as_sent_and_legacy_history_is_trimmed
 async def test_models_name_the_base_or_an_adapter_and_nothing_else() -> None:
     engine = FakeEngine()
     svc = service(engine)
-    await collect(svc, pb.GenerateRequest(prompt="hi", model="pirate"))
+    adapted = await collect(svc, pb.GenerateRequest(prompt="hi", model="pirate"))
     assert engine.seen[-1][2] == "pirate"
-    await collect(svc, pb.GenerateRequest(prompt="hi", model="fake-model"))
-    assert engine.seen[-1][2] is None
+    assert [r.model for r in adapted] == ["pirate", *[""] * (len(adapted) - 1)]  # named in the first response
+    base = await collect(svc, pb.GenerateRequest(prompt="hi"))
+    assert engine.seen[-1][2] is None and base[0].model == base[-1].final.model == "fake-model"
+    best = await collect(svc, prompt(n=1, best_of=2))  # answered at the end, whole
+    assert best[0].model == "fake-model"
     with pytest.raises(NotFound) as err:
         await collect(svc, pb.GenerateRequest(prompt="hi", model="gpt-4"))
     assert "pirate" in str(err.value)
