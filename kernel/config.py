@@ -105,8 +105,8 @@ class EngineConfig:
     max_model_len: int = option(0, "cap on context length (0 = model's)", commands=SERVER_COMMANDS)
     engine_start_log: str | None = option(
         None,
-        "append a line (backend, model, process id) to this file each time an engine starts (the test suite "
-        "counts model start-ups with it)",
+        "append a line (starting or ready, backend, model, process id) to this file as each engine starts and "
+        "once it is ready (the test suite counts model start-ups with it)",
         commands=SERVER_COMMANDS,
     )
 

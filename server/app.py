@@ -392,13 +392,15 @@ class ChatLLMServer:
                 await server.drain()
 
 
-async def serve_until_signal(config: Config, on_ready: asyncio.Event | None = None) -> None:
+async def serve_until_signal(
+    config: Config, on_ready: asyncio.Event | None = None, engine: Engine | EngineFactory | None = None
+) -> None:
     """Run until SIGTERM/SIGINT, then drain and stop. StartupError propagates."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = ChatLLMServer(config)
+    server = ChatLLMServer(config, engine=engine or running_engine)
     loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
     async with contextlib.AsyncExitStack() as stack:
         await server.start()

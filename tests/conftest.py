@@ -145,18 +145,26 @@ def output_dir(request: pytest.FixtureRequest) -> Path:
     return path
 
 
-class ChatllmProcess:
-    """A `chatllm ...` subprocess in its own process group, with its log in a file."""
+CHATLLM = "chatllm.clients.cli"  # the `chatllm` command
+FAKE_CHATLLM = "tests.fake_chatllm"  # the same command serving tests/fake_engine.py (no model)
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+
+class ChatllmProcess:
+    """A `chatllm ...` subprocess (or `program`, e.g. FAKE_CHATLLM) in its own process group, with its
+    log in a file."""
+
+    def __init__(
+        self, args: list[str], log_path: Path, env: dict[str, str] | None = None, program: str = CHATLLM
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")
         full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatllm.clients.cli", *args],
+            [sys.executable, "-m", program, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,
+            cwd=REPO,
             start_new_session=True,
         )
 
@@ -204,11 +212,14 @@ class ChatllmProcess:
 
 @pytest.fixture
 def chatllm_process(output_dir: Path) -> Iterator[type]:
-    """Factory: `proc = chatllm_process(["server", ...])`; all are stopped at teardown."""
+    """Factory: `proc = chatllm_process(["server", ...])` (`program=FAKE_CHATLLM`: over the fake engine);
+    all are stopped at teardown."""
     started: list[ChatllmProcess] = []
 
-    def start(args: list[str], env: dict[str, str] | None = None, name: str = "chatllm") -> ChatllmProcess:
-        proc = ChatllmProcess(args, output_dir / f"{name}-{len(started)}.log", env)
+    def start(
+        args: list[str], env: dict[str, str] | None = None, name: str = "chatllm", program: str = CHATLLM
+    ) -> ChatllmProcess:
+        proc = ChatllmProcess(args, output_dir / f"{name}-{len(started)}.log", env, program)
         started.append(proc)
         return proc
 

@@ -1,7 +1,9 @@
 """Counting model start-ups across a test run: every engine start, in the test process and in the
-`chatllm` processes it spawns, appends a line to one file (--engine-start-log, inherited by
-subprocesses as CHATLLM_ENGINE_START_LOG); the run attributes each start to the test module that
-caused it and prints the count at the end."""
+`chatllm` processes it spawns, appends lines to one file (--engine-start-log, which subprocesses
+inherit as CHATLLM_ENGINE_START_LOG): `starting` when it begins, `ready` once the model is loaded
+and serving. The run charges each line to the test module that caused it and prints the counts at
+the end: start-ups are the engines that became ready; starts a test stopped or that were refused
+before that are listed beside them."""
 
 from __future__ import annotations
 
@@ -27,38 +29,45 @@ class StartupLog:
             os.close(handle)
             self.path, self._own = Path(name), True
             os.environ[ENV] = name  # chatllm subprocesses append to it too
-        self._seen = self._count()
-        self.by_module: collections.Counter[str] = collections.Counter()
-        self.by_backend: collections.Counter[str] = collections.Counter()
+        self._seen = len(self._lines())
+        self.ready: collections.Counter[str] = collections.Counter()  # by backend
+        self.starting = 0
+        self.by_module: collections.Counter[str] = collections.Counter()  # ready engines
         self.fast_tier_broken: list[str] = []  # tests that started an engine in a --fast run
 
-    def _lines(self) -> list[str]:
+    def _lines(self) -> list[list[str]]:
         try:
-            return self.path.read_text(encoding="utf-8").splitlines()
+            text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
-
-    def _count(self) -> int:
-        return len(self._lines())
+        return [line.split("\t") for line in text.splitlines()]
 
     def attribute(self, module: str) -> int:
-        """Charge the starts since the last call to `module`; returns how many there were."""
+        """Charge the lines since the last call to `module`; returns how many engines began to start."""
         lines = self._lines()
         new = lines[self._seen :]
         self._seen = len(lines)
-        for line in new:
-            self.by_backend[line.split("\t", 1)[0]] += 1
-        if new:
-            self.by_module[module] += len(new)
-        return len(new)
+        started = 0
+        for event, backend, *_ in new:
+            if event == "ready":
+                self.ready[backend] += 1
+                self.by_module[module] += 1
+            else:
+                started += 1
+        self.starting += started
+        return started
 
     @property
     def total(self) -> int:
-        return sum(self.by_backend.values())
+        return sum(self.ready.values())
 
     def summary(self) -> list[str]:
-        backends = ", ".join(f"{name} {count}" for name, count in sorted(self.by_backend.items())) or "none"
+        backends = ", ".join(f"{name} {count}" for name, count in sorted(self.ready.items())) or "none"
         lines = [f"model start-ups: {self.total} ({backends}); the full suite's budget is {BUDGET}"]
+        if self.starting > self.total:
+            lines.append(
+                f"  and {self.starting - self.total} more starts stopped or refused before the engine was ready"
+            )
         lines += [f"  {count:3d}  {module}" for module, count in self.by_module.most_common()]
         if self.fast_tier_broken:
             lines.append(f"--fast: these tests started a model (mark them `model`): {self.fast_tier_broken}")

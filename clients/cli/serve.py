@@ -8,16 +8,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatllm.kernel.access import TokenFileError
 from chatllm.kernel.config import Config
 from chatllm.kernel.flags import add_config_arguments, from_args
 from chatllm.kernel.tls import CertificateError
+
+if TYPE_CHECKING:
+    from chatllm.server.app import EngineFactory
+    from chatllm.server.engines.base import Engine
 
 DEFAULT_UPSTREAM = "localhost:50051"
 log = logging.getLogger("chatllm.serve")
@@ -31,10 +36,15 @@ def setup_logging(level: str) -> None:
     )
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, engine: Engine | EngineFactory | None = None) -> None:
+    """The serving commands; `server` and `serve` serve `engine` when given (default: the configured backend)."""
     for name, handler, help_text in (
-        ("server", run_server, "run the gRPC server alone"),
-        ("serve", run_serve, "run the gRPC server and the HTTP/WebSocket bridge in one process"),
+        ("server", functools.partial(run_server, engine=engine), "run the gRPC server alone"),
+        (
+            "serve",
+            functools.partial(run_serve, engine=engine),
+            "run the gRPC server and the HTTP/WebSocket bridge in one process",
+        ),
         ("bridge", run_bridge, "run the HTTP/WebSocket bridge alone, in front of --upstream"),
     ):
         parser = subparsers.add_parser(name, help=help_text)
@@ -56,16 +66,16 @@ def _run(args: argparse.Namespace, main: Callable[[Config], Coroutine[Any, Any, 
     return 0
 
 
-def run_server(args: argparse.Namespace) -> int:
+def run_server(args: argparse.Namespace, engine: Engine | EngineFactory | None = None) -> int:
     from chatllm.server.app import serve_until_signal
 
-    return _run(args, serve_until_signal)
+    return _run(args, lambda config: serve_until_signal(config, engine=engine))
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def run_serve(args: argparse.Namespace, engine: Engine | EngineFactory | None = None) -> int:
     """gRPC server + bridge; /metrics of the bridge shows both (one registry), so the
     server's own metrics port stays off unless --metrics-port names one."""
-    return _run(args, serve_both_until_signal)
+    return _run(args, lambda config: serve_both_until_signal(config, engine))
 
 
 def run_bridge(args: argparse.Namespace) -> int:
@@ -84,15 +94,15 @@ def run_bridge(args: argparse.Namespace) -> int:
     return _run(args, bridge)
 
 
-async def serve_both_until_signal(config: Config) -> None:
+async def serve_both_until_signal(config: Config, engine: Engine | EngineFactory | None = None) -> None:
     """`chatllm serve`: gRPC server and bridge in this event loop, the bridge calling the server
     over loopback gRPC (the same path as a separate bridge). StartupError propagates."""
     from chatllm.bridge.runner import BridgeServer, loopback_target, stop_event
-    from chatllm.server.app import ChatLLMServer
+    from chatllm.server.app import ChatLLMServer, running_engine
 
     stop = stop_event()
     # With TLS on the gRPC port, the bridge in this process uses a private Unix socket instead.
-    server = ChatLLMServer(config, local_socket=config.security.tls_cert is not None)
+    server = ChatLLMServer(config, local_socket=config.security.tls_cert is not None, engine=engine or running_engine)
     async with contextlib.AsyncExitStack() as stack:
         await server.start()
         stack.push_async_callback(server.stop)

@@ -46,21 +46,25 @@ async def running_engine(config: Config, source: ModelSource) -> AsyncIterator[E
     """Start the chosen engine; stop it (and any processes it spawned) on exit."""
     backend, why = choose_backend(config)
     log.info("engine backend: %s (%s)", backend, why)
-    if config.engine.engine_start_log:
-        record_start(config.engine.engine_start_log, backend, source)
+    start_log = config.engine.engine_start_log
+    record_start(start_log, "starting", backend, source)
     if backend == "vllm":
         from chatllm.server.engines.vllm import VLLMEngine
 
         async with VLLMEngine.running(config, source) as engine:
+            record_start(start_log, "ready", backend, source)
             yield engine
     else:
         from chatllm.server.engines.hf import HFEngine
 
         async with HFEngine.running(config, source) as hf_engine:
+            record_start(start_log, "ready", backend, source)
             yield hf_engine
 
 
-def record_start(path: str, backend: str, source: ModelSource) -> None:
-    """One line per engine start, appended (lines this short are written whole even when processes share the file)."""
-    with open(path, "a", encoding="utf-8") as log_file:
-        log_file.write(f"{backend}\t{source.name}\t{os.getpid()}\n")
+def record_start(path: str | None, event: str, backend: str, source: ModelSource) -> None:
+    """A line for --engine-start-log: `starting` when an engine begins to start, `ready` once it serves
+    (lines this short are appended whole even when several processes share the file)."""
+    if path:
+        with open(path, "a", encoding="utf-8") as log_file:
+            log_file.write(f"{event}\t{backend}\t{source.name}\t{os.getpid()}\n")

@@ -1,4 +1,5 @@
-"""History export through a real `chatllm server` subprocess: rotation, SIGTERM flush, kill -9."""
+"""History export through a real `chatllm server` subprocess (over the fake engine: the export is the
+server's, whatever the model says): rotation, SIGTERM flush, kill -9."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import grpc
 from chatllm.clients import ChatClient
 from chatllm.clients.wire import ChatResult
 from chatllm.server.history import HistoryExporter
-from tests.conftest import ChatllmProcess
+from tests.conftest import FAKE_CHATLLM, ChatllmProcess
+from tests.fake_chatllm import STALL_ENV
 
 INTERVAL = 2  # seconds per file: short, so a handful of requests spans several files
 WRITE_BOUND = 1.0  # coarse: a finished exchange is on disk well within this (the writer wakes per line)
@@ -34,8 +36,6 @@ def start_server(
             "0",
             "--metrics-port",
             "0",
-            "--backend",
-            "hf",
             "--no-knowledge-base",
             "--data-dir",
             str(data_dir),
@@ -45,7 +45,9 @@ def start_server(
             str(history_dir),
             "--export-interval",
             str(INTERVAL),
-        ]
+        ],
+        env={STALL_ENV: "0.05"},  # the in-flight answer below streams for 1.5 s
+        program=FAKE_CHATLLM,
     )
     port = proc.grpc_port()
     proc.wait_for_log(r"ready: ", timeout=240)
@@ -71,7 +73,7 @@ def entry_time(entry: dict) -> float:
 
 
 def test_every_exchange_is_one_line_in_its_period_file_and_sigterm_flushes(
-    tmp_path: Path, data_dir: Path, model_dir: Path, chatllm_process
+    tmp_path: Path, data_dir: Path, chatllm_process
 ) -> None:
     history_dir = tmp_path / "history"
     proc, port = start_server(chatllm_process, data_dir, history_dir)
@@ -127,7 +129,7 @@ def test_every_exchange_is_one_line_in_its_period_file_and_sigterm_flushes(
 
 
 def test_kill_9_loses_nothing_written_and_leaves_only_whole_lines(
-    tmp_path: Path, data_dir: Path, model_dir: Path, chatllm_process
+    tmp_path: Path, data_dir: Path, chatllm_process
 ) -> None:
     history_dir = tmp_path / "history"
     proc, port = start_server(chatllm_process, data_dir, history_dir)
@@ -152,7 +154,11 @@ def test_kill_9_loses_nothing_written_and_leaves_only_whole_lines(
     for worker in workers:
         worker.start()
     deadline = time.monotonic() + 120
-    while len(completed) < 12:
+    def talked_for_a_while() -> bool:  # some exchanges finished well before the kill, others are in flight at it
+        with lock:
+            return len(completed) >= 12 and time.monotonic() - min(completed.values()) > 2 * WRITE_BOUND
+
+    while not talked_for_a_while():
         assert time.monotonic() < deadline and proc.proc.poll() is None, "requests did not complete"
         time.sleep(0.05)
     os.kill(proc.proc.pid, signal.SIGKILL)  # the process this test started, while traffic flows
