@@ -154,6 +154,7 @@ def test_kill_9_loses_nothing_written_and_leaves_only_whole_lines(
     for worker in workers:
         worker.start()
     deadline = time.monotonic() + 120
+
     def talked_for_a_while() -> bool:  # some exchanges finished well before the kill, others are in flight at it
         with lock:
             return len(completed) >= 12 and time.monotonic() - min(completed.values()) > 2 * WRITE_BOUND

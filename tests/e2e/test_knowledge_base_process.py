@@ -1,4 +1,5 @@
-"""`chatllm server` with the knowledge base as a subprocess: kill -9 in the middle of an ingest, and the
+"""`chatllm server` with the knowledge base as a subprocess (real embedder and milvus-lite, over the fake
+engine: what is tested is the knowledge base's): kill -9 in the middle of an ingest, and the
 `chatllm ingest` / `chatllm kb` / `chatllm chat --kb` commands against it."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from chatllm.clients import ChatClient
 from chatllm.retrieval.ingest_pipeline import WRITE_BATCH
+from tests.conftest import FAKE_CHATLLM
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 EMBEDDING_DIMENSIONS = 384  # all-MiniLM-L6-v2, the default
@@ -33,8 +35,6 @@ def server_args(data_dir: Path, db: Path, *extra: str) -> list[str]:
         "0",
         "--metrics-port",
         "0",
-        "--backend",
-        "hf",
         "--data-dir",
         str(data_dir),
         "--knowledge-base",
@@ -45,7 +45,7 @@ def server_args(data_dir: Path, db: Path, *extra: str) -> list[str]:
 
 
 def start_server(chatllm_process, data_dir: Path, db: Path, *extra: str) -> tuple[object, int]:
-    proc = chatllm_process(server_args(data_dir, db, *extra))
+    proc = chatllm_process(server_args(data_dir, db, *extra), program=FAKE_CHATLLM)
     port = proc.grpc_port()
     proc.wait_for_log(r"ready: ", timeout=300)
     return proc, port
@@ -71,9 +71,7 @@ def wait_for_log_fast(proc, pattern: str, timeout: float) -> None:
     wait_for(lambda: bool(regex.search(proc.log())), proc, timeout)
 
 
-def test_kill_9_during_an_ingest_leaves_no_partial_document(
-    data_dir: Path, model_dir: Path, tmp_path: Path, chatllm_process
-) -> None:
+def test_kill_9_during_an_ingest_leaves_no_partial_document(data_dir: Path, tmp_path: Path, chatllm_process) -> None:
     """A committed document whose indexes were saved, then a kill in the middle of the next ingest: the
     restart loads the saved indexes, removes the journalled rows of the unfinished ingest, and the first
     document is still found by the lexical leg (a Chinese question)."""
@@ -129,7 +127,7 @@ def test_kill_9_during_an_ingest_leaves_no_partial_document(
         assert client.list_knowledge_bases()[0].chunks == expected_chunks + handbook.chunks
 
 
-def test_cli_ingest_list_chat_and_delete(data_dir: Path, model_dir: Path, tmp_path: Path, chatllm_process) -> None:
+def test_cli_ingest_list_chat_and_delete(data_dir: Path, tmp_path: Path, chatllm_process) -> None:
     _, port = start_server(chatllm_process, data_dir, tmp_path / "kb.db")
     target = ["--target", f"127.0.0.1:{port}"]
     broken = tmp_path / "broken.pdf"
