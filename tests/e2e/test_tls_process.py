@@ -1,5 +1,5 @@
-"""`chatllm serve` with TLS and a token file as a subprocess (real model): HTTPS and gRPC over TLS
-answer, and SIGHUP swaps the certificates of both listeners while open streams run to their end."""
+"""`chatllm serve` with TLS and a token file as a subprocess (over the fake engine): HTTPS and gRPC over
+TLS answer, and SIGHUP swaps the certificates of both listeners while open streams run to their end."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import requests
 
 from chatllm.clients import ChatClient
 from tests.certificates import CertificateAuthority, Issued
-from tests.conftest import ChatllmProcess
+from tests.conftest import FAKE_CHATLLM, ChatllmProcess
+from tests.fake_chatllm import STALL_ENV
 
 QUESTION = "What is the capital of France?"
 TOKEN = "process-token-51d2"
@@ -58,10 +59,12 @@ def test_serve_over_tls_reloads_its_certificates_on_sighup(
         [
             "serve",
             *("--host", "127.0.0.1", "--port", "0", "--grpc-host", "127.0.0.1", "--grpc-port", "0"),
-            *("--backend", "hf", "--no-knowledge-base", "--data-dir", str(data_dir), "--temperature", "0"),
+            *("--no-knowledge-base", "--data-dir", str(data_dir), "--temperature", "0"),
             *("--tls-cert", str(live.cert), "--tls-key", str(live.key), "--token-file", str(tokens)),
         ],
+        env={STALL_ENV: "0.05"},  # the two long answers below stream for 4 s
         name="serve-tls",
+        program=FAKE_CHATLLM,
     )
     http_port = int(proc.wait_for_log(HTTP_LISTENING, timeout=180).group(1))
     grpc_port = proc.grpc_port()
