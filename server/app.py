@@ -236,7 +236,9 @@ class ChatLLMServer:
         chat = self._chat(engine)
         tool_calling = None
         if model.tool_call_parser != "none":
-            tool_calling = ToolCalling(model.tool_call_parser, model.tool_strict_level, engine.tokenizer)
+            # In a thread: the parsers are vLLM's, and importing vLLM takes seconds the probes must not wait.
+            parser, strict = model.tool_call_parser, model.tool_strict_level
+            tool_calling = await asyncio.to_thread(ToolCalling, parser, strict, engine.tokenizer)
         retriever = history = None
         if config.kb.knowledge_base:
             from chatllm.server.knowledge import KnowledgeService

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -21,8 +20,8 @@ import websocket
 import yaml
 
 from chatllm.clients import ChatClient
-from tests.conftest import OUTPUT, ChatllmProcess
 from tests.dashboard_queries import PanelQuery, label_values_query, load, panel_queries, query_variables, substitute
+from tests.e2e.conftest import ServeProcess
 from tests.prometheus_server import PrometheusServer, finite_values
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,35 +33,14 @@ RATE_INTERVAL = "30s"
 DOCUMENT = b"Paris is the capital of France. The Eiffel Tower stands on the Champ de Mars in Paris.\n" * 3
 
 
-@dataclass
-class Stack:
-    proc: ChatllmProcess
-    http: str
-    grpc: str
-    history_dir: Path
-
-
-@pytest.fixture(scope="module")
-def stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """One `chatllm serve` for the module (a model load is the slow part)."""
-    tmp = tmp_path_factory.mktemp("stack")
-    log_dir = OUTPUT / "test_dashboard"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    args = "serve --backend hf --host 127.0.0.1 --port 0 --grpc-host 127.0.0.1 --grpc-port 0 --num-threads 1".split()
-    args += ["--model-path", str(model_dir), "--data-dir", str(tmp / "data")]
-    args += ["--export-history-path", str(tmp / "history")]
-    proc = ChatllmProcess(args, log_dir / "chatllm-serve.log")
-    try:
-        grpc_port = proc.grpc_port()
-        http_port = int(proc.wait_for_log(r"HTTP listening on [^:\s]+:(\d+)", timeout=180).group(1))
-        proc.wait_for_log(r"ready: ", timeout=300)
-        yield Stack(proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", tmp / "history")
-    finally:
-        proc.stop()
+@pytest.fixture
+def stack(real_serve: ServeProcess) -> ServeProcess:
+    """The run's `chatllm serve` with the real model (tests/e2e/conftest.py)."""
+    return real_serve
 
 
 @pytest.fixture
-def prometheus(stack: Stack, tmp_path: Path) -> Iterator[PrometheusServer]:
+def prometheus(stack: ServeProcess, tmp_path: Path) -> Iterator[PrometheusServer]:
     rules = tmp_path / "alerts.yml"
     rules.write_text((REPO / "ops" / "prometheus" / "alerts.yml").read_text())
     server = PrometheusServer(tmp_path, {JOB: [stack.http.removeprefix("http://")]}, (rules,))
@@ -73,7 +51,7 @@ def prometheus(stack: Stack, tmp_path: Path) -> Iterator[PrometheusServer]:
         server.stop()
 
 
-def send_traffic(stack: Stack, model: str) -> None:
+def send_traffic(stack: ServeProcess, model: str) -> None:
     """One of everything a user does, each checked enough to know it really happened."""
     ask = {"prompt": "What is the capital of France?", "max_new_tokens": 4, "temperature": 0}
     reply = requests.post(stack.http, json={**ask, "use_stream_chat": False}, timeout=120)
@@ -144,7 +122,9 @@ def problems_with(
     return problems
 
 
-def test_every_dashboard_panel_returns_data_from_a_real_prometheus(stack: Stack, prometheus: PrometheusServer) -> None:
+def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
+    stack: ServeProcess, prometheus: PrometheusServer
+) -> None:
     prometheus.wait_for_scrape_after(JOB, 0, timeout=60)
     model = requests.get(f"{stack.http}/v1/models", timeout=30).json()["data"][0]["id"]
     start = time.time() - 5
@@ -181,7 +161,7 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(stack: Stack,
     assert {"http", "ws", "openai", "grpc"} <= {entry["channel"] for entry in lines}
 
 
-def test_compose_healthchecks_pass_against_a_live_stack(stack: Stack) -> None:
+def test_compose_healthchecks_pass_against_a_live_stack(stack: ServeProcess) -> None:
     """The healthcheck commands of ops/compose.yaml, pointed at this stack's ports, succeed."""
     services = yaml.safe_load((REPO / "ops" / "compose.yaml").read_text())["services"]
     grpc_port, http_port = stack.grpc.rsplit(":", 1)[1], stack.http.rsplit(":", 1)[1]

@@ -1,5 +1,6 @@
-"""`chatllm serve` and `chatllm bridge` as subprocesses with the real model: answers over
-HTTP, WebSocket and gRPC, /metrics of both processes after traffic, drain on SIGTERM."""
+"""`chatllm serve` and `chatllm bridge` as subprocesses: answers of the real model over HTTP, WebSocket,
+OpenAI and gRPC, and /metrics of both processes after that traffic (the run's real `chatllm serve`);
+drain on SIGTERM and tokens kept out of logs and metrics (a `chatllm serve` over the fake engine)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ import websocket
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatllm.clients import ChatClient
-from tests.conftest import ChatllmProcess
+from tests.conftest import FAKE_CHATLLM, ChatllmProcess
+from tests.e2e.conftest import ServeProcess
+from tests.fake_chatllm import STALL_ENV
+from tests.fake_engine import FAKE_MODEL
 
 MODEL = "SmolLM2-135M-Instruct"
 QUESTION = "What is the capital of France?"
@@ -31,32 +35,21 @@ HTTP_LISTENING = r"HTTP listening on [^:\s]+:(\d+)"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]  # (name, labels) -> value
 
 
-def start_serve(
+def start_fake_serve(
     chatllm_process: Callable[..., ChatllmProcess], data_dir: Path, *extra: str
 ) -> tuple[ChatllmProcess, int, int]:
+    """A `chatllm serve` over the fake engine (tests/fake_chatllm.py), a word every 50 ms."""
     proc = chatllm_process(
         [
             "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--backend",
-            "hf",
-            "--no-knowledge-base",
-            "--data-dir",
-            str(data_dir),
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "32",
+            *("--host", "127.0.0.1", "--port", "0", "--grpc-host", "127.0.0.1", "--grpc-port", "0"),
+            *("--no-knowledge-base", "--data-dir", str(data_dir), "--temperature", "0", "--max-new-tokens", "32"),
+            *("--served-model-name", FAKE_MODEL),
             *extra,
         ],
+        env={STALL_ENV: "0.05"},
         name="serve",
+        program=FAKE_CHATLLM,
     )
     http_port = int(proc.wait_for_log(HTTP_LISTENING, timeout=180).group(1))
     grpc_port = proc.grpc_port()
@@ -148,12 +141,11 @@ def assert_server_series(samples: Samples) -> None:
 
 
 def test_bridge_process_and_serve_process_export_their_metrics(
-    chatllm_process: Callable[..., ChatllmProcess], data_dir: Path, model_dir: Path
+    chatllm_process: Callable[..., ChatllmProcess], real_serve: ServeProcess
 ) -> None:
     """Traffic through a separate `chatllm bridge`; the serve process behind it is the gRPC server."""
-    serve, serve_http, grpc_port = start_serve(chatllm_process, data_dir)
     bridge = chatllm_process(
-        ["bridge", "--upstream", f"127.0.0.1:{grpc_port}", "--host", "127.0.0.1", "--port", "0"], name="bridge"
+        ["bridge", "--upstream", real_serve.grpc, "--host", "127.0.0.1", "--port", "0"], name="bridge"
     )
     url = f"http://127.0.0.1:{int(bridge.wait_for_log(HTTP_LISTENING, timeout=60).group(1))}"
     wait_ready(url, bridge)
@@ -166,16 +158,13 @@ def test_bridge_process_and_serve_process_export_their_metrics(
         assert "Paris" in (reply.choices[0].message.content or "")
 
     assert_bridge_series(metric_samples(url))
-    assert_server_series(metric_samples(f"http://127.0.0.1:{serve_http}"))
+    assert_server_series(metric_samples(real_serve.http))
     assert bridge.terminate() == 0
-    assert serve.terminate() == 0
 
 
-def test_serve_answers_then_drains_on_sigterm(
-    chatllm_process: Callable[..., ChatllmProcess], data_dir: Path, model_dir: Path
-) -> None:
+def test_serve_answers_then_drains_on_sigterm(chatllm_process: Callable[..., ChatllmProcess], data_dir: Path) -> None:
     # A grace far beyond what the stream needs, so a slow machine cannot turn this into a cancel.
-    proc, http_port, grpc_port = start_serve(chatllm_process, data_dir, "--shutdown-grace", "300")
+    proc, http_port, grpc_port = start_fake_serve(chatllm_process, data_dir, "--shutdown-grace", "300")
     url = f"http://127.0.0.1:{http_port}"
     assert "Paris" in requests.post(url + "/", data=QUESTION.encode(), timeout=300).json()["response"]
     with ChatClient(f"127.0.0.1:{grpc_port}") as client:
@@ -220,12 +209,12 @@ def test_serve_answers_then_drains_on_sigterm(
 
 
 def test_the_token_never_reaches_logs_or_metrics(
-    chatllm_process: Callable[..., ChatllmProcess], data_dir: Path, model_dir: Path, tmp_path: Path
+    chatllm_process: Callable[..., ChatllmProcess], data_dir: Path, tmp_path: Path
 ) -> None:
     """Right and wrong tokens on every door (HTTP, SSE, WebSocket, OpenAI, upload, gRPC), DEBUG logging:
     neither appears in the log or in /metrics (values or labels)."""
     token, wrong = f"tok-{secrets.token_hex(8)}", f"wrong-{secrets.token_hex(8)}"
-    proc, http_port, grpc_port = start_serve(
+    proc, http_port, grpc_port = start_fake_serve(
         chatllm_process, data_dir, "--token", token, "--log-level", "DEBUG",
         "--knowledge-base", "--milvus-uri", str(tmp_path / "kb.db"),
     )  # fmt: skip
@@ -248,10 +237,10 @@ def test_the_token_never_reaches_logs_or_metrics(
     with pytest.raises(websocket.WebSocketBadStatusException):
         websocket.create_connection(url.replace("http", "ws") + "/", header=[f"Authorization: {wrong}"], timeout=60)
     with openai.OpenAI(base_url=url + "/v1", api_key=token, max_retries=0) as client:
-        client.completions.create(model=MODEL, prompt="Hi", max_tokens=2)
+        client.completions.create(model=FAKE_MODEL, prompt="Hi", max_tokens=2)
     with openai.OpenAI(base_url=url + "/v1", api_key=wrong, max_retries=0) as client:
         with pytest.raises(openai.AuthenticationError):
-            client.completions.create(model=MODEL, prompt="Hi", max_tokens=2)
+            client.completions.create(model=FAKE_MODEL, prompt="Hi", max_tokens=2)
     with ChatClient(f"127.0.0.1:{grpc_port}", token=token) as client:
         assert client.chat("Hi", max_new_tokens=2).usage.completion_tokens == 2
     with ChatClient(f"127.0.0.1:{grpc_port}", token=wrong) as client:
