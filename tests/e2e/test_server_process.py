@@ -1,8 +1,8 @@
-"""`chatllm server` as a subprocess: start-up errors, load -> SERVING, drain on SIGTERM."""
+"""`chatllm server` as a subprocess: start-up errors, a .gguf model path converted while the server says
+it is loading (the run's real `chatllm serve`), drain on SIGTERM (over the fake engine)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import threading
@@ -14,7 +14,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chatllm.clients import ChatClient
 from chatllm.proto import SERVICE_NAME, pb
-from chatllm.server.model_source import builtin_gguf
+from chatllm.server.model_source import BUILTIN_NAME
+from tests.conftest import FAKE_CHATLLM
+from tests.e2e.conftest import ServeProcess
+from tests.fake_chatllm import STALL_ENV
 
 BASE = [
     "server",
@@ -60,29 +63,19 @@ def health(port: int, service: str) -> int:
         )
 
 
-def test_gguf_path_loads_after_conversion_then_drains_on_sigterm(tmp_path: Path, chatllm_process) -> None:
-    """A fresh data dir forces the GGUF conversion, so readiness is NOT_SERVING for a while."""
-    gguf = tmp_path / "my-model.gguf"
-    shutil.copy(builtin_gguf(), gguf)
-    proc = chatllm_process([*BASE, "--data-dir", str(tmp_path / "data"), "--model-path", str(gguf)])
-    port = proc.grpc_port()
-    assert health(port, "") == health_pb2.HealthCheckResponse.SERVING
-    assert health(port, SERVICE_NAME) == health_pb2.HealthCheckResponse.NOT_SERVING
-    with ChatClient(f"127.0.0.1:{port}") as client:
-        with pytest.raises(grpc.RpcError) as err:
-            client.chat("hello")
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "loading" in err.value.details()
-
-    proc.wait_for_log(r"ready: my-model via hf", timeout=240)
-    assert health(port, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
-    assert any(p.name.startswith("my-model-") for p in (tmp_path / "data" / "models").iterdir())
-
-    # The CLI streams an answer.
+def test_a_gguf_path_is_converted_once_while_the_server_says_it_is_loading(real_serve: ServeProcess) -> None:
+    """The run's real `chatllm serve` was given the built-in model as a .gguf path in a fresh data dir: alive
+    but not ready while it converted and loaded, then it answers (here through `chatllm chat`)."""
+    assert real_serve.while_loading["liveness"] == health_pb2.HealthCheckResponse.SERVING
+    assert real_serve.while_loading[SERVICE_NAME] == health_pb2.HealthCheckResponse.NOT_SERVING
+    code, details = real_serve.while_loading["generate"]  # type: ignore[misc]
+    assert code == grpc.StatusCode.UNAVAILABLE and "loading" in details
+    assert [p.name.startswith(f"{BUILTIN_NAME}-") for p in (real_serve.data_dir / "models").iterdir()] == [True]
     answer = run_cli(
         [
             "chat",
             "--target",
-            f"127.0.0.1:{port}",
+            real_serve.grpc,
             "--temperature",
             "0",
             "--max-new-tokens",
@@ -92,7 +85,13 @@ def test_gguf_path_loads_after_conversion_then_drains_on_sigterm(tmp_path: Path,
     )
     assert answer.returncode == 0 and "Paris" in answer.stdout
 
-    # SIGTERM while a stream is in flight: readiness flips, new work is refused, the stream completes.
+
+def test_sigterm_drains_the_stream_in_flight_then_exits_0(tmp_path: Path, chatllm_process) -> None:
+    """`chatllm server` (over the fake engine): readiness flips, new work is refused, the stream completes."""
+    proc = chatllm_process([*BASE, "--data-dir", str(tmp_path / "data")], env={STALL_ENV: "0.05"}, program=FAKE_CHATLLM)
+    port = proc.grpc_port()
+    proc.wait_for_log(r"ready: ", timeout=120)
+    assert health(port, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
     client = ChatClient(f"127.0.0.1:{port}")
     call = client.stream("Count slowly to one hundred.", max_new_tokens=40, ignore_eos=True, temperature=0.0)
     first = next(call)
