@@ -1,6 +1,7 @@
 """One vLLM-backed stack for every contract test module in this package (started once, stopped after
-the package): the built-in model with a tool-aware chat template, a LoRA adapter, and the knowledge
-base (for embeddings)."""
+the package): the built-in model given as a .gguf path to `--backend auto` (vLLM here, in fp32), with a
+tool-aware chat template, a LoRA adapter, and the knowledge base (for embeddings). test_vllm_engine.py
+kills the engine in its last test: keep it the last module of the package (by name)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import pytest_asyncio
 
 from chatllm.server.engines.vllm_setup import vllm_build
+from chatllm.server.model_source import builtin_gguf
 from tests.adapters import make_lora_adapter
 from tests.servers import make_config
 from tests.stack import Stack, serving_stack
@@ -33,7 +35,9 @@ async def stack(data_dir: Path, model_dir: Path, tmp_path_factory: pytest.TempPa
     adapter = await asyncio.to_thread(make_lora_adapter, model_dir, tmp_path_factory.mktemp("lora") / ADAPTER)
     config = make_config(
         data_dir,
-        backend="vllm",
+        backend="auto",
+        model_path=str(builtin_gguf()),
+        served_model_name=MODEL,
         precision="fp32",
         max_new_tokens=64,
         chat_template="chatml-tools",

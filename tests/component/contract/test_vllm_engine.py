@@ -1,7 +1,9 @@
-"""The real gRPC server (in process, port 0) on the vLLM engine, chosen by `--backend auto`.
+"""The vLLM engine behind the real gRPC server (the contract package's stack: `--backend auto` given the
+built-in model as a .gguf path, fp32): greedy equals transformers, batching, stop strings, seeds,
+penalties, cancellation, deadlines, limits, metrics and the engine's processes.
 
-One server for the whole module: a vLLM engine takes ~4 GiB and ~25 s to start.
-The engine-death test kills the engine, so it is the last test of the module.
+The engine-death test kills the engine, so this module is the last of the package (pytest runs the
+package's modules in name order) and that test the last of the module.
 """
 
 from __future__ import annotations
@@ -22,46 +24,55 @@ from chatllm.clients import AsyncChatClient
 from chatllm.proto import SERVICE_NAME, pb
 from chatllm.server.app import ChatLLMServer
 from chatllm.server.engines.process_owner import vllm_processes
-from chatllm.server.engines.vllm_setup import vllm_build
 from chatllm.server.model_source import builtin_gguf
-from tests.servers import grpc_server, make_config, wait_engine_idle
+from tests.component.contract.conftest import MODEL
+from tests.servers import wait_engine_idle
+from tests.stack import Stack
 
-pytestmark = [
-    pytest.mark.model,
-    pytest.mark.asyncio(loop_scope="session"),
-    pytest.mark.skipif(vllm_build() is None, reason="vLLM is not installed (make install puts it in .venv)"),
-]
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 QUESTION = "What is the capital of France?"
 
 
-@pytest_asyncio.fixture(scope="module")
-async def server(data_dir: Path, model_dir: Path) -> AsyncIterator[ChatLLMServer]:
-    # The built-in model's GGUF given as an explicit .gguf path: vLLM serves the cached
-    # conversion (the one `model_dir` made), as it would for any .gguf file.
-    config = make_config(
-        data_dir, backend="auto", precision="fp32", max_concurrent=16, max_queue=32, model_path=str(builtin_gguf())
-    )
-    async with grpc_server(config) as running:
-        yield running
+@pytest.fixture
+def server(stack: Stack) -> ChatLLMServer:
+    return stack.server
 
 
 @pytest_asyncio.fixture
-async def client(server: ChatLLMServer) -> AsyncIterator[AsyncChatClient]:
-    async with AsyncChatClient(f"127.0.0.1:{server.port}") as c:
+async def client(stack: Stack) -> AsyncIterator[AsyncChatClient]:
+    async with AsyncChatClient(stack.grpc_target) as c:
         yield c
+
+
+def own_template(model_dir: Path, question: str) -> str:
+    """The question in the model's own chat template (the stack renders tools-aware ChatML), sent as a raw
+    prompt: what the model answers then is what it answers with its own template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return str(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+    )
+
+
+async def ask(client: AsyncChatClient, model_dir: Path, question: str, **sampling: object):  # type: ignore[no-untyped-def]
+    return await client.chat(own_template(model_dir, question), raw_prompt=True, **sampling)
 
 
 async def test_auto_backend_serves_the_gguf_with_vllm_in_fp32(client: AsyncChatClient) -> None:
     model = (await client.models()).models[0]
     assert model.backend == "vllm"
-    assert model.model_path == str(builtin_gguf()) and model.id == builtin_gguf().stem
+    assert model.model_path == str(builtin_gguf()) and model.id == MODEL
     assert model.device == "cpu" and model.dtype == "float32"
     assert model.context_length == 8192 and model.tensor_parallel_size == 1
 
 
-async def test_stream_of_deltas_concatenates_to_the_final_text(client: AsyncChatClient) -> None:
-    responses = [r async for r in client.stream(QUESTION, temperature=0.0, max_new_tokens=24)]
+async def test_stream_of_deltas_concatenates_to_the_final_text(client: AsyncChatClient, model_dir: Path) -> None:
+    prompt = own_template(model_dir, QUESTION)
+    responses = [r async for r in client.stream(prompt, raw_prompt=True, temperature=0.0, max_new_tokens=24)]
     deltas = [r.text for r in responses if not r.HasField("final")]
     assert len(deltas) >= 3 and all(deltas), deltas
     final = responses[-1]
@@ -79,7 +90,7 @@ async def test_greedy_fp32_answer_equals_transformers_generate(client: AsyncChat
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     question = "Name three colours of the rainbow."
-    result = await client.chat(question, temperature=0.0, max_new_tokens=32)
+    result = await ask(client, model_dir, question, temperature=0.0, max_new_tokens=32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     text = tokenizer.apply_chat_template(
@@ -116,10 +127,10 @@ async def test_eight_concurrent_streams_finish_with_correct_usage(client: AsyncC
     assert alone[3] == results[3][3]
 
 
-async def test_stop_strings_end_the_answer_before_the_stop(client: AsyncChatClient) -> None:
-    full = await client.chat(QUESTION, temperature=0.0, max_new_tokens=16)
+async def test_stop_strings_end_the_answer_before_the_stop(client: AsyncChatClient, model_dir: Path) -> None:
+    full = await ask(client, model_dir, QUESTION, temperature=0.0, max_new_tokens=16)
     assert "Paris" in full.text
-    cut = await client.chat(QUESTION, temperature=0.0, max_new_tokens=16, stop=["Paris"])
+    cut = await ask(client, model_dir, QUESTION, temperature=0.0, max_new_tokens=16, stop=["Paris"])
     assert cut.text == full.text[: full.text.index("Paris")]
     assert cut.finish_reason == "stop"
 
@@ -139,10 +150,10 @@ async def test_seed_makes_sampling_repeatable(client: AsyncChatClient) -> None:
     assert len(others | {first}) >= 2, "different seeds gave the same sample every time"
 
 
-async def test_repetition_penalty_reaches_the_engine(client: AsyncChatClient) -> None:
+async def test_repetition_penalty_reaches_the_engine(client: AsyncChatClient, model_dir: Path) -> None:
     prompt = "Repeat the word 'hello' ten times."
-    plain = await client.chat(prompt, temperature=0.0, max_new_tokens=16)
-    penalised = await client.chat(prompt, temperature=0.0, max_new_tokens=16, repetition_penalty=2.0)
+    plain = await ask(client, model_dir, prompt, temperature=0.0, max_new_tokens=16)
+    penalised = await ask(client, model_dir, prompt, temperature=0.0, max_new_tokens=16, repetition_penalty=2.0)
     assert plain.text.lower().count("hello") >= 2, plain.text
     assert penalised.text != plain.text  # greedy either way: only the penalty can change the answer
 
