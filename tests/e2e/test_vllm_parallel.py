@@ -91,47 +91,46 @@ def assert_gone(procs: list[psutil.Process], within: float, what: str) -> None:
     assert not alive, f"{what}: {[(p.pid, p.name()) for p in alive]}"
 
 
-@pytest.mark.parametrize(
-    ("parallel", "ranks"),
-    [(["--tensor-parallel-size", "3"], 3), (["--pipeline-parallel-size", "2"], 2)],
-    ids=["tp3", "pp2"],
-)
-def test_parallel_engine_answers_cancels_and_drains(
-    data_dir: Path, model_dir: Path, chatllm_process, parallel: list[str], ranks: int
-) -> None:
+def start_checked(chatllm_process, data_dir: Path, parallel: list[str], ranks: int):  # type: ignore[no-untyped-def]
+    """A parallel server, ready, whose workers are the ranks asked for, each on its own CPU share."""
     proc, port = start_parallel_server(chatllm_process, data_dir, parallel)
     workers = workers_of(proc.proc.pid)
     assert len(workers) == ranks, [w.cmdline()[0] for w in workers]
-
     # The server derived one CPU share per rank (vLLM alone refuses more ranks than NUMA nodes).
     config = Config.build(**{parallel[0].removeprefix("--").replace("-", "_"): ranks})
     expected = omp_threads_bind(config, sorted(os.sched_getaffinity(0)), numa_node_of_cpu())
     if expected is not None:
         assert f"VLLM_CPU_OMP_THREADS_BIND={expected} " in proc.log()
         assert [worker_cpus(w) for w in workers] == expected.split("|")
-
     with ChatClient(f"127.0.0.1:{port}", timeout=120) as client:
         model = client.server_info().model
-        assert (model.tensor_parallel_size, model.pipeline_parallel_size) == (
-            (ranks, 1) if "--tensor-parallel-size" in parallel else (1, ranks)
-        )
-        # A correct answer, streamed, with its usage.
-        deltas = list(client.stream(QUESTION, temperature=0.0, max_new_tokens=12))
-        text = "".join(d.text for d in deltas)
-        assert "Paris" in text, text
-        assert sum(1 for d in deltas if d.text) > 1  # streamed in pieces, not one block
-        usage = deltas[-1].final.usage
-        assert usage.prompt_tokens > 5 and 0 < usage.completion_tokens <= 12
-        assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
-        exact = client.chat("Count to fifty.", temperature=0.0, max_new_tokens=20, ignore_eos=True)
-        assert exact.finish_reason == "length" and exact.usage.completion_tokens == 20
+        tensor = "--tensor-parallel-size" in parallel
+        assert (model.tensor_parallel_size, model.pipeline_parallel_size) == ((ranks, 1) if tensor else (1, ranks))
+    return proc, port, workers
 
-        # Cancel: a long answer stops in the engine as soon as its call is cancelled.
-        call = client.stream("Tell me a long story.", max_new_tokens=1500, ignore_eos=True)
-        assert next(call).request_id
-        call.cancel()
-        assert_engine_idle(client, within=15)
 
+def answers_and_cancels(client: ChatClient) -> None:
+    # A correct answer, streamed, with its usage.
+    deltas = list(client.stream(QUESTION, temperature=0.0, max_new_tokens=12))
+    text = "".join(d.text for d in deltas)
+    assert "Paris" in text, text
+    assert sum(1 for d in deltas if d.text) > 1  # streamed in pieces, not one block
+    usage = deltas[-1].final.usage
+    assert usage.prompt_tokens > 5 and 0 < usage.completion_tokens <= 12
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    exact = client.chat("Count to fifty.", temperature=0.0, max_new_tokens=20, ignore_eos=True)
+    assert exact.finish_reason == "length" and exact.usage.completion_tokens == 20
+    # Cancel: a long answer stops in the engine as soon as its call is cancelled.
+    call = client.stream("Tell me a long story.", max_new_tokens=1500, ignore_eos=True)
+    assert next(call).request_id
+    call.cancel()
+    assert_engine_idle(client, within=15)
+
+
+def test_pipeline_parallel_answers_cancels_and_drains(data_dir: Path, model_dir: Path, chatllm_process) -> None:
+    proc, port, workers = start_checked(chatllm_process, data_dir, ["--pipeline-parallel-size", "2"], 2)
+    with ChatClient(f"127.0.0.1:{port}", timeout=120) as client:
+        answers_and_cancels(client)
         # Drain: SIGTERM while a stream runs: readiness goes, new work is refused, the stream completes.
         call = client.stream("Count slowly to one hundred.", temperature=0.0, max_new_tokens=40, ignore_eos=True)
         assert next(call).text
@@ -152,25 +151,15 @@ def test_parallel_engine_answers_cancels_and_drains(
     assert_gone(workers, within=5, what="worker processes survived the server's SIGTERM")
 
 
-def assert_engine_idle(client: ChatClient, within: float) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        info = client.server_info()
-        if info.active_requests == 0 and info.waiting_requests == 0:
-            return
-        assert time.monotonic() < deadline, f"the cancelled request still runs: {info}"
-        time.sleep(0.1)
-
-
-def test_a_dead_tensor_parallel_rank_takes_the_whole_engine_down(
+def test_tensor_parallel_answers_cancels_and_a_dead_rank_takes_the_whole_engine_down(
     data_dir: Path, model_dir: Path, chatllm_process
 ) -> None:
-    """SIGKILL one of the 3 workers: the server reports the engine dead (UNAVAILABLE,
-    NOT_SERVING) and no other engine process is left running behind it."""
-    proc, port = start_parallel_server(chatllm_process, data_dir, ["--tensor-parallel-size", "3"])
+    """Then SIGKILL one of the 3 workers: the server reports the engine dead (UNAVAILABLE, NOT_SERVING)
+    and no other engine process is left running behind it."""
+    proc, port, workers = start_checked(chatllm_process, data_dir, ["--tensor-parallel-size", "3"], 3)
+    with ChatClient(f"127.0.0.1:{port}", timeout=120) as client:
+        answers_and_cancels(client)
     engine = engine_processes_of(proc.proc.pid)
-    workers = workers_of(proc.proc.pid)
-    assert len(workers) == 3
     workers[1].kill()  # a descendant of the server this test started
     assert_gone(engine, within=30, what="engine processes outlived the dead rank")
     assert proc.proc.poll() is None  # the server itself stays up to report the failure
@@ -186,6 +175,16 @@ def test_a_dead_tensor_parallel_rank_takes_the_whole_engine_down(
     while group_members(proc.proc.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not group_members(proc.proc.pid), "processes of the server's group outlived it"
+
+
+def assert_engine_idle(client: ChatClient, within: float) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        info = client.server_info()
+        if info.active_requests == 0 and info.waiting_requests == 0:
+            return
+        assert time.monotonic() < deadline, f"the cancelled request still runs: {info}"
+        time.sleep(0.1)
 
 
 def group_members(pgid: int) -> list[str]:
