@@ -1,7 +1,7 @@
 """The web chat page in headless Chromium (Debian's), driven by Playwright, against a real stack:
-a `chatllm server` (real model, real knowledge base) on loopback and a `chatllm bridge` with a
-token in front of it, shared by every test of this folder. Any JavaScript error, 404 or request
-that leaves the server fails the test."""
+the run's `chatllm serve` (real model, real knowledge base: tests/e2e/conftest.py) on loopback and a
+`chatllm bridge` with a token in front of it, shared by every test of this folder. Any JavaScript error,
+404 or request that leaves the server fails the test."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from tests.conftest import ChatllmProcess
+from tests.e2e.conftest import ServeProcess
 from tests.e2e.web.pages import CHROMIUM, CHROMIUM_ARGS, DESKTOP, TOKEN, Site, watch_for_errors
 
 MAX_UPLOAD = 20_000
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chro
 def start_bridge(grpc_target: str, log: Path, token: str, port: int = 0) -> tuple[ChatllmProcess, int]:
     """A `chatllm bridge` process; returns it and its HTTP port."""
     args = ["bridge", "--upstream", grpc_target, "--host", "127.0.0.1", "--port", str(port), "--token", token]
+    args += ["--max-upload-bytes", str(MAX_UPLOAD)]
     bridge = ChatllmProcess(args, log)
     try:
         return bridge, int(bridge.wait_for_log(HTTP_LISTENING, 60).group(1))
@@ -32,26 +34,15 @@ def start_bridge(grpc_target: str, log: Path, token: str, port: int = 0) -> tupl
 
 
 @pytest.fixture(scope="package")
-def site(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, model_dir: Path) -> Iterator[Site]:
+def site(tmp_path_factory: pytest.TempPathFactory, real_serve: ServeProcess) -> Iterator[Site]:
     """The server holds no token and listens on loopback only; the bridge checks the page's token
     (so a test can restart the bridge with another one)."""
     tmp = tmp_path_factory.mktemp("web")
-    args = [
-        "server", "--backend", "hf", "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
-        "--data-dir", str(data_dir),
-        "--milvus-uri", str(tmp / "kb" / "milvus.db"), "--max-upload-bytes", str(MAX_UPLOAD),
-    ]  # fmt: skip
-    server = ChatllmProcess(args, tmp / "server.log")
-    bridge = None
+    bridge, http_port = start_bridge(real_serve.grpc, tmp / "bridge.log", TOKEN)
     try:
-        grpc_target = f"127.0.0.1:{server.grpc_port()}"
-        server.wait_for_log(r"ready: ", 240)
-        bridge, http_port = start_bridge(grpc_target, tmp / "bridge.log", TOKEN)
-        yield Site(f"http://127.0.0.1:{http_port}/", grpc_target)
+        yield Site(f"http://127.0.0.1:{http_port}/", real_serve.grpc)
     finally:
-        if bridge is not None:
-            bridge.stop()
-        server.stop()
+        bridge.stop()
 
 
 @pytest.fixture(scope="package")
