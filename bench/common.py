@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import importlib.metadata
 import json
@@ -111,17 +112,32 @@ def write_results(name: str, title: str, body: str, data: dict[str, Any]) -> Pat
     return md
 
 
-class ChatllmSubprocess:
-    """`chatllm <args>` in its own process group; ports read from its log lines."""
+CHATLLM_MODULE = "chatllm.clients.cli"  # what `python -m` runs as `chatllm` (--chatllm-module can name another)
 
-    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+
+def add_chatllm_module_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--chatllm-module",
+        default=CHATLLM_MODULE,
+        help="the Python module run as `chatllm` (the test suite names one that serves a scripted engine, to "
+        "check the stack's promises without a model)",
+    )
+
+
+class ChatllmSubprocess:
+    """`chatllm <args>` (`python -m program`) in its own process group; ports read from its log lines."""
+
+    def __init__(
+        self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None, program: str = CHATLLM_MODULE
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatllm.clients.cli", *args],
+            [sys.executable, "-m", program, *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            cwd=REPO,
             start_new_session=True,
         )
 

@@ -32,7 +32,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO, ChatllmSubprocess, markdown_table, write_results
+from bench.common import REPO, ChatllmSubprocess, add_chatllm_module_argument, markdown_table, write_results
 from bench.soak_load import Outcome, http_stream
 from chatllm.clients import AsyncChatClient
 
@@ -148,7 +148,7 @@ def replica_threads(backend: str, index: int, cpus: list[int]) -> dict[str, str]
 
 
 def start_stack(
-    plan: Plan, backend: str, data_dir: str, workdir: Path
+    plan: Plan, backend: str, data_dir: str, workdir: Path, program: str
 ) -> tuple[list[ChatllmSubprocess], list[int], ChatllmSubprocess]:
     """Replicas A and B (ready), their gRPC ports, and the bridge in front of both."""
     replicas = []
@@ -158,7 +158,9 @@ def start_stack(
         args += ["--metrics-port", "0", "--no-knowledge-base", "--data-dir", data_dir, "--shutdown-grace", "5"]
         args += ["--max-concurrent", str(plan.max_concurrent), "--max-queue", str(plan.max_queue)]
         replicas.append(
-            ChatllmSubprocess(args, workdir / f"replica-{name}.log", env=replica_threads(backend, index, cpus))
+            ChatllmSubprocess(
+                args, workdir / f"replica-{name}.log", env=replica_threads(backend, index, cpus), program=program
+            )
         )
     ports = [int(r.wait_for(r"gRPC listening on [^:\s]+:(\d+)", 120).group(1)) for r in replicas]
     for replica in replicas:
@@ -171,8 +173,8 @@ def start_stack(
     return replicas, ports, bridge
 
 
-async def failover(plan: Plan, backend: str, data_dir: str, workdir: Path) -> dict[str, Any]:
-    replicas, ports, bridge = start_stack(plan, backend, data_dir, workdir)
+async def failover(plan: Plan, backend: str, data_dir: str, workdir: Path, program: str) -> dict[str, Any]:
+    replicas, ports, bridge = start_stack(plan, backend, data_dir, workdir, program)
     try:
         url = "http://127.0.0.1:" + bridge.wait_for(r"HTTP listening on [^:\s]+:(\d+)", 60).group(1)
         tally, stop = Tally(), asyncio.Event()
@@ -263,13 +265,14 @@ def main() -> int:
     parser.add_argument("--logs", type=Path, help="keep the replicas' and the bridge's logs in this folder")
     parser.add_argument("--data-dir", default=str(REPO / ".cache" / "test-data"), help="where the model is")
     parser.add_argument("--report", type=Path, help="also write the result as JSON to this file")
+    add_chatllm_module_argument(parser)
     args = parser.parse_args()
     plan = QUICK if args.quick else Plan()
     data_dir = args.data_dir
     with tempfile.TemporaryDirectory(prefix="chatllm-failover-") as workdir:
         logs = args.logs or Path(workdir)
         logs.mkdir(parents=True, exist_ok=True)
-        result = asyncio.run(failover(plan, args.backend, data_dir, logs))
+        result = asyncio.run(failover(plan, args.backend, data_dir, logs, args.chatllm_module))
     if args.report:
         args.report.write_text(json.dumps(result, indent=2))
     body = report(result)

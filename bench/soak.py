@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import disconnect
 from bench import soak_load as load
-from bench.common import REPO, ChatllmSubprocess, markdown_table, percentile, write_results
+from bench.common import REPO, ChatllmSubprocess, add_chatllm_module_argument, markdown_table, percentile, write_results
 from chatllm.clients import AsyncChatClient
 
 ENGINE_FLAGS = {
@@ -97,7 +97,7 @@ class Report:
 class Stack:
     """One `chatllm serve` process on a given knowledge-base database, with clients."""
 
-    def __init__(self, backend: str, plan: Plan, data_dir: str, db: Path, log: Path) -> None:
+    def __init__(self, backend: str, plan: Plan, data_dir: str, db: Path, log: Path, program: str) -> None:
         args = [
             "serve", *ENGINE_FLAGS[backend], "--host", "127.0.0.1", "--port", "0", "--grpc-host", "127.0.0.1",
             "--grpc-port", "0", "--data-dir", data_dir, "--knowledge-base", "--milvus-uri", str(db),
@@ -105,7 +105,7 @@ class Stack:
             "--max-concurrent", str(plan.max_concurrent), "--max-queue", str(plan.max_queue),
             "--request-timeout", "180", "--shutdown-grace", "300",
         ]  # fmt: skip
-        self.process = ChatllmSubprocess(args, log)
+        self.process = ChatllmSubprocess(args, log, program=program)
         self.url = ""
         self.client: AsyncChatClient | None = None
 
@@ -317,7 +317,7 @@ async def drain(stack: Stack, session: aiohttp.ClientSession, plan: Plan, report
     )  # fmt: skip
 
 
-async def soak(backend: str, plan: Plan, data_dir: str, workdir: Path) -> Report:
+async def soak(backend: str, plan: Plan, data_dir: str, workdir: Path, program: str) -> Report:
     report = Report()
     db = workdir / "kb.db"
     starts = 0
@@ -325,7 +325,7 @@ async def soak(backend: str, plan: Plan, data_dir: str, workdir: Path) -> Report
     async def start() -> Stack:
         nonlocal starts
         starts += 1
-        return await Stack(backend, plan, data_dir, db, workdir / f"serve-{starts}.log").start()
+        return await Stack(backend, plan, data_dir, db, workdir / f"serve-{starts}.log", program).start()
 
     stack = await start()
     try:
@@ -362,12 +362,13 @@ def main() -> int:
     parser.add_argument("--data-dir", default=str(REPO / ".cache" / "test-data"))
     parser.add_argument("--workdir", help="folder for logs and the knowledge-base database (default: a temp dir)")
     parser.add_argument("--report", help="also write the plan, rows and values as JSON here (the test suite reads it)")
+    add_chatllm_module_argument(parser)
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(args.workdir or scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        report = asyncio.run(soak(args.backend, plan, args.data_dir, workdir))
+        report = asyncio.run(soak(args.backend, plan, args.data_dir, workdir, args.chatllm_module))
     body = markdown_table(["check", "load", "result", "target", "met"], report.rows)
     print(body)
     if args.report:

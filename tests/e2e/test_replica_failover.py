@@ -1,6 +1,7 @@
 """Two `chatllm server` replicas behind one `chatllm bridge --upstream A,B` under a steady
 load of NUL streams; replica A is killed with SIGKILL while it holds answering and queued
-requests (bench/failover.py --quick, run as a program, on the hf engine).
+requests (bench/failover.py --quick, run as a program, with replicas over the fake engine: the promise
+is the bridge's and gRPC's; the recorded runs use real engines).
 
 What the bridge's channel (bridge/channel.py) promises, counted request by request:
 requests A had accepted but not started are retried on B and complete; streams A was
@@ -13,14 +14,16 @@ import asyncio
 from pathlib import Path
 
 from tests.bench_programs import run_bench_program
+from tests.conftest import FAKE_CHATLLM
+from tests.fake_chatllm import STALL_ENV
 
 
-async def test_killing_a_replica_under_load_retries_what_it_had_not_started(
-    data_dir: Path, model_dir: Path, output_dir: Path
-) -> None:
+async def test_killing_a_replica_under_load_retries_what_it_had_not_started(data_dir: Path, output_dir: Path) -> None:
     # Run as a program, as test_soak.py runs the soak (tests do not import bench/).
     args = ["--backend", "hf", "--quick", "--no-record", "--data-dir", str(data_dir), "--logs", str(output_dir)]
-    result = await asyncio.to_thread(run_bench_program, "failover.py", args, output_dir / "failover.json")
+    args += ["--chatllm-module", FAKE_CHATLLM]
+    stall = {STALL_ENV: "0.05"}  # a word every 50 ms: each replica holds answering and queued requests
+    result = await asyncio.to_thread(run_bench_program, "failover.py", args, output_dir / "failover.json", env=stall)
     plan = result["plan"]
     summary = str(result)
     at_kill = result["victim_at_kill"]

@@ -1,6 +1,7 @@
-"""The short version of bench/soak.py through a real `chatllm serve` (hf engine): mid-stream
-disconnects, disconnect-to-abort per protocol and during a long prefill, 5x overload, fuzzed inputs,
-kill -9 during an ingest, SIGTERM under 32 streams.
+"""The short version of bench/soak.py through a real `chatllm serve` over the fake engine (the stack's
+promises, not the model's; the recorded soak runs use the real engines): mid-stream disconnects,
+disconnect-to-abort per protocol and during a long prompt, 5x overload, fuzzed inputs, kill -9 during
+an ingest (real embedder and milvus-lite), SIGTERM under 32 streams.
 
 Runs the benchmark script as a program (tests do not import bench/) and asserts the counts the soak
 promises (0 leaked, 0 hung, 0 5xx, 0 partial, 0 dropped, exit 0), not the refusal latency: timings live
@@ -12,13 +13,15 @@ import asyncio
 from pathlib import Path
 
 from tests.bench_programs import run_bench_program
+from tests.conftest import FAKE_CHATLLM
+from tests.fake_chatllm import STALL_ENV
 
 
-async def test_quick_soak_leaks_hangs_fails_and_drops_nothing(
-    data_dir: Path, model_dir: Path, output_dir: Path
-) -> None:
+async def test_quick_soak_leaks_hangs_fails_and_drops_nothing(data_dir: Path, output_dir: Path) -> None:
     args = ["--backend", "hf", "--quick", "--no-record", "--data-dir", str(data_dir), "--workdir", str(output_dir)]
-    report = await asyncio.to_thread(run_bench_program, "soak.py", args, output_dir / "soak.json")
+    args += ["--chatllm-module", FAKE_CHATLLM]
+    stall = {STALL_ENV: "0.05"}  # a word every 50 ms: streams are still running when the soak cuts them
+    report = await asyncio.to_thread(run_bench_program, "soak.py", args, output_dir / "soak.json", env=stall)
     plan, values = report["plan"], report["values"]
     table = "\n".join(" | ".join(map(str, row)) for row in report["rows"])
     assert values["disconnects"] == {"count": plan["disconnects"], "leaked": 0}, table
