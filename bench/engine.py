@@ -64,7 +64,9 @@ async def engine_leg(engine: Any, chat: Any, n: int, tokens: int, leg: str) -> L
     from chatllm.server.chat import ChatInput
     from chatllm.server.sampling import SamplingOptions
 
-    options = SamplingOptions(max_new_tokens=tokens, temperature=0.0, top_k=0, top_p=1.0, greedy=True, ignore_eos=True)
+    options = SamplingOptions.resolved(
+        greedy=True, max_new_tokens=tokens, temperature=0.0, top_k=0, top_p=1.0, ignore_eos=True
+    )
 
     async def one(i: int) -> tuple[int, float]:
         ids = chat.build(ChatInput(PROMPTS[i % len(PROMPTS)]), tokens).ids

@@ -59,7 +59,9 @@ async def measure(levels: list[int], tokens: int, repeats: int, data_dir: Path) 
 
     config = Config.build(backend="vllm", data_dir=str(data_dir), knowledge_base=False, log_level="WARNING")
     source = resolve(None, config.common.models_dir)
-    options = SamplingOptions(max_new_tokens=tokens, temperature=0.0, top_k=0, top_p=1.0, greedy=True, ignore_eos=True)
+    options = SamplingOptions.resolved(
+        greedy=True, max_new_tokens=tokens, temperature=0.0, top_k=0, top_p=1.0, ignore_eos=True
+    )
     started = time.perf_counter()
     async with VLLMEngine.running(config, source) as engine:
         start_seconds = time.perf_counter() - started

@@ -48,10 +48,16 @@ class HistorySink(Protocol):
 class Plan:
     """What a validated request asks of the engine."""
 
-    options: sampling.SamplingOptions
+    options: sampling.SamplingOptions  # as the client asked
+    engine_options: sampling.SamplingOptions  # what the engine is asked, prepared by it (best_of: all candidates)
     tools: ToolSession | None
     adapter: str | None
     model: str
+
+    @property
+    def collects(self) -> bool:
+        """best_of: the engine generates the candidates, the answer (the best n) goes out at the end."""
+        return self.engine_options.n > self.options.n
 
 
 def template_message(message: pb.Message) -> dict[str, Any]:
@@ -131,11 +137,13 @@ class GenerateService:
             tools = self.tool_calling.session(request, constraint)
         if tools is not None:
             constraint = tools.constraint
-            options = dataclasses.replace(options, skip_special_tokens=tools.skip_special_tokens)
+            options = options.with_values(skip_special_tokens=tools.skip_special_tokens)
         options = dataclasses.replace(options, constraint=constraint)
-        self.engine.check_options(options)
+        engine_options = options
+        if options.best_of is not None and options.best_of > options.n:  # rank candidates by total log probability
+            engine_options = options.with_values(n=options.best_of, logprobs=options.logprobs or 0)
         adapter = self.models.adapter_for(request.model)
-        return Plan(options, tools, adapter, adapter or self.models.base.id)
+        return Plan(options, self.engine.prepare(engine_options), tools, adapter, adapter or self.models.base.id)
 
     async def _retrieve(self, request: pb.GenerateRequest, question: str) -> list[Retrieved] | None:
         if not request.use_knowledge_base:
@@ -179,12 +187,9 @@ class GenerateService:
         conversation = chat_input(request, plan.tools)
         knowledge = await _within(self._retrieve(request, conversation.question), deadline, "retrieving chunks")
         retrieval_seconds = time.perf_counter() - retrieval_started if knowledge is not None else 0.0
-        options = plan.options
-        built = self.chat.build(conversation, options.max_new_tokens, knowledge)
-        options = dataclasses.replace(options, max_new_tokens=built.max_new_tokens)
-        collect = options.best_of is not None and options.best_of > options.n
-        if collect:  # best_of: generate the candidates, rank them by total log probability, answer at the end
-            options = dataclasses.replace(options, n=options.best_of, logprobs=options.logprobs or 0)
+        built = self.chat.build(conversation, plan.options.max_new_tokens, knowledge)
+        options = plan.engine_options.with_values(max_new_tokens=built.max_new_tokens)
+        collect = plan.collects
         await admitted.reserve(len(built.ids), options.n * options.max_new_tokens)
         engine_id = f"{request_id}:{uuid.uuid4().hex[:8]}"  # unique even if a client reuses ids
         timer = _Deadline(deadline, lambda: self.engine.abort(engine_id))

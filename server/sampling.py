@@ -1,31 +1,42 @@
 """Sampling parameters: validation of what a request sent, and resolution of defaults.
 
-Resolution order for each field: the request, the server's flag, the model's
-generation config, then the seed's request defaults (top_k 30, top_p 0.8). The
-request's structured-output constraint is validated here too (it becomes part of
-the engine's sampling parameters).
+Every field is described once, in the sampling table (chatllm.kernel.sampling_fields): its range, its
+default, which backends honour it and how vLLM spells it. `from_pb` checks a request against it,
+`refuse_unsupported` refuses what a backend cannot honour, and the engines map the resolved values.
+
+Resolution order for the fields the server resolves (max_new_tokens, temperature, top_k, top_p):
+the request, the server's flag, the model's generation config, then the seed's request defaults
+(top_k 30, top_p 0.8). The request's structured-output constraint is validated here too (it becomes
+part of the engine's sampling parameters).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from chatllm.kernel.sampling_fields import (
+    FIELDS_BY_NAME,
+    MAX_LOGIT_BIAS,
+    MAX_STOP_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
+    SAMPLING_FIELDS,
+    SamplingField,
+)
 from chatllm.proto import pb
-from chatllm.server.errors import InvalidArgument
+from chatllm.server.errors import InvalidArgument, Unsupported
 from chatllm.server.validation import json_field
 
 SEED_TOP_K = 30
 SEED_TOP_P = 0.8
-MAX_STOP_STRINGS = 16
-MAX_STOP_CHARS = 256
-MAX_STOP_TOKEN_IDS = 64
-MAX_CHOICES = 16
-MAX_LOGPROBS = 20
-MAX_LOGIT_BIAS = 1024
 MAX_CONSTRAINT_CHARS = 100_000
 GREEDY_TEMPERATURE = 1e-5  # as vLLM's _SAMPLING_EPS
+SERVER_RESOLVED = ("max_new_tokens", "temperature", "top_k", "top_p")  # unset: the server's defaults
+_PRESENCE = {f.name: f.has_presence for f in pb.SamplingParams.DESCRIPTOR.fields}
 
 ConstraintKind = Literal["json", "json_object", "regex", "choice", "grammar", "structural_tag"]
 
@@ -41,39 +52,82 @@ class Constraint:
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """Fully resolved sampling for one request. temperature 0 / greedy means argmax."""
+    """Fully resolved sampling for one request: `values` holds every field of the sampling table by name
+    (repeated fields as tuples, logit_bias as sorted (token id, bias) pairs); the fields the server and
+    the engines read themselves have properties. greedy means argmax."""
 
-    max_new_tokens: int
-    temperature: float
-    top_k: int  # 0 = no top-k filter
-    top_p: float  # 1.0 = no nucleus filter
+    values: Mapping[str, Any]
     greedy: bool
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = field(default_factory=tuple)
-    ignore_eos: bool = False
-    n: int = 1
-    best_of: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    min_p: float = 0.0
-    min_tokens: int = 0
-    stop_token_ids: tuple[int, ...] = ()
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    logprobs: int | None = None  # None: none; k: the sampled token's and the k most likely
-    prompt_logprobs: int | None = None
-    include_stop_str_in_output: bool = False
-    skip_special_tokens: bool = True
     constraint: Constraint | None = None
+    engine_params: Any = None  # what Engine.prepare made of these options: built once per request
 
-    def differs_from_default(self) -> list[str]:
-        """The `sampling.*` fields whose value changes what plain temperature/top-k/top-p sampling does."""
-        default = SamplingOptions(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.greedy)
-        names = [
-            "repetition_penalty", "seed", "n", "best_of", "presence_penalty", "frequency_penalty", "min_p",
-            "min_tokens", "stop_token_ids", "logit_bias", "logprobs", "prompt_logprobs",
-        ]  # fmt: skip
-        return [name for name in names if getattr(self, name) != getattr(default, name)]
+    @classmethod
+    def resolved(cls, greedy: bool = False, **values: Any) -> SamplingOptions:
+        """Options from the given values, the table's defaults for the rest (benchmarks, tests)."""
+        unknown = set(values) - set(FIELDS_BY_NAME)
+        if unknown:
+            raise TypeError(f"not sampling fields: {sorted(unknown)}")
+        return cls({**{f.name: f.default for f in SAMPLING_FIELDS}, **values}, greedy)
+
+    def with_values(self, **changes: Any) -> SamplingOptions:
+        return dataclasses.replace(self, values={**self.values, **changes})
+
+    @property
+    def max_new_tokens(self) -> int:
+        return int(self.values["max_new_tokens"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.values["temperature"])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.values["top_k"])  # 0 = no top-k filter
+
+    @property
+    def top_p(self) -> float:
+        return float(self.values["top_p"])  # 1.0 = no nucleus filter
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        return tuple(self.values["stop"])
+
+    @property
+    def ignore_eos(self) -> bool:
+        return bool(self.values["ignore_eos"])
+
+    @property
+    def n(self) -> int:
+        return int(self.values["n"])
+
+    @property
+    def best_of(self) -> int | None:
+        return self.values["best_of"]
+
+    @property
+    def logprobs(self) -> int | None:
+        return self.values["logprobs"]  # None: none; k: the sampled token's and the k most likely
+
+    @property
+    def include_stop_str_in_output(self) -> bool:
+        return bool(self.values["include_stop_str_in_output"])
+
+    @property
+    def skip_special_tokens(self) -> bool:
+        return bool(self.values["skip_special_tokens"])
+
+
+def unsupported(options: SamplingOptions, backend: str) -> list[str]:
+    """The fields whose value `backend` cannot honour (anything but the table's default)."""
+    return [f.name for f in SAMPLING_FIELDS if backend not in f.backends and options.values[f.name] != f.default]
+
+
+def refuse_unsupported(options: SamplingOptions, supports: str, backend: str | None = None) -> None:
+    """Refuse (naming the field) what a backend honouring the fields of `supports` cannot do."""
+    for name in unsupported(options, supports):
+        raise Unsupported(f"sampling.{name}", backend or supports)
+    if options.constraint is not None and supports == "hf":
+        raise Unsupported("structured_output", backend or supports)
 
 
 @dataclass(frozen=True)
@@ -104,23 +158,37 @@ class SamplingDefaults:
         return cls(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
-def _finite(name: str, value: float) -> float:
-    if math.isnan(value) or math.isinf(value):
-        raise InvalidArgument(name, "must be a finite number")
-    return value
+def from_pb(params: pb.SamplingParams | None, defaults: SamplingDefaults) -> SamplingOptions:
+    """Validate a request's SamplingParams against the sampling table (field names in errors) and fill
+    in the defaults."""
+    p = params if params is not None else pb.SamplingParams()
+    values = {f.name: _value(p, f, defaults) for f in SAMPLING_FIELDS}
+    if values["best_of"] is not None and values["best_of"] < values["n"]:
+        raise InvalidArgument("sampling.best_of", f"must be at least n ({values['n']}), got {values['best_of']}")
+    if values["min_tokens"] > values["max_new_tokens"]:
+        raise InvalidArgument("sampling.min_tokens", f"must be at most max_new_tokens ({values['max_new_tokens']})")
+    # Below GREEDY_TEMPERATURE, dividing logits by the temperature overflows to inf (NaN probabilities): greedy.
+    greedy = not values["do_sample"] or values["temperature"] < GREEDY_TEMPERATURE
+    return SamplingOptions(values, greedy)
 
 
-def _in_range(name: str, value: float, low: float, high: float) -> float:
-    if not low <= _finite(name, value) <= high:
-        raise InvalidArgument(name, f"must be between {low:g} and {high:g}, got {value:g}")
-    return value
-
-
-def _optional(p: pb.SamplingParams, name: str, low: float, high: float, default: Any) -> Any:
-    if not p.HasField(name):
-        return default
+def _value(p: pb.SamplingParams, field: SamplingField, defaults: SamplingDefaults) -> Any:
+    name = field.name
+    if field.kind == "strings":
+        return _stops(p)
+    if field.kind == "token_ids":
+        if len(p.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+            raise InvalidArgument(f"sampling.{name}", f"at most {MAX_STOP_TOKEN_IDS} token ids")
+        return tuple(getattr(p, name))
+    if field.kind == "token_bias":
+        return _logit_bias(p, field)
+    if _PRESENCE[name] and not p.HasField(name):
+        return getattr(defaults, name) if name in SERVER_RESOLVED else field.default
     value = getattr(p, name)
-    _in_range(f"sampling.{name}", value, low, high)
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        raise InvalidArgument(f"sampling.{name}", "must be a finite number")
+    if not isinstance(value, bool) and not field.in_range(value):
+        raise InvalidArgument(f"sampling.{name}", f"must be {field.range_text()}, got {value:g}")
     return value
 
 
@@ -130,65 +198,16 @@ def _stops(p: pb.SamplingParams) -> tuple[str, ...]:
     for stop in p.stop:
         if not 1 <= len(stop) <= MAX_STOP_CHARS:
             raise InvalidArgument("sampling.stop", f"each stop string must be 1-{MAX_STOP_CHARS} characters")
-    if len(p.stop_token_ids) > MAX_STOP_TOKEN_IDS:
-        raise InvalidArgument("sampling.stop_token_ids", f"at most {MAX_STOP_TOKEN_IDS} token ids")
     return tuple(p.stop)
 
 
-def _logit_bias(p: pb.SamplingParams) -> tuple[tuple[int, float], ...]:
+def _logit_bias(p: pb.SamplingParams, field: SamplingField) -> tuple[tuple[int, float], ...]:
     if len(p.logit_bias) > MAX_LOGIT_BIAS:
         raise InvalidArgument("sampling.logit_bias", f"at most {MAX_LOGIT_BIAS} entries")
     for value in p.logit_bias.values():
-        _in_range("sampling.logit_bias", value, -100, 100)
+        if math.isnan(value) or not field.in_range(value):
+            raise InvalidArgument("sampling.logit_bias", f"each bias must be {field.range_text()}, got {value:g}")
     return tuple(sorted(p.logit_bias.items()))
-
-
-def from_pb(params: pb.SamplingParams | None, defaults: SamplingDefaults) -> SamplingOptions:
-    """Validate a request's SamplingParams (field names in errors) and fill in defaults."""
-    p = params if params is not None else pb.SamplingParams()
-    max_new = p.max_new_tokens if p.HasField("max_new_tokens") else defaults.max_new_tokens
-    if max_new < 1:
-        raise InvalidArgument("sampling.max_new_tokens", "must be >= 1")
-    temperature = _finite("sampling.temperature", p.temperature) if p.HasField("temperature") else defaults.temperature
-    if not 0 <= temperature <= 2:
-        raise InvalidArgument("sampling.temperature", f"must be between 0 and 2, got {temperature:g}")
-    top_k = p.top_k if p.HasField("top_k") else defaults.top_k
-    if top_k < 0:
-        raise InvalidArgument("sampling.top_k", f"must be >= 0 (0 disables it), got {top_k}")
-    top_p = _finite("sampling.top_p", p.top_p) if p.HasField("top_p") else defaults.top_p
-    if not 0 < top_p <= 1:
-        raise InvalidArgument("sampling.top_p", f"must be in (0, 1], got {top_p:g}")
-    penalty = _finite("sampling.repetition_penalty", p.repetition_penalty) if p.HasField("repetition_penalty") else 1.0
-    if not 0 < penalty <= 10:
-        raise InvalidArgument("sampling.repetition_penalty", f"must be in (0, 10], got {penalty:g}")
-    n = _optional(p, "n", 1, MAX_CHOICES, 1)
-    best_of = _optional(p, "best_of", n, MAX_CHOICES, None)
-    min_tokens = _optional(p, "min_tokens", 0, max_new, 0)
-    do_sample = p.do_sample if p.HasField("do_sample") else True
-    return SamplingOptions(
-        max_new_tokens=max_new,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        # Below this, dividing logits by the temperature overflows to inf (NaN probabilities): it is greedy.
-        greedy=(not do_sample) or temperature < GREEDY_TEMPERATURE,
-        repetition_penalty=penalty,
-        seed=p.seed if p.HasField("seed") else None,
-        stop=_stops(p),
-        ignore_eos=p.ignore_eos,
-        n=n,
-        best_of=best_of,
-        presence_penalty=_optional(p, "presence_penalty", -2, 2, 0.0),
-        frequency_penalty=_optional(p, "frequency_penalty", -2, 2, 0.0),
-        min_p=_optional(p, "min_p", 0, 1, 0.0),
-        min_tokens=min_tokens,
-        stop_token_ids=tuple(p.stop_token_ids),
-        logit_bias=_logit_bias(p),
-        logprobs=_optional(p, "logprobs", 0, MAX_LOGPROBS, None),
-        prompt_logprobs=_optional(p, "prompt_logprobs", 0, MAX_LOGPROBS, None),
-        include_stop_str_in_output=p.include_stop_str_in_output,
-        skip_special_tokens=p.skip_special_tokens if p.HasField("skip_special_tokens") else True,
-    )
 
 
 def constraint_from_pb(structured: pb.StructuredOutput) -> Constraint | None:

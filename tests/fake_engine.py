@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chatllm.server.engines.base import Adapter, EngineInfo, EngineOutput, EngineStats, Finish, TokenLogprob
-from chatllm.server.errors import EngineDeadError, Unsupported
-from chatllm.server.sampling import SamplingOptions
+from chatllm.server.errors import EngineDeadError
+from chatllm.server.sampling import SamplingOptions, refuse_unsupported
 
 FAKE_MODEL = "fake-model"  # the name the fake stacks serve it under (--served-model-name)
 WORDS = re.compile(r"\w+|[^\w\s]")
@@ -97,10 +97,10 @@ class FakeEngine:
     def stats(self) -> EngineStats:
         return EngineStats(running=self.running, waiting=0, kv_cache_usage=0.0)
 
-    def check_options(self, options: SamplingOptions) -> None:
-        if not self.supports_everything:
-            for name in options.differs_from_default():
-                raise Unsupported(f"sampling.{name}", "fake")
+    def prepare(self, options: SamplingOptions) -> SamplingOptions:
+        if not self.supports_everything:  # then it honours what the hf backend does, and refuses the rest
+            refuse_unsupported(options, "hf", "fake")
+        return options
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)

@@ -121,6 +121,8 @@ class Engine(Protocol):
 
     def stats(self) -> EngineStats: ...
 
-    def check_options(self, options: SamplingOptions) -> None:
-        """Raise InvalidArgument for options this backend cannot honour."""
+    def prepare(self, options: SamplingOptions) -> SamplingOptions:
+        """The options with this backend's own sampling parameters attached (`engine_params`, built once per
+        request, before it is admitted); InvalidArgument for what this backend cannot honour. `generate`
+        takes the prepared options (max_new_tokens may since have been clipped to the context)."""
         ...

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -27,7 +28,7 @@ from chatllm.server.engines.base import Adapter, EngineInfo, EngineOutput, Engin
 from chatllm.server.engines.text_stream import IncrementalDetokenizer, StopMatcher
 from chatllm.server.errors import EngineDeadError, StartupError, Unsupported
 from chatllm.server.model_source import ModelSource
-from chatllm.server.sampling import SamplingOptions
+from chatllm.server.sampling import SamplingOptions, refuse_unsupported
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +191,11 @@ class HFEngine:
             kv_cache_usage=min(max(usage, 0.0), 1.0),
         )
 
-    def check_options(self, options: SamplingOptions) -> None:
-        """transformers' continuous batching samples with temperature / top-k / top-p only."""
-        for name in options.differs_from_default():
-            raise Unsupported(f"sampling.{name}", "hf")
-        if options.constraint is not None:
-            raise Unsupported("structured_output", "hf")
+    def prepare(self, options: SamplingOptions) -> SamplingOptions:
+        """transformers' continuous batching samples with temperature / top-k / top-p only (the sampling
+        table says which fields that leaves: the others are refused, naming the field)."""
+        refuse_unsupported(options, "hf")
+        return dataclasses.replace(options, engine_params=self._sampling_kwargs(options))
 
     # ------------------------------------------------------------------ requests
     def _sampling_kwargs(self, options: SamplingOptions) -> dict[str, Any]:
@@ -252,7 +252,7 @@ class HFEngine:
             max_new_tokens=options.max_new_tokens,
             streaming=True,
             eos_token_id=-1 if options.ignore_eos else None,
-            **self._sampling_kwargs(options),
+            **(options.engine_params or self._sampling_kwargs(options)),
         )
         if accepted is None:
             self._unregister(request_id)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from chatllm.kernel.config import Config
+from chatllm.kernel.sampling_fields import SAMPLING_FIELDS
 from chatllm.server.engines.base import Adapter, EngineInfo, EngineOutput, EngineStats, Finish, TokenLogprob, TopToken
 from chatllm.server.engines.lora import AdapterSpec, LoadedAdapters, adapter_specs, engine_arguments
 from chatllm.server.engines.process_owner import OwnedProcesses, owned_processes
@@ -185,42 +187,9 @@ class VLLMEngine:
         waiting = min(latest.waiting, unfinished - running)
         return EngineStats(running, waiting, latest.kv_cache_usage if unfinished else 0.0)
 
-    def check_options(self, options: SamplingOptions) -> None:
-        """vLLM honours every option of SamplingOptions; only its own limits remain."""
-        self._sampling_params(options)
-
-    # ------------------------------------------------------------------ requests
-    def _sampling_params(self, options: SamplingOptions) -> Any:
-        from vllm import SamplingParams
-        from vllm.exceptions import VLLMValidationError
-        from vllm.sampling_params import RequestOutputKind
-
-        try:
-            return SamplingParams(
-                n=options.n,
-                max_tokens=options.max_new_tokens,
-                temperature=0.0 if options.greedy else options.temperature,
-                top_k=0 if options.greedy else options.top_k,  # 0 disables top-k in vLLM >= 0.10
-                top_p=1.0 if options.greedy else options.top_p,
-                min_p=options.min_p,
-                repetition_penalty=options.repetition_penalty,
-                presence_penalty=options.presence_penalty,
-                frequency_penalty=options.frequency_penalty,
-                seed=options.seed,
-                stop=list(options.stop) or None,
-                stop_token_ids=list(options.stop_token_ids) or None,
-                include_stop_str_in_output=options.include_stop_str_in_output,
-                ignore_eos=options.ignore_eos,
-                min_tokens=options.min_tokens,
-                logit_bias=dict(options.logit_bias) or None,
-                logprobs=options.logprobs,
-                prompt_logprobs=options.prompt_logprobs,
-                skip_special_tokens=options.skip_special_tokens,
-                structured_outputs=structured_outputs(options.constraint),
-                output_kind=RequestOutputKind.DELTA,
-            )
-        except (ValueError, VLLMValidationError) as exc:
-            raise invalid_argument(exc) from None
+    def prepare(self, options: SamplingOptions) -> SamplingOptions:
+        """vLLM honours every field of the sampling table: its own checks remain (they run here, once)."""
+        return dataclasses.replace(options, engine_params=sampling_params(options))
 
     async def abort(self, request_id: str) -> None:
         await self._llm.abort(request_id)
@@ -240,7 +209,9 @@ class VLLMEngine:
 
         if self.errored:
             raise EngineDeadError("the vLLM engine is not running")
-        params = self._sampling_params(options)
+        params = options.engine_params if options.engine_params is not None else sampling_params(options)
+        # Set after preparing, as vLLM itself does: the answer's budget was clipped to fit the context since.
+        params.max_tokens = options.max_new_tokens
         prompt = TokensPrompt(prompt_token_ids=list(prompt_ids))
         steps = _Steps(self.tokenizer, options.logprobs)
         try:
@@ -339,6 +310,32 @@ def logprob_steps(token_ids: Any, steps: Any, top: int, tokenizer: Any) -> tuple
             TokenLogprob(int(token_id), text(int(token_id), chosen.decoded_token), float(chosen.logprob), alternatives)
         )
     return tuple(out)
+
+
+def sampling_params(options: SamplingOptions) -> Any:
+    """vLLM's SamplingParams for `options`: every field of the sampling table under its vLLM name."""
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+    from vllm.sampling_params import RequestOutputKind
+
+    kwargs = {f.vllm: _vllm_value(options.values[f.name]) for f in SAMPLING_FIELDS if f.vllm is not None}
+    if options.greedy:
+        kwargs.update(temperature=0.0, top_k=0, top_p=1.0)  # top_k 0 disables it in vLLM >= 0.10
+    try:
+        return SamplingParams(
+            **kwargs, structured_outputs=structured_outputs(options.constraint), output_kind=RequestOutputKind.DELTA
+        )
+    except (ValueError, VLLMValidationError) as exc:
+        raise invalid_argument(exc) from None
+
+
+def _vllm_value(value: Any) -> Any:
+    """Repeated fields as vLLM takes them: lists, a dict for (token id, bias) pairs, None when empty."""
+    if not isinstance(value, tuple):
+        return value
+    if value and isinstance(value[0], tuple):
+        return dict(value)
+    return list(value) or None
 
 
 def structured_outputs(constraint: Constraint | None) -> Any:
