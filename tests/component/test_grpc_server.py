@@ -239,7 +239,7 @@ async def test_knowledge_base_disabled_is_unavailable(client: AsyncChatClient) -
     assert "knowledge base" in err.value.details()
 
 
-def test_a_kv_cache_smaller_than_the_context_is_a_startup_error(model_dir: Path) -> None:
+async def test_a_kv_cache_smaller_than_the_context_is_a_startup_error(model_dir: Path) -> None:
     """One 256-token block cannot hold the model's 8192-token context: refuse to start, saying what
     to change, rather than let a long request wait forever for blocks that never free up."""
     from transformers import AutoConfig
