@@ -246,7 +246,7 @@ async def test_metrics_are_ours_only_and_show_the_engine(client: AsyncChatClient
     await wait_engine_idle(client, within=5.0)
 
 
-async def test_engine_processes_are_children_of_the_server() -> None:
+async def test_engine_processes_are_children_of_the_server(server: ChatLLMServer) -> None:
     names = {p.name() for p in vllm_processes()}
     assert any(n.startswith("VLLM::EngineCor") for n in names), names
 
