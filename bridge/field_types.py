@@ -15,6 +15,8 @@ from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from chatllm.kernel.json_depth import nesting_depth
+from chatllm.kernel.sampling_fields import MAX_CHOICES
+from chatllm.kernel.sampling_fields import MAX_LOGPROBS as MAX_TOP_LOGPROBS
 
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
@@ -92,8 +94,11 @@ def integer_in(minimum: int, maximum: int) -> Any:
     return in_range
 
 
-MAX_CHOICES = 16
-MAX_TOP_LOGPROBS = 20
+def bounded_integer(minimum: int, maximum: int) -> Any:
+    """An integer within [minimum, maximum], in the schema too."""
+    return Annotated[int, BeforeValidator(integer_in(minimum, maximum)), Field(ge=minimum, le=maximum)]
+
+
 # Integers with their ranges (the protobuf field's, or the API's), in the schema too.
 Count = Annotated[int, BeforeValidator(integer_in(1, UINT32_MAX)), Field(ge=1, le=UINT32_MAX)]
 UInt32 = Annotated[int, BeforeValidator(integer_in(0, UINT32_MAX)), Field(ge=0, le=UINT32_MAX)]

@@ -18,8 +18,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from pydantic_core import PydanticCustomError
 
 from chatllm.bridge.errors import bad_request
-from chatllm.bridge.field_types import Count, LegacyBoolean, Number, Seed, String, StringList, TopK
+from chatllm.bridge.field_types import LegacyBoolean, String
 from chatllm.bridge.priority import PriorityClass, priority_pb
+from chatllm.bridge.sampling import client_field as sampling_client_field
+from chatllm.bridge.sampling import sampling_body, sampling_pb
 from chatllm.bridge.validation import check_depth, decode_json, parse, reject_lone_surrogates
 from chatllm.proto import pb
 
@@ -43,7 +45,16 @@ HistoryPair = Annotated[
 StreamMode = Literal["cumulative", "delta"]
 
 
-class LegacyRequest(BaseModel):
+class _LegacyBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# The sampling table's fields as legacy bodies spell them (max_new_tokens, temperature, top_k, top_p,
+# do_sample, stop, ignore_eos, seed, repetition_penalty): chatllm.bridge.sampling makes them.
+_LegacySampling: Any = sampling_body("legacy", _LegacyBody)
+
+
+class LegacyRequest(_LegacySampling):  # type: ignore[misc]
     """A question in the PAI-EAS ChatLLM protocol (HTTP body or WebSocket frame)."""
 
     model_config = ConfigDict(extra="ignore", title="LegacyRequest")
@@ -56,7 +67,6 @@ class LegacyRequest(BaseModel):
         "and --max-round-trim keep reach the model. On the WebSocket a frame with `history` replaces the "
         "connection's own.",
     )
-    max_new_tokens: Count | None = None
     use_stream_chat: LegacyBoolean | None = Field(
         None,
         description="stream the answer (HTTP: NUL-delimited JSON objects, or SSE with Accept: text/event-stream; "
@@ -67,14 +77,9 @@ class LegacyRequest(BaseModel):
         description="HTTP streams: `response` is the whole answer so far (`cumulative`, the seed's clients) or "
         "only the new text (`delta`, LangChain's PAI-EAS classes); default: the server's --legacy-stream",
     )
-    temperature: Number | None = Field(None, description="0-2; 0 = deterministic")
-    top_k: TopK | None = None
-    top_p: Number | None = Field(None, description="in (0, 1]")
-    do_sample: LegacyBoolean | None = Field(None, description="false = greedy, whatever the temperature")
     use_cache: LegacyBoolean | None = Field(
         None, description="accepted and ignored: engines always reuse their KV cache"
     )
-    stop: StringList | None = Field(None, description="stop strings (not included in the answer)")
     langchain: LegacyBoolean | None = Field(None, description="answer from the knowledge base `kb`")
     kb: String | None = Field(None, description="knowledge base for `langchain: true` (default: default)")
     model: String | None = Field(None, description="served model or LoRA adapter (default: the base model)")
@@ -82,9 +87,6 @@ class LegacyRequest(BaseModel):
         None,
         description='WebSocket: "text" (the legacy frames) or "events" (JSON frames with usage, timings, sources)',
     )
-    ignore_eos: LegacyBoolean | None = None
-    seed: Seed | None = None
-    repetition_penalty: Number | None = None
     priority: PriorityClass | None = None
 
     @property
@@ -103,7 +105,7 @@ class LegacyRequest(BaseModel):
     @staticmethod
     def client_field(server_field: str) -> str:
         """A field named by the server as this protocol's clients wrote it."""
-        return "kb" if server_field == "knowledge_base" else server_field.removeprefix("sampling.")
+        return "kb" if server_field == "knowledge_base" else sampling_client_field(server_field, "legacy")
 
     def history_pairs(self) -> list[tuple[str, str]] | None:
         """`history` with nulls as empty strings; None when not given (the WebSocket keeps its own)."""
@@ -112,21 +114,11 @@ class LegacyRequest(BaseModel):
         return [(q or "", a or "") for q, a in self.history]
 
     def to_generate_request(self, channel: str, request_id: str, history: list[tuple[str, str]]) -> pb.GenerateRequest:
-        sampling = {
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-            "do_sample": self.do_sample,
-            "repetition_penalty": self.repetition_penalty,
-            "seed": self.seed,
-            "ignore_eos": self.ignore_eos,
-        }
         return pb.GenerateRequest(
             prompt=self.prompt,
             system_prompt=self.system_prompt or "",
             history=[pb.Turn(user=q, assistant=a) for q, a in history],
-            sampling=pb.SamplingParams(stop=self.stop or [], **{k: v for k, v in sampling.items() if v is not None}),
+            sampling=sampling_pb(self, "legacy"),
             request_id=request_id,
             use_knowledge_base=self.knowledge_base is not None,
             knowledge_base=self.knowledge_base or "",

@@ -17,16 +17,12 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from chatllm.bridge.field_types import (
-    UINT32_MAX,
     Boolean,
     Choices,
     Count,
-    Number,
-    Seed,
     String,
     StringList,
     TemplateKwargs,
-    TopK,
     TopLogprobs,
     UInt32,
 )
@@ -43,6 +39,8 @@ from chatllm.bridge.openai.request_parts import (
     tool_choice_pb,
 )
 from chatllm.bridge.priority import SERVICE_TIERS, PriorityClass, priority_pb
+from chatllm.bridge.sampling import client_field as sampling_client_field
+from chatllm.bridge.sampling import sampling_body, sampling_pb
 from chatllm.bridge.validation import FieldProblem
 from chatllm.proto import pb
 
@@ -81,46 +79,27 @@ def refuse(reasons: dict[str, str]) -> Any:
     return classmethod(check)  # type: ignore[arg-type]
 
 
-class SamplingFields(Strict):
-    """What chat and completions bodies share (OpenAI's sampling fields and vLLM's extensions)."""
+# The sampling table's fields as OpenAI bodies spell them (temperature, top_p, n, stop, seed, the penalties,
+# logit_bias and vLLM's extensions: top_k, min_p, min_tokens, ...): chatllm.bridge.sampling makes them.
+_OpenAISampling: Any = sampling_body("openai", Strict)
+
+
+class SamplingFields(_OpenAISampling):  # type: ignore[misc]
+    """What chat and completions bodies share: the table's sampling fields, and these."""
 
     model: String | None = Field(None, description="served model or LoRA adapter; default: the base model")
     stream: Boolean | None = None
     stream_options: StreamOptions | None = None
-    n: Choices | None = None
-    temperature: Number | None = None
-    top_p: Number | None = None
     max_tokens: Count | None = None
-    stop: StringList | None = None
-    seed: Seed | None = None
-    presence_penalty: Number | None = None
-    frequency_penalty: Number | None = None
-    logit_bias: dict[str, Number] | None = Field(None, description="token id (as a string) -> bias, -100 to 100")
     user: String | None = Field(None, description="the end user's id, kept in the history export")
     response_format: ResponseFormat | None = None
     priority: PriorityClass | None = None
-    # vLLM's extensions
-    top_k: TopK | None = None
-    min_p: Number | None = None
-    repetition_penalty: Number | None = None
-    min_tokens: UInt32 | None = None
-    stop_token_ids: list[UInt32] | None = None
-    include_stop_str_in_output: Boolean | None = None
-    skip_special_tokens: Boolean | None = None
-    ignore_eos: Boolean | None = None
+    # vLLM's structured-output fields
     structured_outputs: StructuredOutputs | None = None
     guided_json: dict[str, Any] | String | None = None
     guided_regex: String | None = None
     guided_choice: StringList | None = None
     guided_grammar: String | None = None
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _token_ids(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
-        for key in bias or {}:
-            if not key.isdigit() or int(key) > UINT32_MAX:
-                raise PydanticCustomError("invalid_field", "keys are token ids, got {key}", {"key": key})
-        return bias
 
     @model_validator(mode="after")
     def _one_constraint(self) -> SamplingFields:
@@ -158,41 +137,13 @@ class SamplingFields(Strict):
         return bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
     def sampling(self, max_tokens: int | None, logprobs: int | None) -> pb.SamplingParams:
-        values: dict[str, Any] = {
-            "max_new_tokens": max_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "seed": self.seed,
-            "n": self.n,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            "repetition_penalty": self.repetition_penalty,
-            "min_p": self.min_p,
-            "min_tokens": self.min_tokens,
-            "logprobs": logprobs,
-            "skip_special_tokens": self.skip_special_tokens,
-            "ignore_eos": self.ignore_eos,
-            "include_stop_str_in_output": self.include_stop_str_in_output,
-        }
-        return pb.SamplingParams(
-            stop=self.stop or [],
-            stop_token_ids=self.stop_token_ids or [],
-            logit_bias=_logit_bias(self.logit_bias),
-            **{k: v for k, v in values.items() if v is not None},
-        )
+        return sampling_pb(self, "openai", max_new_tokens=max_tokens, logprobs=logprobs)
 
     def client_field(self, server_field: str) -> str:
         """A field named by the server (`sampling.top_p`) as this client wrote it (`top_p`)."""
         if server_field.startswith("structured_output"):
             return self.constraint_field()
-        if server_field == "model":
-            return "model"
-        return server_field.removeprefix("sampling.")
-
-
-def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
-    return {int(key): value for key, value in (bias or {}).items()}
+        return sampling_client_field(server_field, "openai")
 
 
 class ChatCompletionRequest(SamplingFields):

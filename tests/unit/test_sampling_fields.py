@@ -13,19 +13,13 @@ from chatllm.server.sampling import SamplingDefaults, SamplingOptions, from_pb, 
 
 DEFAULTS = SamplingDefaults(max_new_tokens=2048, temperature=0.95, top_k=30, top_p=0.8)
 # A value other than the default for each field (what a request that uses the field sends).
-GIVEN = {
-    "max_new_tokens": 7, "temperature": 0.5, "top_k": 5, "top_p": 0.5, "do_sample": False,
-    "repetition_penalty": 1.2, "seed": 3, "stop": ("END",), "ignore_eos": True, "n": 2, "best_of": 3,
-    "presence_penalty": 0.5, "frequency_penalty": 0.5, "min_p": 0.1, "min_tokens": 2, "stop_token_ids": (7,),
-    "logit_bias": ((5, 1.5),), "logprobs": 2, "include_stop_str_in_output": True, "skip_special_tokens": False,
-    "prompt_logprobs": 1,
-}  # fmt: skip
+GIVEN = {f.name: f.example for f in SAMPLING_FIELDS}
 
 
 def test_every_field_of_the_proto_is_in_the_table_and_nothing_else() -> None:
     proto = [field.name for field in pb.SamplingParams.DESCRIPTOR.fields]
     assert proto == [f.name for f in SAMPLING_FIELDS]  # the same fields, in the proto's order
-    assert set(GIVEN) == set(FIELDS_BY_NAME)
+    assert all(GIVEN[name] != f.default for name, f in FIELDS_BY_NAME.items())
 
 
 def test_every_vllm_name_is_an_argument_of_vllms_sampling_params() -> None:
@@ -107,3 +101,35 @@ def test_the_hf_backend_refuses_exactly_the_fields_the_table_says_it_cannot_hono
     with pytest.raises(Unsupported) as err:
         refuse_unsupported(options, "hf")
     assert err.value.field == f"sampling.{field.name}" and "not supported by the hf backend" in err.value.description
+
+
+def as_json(field: SamplingField, value: object) -> object:
+    """A GIVEN value as a client writes it in a JSON body."""
+    if field.kind == "token_bias":
+        return {str(token): bias for token, bias in value}  # type: ignore[attr-defined]
+    return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("spelling", ["openai", "legacy"])
+def test_each_body_carries_the_fields_the_table_spells_for_it_into_the_request(spelling: str) -> None:
+    from chatllm.bridge.legacy.request import LegacyRequest
+    from chatllm.bridge.openai.request import ChatCompletionRequest
+    from chatllm.bridge.validation import parse
+    from chatllm.kernel.sampling_fields import spelled_fields
+
+    fields = spelled_fields(spelling)  # type: ignore[arg-type]
+    assert fields
+    given = {f.spelled(spelling): as_json(f, GIVEN[f.name]) for f in fields}  # type: ignore[arg-type]
+    if spelling == "openai":
+        body = {"messages": [{"role": "user", "content": "hi"}], **given}
+        sampling = parse(ChatCompletionRequest, body).to_generate_request("r").sampling
+    else:
+        sampling = parse(LegacyRequest, {"prompt": "hi", **given}).to_generate_request("http", "r", []).sampling
+    for field in fields:
+        sent = getattr(sampling, field.name)
+        expected = GIVEN[field.name]
+        if field.kind == "token_bias":
+            sent, expected = dict(sent), dict(expected)  # type: ignore[arg-type]
+        elif isinstance(expected, tuple):
+            sent = tuple(sent)
+        assert sent == (pytest.approx(expected) if isinstance(expected, float) else expected), field.name
