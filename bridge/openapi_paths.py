@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from chatllm.kernel.request_rules import KNOWLEDGE_BASE_NAME_PATTERN
+
 Schema = dict[str, Any]
-KB_NAME_PATTERN = "^[A-Za-z0-9_-]{1,64}$"  # the server's knowledge-base names (server/generation.py KB_NAME)
 # A text/event-stream body is described per event (OpenAPI 3.2's itemSchema; schemathesis reads it so).
 SSE_EVENT: Schema = {
     "type": "object",
@@ -233,7 +234,7 @@ def openai_paths() -> dict[str, Any]:
 
 
 def knowledge_base_paths() -> dict[str, Any]:
-    kb = path_parameter("kb", "knowledge base name", pattern=KB_NAME_PATTERN)
+    kb = path_parameter("kb", "knowledge base name", pattern=KNOWLEDGE_BASE_NAME_PATTERN)
     document_id = path_parameter("id", "document id (64 hex characters)")
     kb_errors = errors(400, 404, 413, *UPSTREAM_ERRORS)
 

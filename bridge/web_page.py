@@ -20,6 +20,7 @@ from chatllm.bridge import errors
 from chatllm.bridge.middleware import is_websocket, upstream_authorization
 from chatllm.bridge.state import CONFIG, UPSTREAM
 from chatllm.bridge.websocket.session import handle_websocket
+from chatllm.kernel.request_rules import DEFAULT_KNOWLEDGE_BASE, KNOWLEDGE_BASE_NAME_PATTERN, KNOWLEDGE_BASE_NAME_RULE
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 NO_CACHE = {"Cache-Control": "no-cache"}
@@ -33,6 +34,17 @@ class Info(BaseModel):
     models: list[dict[str, Any]]
     server: dict[str, Any]
     catalog: list[dict[str, Any]]
+    rules: dict[str, Any]  # what the page checks before it asks (the server checks the same)
+
+
+# The request rules the page applies as the server does (chatllm.kernel.request_rules).
+PAGE_RULES = {
+    "knowledge_base_name": {
+        "pattern": KNOWLEDGE_BASE_NAME_PATTERN,
+        "rule": KNOWLEDGE_BASE_NAME_RULE,
+        "default": DEFAULT_KNOWLEDGE_BASE,
+    }
+}
 
 
 def add_routes(app: web.Application) -> None:
@@ -86,5 +98,6 @@ async def info(request: web.Request) -> web.Response:
             "models": [_as_dict(model) for model in models.models],
             "server": _as_dict(server),
             "catalog": [_as_dict(entry) for entry in models.catalog],
+            "rules": PAGE_RULES,
         }
     )

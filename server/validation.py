@@ -4,11 +4,16 @@ naming the field (the BadRequest detail carries it too)."""
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from chatllm.kernel.config import LimitsConfig
 from chatllm.kernel.json_depth import MAX_JSON_DEPTH, deeper_than
+from chatllm.kernel.request_rules import (
+    DEFAULT_KNOWLEDGE_BASE,
+    KNOWLEDGE_BASE_NAME_RULE,
+    message_problem,
+    valid_knowledge_base_name,
+)
 from chatllm.proto import pb
 from chatllm.server.errors import InvalidArgument
 
@@ -17,8 +22,6 @@ MAX_RETRIEVAL_TOP_K = 50
 MAX_TOOLS = 128
 MAX_NAME = 256
 MAX_METADATA = 16
-KB_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-ROLES = ("system", "developer", "user", "assistant", "tool")
 # Template variables the server sets itself (or that would swap the template): not a client's to pass.
 RESERVED_TEMPLATE_KWARGS = frozenset(
     {"chat_template", "tokenize", "messages", "conversation", "tools", "add_generation_prompt",
@@ -42,9 +45,9 @@ def check_json_depth(text: str, field: str) -> None:
 
 
 def knowledge_base_name(name: str, field: str = "knowledge_base") -> str:
-    name = name or "default"
-    if not KB_NAME.match(name):
-        raise InvalidArgument(field, "use 1-64 letters, digits, '_' or '-'")
+    name = name or DEFAULT_KNOWLEDGE_BASE
+    if not valid_knowledge_base_name(name):
+        raise InvalidArgument(field, KNOWLEDGE_BASE_NAME_RULE)
     return name
 
 
@@ -95,14 +98,9 @@ def _messages(request: pb.GenerateRequest, limits: LimitsConfig) -> None:
     chars = 0
     for i, message in enumerate(request.messages):
         where = f"messages[{i}]"
-        if message.role not in ROLES:
-            raise InvalidArgument(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {message.role!r}")
-        if message.role == "tool" and not message.tool_call_id:
-            raise InvalidArgument(f"{where}.tool_call_id", "a tool message answers a call: give its id")
-        if message.role != "tool" and message.tool_call_id:
-            raise InvalidArgument(f"{where}.tool_call_id", "only tool messages answer a call")
-        if message.role != "assistant" and message.tool_calls:
-            raise InvalidArgument(f"{where}.tool_calls", "only assistant messages make tool calls")
+        problem = message_problem(message.role, bool(message.tool_call_id), bool(message.tool_calls))
+        if problem is not None:
+            raise InvalidArgument(f"{where}.{problem[0]}", problem[1])
         for j, call in enumerate(message.tool_calls):
             if not call.name:
                 raise InvalidArgument(f"{where}.tool_calls[{j}].name", "must not be empty")

@@ -23,9 +23,8 @@ from chatllm.bridge.priority import PriorityClass, priority_pb
 from chatllm.bridge.sampling import client_field as sampling_client_field
 from chatllm.bridge.sampling import sampling_body, sampling_pb
 from chatllm.bridge.validation import check_depth, decode_json, parse, reject_lone_surrogates
+from chatllm.kernel.request_rules import DEFAULT_KNOWLEDGE_BASE
 from chatllm.proto import pb
-
-DEFAULT_KB = "default"
 
 
 def _pair(value: Any) -> Any:
@@ -100,7 +99,7 @@ class LegacyRequest(_LegacySampling):  # type: ignore[misc]
     @property
     def knowledge_base(self) -> str | None:
         """The knowledge base to answer from (`langchain: true`), else None."""
-        return (self.kb or DEFAULT_KB) if self.langchain else None
+        return (self.kb or DEFAULT_KNOWLEDGE_BASE) if self.langchain else None
 
     @staticmethod
     def client_field(server_field: str) -> str:

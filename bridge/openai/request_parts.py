@@ -9,12 +9,23 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 from chatllm.bridge.field_types import Boolean, String, StringList
 from chatllm.bridge.validation import FieldProblem
+from chatllm.kernel.request_rules import MESSAGE_ROLES, message_problem
 from chatllm.proto import pb
+
+
+def _role(value: Any) -> Any:
+    if isinstance(value, str) and value in MESSAGE_ROLES:
+        return value
+    raise PydanticCustomError("invalid_field", "role must be one of {roles}", {"roles": ", ".join(MESSAGE_ROLES)})
+
+
+# The roles a message may have (the server checks the same rule: chatllm.kernel.request_rules).
+Role = Annotated[str, BeforeValidator(_role), WithJsonSchema({"type": "string", "enum": list(MESSAGE_ROLES)})]
 
 
 class Strict(BaseModel):
@@ -77,7 +88,7 @@ class ToolCall(Strict):
 class ChatMessage(Strict):
     """One message; which fields a message may carry depends on its role."""
 
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Role
     content: Content = None
     name: String | None = None
     tool_calls: list[ToolCall] | None = Field(None, description="assistant messages: the calls it made")
@@ -86,12 +97,9 @@ class ChatMessage(Strict):
 
     @model_validator(mode="after")
     def _fits_the_role(self) -> ChatMessage:
-        if self.role == "tool" and not self.tool_call_id:
-            raise PydanticCustomError("invalid_field", "a tool message needs `tool_call_id`")
-        if self.role != "tool" and self.tool_call_id is not None:
-            raise PydanticCustomError("invalid_field", "`tool_call_id` belongs to tool messages")
-        if self.role != "assistant" and self.tool_calls:
-            raise PydanticCustomError("invalid_field", "`tool_calls` belongs to assistant messages")
+        problem = message_problem(self.role, self.tool_call_id is not None, bool(self.tool_calls))
+        if problem is not None:
+            raise PydanticCustomError("invalid_field", "{field}: {why}", {"field": problem[0], "why": problem[1]})
         if self.role != "assistant" and self.content is None:
             raise PydanticCustomError("invalid_field", "{role} messages need `content`", {"role": self.role})
         return self

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import aiohttp
 import pytest
 
 from chatllm.clients import AsyncChatClient
+from chatllm.server.errors import InvalidArgument
+from chatllm.server.validation import knowledge_base_name
 from tests.fake_engine import FAKE_MODEL, FakeEngine
 from tests.stack import Stack
 
@@ -23,3 +27,17 @@ async def test_the_injected_engine_answers_every_surface(fake_stack: Stack, fake
             legacy = await r.json()
     assert legacy["response"] == fake_engine.answer
     assert fake_engine.prompts == ["<user>hello there</user>\n<assistant>", "<user>hello</user>\n<assistant>"]
+
+
+async def test_api_info_gives_the_page_the_servers_knowledge_base_name_rule(fake_stack: Stack) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(fake_stack.http_url + "/api/info") as reply:
+            rule = (await reply.json())["rules"]["knowledge_base_name"]
+    assert rule["default"] == "default" and "64" in rule["rule"]
+    for name in ("manuals", "team_docs-2", "x" * 64, "no spaces", "", "x" * 65, "ü"):
+        try:
+            knowledge_base_name(name or "?")
+            accepted = True
+        except InvalidArgument:
+            accepted = False
+        assert bool(re.match(rule["pattern"], name or "?")) == accepted, name
