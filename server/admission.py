@@ -105,6 +105,7 @@ class Admission:
         self._interactive = 0  # of them, interactive
         self._waiters: list[_Waiter] = []
         self.draining = False
+        self._settling = 0  # released slots whose limits and usage are still being written
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -159,15 +160,23 @@ class Admission:
             admit = self.limiter.admit(caller.name, caller.limits)
             ticket = await self.call_limiter("admit", admit, timed=caller.limits != NO_LIMITS)
         admitted = Admitted(self, caller, priority, ticket)
+        settling = False
         try:
             self._refuse_if_full(priority)  # others may have queued while the limits were checked
             await self._take_slot(caller.name, priority)
             try:
                 yield admitted
             finally:
+                settling = True  # not idle until its usage is written: a drain must not close the store first
+                self._settling += 1
                 self._release_slot(priority)
         finally:
-            await self._settle(admitted)
+            try:
+                await self._settle(admitted)
+            finally:
+                if settling:
+                    self._settling -= 1
+                    self._maybe_idle()
 
     async def _settle(self, admitted: Admitted) -> None:
         if self.limiter is not None and admitted.ticket is not None:
@@ -221,7 +230,7 @@ class Admission:
         return max(0, waiter.priority - promoted), served, waiter.arrived
 
     def _maybe_idle(self) -> None:
-        if self.active == 0 and not self._waiters:
+        if self.active == 0 and not self._waiters and not self._settling:
             self._idle.set()
 
     async def wait_idle(self, timeout: float) -> bool:

@@ -6,12 +6,14 @@ that kill, drain or reload a server start their own, over the fake engine (tests
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
+import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chatllm.clients import ChatClient
@@ -52,10 +54,18 @@ def real_serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProces
             proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", tmp / "history", tmp / "data"
         )
         serve.while_loading = observe_loading(serve.grpc)
-        proc.wait_for_log(r"ready: ", timeout=300)
+        wait_ready(serve)
         yield serve
     finally:
         proc.stop()
+
+
+def wait_ready(serve: ServeProcess, timeout: float = 300) -> None:
+    """Until the bridge's /readyz says ready, as an orchestrator's probe would ask."""
+    deadline = time.monotonic() + timeout
+    while requests.get(serve.http + "/readyz", timeout=10).status_code != 200:
+        assert serve.proc.proc.poll() is None and time.monotonic() < deadline, serve.proc.log()[-4000:]
+        time.sleep(0.2)
 
 
 def observe_loading(target: str) -> dict[str, object]:
