@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
@@ -33,6 +33,21 @@ RETRY_AFTER_OVERLOADED_S = 1
 RETRY_AFTER_UNAVAILABLE_S = 5
 ERROR_DOMAIN = "chatllm.v1"
 _DETAILS_KEY = "grpc-status-details-bin"
+R = TypeVar("R")
+# What each error status of the bridge means (the OpenAPI document lists them per route).
+ERROR_STATUSES = {
+    400: "bad input: `error.param` and the start of `error.message` name the field",
+    401: "missing or wrong token (only when the server runs with --token)",
+    403: "forbidden path",
+    404: "no such route, document or knowledge base, or the API is off (--no-api / --api-only)",
+    413: "body over --max-body-bytes, or a file over --max-upload-bytes",
+    429: "overloaded: --max-concurrent generating and --max-queue waiting; retry after Retry-After seconds",
+    502: "the upstream gRPC server is unreachable or failed the request",
+    503: "the server is loading or draining, the knowledge base is off, or too many WebSockets",
+    504: "--request-timeout passed",
+}
+GENERATION_ERRORS = (400, 401, 404, 413, 429, 502, 503, 504)  # routes that generate
+UPSTREAM_ERRORS = (401, 502, 503, 504)  # routes that make one upstream call
 
 
 class ErrorDetail(Body):
@@ -75,11 +90,14 @@ class ApiError(Exception):
             }
         }
 
-    def response(self) -> web.Response:
+    def reply_headers(self) -> dict[str, str]:
         headers = dict(self.headers)
         if self.retry_after is not None:
             headers["Retry-After"] = str(self.retry_after)
-        return web.json_response(self.body(), status=self.status, headers=headers)
+        return headers
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body(), status=self.status, headers=self.reply_headers())
 
     def frame(self) -> str:
         """The WebSocket error frame (followed by `<EOS>` on the legacy WS protocol)."""
@@ -237,3 +255,12 @@ def from_http_exception(exc: web.HTTPException) -> ApiError:
         message = f"request body too large ({message})"
     headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
     return ApiError(exc.status, message, kind, code=exc.reason.lower().replace(" ", "_"), headers=headers)
+
+
+async def rpc_reply(call: Awaitable[R], client_field: Callable[[str], str] | None = None) -> R:
+    """The reply of one upstream call; a failed call raises the ApiError the client sees (`client_field`
+    as in from_rpc)."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc(exc, client_field) from None

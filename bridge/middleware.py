@@ -17,12 +17,12 @@ from chatllm.bridge import errors, metrics
 from chatllm.bridge.cors import check_origin, is_preflight, own_origin
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.legacy.eas_signature import is_signed, verify
+from chatllm.bridge.routes import Auth, Route, route_of
 from chatllm.bridge.state import ACCESS, CALLER, CONFIG, STATE
 from chatllm.kernel.access import ANONYMOUS, Caller
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ALWAYS_PUBLIC = frozenset({"healthz", "readyz", "openapi"})
 # Browsers cannot set headers on a WebSocket handshake: the web page sends its token
 # in this cookie (SameSite=Strict), accepted on same-origin WebSocket handshakes only.
 TOKEN_COOKIE = "chatllm_token"
@@ -86,18 +86,15 @@ async def render_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return errors.internal_error().response()
 
 
-def _is_public(request: web.Request) -> bool:
+def _is_public(request: web.Request, route: Route | None) -> bool:
     if is_preflight(request):
         return True  # browsers send preflights without credentials; the origin check answers them
-    route = request.match_info.route
-    name = route.name if route is not None else None
-    if name in ALWAYS_PUBLIC:
-        return True
-    if name == "metrics":
+    auth = route.auth if route is not None else Auth.TOKEN
+    if auth is Auth.METRICS:
         return not request.app[CONFIG].security.protect_metrics
-    if name == "static":
-        return True
-    return name == "root" and not is_websocket(request)  # the web page itself; its API calls need the token
+    if auth is Auth.PAGE:
+        return not is_websocket(request)  # the web page itself; its API calls need the token
+    return auth is Auth.PUBLIC
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -121,12 +118,13 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     <token>` (or `Bearer <token>`) with an accepted token; the legacy POST routes also take the EAS
     SDK's signed requests, checked against each token."""
     access = request.app[ACCESS]
-    if not access.required or _is_public(request):
+    route = route_of(request)
+    if not access.required or _is_public(request, route):
         return await handler(request)
     presented = presented_token(request)
     if is_signed(presented):
         assert presented is not None
-        if not _takes_signatures(request):
+        if route is None or route.auth is not Auth.SIGNED:
             raise errors.unauthorized("EAS signatures are accepted on the legacy POST routes; send the raw token here")
         callers = {caller.token: caller for caller in access.callers() if caller.token is not None}
         signed_with = verify(
@@ -162,11 +160,6 @@ def upstream_authorization(request: web.Request) -> str | None:
     if caller is not None and caller.token is not None:
         return caller.token
     return presented_token(request)
-
-
-def _takes_signatures(request: web.Request) -> bool:
-    route = request.match_info.route
-    return route is not None and route.name == "legacy"
 
 
 MIDDLEWARES = [observe, render_errors, require_token, check_origin]

@@ -4,10 +4,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from aiohttp import web
 from pydantic import BaseModel, Field
 
 from chatllm.bridge.errors import ApiError, bad_request, unavailable
+from chatllm.bridge.routes import JSON, Json, Reply, Route
 from chatllm.bridge.state import ACCESS, CALLER, STATE_STORE
 from chatllm.kernel.state.failure import StoreUnavailable
 from chatllm.kernel.state.usage import Usage, UsageLedger, parse_day, totals
@@ -27,7 +30,7 @@ class UsageRecord(BaseModel):
 
 
 class UsageReport(BaseModel):
-    object: str = "usage"
+    object: Literal["usage"]
     state_store: str = Field(description="where the numbers come from: embedded, or the Redis URL without password")
     start: str | None
     end: str | None
@@ -35,13 +38,10 @@ class UsageReport(BaseModel):
     totals: list[UsageRecord] = Field(description="per token and model, over the asked days")
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/api/usage", usage, name="usage")
-
-
 def _record(row: Usage, day: bool = True) -> UsageRecord:
+    """One row; `day` False: a total over the asked days, which has no `day` (left unset, so absent)."""
     return UsageRecord(
-        day=row.day if day else None,
+        **({"day": row.day} if day else {}),
         token=row.token,
         model=row.model,
         requests=row.requests,
@@ -62,7 +62,7 @@ def _day(request: web.Request, name: str) -> str | None:
         raise bad_request(name, str(exc)) from None
 
 
-async def usage(request: web.Request) -> web.Response:
+async def usage(request: web.Request) -> UsageReport:
     """?start=YYYY-MM-DD&end=YYYY-MM-DD&token=NAME, each optional."""
     caller = request.get(CALLER)
     if request.app[ACCESS].required and (caller is None or not caller.admin):
@@ -75,11 +75,32 @@ async def usage(request: web.Request) -> web.Response:
         rows = await UsageLedger(store).report(start, end, request.query.get("token") or None)
     except StoreUnavailable:
         raise unavailable("the state store is unreachable; retry shortly", code="state_store_unavailable") from None
-    report = UsageReport(
+    return UsageReport(
+        object="usage",
         state_store=store.location.description,
         start=start,
         end=end,
         data=[_record(row) for row in rows],
         totals=[_record(row, day=False) for _, row in sorted(totals(rows).items())],
     )
-    return web.json_response(report.model_dump(exclude_none=True))
+
+
+DAY = {"type": "string", "format": "date"}
+ROUTES = (
+    Route(
+        "GET",
+        "/api/usage",
+        "usage",
+        usage,
+        "usage",
+        "operations",
+        "Tokens used per token name, model and UTC day, from the state store (admin tokens only)",
+        {200: Reply("the usage", {JSON: Json(UsageReport)})},
+        (400, 401, 403, 503),
+        query={
+            "start": {"description": "first UTC day, YYYY-MM-DD (default: unbounded)", "schema": DAY},
+            "end": {"description": "last UTC day, YYYY-MM-DD (default: unbounded)", "schema": DAY},
+            "token": {"description": "only this token name", "schema": {"type": "string"}},
+        },
+    ),
+)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import grpc
 from aiohttp import BodyPartReader, web
@@ -29,7 +28,19 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from chatllm.bridge import errors
 from chatllm.bridge.errors import ApiError
+from chatllm.bridge.knowledge_base.replies import (
+    DeletedDocument,
+    DeletedKnowledgeBase,
+    Document,
+    DocumentList,
+    IngestedDocument,
+    KnowledgeBaseList,
+    KnowledgeBaseSize,
+    UploadError,
+    UploadResult,
+)
 from chatllm.bridge.middleware import upstream_authorization
+from chatllm.bridge.routes import JsonReply
 from chatllm.bridge.state import CONFIG, UPSTREAM
 from chatllm.proto import pb
 
@@ -50,37 +61,29 @@ def client_field(server_field: str) -> str:
     return KB_FIELDS.get(server_field, server_field)
 
 
-def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get("/api/kb", list_knowledge_bases, name="kb_list")
-    router.add_delete("/api/kb/{kb}", delete_knowledge_base, name="kb_delete")
-    router.add_post("/api/kb/{kb}/documents", upload_documents, name="kb_upload")
-    router.add_get("/api/kb/{kb}/documents", list_documents, name="kb_documents")
-    router.add_delete("/api/kb/{kb}/documents/{id}", delete_document, name="kb_delete_document")
-
-
 def _authorization(request: web.Request) -> str | None:
     return upstream_authorization(request)
 
 
-def document_json(document: pb.Document) -> dict[str, Any]:
-    return {
-        "id": document.id,
-        "filename": document.filename,
-        "chunks": document.chunks,
-        "size_bytes": document.size_bytes,
-        "created_unix": document.created_unix,
-    }
+def document_reply(document: pb.Document) -> Document:
+    return Document(
+        id=document.id,
+        filename=document.filename,
+        chunks=document.chunks,
+        size_bytes=document.size_bytes,
+        created_unix=document.created_unix,
+    )
 
 
-def ingested_json(filename: str, response: pb.IngestResponse) -> dict[str, Any]:
-    return {
-        "filename": filename,
-        "document_id": response.document_id,
-        "chunks": response.chunks,
-        "unchanged": response.unchanged,
-        "replaced_document_ids": list(response.replaced_document_ids),
-        "characters": response.characters,
-    }
+def ingested_reply(filename: str, response: pb.IngestResponse) -> IngestedDocument:
+    return IngestedDocument(
+        filename=filename,
+        document_id=response.document_id,
+        chunks=response.chunks,
+        unchanged=response.unchanged,
+        replaced_document_ids=list(response.replaced_document_ids),
+        characters=response.characters,
+    )
 
 
 def too_large(filename: str, limit: int) -> ApiError:
@@ -119,11 +122,11 @@ def rpc_error(exc: grpc.aio.AioRpcError) -> ApiError:
     return errors.from_rpc(exc, client_field)
 
 
-async def upload_documents(request: web.Request) -> web.Response:
+async def upload_documents(request: web.Request) -> UploadResult | JsonReply:
     knowledge_base = request.match_info["kb"]
     if not request.content_type.startswith("multipart/"):
         raise errors.bad_request(FILE_FIELD, "send the documents as multipart/form-data in fields named 'file'")
-    stored: list[dict[str, Any]] = []
+    stored: list[IngestedDocument] = []
     try:
         with multipart_errors():
             reader = await request.multipart()
@@ -136,13 +139,13 @@ async def upload_documents(request: web.Request) -> web.Response:
                 continue  # other form fields are not ours to judge
             filename = utf8_header(part.filename or "", "filename")
             response = await _ingest_part(request, knowledge_base, filename, part)
-            stored.append(ingested_json(filename, response))
+            stored.append(ingested_reply(filename, response))
     except ApiError as err:
-        body = err.body() | {"documents": stored}
-        return web.json_response(body, status=err.status, headers=err.headers)
+        body = UploadError.model_validate({**err.body(), "documents": stored})
+        return JsonReply(body, status=err.status, headers=err.reply_headers())
     if not stored:
         raise errors.bad_request(FILE_FIELD, "no file in the upload (multipart field 'file' with a filename)")
-    return web.json_response({"knowledge_base": knowledge_base, "documents": stored})
+    return UploadResult(knowledge_base=knowledge_base, documents=stored)
 
 
 async def _ingest_part(
@@ -197,50 +200,29 @@ async def _ingest_part(
         call.cancel()  # no-op when finished; otherwise the server drops the half-sent file
 
 
-async def list_documents(request: web.Request) -> web.Response:
+async def list_documents(request: web.Request) -> DocumentList:
     knowledge_base = request.match_info["kb"]
-    upstream = request.app[UPSTREAM]
-    try:
-        reply = await upstream.list_documents(knowledge_base, _authorization(request))
-    except grpc.aio.AioRpcError as exc:
-        raise rpc_error(exc) from None
-    return web.json_response(
-        {"knowledge_base": knowledge_base, "documents": [document_json(d) for d in reply.documents]}
-    )
+    call = request.app[UPSTREAM].list_documents(knowledge_base, _authorization(request))
+    reply = await errors.rpc_reply(call, client_field)
+    return DocumentList(knowledge_base=knowledge_base, documents=[document_reply(d) for d in reply.documents])
 
 
-async def delete_document(request: web.Request) -> web.Response:
+async def delete_document(request: web.Request) -> DeletedDocument:
     knowledge_base, document_id = request.match_info["kb"], request.match_info["id"]
-    upstream = request.app[UPSTREAM]
-    try:
-        reply = await upstream.delete_document(knowledge_base, document_id, _authorization(request))
-    except grpc.aio.AioRpcError as exc:
-        raise rpc_error(exc) from None
-    return web.json_response(
-        {"knowledge_base": knowledge_base, "deleted": document_id, "chunks_deleted": reply.chunks_deleted}
-    )
+    call = request.app[UPSTREAM].delete_document(knowledge_base, document_id, _authorization(request))
+    reply = await errors.rpc_reply(call, client_field)
+    return DeletedDocument(knowledge_base=knowledge_base, deleted=document_id, chunks_deleted=reply.chunks_deleted)
 
 
-async def list_knowledge_bases(request: web.Request) -> web.Response:
-    upstream = request.app[UPSTREAM]
-    try:
-        reply = await upstream.list_knowledge_bases(_authorization(request))
-    except grpc.aio.AioRpcError as exc:
-        raise rpc_error(exc) from None
-    return web.json_response(
-        {
-            "knowledge_bases": [
-                {"name": k.name, "documents": k.documents, "chunks": k.chunks} for k in reply.knowledge_bases
-            ]
-        }
-    )
+async def list_knowledge_bases(request: web.Request) -> KnowledgeBaseList:
+    reply = await errors.rpc_reply(request.app[UPSTREAM].list_knowledge_bases(_authorization(request)), client_field)
+    sizes = [KnowledgeBaseSize(name=k.name, documents=k.documents, chunks=k.chunks) for k in reply.knowledge_bases]
+    return KnowledgeBaseList(knowledge_bases=sizes)
 
 
-async def delete_knowledge_base(request: web.Request) -> web.Response:
+async def delete_knowledge_base(request: web.Request) -> DeletedKnowledgeBase:
     knowledge_base = request.match_info["kb"]
-    upstream = request.app[UPSTREAM]
-    try:
-        reply = await upstream.delete_knowledge_base(knowledge_base, _authorization(request))
-    except grpc.aio.AioRpcError as exc:
-        raise rpc_error(exc) from None
-    return web.json_response({"knowledge_base": knowledge_base, "documents_deleted": reply.documents_deleted})
+    reply = await errors.rpc_reply(
+        request.app[UPSTREAM].delete_knowledge_base(knowledge_base, _authorization(request)), client_field
+    )
+    return DeletedKnowledgeBase(knowledge_base=knowledge_base, documents_deleted=reply.documents_deleted)

@@ -3,10 +3,11 @@
 Non-stream: one JSON object `{"response", "history", "usage"}`. Stream
 (`use_stream_chat` true): the same objects, each followed by one NUL byte, or as
 SSE `data:` events when the client accepts `text/event-stream`. `response` is the
-whole answer so far (`cumulative`, the seed's clients) or only the new text (`delta`,
-LangChain's PAI-EAS classes): `--legacy-stream`, or the request's `stream_mode`.
-`history` includes this round as generated so far in both. The answer pipeline
-(chatllm.bridge.answer) owns relaying, coalescing and the failure rules.
+whole answer so far (`cumulative`, what the PAI-EAS ChatLLM examples read) or only
+the new text (`delta`, LangChain's PAI-EAS classes): `--legacy-stream`, or the
+request's `stream_mode`. `history` includes this round as generated so far in both.
+The answer pipeline (chatllm.bridge.answer) owns relaying, coalescing and the failure
+rules; the route (routes.py) is in the route table.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from chatllm.bridge.answer.pipeline import ChoiceChange, http_stream, whole_answ
 from chatllm.bridge.answer.progress import Progress
 from chatllm.bridge.answer.relay import relay, request_id
 from chatllm.bridge.errors import ApiError
+from chatllm.bridge.legacy.replies import LegacyReply
 from chatllm.bridge.legacy.request import LegacyRequest, from_http_body
 from chatllm.bridge.middleware import upstream_authorization
 from chatllm.bridge.priority import apply_header
+from chatllm.bridge.routes import JsonReply
 from chatllm.bridge.state import CONFIG, STATE, UPSTREAM
 
 
@@ -41,7 +44,8 @@ def server_sent_event(obj: dict[str, Any]) -> bytes:
 
 class LegacyReplies:
     """The legacy reply objects of one request: the answer (so far or its new piece), the
-    history including this round, usage (+ sources once known)."""
+    history including this round, usage (+ sources once known). Built as plain dicts: a stream
+    sends one per token (LegacyReply describes them)."""
 
     def __init__(self, legacy: LegacyRequest, history: list[tuple[str, str]], delta: bool) -> None:
         self.legacy = legacy
@@ -83,14 +87,11 @@ class LegacyStream:
         return [self.frame(error.body())]
 
 
-async def handle_post(request: web.Request) -> web.StreamResponse:
-    config = request.app[CONFIG]
-    if config.bridge.no_api:
-        raise web.HTTPNotFound(text="the API is disabled on this server (--no-api)")
+async def handle_post(request: web.Request) -> JsonReply | web.StreamResponse:
     legacy = from_http_body(await request.read(), request.content_type)
     wants_sse = "text/event-stream" in request.headers.get("Accept", "")
-    # No `use_stream_chat`: one JSON reply, which the seed's curl and LangChain's PaiEasEndpoint
-    # expect; asking for SSE in Accept is asking for a stream.
+    # No `use_stream_chat`: one JSON reply, which the original service's curl examples and LangChain's
+    # PaiEasEndpoint expect; asking for SSE in Accept is asking for a stream.
     stream = legacy.stream if legacy.stream is not None else wants_sse
     history = legacy.history_pairs() or []
     rid = request_id(request.headers.get("X-Request-Id"))
@@ -99,14 +100,13 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     apply_header(grpc_request, request.headers)
     authorization = upstream_authorization(request)
     updates = relay(request.app[UPSTREAM], grpc_request, protocol, authorization, request.app[STATE].calls)
-    delta = (legacy.stream_mode or config.bridge.legacy_stream) == "delta"
+    delta = (legacy.stream_mode or request.app[CONFIG].bridge.legacy_stream) == "delta"
     replies = LegacyReplies(legacy, history, delta)
     client_field = legacy.client_field
+    headers = {"X-Request-Id": rid}
     if not stream:
         progress = await whole_answer(updates, client_field)
-        body = dumps(replies.reply(progress))
-        return web.Response(text=body, content_type="application/json", headers={"X-Request-Id": rid})
+        return JsonReply(LegacyReply.model_validate(replies.reply(progress)), headers=headers)
     frame = server_sent_event if protocol == "sse" else nul_delimited
     content_type = "text/event-stream" if protocol == "sse" else "text/plain"
-    encoder = LegacyStream(replies, frame)
-    return await http_stream(request, updates, encoder, content_type, {"X-Request-Id": rid}, client_field)
+    return await http_stream(request, updates, LegacyStream(replies, frame), content_type, headers, client_field)

@@ -73,8 +73,9 @@ class LegacyRequest(_LegacySampling):  # type: ignore[misc]
     )
     stream_mode: StreamMode | None = Field(
         None,
-        description="HTTP streams: `response` is the whole answer so far (`cumulative`, the seed's clients) or "
-        "only the new text (`delta`, LangChain's PAI-EAS classes); default: the server's --legacy-stream",
+        description="HTTP streams: `response` is the whole answer so far (`cumulative`, what the PAI-EAS ChatLLM "
+        "examples read) or only the new text (`delta`, LangChain's PAI-EAS classes); default: the server's "
+        "--legacy-stream",
     )
     use_cache: LegacyBoolean | None = Field(
         None, description="accepted and ignored: engines always reuse their KV cache"

@@ -1,8 +1,9 @@
-"""What the OpenAI-compatible routes answer, as pydantic models (OpenAI's and vLLM's shapes)."""
+"""What the OpenAI-compatible routes answer, as pydantic models (OpenAI's and vLLM's shapes): whole
+replies, and the chunks of their SSE streams."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -26,11 +27,29 @@ class AssistantMessage(Body):
     tool_calls: list[ToolCallOut] | None = None
 
 
+class TopLogprob(Body):
+    token: str
+    logprob: float
+    bytes: list[int] = Field(description="the token's UTF-8 bytes")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(Body):
+    content: list[TokenLogprob]
+    refusal: list[TokenLogprob] | None
+
+
+ChatFinishReason = Literal["stop", "length", "tool_calls"]
+
+
 class ChatChoice(Body):
     index: int
     message: AssistantMessage
-    logprobs: dict[str, Any] | None
-    finish_reason: Literal["stop", "length", "tool_calls"] | None
+    logprobs: ChatLogprobs | None
+    finish_reason: ChatFinishReason | None
 
 
 class ChatCompletion(Body):
@@ -42,10 +61,17 @@ class ChatCompletion(Body):
     usage: Usage
 
 
+class CompletionLogprobs(Body):
+    tokens: list[str]
+    token_logprobs: list[float | None] = Field(description="null for the prompt's first token (echo)")
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(Body):
     index: int
     text: str
-    logprobs: dict[str, Any] | None
+    logprobs: CompletionLogprobs | None
     finish_reason: Literal["stop", "length"] | None
 
 
@@ -56,6 +82,54 @@ class Completion(Body):
     model: str
     choices: list[CompletionChoice]
     usage: Usage
+
+
+class FunctionDelta(Body):
+    name: str | None = None
+    arguments: str
+
+
+class ToolCallDelta(Body):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta
+
+
+class ChatDelta(Body):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class ChatChunkChoice(Body):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None
+    finish_reason: ChatFinishReason | None
+
+
+class ChatCompletionChunk(Body):
+    """One event of a streamed chat completion; with `stream_options.include_usage` every chunk has `usage`
+    (null until the last one, which has no choices)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class CompletionChunk(Body):
+    """One event of a streamed completion (`usage` as in ChatCompletionChunk)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
 
 
 class Model(Body):

@@ -2,7 +2,10 @@
 
 The encoders plug into the answer pipeline (chatllm.bridge.answer); everything here is
 OpenAI's exact shape (`logprobs.content[].top_logprobs[].bytes`, tool-call deltas with
-`index` / `id` / `type` / `function`, `usage.prompt_tokens_details.cached_tokens`).
+`index` / `id` / `type` / `function`, `usage.prompt_tokens_details.cached_tokens`). A whole
+reply is its model (replies.py); the chunks of a stream are written as JSON text straight away
+(one per token: no model is built for them), and a test checks them against ChatCompletionChunk
+and CompletionChunk.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 from chatllm.bridge.answer.pipeline import ChoiceChange
 from chatllm.bridge.answer.progress import Choice, Progress
 from chatllm.bridge.errors import ApiError
+from chatllm.bridge.openai.replies import ChatCompletion, Completion
 from chatllm.proto import pb
 
 DONE = b"data: [DONE]\n\n"
@@ -87,6 +91,7 @@ class ChatShape:
     """/v1/chat/completions."""
 
     object_name, chunk_name, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
+    reply = ChatCompletion
 
     def __init__(self, logprobs: bool) -> None:
         self.logprobs = logprobs
@@ -128,6 +133,7 @@ class CompletionShape:
     """/v1/completions (echo prepends the prompt, with its logprobs when asked)."""
 
     object_name, chunk_name, id_prefix = "text_completion", "text_completion", "cmpl"
+    reply = Completion
 
     def __init__(self, logprobs: bool, echo: str) -> None:
         self.logprobs = logprobs
@@ -214,7 +220,14 @@ class OpenAIStream:
         return [sse(error.body()), DONE]
 
 
-def whole_body(shape: Shape, envelope: dict[str, Any], progress: Progress) -> dict[str, Any]:
+def whole_body(shape: Shape, envelope: dict[str, Any], progress: Progress) -> ChatCompletion | Completion:
     choices = [shape.whole_choice(c, progress) for _, c in sorted(progress.choices.items())]
-    body = {**envelope, "model": progress.model, "object": shape.object_name}
-    return {**body, "choices": choices, "usage": progress.usage()}
+    return shape.reply.model_validate(
+        {
+            **envelope,
+            "model": progress.model,
+            "object": shape.object_name,
+            "choices": choices,
+            "usage": progress.usage(),
+        }
+    )

@@ -1,9 +1,10 @@
 """OpenAI's Responses API: POST /v1/responses, GET / DELETE /v1/responses/{id},
 POST /v1/responses/{id}/cancel, GET /v1/responses/{id}/input_items.
 
-A request becomes one Generate call through the answer pipeline (chatllm.bridge.answer), like
-/v1/chat/completions: its conversation is the stored chain of `previous_response_id` (inputs and
-outputs, tool calls and their outputs included) followed by its own input. Stored responses live
+The routes are in routes.py. A request becomes one Generate call through the answer pipeline
+(chatllm.bridge.answer), like /v1/chat/completions: its conversation is the stored chain of
+`previous_response_id` (inputs and outputs, tool calls and their outputs included) followed by its
+own input. Stored responses live
 in the response store (store.py), so any bridge on the same state store can continue or read them;
 only with the token that stored them (`owner`): another token's responses are a 404.
 """
@@ -11,10 +12,9 @@ only with the token that stored them (`owner`): another token's responses are a 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from aiohttp import web
 
 from chatllm.bridge import errors
@@ -23,13 +23,14 @@ from chatllm.bridge.answer.relay import relay, request_id
 from chatllm.bridge.errors import ApiError
 from chatllm.bridge.middleware import upstream_authorization
 from chatllm.bridge.responses.items import item_json, to_messages
+from chatllm.bridge.responses.replies import InputItemList, ResponseDeleted, ResponseObject
 from chatllm.bridge.responses.request import ResponseCreateRequest
 from chatllm.bridge.responses.service import ResponsesService
 from chatllm.bridge.responses.shapes import ResponseMeta
 from chatllm.bridge.responses.store import open_response_store
 from chatllm.bridge.responses.stream import ResponsesStream
+from chatllm.bridge.routes import JsonReply
 from chatllm.bridge.state import CALLER, CONFIG, STATE, STATE_STORE, UPSTREAM
-from chatllm.bridge.validation import json_object, parse
 
 RESPONSES = web.AppKey("responses", ResponsesService)
 INPUT_ITEMS_DEFAULT_LIMIT = 20
@@ -47,23 +48,17 @@ def owner(request: web.Request) -> str:
 
 
 def _service(request: web.Request) -> ResponsesService:
-    if request.app[CONFIG].bridge.no_api:
-        raise web.HTTPNotFound(text="the API is disabled on this server (--no-api)")
     return request.app[RESPONSES]
 
 
-async def create(request: web.Request) -> web.StreamResponse:
+async def create(request: web.Request, body: ResponseCreateRequest) -> JsonReply | web.StreamResponse:
     service = _service(request)
-    body = parse(ResponseCreateRequest, json_object(await request.read()))
     who = owner(request)
     earlier = await service.conversation(body.previous_response_id, who) if body.previous_response_id else []
     input_items = [item_json(item) for item in body.input_items()]
     rid = request_id(request.headers.get("X-Request-Id"))
     upstream, authorization = request.app[UPSTREAM], upstream_authorization(request)
-    try:
-        model = body.model or await upstream.model_id(authorization)
-    except grpc.aio.AioRpcError as exc:
-        raise errors.from_rpc(exc) from None
+    model = body.model or await errors.rpc_reply(upstream.model_id(authorization))
     meta = ResponseMeta(body, model, who)
     generate = body.to_generate_request(rid, to_messages([*earlier, *input_items]))
     updates = relay(upstream, generate, "responses", authorization, request.app[STATE].calls)
@@ -72,13 +67,13 @@ async def create(request: web.Request) -> web.StreamResponse:
         queued = meta.response("queued")
         await service.save(queued, input_items, who)
         service.start_background(meta, input_items, updates, body.client_field)
-        return web.json_response(queued, headers=headers)
+        return JsonReply(ResponseObject.model_validate(queued), headers=headers)
     if body.stream:
         return await _stream(request, service, meta, input_items, updates, headers)
     response = meta.finished(await whole_answer(updates, body.client_field))
     if body.stored:
         await service.keep(response, input_items, who)
-    return web.json_response(response, headers=headers)
+    return JsonReply(ResponseObject.model_validate(response), headers=headers)
 
 
 async def _stream(
@@ -106,23 +101,24 @@ async def _stream(
     return sink.response
 
 
-async def retrieve(request: web.Request) -> web.Response:
+async def retrieve(request: web.Request) -> ResponseObject:
     _no_query(request)
     record = await _service(request).load(request.match_info["response_id"], owner(request))
-    return web.json_response(record["response"])
+    return ResponseObject.model_validate(record["response"])
 
 
-async def delete(request: web.Request) -> web.Response:
+async def delete(request: web.Request) -> ResponseDeleted:
     response_id = request.match_info["response_id"]
     await _service(request).delete(response_id, owner(request))
-    return web.json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+    return ResponseDeleted(id=response_id, object="response.deleted", deleted=True)
 
 
-async def cancel(request: web.Request) -> web.Response:
-    return web.json_response(await _service(request).cancel(request.match_info["response_id"], owner(request)))
+async def cancel(request: web.Request) -> ResponseObject:
+    cancelled = await _service(request).cancel(request.match_info["response_id"], owner(request))
+    return ResponseObject.model_validate(cancelled)
 
 
-async def input_items(request: web.Request) -> web.Response:
+async def input_items(request: web.Request) -> InputItemList:
     """OpenAI's list: `limit` (1-100, default 20), `order` (desc by default), `after` (an item id)."""
     query = request.query
     unknown = set(query) - {"limit", "order", "after", "include", "include[]"}
@@ -144,14 +140,12 @@ async def input_items(request: web.Request) -> web.Response:
             raise errors.bad_request("after", f"no input item {after!r} in this response")
         items = items[ids.index(after) + 1 :]
     page = items[:limit]
-    return web.json_response(
-        {
-            "object": "list",
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(items) > limit,
-        }
+    return InputItemList(
+        object="list",
+        data=page,
+        first_id=page[0]["id"] if page else None,
+        last_id=page[-1]["id"] if page else None,
+        has_more=len(items) > limit,
     )
 
 
@@ -178,18 +172,3 @@ async def responses_service(app: web.Application) -> AsyncIterator[None]:
     app[RESPONSES] = service
     yield
     await service.close()
-
-
-ROUTES: list[tuple[str, str, Callable[[web.Request], Any], str]] = [
-    ("POST", "/v1/responses", create, "responses_create"),
-    ("GET", "/v1/responses/{response_id}", retrieve, "responses_get"),
-    ("DELETE", "/v1/responses/{response_id}", delete, "responses_delete"),
-    ("POST", "/v1/responses/{response_id}/cancel", cancel, "responses_cancel"),
-    ("GET", "/v1/responses/{response_id}/input_items", input_items, "responses_input_items"),
-]
-
-
-def add_routes(app: web.Application) -> None:
-    app.cleanup_ctx.append(responses_service)
-    for method, path, handler, name in ROUTES:
-        app.router.add_route(method, path, handler, name=name)

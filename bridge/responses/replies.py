@@ -1,10 +1,11 @@
-"""What /v1/responses answers, as pydantic models (the OpenAPI document's schemas; OpenAI's shapes)."""
+"""What /v1/responses answers, as pydantic models (OpenAI's shapes): the Response object, and the events
+of its stream (written as JSON text per token by stream.py; a test checks them against these)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, RootModel
 
 from chatllm.bridge.reply_parts import Body
 
@@ -104,4 +105,90 @@ class InputItemList(Body):
     has_more: bool
 
 
-RESPONSE_MODELS = (ResponseObject, ResponseDeleted, InputItemList)
+class ResponseLifecycleEvent(Body):
+    type: Literal[
+        "response.created", "response.in_progress", "response.completed", "response.incomplete", "response.failed"
+    ]
+    sequence_number: int
+    response: ResponseObject
+
+
+class OutputItemEvent(Body):
+    type: Literal["response.output_item.added", "response.output_item.done"]
+    sequence_number: int
+    output_index: int
+    item: OutputMessage | FunctionCall
+
+
+class ContentPartEvent(Body):
+    type: Literal["response.content_part.added", "response.content_part.done"]
+    sequence_number: int
+    item_id: str
+    output_index: int
+    content_index: int
+    part: OutputText
+
+
+class OutputTextDeltaEvent(Body):
+    type: Literal["response.output_text.delta"]
+    sequence_number: int
+    item_id: str
+    output_index: int
+    content_index: int
+    delta: str
+    logprobs: list[dict[str, Any]]
+
+
+class OutputTextDoneEvent(Body):
+    type: Literal["response.output_text.done"]
+    sequence_number: int
+    item_id: str
+    output_index: int
+    content_index: int
+    text: str
+    logprobs: list[dict[str, Any]]
+
+
+class ArgumentsDeltaEvent(Body):
+    type: Literal["response.function_call_arguments.delta"]
+    sequence_number: int
+    item_id: str
+    output_index: int
+    delta: str
+
+
+class ArgumentsDoneEvent(Body):
+    type: Literal["response.function_call_arguments.done"]
+    sequence_number: int
+    item_id: str
+    output_index: int
+    name: str
+    arguments: str
+
+
+class StreamErrorEvent(Body):
+    """A failure mid-stream (then response.failed)."""
+
+    type: Literal["error"]
+    sequence_number: int
+    code: str | None
+    message: str
+    param: str | None
+
+
+class ResponseStreamEvent(
+    RootModel[
+        Annotated[
+            ResponseLifecycleEvent
+            | OutputItemEvent
+            | ContentPartEvent
+            | OutputTextDeltaEvent
+            | OutputTextDoneEvent
+            | ArgumentsDeltaEvent
+            | ArgumentsDoneEvent
+            | StreamErrorEvent,
+            Field(discriminator="type"),
+        ]
+    ]
+):
+    """One event of a streamed response (`event:` names its type)."""
