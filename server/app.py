@@ -36,14 +36,13 @@ from chatllm.kernel.tls import CertificateError, HttpsContext
 from chatllm.proto import SERVICE_NAME, pb, pb_grpc
 from chatllm.server import metrics
 from chatllm.server.admission import Admission
-from chatllm.server.auth import TokenAuthInterceptor
 from chatllm.server.chat import Chat
-from chatllm.server.decoding import DecodeErrorInterceptor
 from chatllm.server.embeddings import EmbeddingService
 from chatllm.server.engines import running_engine
 from chatllm.server.engines.base import Engine
 from chatllm.server.errors import StartupError
 from chatllm.server.generation import GenerateService
+from chatllm.server.interceptors import server_interceptors
 from chatllm.server.metrics_http import MetricsEndpoint
 from chatllm.server.model_source import ModelSource, resolve
 from chatllm.server.models import ServedModels
@@ -153,10 +152,7 @@ class ChatLLMServer:
         )
         self.state.access = self.access
         self.health = health_aio.HealthServicer()
-        # The token is checked first: an unauthenticated caller learns nothing about its bytes.
-        interceptors = [TokenAuthInterceptor(self.access)] if self.access.required else []
-        interceptors.append(DecodeErrorInterceptor())
-        self._server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
+        self._server = grpc.aio.server(interceptors=server_interceptors(self.access), options=GRPC_OPTIONS)
         pb_grpc.add_ChatLLMServicer_to_server(ChatLLMServicer(self.state), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         names = (

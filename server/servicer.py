@@ -1,39 +1,33 @@
-"""The gRPC servicer: protobuf in, services, protobuf out; errors mapped in one place."""
+"""The gRPC servicer: protobuf in, services, protobuf out. What every call needs besides (the token,
+malformed bytes, metrics, errors as statuses) is done by the interceptors (chatllm.server.interceptors),
+so each method is the answer alone."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 import grpc
 
 from chatllm.kernel.access import ANONYMOUS_CALLER, Caller, TokenRegistry
 from chatllm.kernel.state.usage import UsageLedger
 from chatllm.proto import pb, pb_grpc
-from chatllm.server import catalog, metrics
+from chatllm.server import catalog
 from chatllm.server.admission import Admission
 from chatllm.server.embeddings import EmbeddingService
 from chatllm.server.engines.base import Engine
 from chatllm.server.errors import (
-    ChatLLMError,
     NotReady,
     PermissionDenied,
     Reason,
     Unauthenticated,
-    grpc_code,
-    status_of,
 )
 from chatllm.server.generation import GenerateService
 from chatllm.server.models import ServedModels
 from chatllm.server.tokens import TokenService
 from chatllm.server.usage import usage_report
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class KnowledgeRPCs(Protocol):
@@ -63,42 +57,6 @@ class ServerState:
         self.knowledge: KnowledgeRPCs | None = None
         self.embeddings: EmbeddingService | None = None
         self.usage: UsageLedger | None = None  # the state store's usage (GetUsage)
-
-
-async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    if not isinstance(exc, ChatLLMError):
-        log.exception("unexpected error in RPC")
-    await context.abort_with_status(status_of(exc))
-
-
-def unary(method: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
-    """Count the call and map exceptions to status codes for a unary or client-streaming RPC."""
-
-    def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-        @functools.wraps(fn)
-        async def handler(self: ChatLLMServicer, request: Any, context: grpc.aio.ServicerContext) -> T:
-            metrics.IN_FLIGHT.labels(method).inc()
-            code = grpc.StatusCode.OK
-            name = None
-            try:
-                name = self.caller(context).name
-                return await fn(self, request, context)
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as exc:
-                code = grpc_code(exc)
-                await _abort(context, exc)
-                raise  # unreachable: abort raises
-            finally:
-                metrics.IN_FLIGHT.labels(method).dec()
-                metrics.REQUESTS.labels(method, code.name).inc()
-                if name is not None:
-                    metrics.TOKEN_REQUESTS.labels(name, method, code.name).inc()
-
-        return handler
-
-    return wrap
 
 
 class ChatLLMServicer(pb_grpc.ChatLLMServicer):
@@ -139,63 +97,36 @@ class ChatLLMServicer(pb_grpc.ChatLLMServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
-        method = "Generate"
-        metrics.IN_FLIGHT.labels(method).inc()
-        code = grpc.StatusCode.CANCELLED  # until it completes or fails
-        name = None
-        try:
-            caller = self.caller(context)
-            name = caller.name
-            service = self._generate_service()
-            async with contextlib.aclosing(service.stream(request, caller)) as responses:
-                async for response in responses:
-                    yield response
-            code = grpc.StatusCode.OK
-        except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN
-            raise
-        except Exception as exc:
-            code = grpc_code(exc)
-            await _abort(context, exc)
-        finally:
-            metrics.IN_FLIGHT.labels(method).dec()
-            metrics.REQUESTS.labels(method, code.name).inc()
-            if name is not None:
-                metrics.TOKEN_REQUESTS.labels(name, method, code.name).inc()
+        async with contextlib.aclosing(self._generate_service().stream(request, self.caller(context))) as responses:
+            async for response in responses:
+                yield response
 
-    @unary("Ingest")
     async def Ingest(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> pb.IngestResponse:
         return await self._knowledge().ingest(request_iterator)
 
-    @unary("Retrieve")
     async def Retrieve(self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext) -> pb.RetrieveResponse:
         return await self._knowledge().retrieve(request)
 
-    @unary("ListDocuments")
     async def ListDocuments(
         self, request: pb.ListDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListDocumentsResponse:
         return await self._knowledge().list_documents(request)
 
-    @unary("DeleteDocument")
     async def DeleteDocument(
         self, request: pb.DeleteDocumentRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteDocumentResponse:
         return await self._knowledge().delete_document(request)
 
-    @unary("ListKnowledgeBases")
     async def ListKnowledgeBases(
         self, request: pb.ListKnowledgeBasesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListKnowledgeBasesResponse:
         return await self._knowledge().list_knowledge_bases()
 
-    @unary("DeleteKnowledgeBase")
     async def DeleteKnowledgeBase(
         self, request: pb.DeleteKnowledgeBaseRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteKnowledgeBaseResponse:
         return await self._knowledge().delete_knowledge_base(request)
 
-    @unary("ListModels")
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
@@ -206,21 +137,17 @@ class ChatLLMServicer(pb_grpc.ChatLLMServicer):
             reply.embedding_dimensions = self.state.embeddings.dimension
         return reply
 
-    @unary("Tokenize")
     async def Tokenize(self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext) -> pb.TokenizeResponse:
         return self._tokens().tokenize(request)
 
-    @unary("Detokenize")
     async def Detokenize(
         self, request: pb.DetokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DetokenizeResponse:
         return self._tokens().detokenize(request)
 
-    @unary("Embed")
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         return await self._embeddings().embed(request)
 
-    @unary("GetUsage")
     async def GetUsage(self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext) -> pb.GetUsageResponse:
         if self.state.access.required and not self.caller(context).admin:
             raise PermissionDenied("usage is for tokens marked `admin` in the token file")
@@ -228,7 +155,6 @@ class ChatLLMServicer(pb_grpc.ChatLLMServicer):
             raise NotReady("the server is still starting; retry shortly", Reason.LOADING)
         return await usage_report(self.state.usage, request)
 
-    @unary("GetServerInfo")
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
         state = self.state
         admission = state.admission

@@ -11,6 +11,7 @@ import grpc
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from chatllm.clients import AsyncChatClient
 from chatllm.proto import SERVICE_NAME, pb
@@ -29,7 +30,7 @@ ANSWER = "The capital of France is Paris."
 
 @pytest.fixture(scope="module")
 def engine() -> FakeEngine:
-    return FakeEngine(answer=ANSWER)
+    return FakeEngine(answer=ANSWER, stall=0.001)  # a long answer is still streaming when a test cancels it
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -263,3 +264,26 @@ async def test_requests_that_each_fill_the_whole_cache_take_turns(data_dir: Path
             )
             assert [a.usage.completion_tokens for a in answers] == [24, 24]
             assert (await client.server_info()).model.context_length == 128
+
+
+def calls(method: str, code: str) -> float:
+    return REGISTRY.get_sample_value("chatllm_requests_total", {"method": method, "code": code}) or 0.0
+
+
+async def test_every_call_is_counted_with_its_status_and_leaves_nothing_in_flight(client: AsyncChatClient) -> None:
+    """The outcome interceptor's bookkeeping, for a unary call, a stream answered, refused and cancelled."""
+    before = {key: calls(*key) for key in [("Generate", "OK"), ("Generate", "INVALID_ARGUMENT"),
+                                          ("Generate", "CANCELLED"), ("GetServerInfo", "OK")]}  # fmt: skip
+    await client.chat(QUESTION)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await client.chat(QUESTION, temperature=9.0)
+    call = client.stream(QUESTION, max_new_tokens=2000, ignore_eos=True)
+    await call.read()
+    call.cancel()
+    await client.server_info()
+    deadline = asyncio.get_running_loop().time() + 10
+    while calls("Generate", "CANCELLED") == before["Generate", "CANCELLED"]:  # the server sees the cancel soon after
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    assert {key: calls(*key) - value for key, value in before.items()} == dict.fromkeys(before, 1.0)
+    assert REGISTRY.get_sample_value("chatllm_requests_in_flight", {"method": "Generate"}) == 0

@@ -84,7 +84,7 @@ def _stream_unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awa
     return checked
 
 
-class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
     """Applies to the chatllm.v1.ChatLLM methods; health and reflection are grpcio's own."""
 
     def __init__(self) -> None:
