@@ -5,7 +5,7 @@ history, limits, security, state, common); each component is given only the sect
 bridge never sees the engine's). Every field's metadata describes its flag, so the parser, the
 env lookup and the defaults cannot drift apart. Field names are unique across sections, so a flag
 `--max-new-tokens` is field `max_new_tokens` of exactly one section. Each flag accepts both
-spellings (`--max-new-tokens` and `--max_new_tokens`), as the seed did; the parser and the
+spellings (`--max-new-tokens` and `--max_new_tokens`), as the PAI-EAS service did; the parser and the
 start-up checks are in `chatllm.kernel.flags`.
 """
 
@@ -173,7 +173,7 @@ class BridgeConfig:
     )
     legacy_stream: str = option(
         "cumulative",
-        "legacy NUL/SSE streams: `response` is the whole answer so far (cumulative, the seed's clients) or the "
+        "legacy NUL/SSE streams: `response` is the whole answer so far (cumulative, the PAI-EAS clients) or the "
         "new text only (delta, LangChain's PAI-EAS classes); a request's `stream_mode` overrides it",
         choices=("cumulative", "delta"),
         commands=("serve", "bridge"),

@@ -48,7 +48,7 @@ from chatllm.server.model_source import ModelSource, resolve
 from chatllm.server.models import ServedModels
 from chatllm.server.servicer import ChatLLMServicer, ServerState
 from chatllm.server.tls import GrpcCertificates
-from chatllm.server.tokens import TokenService
+from chatllm.server.tokenization import TokenizationService
 from chatllm.server.tools import ToolCalling
 from chatllm.server.usage import UsageRecorder
 
@@ -254,7 +254,7 @@ class ChatLLMServer:
         self.state.knowledge = retriever
         if retriever is not None:
             self.state.embeddings = EmbeddingService(retriever.library.embedder)
-        self.state.tokens = TokenService(chat, models, config.limits)
+        self.state.tokens = TokenizationService(chat, models, config.limits)
         self.state.engine = engine
         self.state.generate = GenerateService(
             config.server,

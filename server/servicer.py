@@ -26,7 +26,7 @@ from chatllm.server.errors import (
 )
 from chatllm.server.generation import GenerateService
 from chatllm.server.models import ServedModels
-from chatllm.server.tokens import TokenService
+from chatllm.server.tokenization import TokenizationService
 from chatllm.server.usage import usage_report
 
 
@@ -53,7 +53,7 @@ class ServerState:
         self.engine: Engine | None = None
         self.models: ServedModels | None = None
         self.generate: GenerateService | None = None
-        self.tokens: TokenService | None = None
+        self.tokens: TokenizationService | None = None
         self.knowledge: KnowledgeRPCs | None = None
         self.embeddings: EmbeddingService | None = None
         self.usage: UsageLedger | None = None  # the state store's usage (GetUsage)
@@ -79,7 +79,7 @@ class ChatLLMServicer(pb_grpc.ChatLLMServicer):
             raise NotReady("the model is still loading; retry shortly", Reason.LOADING)
         return self.state.generate
 
-    def _tokens(self) -> TokenService:
+    def _tokens(self) -> TokenizationService:
         if self.state.tokens is None:
             raise NotReady("the model is still loading; retry shortly", Reason.LOADING)
         return self.state.tokens

@@ -146,7 +146,7 @@ def run_models(args: argparse.Namespace) -> int:
                     print(f"served: {m.id} ({m.backend} on {m.device}/{m.dtype}, context {m.context_length})")
             except grpc.RpcError as exc:
                 return fail(exc)
-    rows = [("NAME", "MODEL PATH", "TYPE", "SEED ACCEL", "RECOMMENDED HARDWARE")]
+    rows = [("NAME", "MODEL PATH", "TYPE", "EAS ACCELERATED", "RECOMMENDED HARDWARE")]
     rows += [
         (e.name, e.model_path, e.model_type or "-", "yes" if e.seed_accelerated else "no", e.recommended_hardware)
         for e in entries()

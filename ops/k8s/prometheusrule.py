@@ -3,7 +3,7 @@
     python ops/k8s/prometheusrule.py > ops/k8s/prometheusrule.yaml
 
 The rules have one source, alerts.yml (promtool-tested); this keeps the Kubernetes copy
-identical, and tests/unit/test_ops_deploy.py fails when the committed file is stale.
+identical, and tests/unit/test_ops_k8s.py fails when the committed file is stale.
 """
 
 from __future__ import annotations

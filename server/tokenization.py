@@ -16,7 +16,7 @@ from chatllm.server.validation import RESERVED_TEMPLATE_KWARGS
 MAX_DETOKENIZE = 1_000_000
 
 
-class TokenService:
+class TokenizationService:
     def __init__(self, chat: Chat, models: ServedModels, limits: LimitsConfig) -> None:
         self.chat = chat
         self.models = models
