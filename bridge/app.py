@@ -16,6 +16,7 @@ from chatllm.bridge.middleware import MIDDLEWARES, render_errors
 from chatllm.bridge.responses.handlers import responses_service
 from chatllm.bridge.route_table import ROUTES
 from chatllm.bridge.routes import add_routes
+from chatllm.bridge.routing.picker import routing_rules
 from chatllm.bridge.settings import BridgeSettings
 from chatllm.bridge.state import ACCESS, CONFIG, STATE, STATE_STORE, UPSTREAM, BridgeState
 from chatllm.bridge.upstream import Upstream
@@ -54,7 +55,10 @@ def _upstream_channel(
     config: BridgeSettings, target: str, credentials: grpc.ChannelCredentials | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def channel(app: web.Application) -> AsyncIterator[None]:
-        upstream = Upstream(target, config.limits.request_timeout, credentials)
+        upstream = Upstream(
+            target, config.limits.request_timeout, credentials, routing_rules(config.bridge), config.security.token
+        )
+        await upstream.start()
         app[UPSTREAM] = upstream
         yield
         await upstream.close()

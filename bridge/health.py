@@ -1,5 +1,5 @@
-"""Operations: /healthz (the process is alive), /readyz (the upstream gRPC server reports
-`chatllm.v1.ChatLLM` SERVING and the bridge is not draining), /metrics (this process's default
+"""Operations: /healthz (the process is alive), /readyz (a replica reports `chatllm.v1.ChatLLM`
+SERVING and the bridge is not draining), /metrics (this process's default
 Prometheus registry) and /openapi.json (the committed document, see chatllm.bridge.openapi)."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ ROUTES = (
         readyz,
         "readiness",
         TAG,
-        "Readiness: the upstream server reports SERVING and the bridge is not draining",
+        "Readiness: a replica reports SERVING and the bridge is not draining",
         {200: Reply("ready", {JSON: Json(Readiness)}), 503: Reply("not ready, or draining", {JSON: Json(Readiness)})},
         auth=Auth.PUBLIC,
     ),

@@ -6,7 +6,7 @@ the OpenAPI document (`python -m chatllm.bridge.openapi`)."""
 
 from __future__ import annotations
 
-from chatllm.bridge import health, usage, web_page
+from chatllm.bridge import gateway_probes, health, usage, web_page
 from chatllm.bridge.anthropic import routes as anthropic
 from chatllm.bridge.knowledge_base import routes as knowledge_base
 from chatllm.bridge.legacy.routes import LEGACY_POST
@@ -16,6 +16,7 @@ from chatllm.bridge.routes import Route
 
 ROUTES: tuple[Route, ...] = (
     *health.ROUTES,
+    *gateway_probes.ROUTES,
     *usage.ROUTES,
     *openai.ROUTES,
     *responses.ROUTES,

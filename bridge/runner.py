@@ -1,12 +1,12 @@
 """Running the bridge (`chatllm bridge`; `chatllm serve` runs it beside the gRPC server in
 one event loop, see chatllm.clients.cli.serve), with a graceful drain on SIGTERM/SIGINT.
 
-Drain: readiness flips to 503, the listening socket closes, each WebSocket
-finishes its current answer and closes with 1001, HTTP streams get
---shutdown-grace seconds to finish, then whatever is left is cancelled.
+Drain: readiness flips to 503 (and the gRPC front door's to NOT_SERVING), the listening
+socket closes, each WebSocket finishes its current answer and closes with 1001, HTTP streams
+and front-door calls get --shutdown-grace seconds to finish, then whatever is left is cancelled.
 
-With --tls-cert/--tls-key the bridge speaks HTTPS (and so wss); SIGHUP re-reads the
-certificate files for new connections. Each request leaves one access-log line naming
+With --tls-cert/--tls-key the bridge speaks HTTPS (and so wss), and TLS on its gRPC front door
+(--grpc-port); SIGHUP re-reads the certificate files for new connections. Each request leaves one access-log line naming
 its token's name (never the token).
 """
 
@@ -23,11 +23,12 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from chatllm.bridge.app import build_app
+from chatllm.bridge.grpc_front import GrpcFrontDoor
 from chatllm.bridge.settings import BridgeSettings
-from chatllm.bridge.state import CALLER, STATE
+from chatllm.bridge.state import ACCESS, CALLER, STATE, UPSTREAM
 from chatllm.kernel.access import ANONYMOUS
 from chatllm.kernel.config import Config
-from chatllm.kernel.tls import CertificateError, HttpsContext
+from chatllm.kernel.tls import CertificateError, GrpcCertificates, HttpsContext
 
 log = logging.getLogger(__name__)
 LEFTOVER_TIMEOUT_S = 1.0  # after the grace period: how long cancelled handlers get to unwind
@@ -54,13 +55,19 @@ class TokenAccessLogger(AbstractAccessLogger):
 class BridgeServer:
     """Raises TokenFileError / CertificateError when a token file or certificate cannot be used."""
 
-    def __init__(self, config: Config, upstream_target: str) -> None:
+    def __init__(self, config: Config, upstream_target: str, grpc_port: int | None = None) -> None:
+        """`grpc_port`: also serve the gRPC front door there (grpc_front.py; 0 picks a free port)."""
         self.settings = BridgeSettings.of(config)
         security = config.security
         self.upstream_target = upstream_target
         self.tls = None
+        self.grpc_tls: GrpcCertificates | None = None
         if security.tls_cert and security.tls_key:
             self.tls = HttpsContext(security.tls_cert, security.tls_key, security.tls_client_ca)
+            if grpc_port is not None:
+                self.grpc_tls = GrpcCertificates(security.tls_cert, security.tls_key, security.tls_client_ca)
+        self._grpc_port = grpc_port
+        self.front_door: GrpcFrontDoor | None = None
         self.app = build_app(self.settings, upstream_target)
         # handler_cancellation: a client that disconnects cancels its handler, and so its gRPC call.
         # The grace period is ours (stop()); aiohttp's own shutdown only cancels what is left.
@@ -89,6 +96,11 @@ class BridgeServer:
             self._transport(),
             self.upstream_target,
         )
+        if self._grpc_port is not None:
+            address = f"{loopback_target(self.settings.bridge.host, self._grpc_port, bind=True)}"
+            credentials = self.grpc_tls.credentials if self.grpc_tls is not None else None
+            self.front_door = GrpcFrontDoor(self.app[UPSTREAM], self.app[ACCESS], address, credentials)
+            await self.front_door.start()
 
     def _transport(self) -> str:
         if self.tls is None:
@@ -101,6 +113,8 @@ class BridgeServer:
             return
         try:
             self.tls.reload()
+            if self.grpc_tls is not None:
+                self.grpc_tls.reload()
         except CertificateError as exc:
             log.error("HTTPS: kept the current certificate: %s", exc)
         else:
@@ -110,11 +124,13 @@ class BridgeServer:
         """Drain (see the module docstring) and release the upstream channel."""
         state = self.app[STATE]
         state.draining = True
+        grace = self.settings.limits.shutdown_grace
+        # The front door's calls get the same grace, at the same time (its readiness flips at once).
+        front_door = asyncio.create_task(self.front_door.stop(grace)) if self.front_door is not None else None
         for site in list(self._runner.sites):
             await site.stop()  # no new connections
         for session in list(state.websockets):
             session.drain()
-        grace = self.settings.limits.shutdown_grace
         if state.active:
             try:
                 await asyncio.wait_for(state.idle.wait(), grace)
@@ -124,13 +140,15 @@ class BridgeServer:
                 log.info("bridge grace of %gs over: cut %d answers", grace, cut)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(state.idle.wait(), LEFTOVER_TIMEOUT_S)
+        if front_door is not None:
+            await front_door
         await self._runner.cleanup()  # cancels what is left, closes idle keep-alive connections
         log.info("bridge stopped")
 
 
-def loopback_target(grpc_host: str, port: int) -> str:
-    """Where a bridge in the same process reaches the gRPC server."""
-    host = "127.0.0.1" if grpc_host in ("", "0.0.0.0", "::", "[::]") else grpc_host
+def loopback_target(grpc_host: str, port: int, bind: bool = False) -> str:
+    """Where a bridge in the same process reaches the gRPC server (`bind`: the address to listen on)."""
+    host = "127.0.0.1" if grpc_host in ("", "0.0.0.0", "::", "[::]") and not bind else grpc_host or "0.0.0.0"
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"{host}:{port}"
@@ -147,7 +165,7 @@ def stop_event() -> asyncio.Event:
 async def bridge_until_signal(config: Config, upstream_target: str) -> None:
     """`chatllm bridge`: serve until SIGTERM/SIGINT, then drain; SIGHUP re-reads the certificates."""
     stop = stop_event()
-    bridge = BridgeServer(config, upstream_target)
+    bridge = BridgeServer(config, upstream_target, config.server.grpc_port)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, bridge.reload_certificates)
     await bridge.start()
     try:

@@ -1,42 +1,55 @@
-"""Every RPC the bridge makes (each with its deadline), on its one channel to the servers (channel.py).
+"""Every RPC the bridge makes (each with its deadline), on the replica the picker chooses (routing/).
 
-Handlers call these methods, never the stub: the auth to forward and the time limits
-live here only.
+Handlers call these methods, never a stub: the auth to forward, the time limits and the routing
+live here only. Generate is routed by the request's prefix (routing/replica_set.py) and moved to
+another replica while nothing was answered (routing/routed_call.py); calls that carry no prompt
+go to the picker's choice for an empty key, with the same retry; Ingest streams the file once, to
+one serving replica.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chatllm.bridge.channel import upstream_channel
-from chatllm.proto import SERVICE_NAME, pb, pb_grpc
+from chatllm.bridge.routing.picker import NoReplicaError, RoutingRules
+from chatllm.bridge.routing.replica_set import ReplicaSet
+from chatllm.bridge.routing.routed_call import RoutedCall, unary_call
+from chatllm.proto import pb
 
 MODEL_ID_TTL_S = 60.0
 # Deadlines of the calls that do not generate (those take --request-timeout).
 QUICK_RPC_S = 10.0  # answered from memory: models, server info, tokenize
 LIST_RPC_S = 30.0  # knowledge-base listings read the store
 DELETE_RPC_S = 120.0  # deleting a knowledge base rewrites the store
-HEALTH_RPC_S = 2.0
 
 Metadata = tuple[tuple[str, str], ...]
 
 
 class Upstream:
-    """Stubs on one channel; each call forwards the `authorization` its handler gives it
+    """The fleet behind the bridge; each call forwards the `authorization` its handler gives it
     (middleware.upstream_authorization: the token the bridge accepted, or the client's own header
     when the bridge checks none, so a server with tokens still decides)."""
 
-    def __init__(self, target: str, request_timeout: float, credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        request_timeout: float,
+        credentials: grpc.ChannelCredentials | None = None,
+        rules: RoutingRules | None = None,
+        info_authorization: str | None = None,
+    ) -> None:
         self.target = target
-        self.channel = upstream_channel(target, credentials)
-        self._stub = pb_grpc.ChatLLMStub(self.channel)
-        self._health = health_pb2_grpc.HealthStub(self.channel)
+        # Load reports are polled with the bridge's own token (servers with tokens refuse them otherwise).
+        self.replicas = ReplicaSet(target, rules or RoutingRules(), credentials, self.metadata(info_authorization))
         self.timeout = request_timeout if request_timeout > 0 else None
         self._model_id: tuple[float, str] | None = None
+
+    async def start(self) -> None:
+        await self.replicas.start()
 
     def metadata(self, authorization: str | None) -> Metadata:
         # gRPC metadata values must be printable ASCII; anything else cannot be a valid token anyway.
@@ -44,52 +57,51 @@ class Upstream:
             return ()
         return (("authorization", authorization),)
 
-    def generate(self, request: pb.GenerateRequest, authorization: str | None) -> grpc.aio.UnaryStreamCall:
-        return self._stub.Generate(request, metadata=self.metadata(authorization), timeout=self.timeout)
+    def generate(self, request: pb.GenerateRequest, authorization: str | None) -> RoutedCall:
+        return RoutedCall(self.replicas, request, self.metadata(authorization), self.timeout)
 
     def ingest(self, requests: AsyncIterator[pb.IngestRequest], authorization: str | None) -> grpc.aio.StreamUnaryCall:
         """An Ingest call that sends `requests` (the header, then the file's chunks)."""
-        return self._stub.Ingest(requests, metadata=self.metadata(authorization), timeout=self.timeout)
+        try:
+            replica = self.replicas.any_replica()
+        except NoReplicaError:  # none serves: let the first one's channel say so, as the other calls do
+            replica = next(iter(self.replicas.replicas.values()))
+        return replica.stub.Ingest(requests, metadata=self.metadata(authorization), timeout=self.timeout)
 
     async def list_documents(self, knowledge_base: str, authorization: str | None) -> pb.ListDocumentsResponse:
         request = pb.ListDocumentsRequest(knowledge_base=knowledge_base)
-        return await self._stub.ListDocuments(request, metadata=self.metadata(authorization), timeout=LIST_RPC_S)
+        return await self._call("ListDocuments", request, authorization, LIST_RPC_S)
 
     async def delete_document(
         self, knowledge_base: str, document_id: str, authorization: str | None
     ) -> pb.DeleteDocumentResponse:
         request = pb.DeleteDocumentRequest(knowledge_base=knowledge_base, document_id=document_id)
-        return await self._stub.DeleteDocument(request, metadata=self.metadata(authorization), timeout=DELETE_RPC_S)
+        return await self._call("DeleteDocument", request, authorization, DELETE_RPC_S)
 
     async def list_knowledge_bases(self, authorization: str | None) -> pb.ListKnowledgeBasesResponse:
-        request = pb.ListKnowledgeBasesRequest()
-        return await self._stub.ListKnowledgeBases(request, metadata=self.metadata(authorization), timeout=LIST_RPC_S)
+        return await self._call("ListKnowledgeBases", pb.ListKnowledgeBasesRequest(), authorization, LIST_RPC_S)
 
     async def delete_knowledge_base(
         self, knowledge_base: str, authorization: str | None
     ) -> pb.DeleteKnowledgeBaseResponse:
         request = pb.DeleteKnowledgeBaseRequest(knowledge_base=knowledge_base)
-        return await self._stub.DeleteKnowledgeBase(
-            request, metadata=self.metadata(authorization), timeout=DELETE_RPC_S
-        )
+        return await self._call("DeleteKnowledgeBase", request, authorization, DELETE_RPC_S)
 
     async def server_info(self, authorization: str | None) -> pb.ServerInfo:
-        request = pb.GetServerInfoRequest()
-        return await self._stub.GetServerInfo(request, metadata=self.metadata(authorization), timeout=QUICK_RPC_S)
+        return await self._call("GetServerInfo", pb.GetServerInfoRequest(), authorization, QUICK_RPC_S)
 
     async def list_models(self, authorization: str | None) -> pb.ListModelsResponse:
         """The served models (base and adapters) and the catalogue."""
-        request = pb.ListModelsRequest()
-        return await self._stub.ListModels(request, metadata=self.metadata(authorization), timeout=QUICK_RPC_S)
+        return await self._call("ListModels", pb.ListModelsRequest(), authorization, QUICK_RPC_S)
 
     async def tokenize(self, request: pb.TokenizeRequest, authorization: str | None) -> pb.TokenizeResponse:
-        return await self._stub.Tokenize(request, metadata=self.metadata(authorization), timeout=QUICK_RPC_S)
+        return await self._call("Tokenize", request, authorization, QUICK_RPC_S)
 
     async def detokenize(self, request: pb.DetokenizeRequest, authorization: str | None) -> pb.DetokenizeResponse:
-        return await self._stub.Detokenize(request, metadata=self.metadata(authorization), timeout=QUICK_RPC_S)
+        return await self._call("Detokenize", request, authorization, QUICK_RPC_S)
 
     async def embed(self, request: pb.EmbedRequest, authorization: str | None) -> pb.EmbedResponse:
-        return await self._stub.Embed(request, metadata=self.metadata(authorization), timeout=self.timeout)
+        return await self._call("Embed", request, authorization, self.timeout)
 
     async def model_id(self, authorization: str | None) -> str:
         """The base model's name (cached for a minute: it only changes when the server restarts)."""
@@ -102,14 +114,11 @@ class Upstream:
         return name
 
     async def readiness(self) -> tuple[bool, str]:
-        """(ready, why) from the server's standard health service."""
-        request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
-        try:
-            reply = await self._health.Check(request, timeout=HEALTH_RPC_S)
-        except grpc.aio.AioRpcError as exc:
-            return False, f"upstream {self.target}: {exc.code().name}: {exc.details()}"
-        status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-        return reply.status == health_pb2.HealthCheckResponse.SERVING, f"upstream {self.target}: {status}"
+        """(ready, why): ready while any replica's readiness is SERVING."""
+        return self.replicas.readiness()
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.replicas.close()
+
+    async def _call(self, method: str, request: object, authorization: str | None, timeout: float | None) -> Any:
+        return await unary_call(self.replicas, method, request, self.metadata(authorization), timeout)

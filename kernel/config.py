@@ -147,7 +147,13 @@ class VLLMConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     grpc_host: str = option("0.0.0.0", "address the gRPC server binds", commands=SERVER_COMMANDS)
-    grpc_port: int = option(50051, "gRPC port (0 = pick a free one)", commands=SERVER_COMMANDS)
+    grpc_port: int | None = option(
+        50051,
+        "gRPC port (0 = pick a free one); `chatllm bridge`: the port of its gRPC front door, which forwards "
+        "chatllm.v1.ChatLLM to the replicas (off unless given; it binds --host)",
+        commands=(*SERVER_COMMANDS, "bridge"),
+        command_defaults={"bridge": None},
+    )
     metrics_port: int = option(
         8001,
         "port of the gRPC server's own /metrics (0: off; `serve` defaults to off, its bridge's /metrics "
@@ -167,10 +173,30 @@ class BridgeConfig:
     port: int = option(8000, "HTTP/WebSocket port of the bridge", commands=("serve", "bridge"))
     upstream: str | None = option(
         None,
-        "gRPC server(s) the bridge talks to: host:port, IP:port,IP:port,... or dns:///name:port; round-robin "
-        "over the replicas whose readiness is SERVING (default localhost:50051)",
+        "gRPC server(s) the bridge talks to: host:port, host:port,host:port,... or dns:///name:port (one replica "
+        "per address, re-resolved); each request goes to a replica whose readiness is SERVING, chosen by --routing "
+        "(default localhost:50051)",
         commands=("bridge",),
     )
+    routing: str = option(
+        "prefix",
+        "how the bridge picks a replica per request: prefix (the one that likely has the longest part of the "
+        "prompt cached, unless the loads are imbalanced), round-robin, least-load (docs/operations.md)",
+        choices=("prefix", "round-robin", "least-load"),
+        commands=("bridge",),
+    )
+    routing_cache_threshold: float = option(
+        0.3,
+        "--routing prefix: share (0-1) of a request's prefix a replica must hold for the prefix to decide",
+        commands=("bridge",),
+    )
+    routing_balance_abs: int = option(
+        4,
+        "--routing prefix: the loads are imbalanced (least-loaded replica wins) when the busiest replica has "
+        "more than this many outstanding requests more than the idlest...",
+        commands=("bridge",),
+    )
+    routing_balance_rel: float = option(1.5, "...and more than this many times as many", commands=("bridge",))
     legacy_stream: str = option(
         "cumulative",
         "legacy NUL/SSE streams: `response` is the whole answer so far (cumulative, the PAI-EAS clients) or the "

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from chatllm.kernel.config import ENV_PREFIX, Config, SecurityConfig, option_fields
+from chatllm.kernel.config import ENV_PREFIX, BridgeConfig, Config, SecurityConfig, option_fields
 
 ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+|null")  # a browser's Origin header value
 
@@ -125,12 +125,22 @@ def validate(config: Config) -> None:
         if getattr(limits, name) < 0:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
     problems.extend(security_problems(config.security))
+    problems.extend(routing_problems(config.bridge))
     for module in config.model.lora_modules:
         name, sep, path = module.partition("=")
         if not (sep and name and path):
             problems.append(f"--lora-modules {module!r}: give NAME=PATH")
     if problems:
         raise SystemExit("error: " + "; ".join(problems))
+
+
+def routing_problems(bridge: BridgeConfig) -> list[str]:
+    problems = []
+    if not 0 <= bridge.routing_cache_threshold <= 1:
+        problems.append("--routing-cache-threshold must be between 0 and 1")
+    if bridge.routing_balance_abs < 0 or bridge.routing_balance_rel < 1:
+        problems.append("--routing-balance-abs must be >= 0 and --routing-balance-rel >= 1")
+    return problems
 
 
 def security_problems(security: SecurityConfig) -> list[str]:

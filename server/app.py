@@ -32,7 +32,7 @@ from chatllm.kernel.state.connection import StateStore, open_state_store, parse_
 from chatllm.kernel.state.fair_share import FairShareCounters
 from chatllm.kernel.state.limits import TokenLimiter
 from chatllm.kernel.state.usage import UsageLedger
-from chatllm.kernel.tls import CertificateError, HttpsContext
+from chatllm.kernel.tls import CertificateError, GrpcCertificates, HttpsContext
 from chatllm.proto import SERVICE_NAME, pb, pb_grpc
 from chatllm.server import metrics
 from chatllm.server.admission import Admission
@@ -46,8 +46,7 @@ from chatllm.server.interceptors import server_interceptors
 from chatllm.server.metrics_http import MetricsEndpoint
 from chatllm.server.model_source import ModelSource, resolve
 from chatllm.server.models import ServedModels
-from chatllm.server.servicer import ChatLLMServicer, ServerState
-from chatllm.server.tls import GrpcCertificates
+from chatllm.server.servicer import ChatLLMServicer, ServerState, server_info
 from chatllm.server.tokenization import TokenizationService
 from chatllm.server.tools import ToolCalling
 from chatllm.server.usage import UsageRecorder
@@ -139,6 +138,7 @@ class ChatLLMServer:
             parse_state_store(config.state.state_store)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
+        self.serving = False  # readiness (chatllm.v1.ChatLLM) is SERVING
         self.state = ServerState(
             Admission(
                 config.limits.max_concurrent,
@@ -170,7 +170,12 @@ class ChatLLMServer:
         self.metrics: MetricsEndpoint | None = None
         if config.server.metrics_port > 0:
             self.metrics = MetricsEndpoint(
-                security, config.server.grpc_host, config.server.metrics_port, metrics_tls, self.access
+                security,
+                config.server.grpc_host,
+                config.server.metrics_port,
+                metrics_tls,
+                self.access,
+                lambda: (self.serving, server_info(self.state)),
             )
 
     @property
@@ -206,6 +211,7 @@ class ChatLLMServer:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         metrics.READY.set(0)
+        self.serving = False
         log.info(
             "gRPC listening on %s:%d, %s (loading the model)", self.config.server.grpc_host, self.port, self.transport
         )
@@ -273,6 +279,7 @@ class ChatLLMServer:
             freeze_startup_heap()
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         metrics.READY.set(1)
+        self.serving = True
         log.info("ready: %s via %s on %s/%s", ", ".join(models.names), info.backend, info.device, info.dtype)
 
     async def _start_engine(self, stack: contextlib.AsyncExitStack) -> tuple[ModelSource, Engine]:
@@ -328,6 +335,7 @@ class ChatLLMServer:
                     await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
                     await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
                     metrics.READY.set(0)
+                    self.serving = False
                     return
 
         task = asyncio.create_task(watch())
@@ -345,6 +353,7 @@ class ChatLLMServer:
         self.state.admission.draining = True
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
         metrics.READY.set(0)
+        self.serving = False
         idle = await self.state.admission.wait_idle(grace)
         log.info("drained: %s", "all requests finished" if idle else f"grace of {grace:g}s over, cancelling the rest")
 

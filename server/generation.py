@@ -287,7 +287,7 @@ class GenerateService:
         metrics.FINISH_REASONS.labels(reason).inc()
         usage = final.usage if final else pb.Usage()
         if final is not None:
-            metrics.PROMPT_TOKENS.inc(final.usage.prompt_tokens)
+            metrics.PROMPTS.add(final.usage.prompt_tokens, final.usage.cached_prompt_tokens)
             metrics.GENERATION_TOKENS.inc(final.usage.completion_tokens)
             metrics.QUEUE_TIME.observe(final.timings.queue_seconds)
         log.info(

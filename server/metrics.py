@@ -8,6 +8,7 @@ engines registered themselves (normally one).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -57,6 +58,10 @@ QUEUE_TIME = Histogram(
     "chatllm_queue_time_seconds", "Arrival until the engine scheduled the request", buckets=LATENCY_BUCKETS
 )
 PROMPT_TOKENS = Counter("chatllm_prompt_tokens_total", "Prompt tokens processed")
+PROMPT_CACHED_TOKENS = Counter(
+    "chatllm_prompt_cached_tokens_total",
+    "Prompt tokens served from the prefix cache (their KV reused from an earlier request)",
+)
 GENERATION_TOKENS = Counter("chatllm_generation_tokens_total", "Tokens generated")
 FINISH_REASONS = Counter("chatllm_finish_reason_total", "Finished generations by reason", ["reason"])
 INGEST_LATENCY = Histogram(
@@ -92,8 +97,31 @@ class EngineCollector(Collector):
             "Fraction of the KV cache in use (0-1)",
             value=max((s.kv_cache_usage for s in stats), default=0.0),
         )
+        yield GaugeMetricFamily(
+            "chatllm_kv_cache_capacity_tokens",
+            "Tokens the KV cache holds (0 when the engine does not say)",
+            value=sum(s.kv_cache_tokens for s in stats),
+        )
 
 
 ENGINES = EngineCollector()
 REGISTRY.register(ENGINES)
 _ = state_store_metrics  # chatllm_state_store_* (kernel.state.failure) are this process's series too
+
+
+@dataclass
+class PromptTally:
+    """Prompt tokens since start and those served from the prefix cache, for GetServerInfo (the
+    counters above say the same to Prometheus)."""
+
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+    def add(self, prompt_tokens: int, cached_prompt_tokens: int) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.cached_prompt_tokens += cached_prompt_tokens
+        PROMPT_TOKENS.inc(prompt_tokens)
+        PROMPT_CACHED_TOKENS.inc(cached_prompt_tokens)
+
+
+PROMPTS = PromptTally()

@@ -14,7 +14,7 @@ import grpc
 from chatllm.kernel.access import ANONYMOUS_CALLER, Caller, TokenRegistry
 from chatllm.kernel.state.usage import UsageLedger
 from chatllm.proto import pb, pb_grpc
-from chatllm.server import catalog
+from chatllm.server import catalog, metrics
 from chatllm.server.admission import Admission
 from chatllm.server.embeddings import EmbeddingService
 from chatllm.server.engines.base import Engine
@@ -57,6 +57,28 @@ class ServerState:
         self.knowledge: KnowledgeRPCs | None = None
         self.embeddings: EmbeddingService | None = None
         self.usage: UsageLedger | None = None  # the state store's usage (GetUsage)
+
+
+def server_info(state: ServerState) -> pb.ServerInfo:
+    """Load, limits and cache figures (GetServerInfo, and the HTTP side's /load and /v1/loads)."""
+    admission = state.admission
+    stats = state.engine.stats() if state.engine is not None else None
+    return pb.ServerInfo(
+        active_requests=stats.running if stats else 0,
+        waiting_requests=admission.waiting + (stats.waiting if stats else 0),
+        uptime_seconds=time.monotonic() - state.started,
+        version=state.version,
+        model=state.models.base if state.models is not None else None,
+        draining=admission.draining,
+        kv_cache_usage=stats.kv_cache_usage if stats else 0.0,
+        max_concurrent=admission.max_concurrent,
+        max_queue=admission.max_queue,
+        knowledge_base_enabled=state.knowledge is not None,
+        auth_required=state.auth_required,
+        kv_cache_tokens=stats.kv_cache_tokens if stats else 0,
+        prompt_tokens=metrics.PROMPTS.prompt_tokens,
+        cached_prompt_tokens=metrics.PROMPTS.cached_prompt_tokens,
+    )
 
 
 class ChatLLMServicer(pb_grpc.ChatLLMServicer):
@@ -156,19 +178,4 @@ class ChatLLMServicer(pb_grpc.ChatLLMServicer):
         return await usage_report(self.state.usage, request)
 
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
-        state = self.state
-        admission = state.admission
-        stats = state.engine.stats() if state.engine is not None else None
-        return pb.ServerInfo(
-            active_requests=stats.running if stats else 0,
-            waiting_requests=admission.waiting + (stats.waiting if stats else 0),
-            uptime_seconds=time.monotonic() - state.started,
-            version=state.version,
-            model=state.models.base if state.models is not None else None,
-            draining=admission.draining,
-            kv_cache_usage=stats.kv_cache_usage if stats else 0.0,
-            max_concurrent=admission.max_concurrent,
-            max_queue=admission.max_queue,
-            knowledge_base_enabled=state.knowledge is not None,
-            auth_required=state.auth_required,
-        )
+        return server_info(self.state)

@@ -13,6 +13,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import grpc
 
@@ -46,18 +47,22 @@ class _Timer:
         self.last, self.tokens = now, completion_tokens
 
 
+class Cancellable(Protocol):
+    def cancel(self) -> bool: ...
+
+
 class InFlightCalls:
     """The bridge's Generate calls, so a shutdown whose grace is over can end them with an error
     the client can read (a last `{"error": ...}` object, an error frame + `<EOS>`), not a cut stream."""
 
     def __init__(self) -> None:
-        self._calls: set[grpc.aio.Call] = set()
-        self._cut: set[grpc.aio.Call] = set()
+        self._calls: set[Cancellable] = set()
+        self._cut: set[Cancellable] = set()
 
-    def add(self, call: grpc.aio.Call) -> None:
+    def add(self, call: Cancellable) -> None:
         self._calls.add(call)
 
-    def discard(self, call: grpc.aio.Call) -> None:
+    def discard(self, call: Cancellable) -> None:
         self._calls.discard(call)
         self._cut.discard(call)
 
@@ -67,7 +72,7 @@ class InFlightCalls:
             call.cancel()
         return len(self._calls)
 
-    def was_cut(self, call: grpc.aio.Call) -> bool:
+    def was_cut(self, call: Cancellable) -> bool:
         return call in self._cut
 
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from chatllm.bridge.routing.prefix_index import PrefixIndex
+from chatllm.kernel.config import BridgeConfig
 
 ROUTING_MODES = ("prefix", "round-robin", "least-load")
 REASONS = ("prefix", "load", "fallback", "round-robin", "least-load")
@@ -32,6 +33,12 @@ class RoutingRules:
     cache_threshold: float = 0.3  # SMG's default; SGLang's router uses 0.5
     balance_abs: int = 4  # outstanding requests (SMG: 64, sized for GPUs that batch hundreds)
     balance_rel: float = 1.5
+
+
+def routing_rules(config: BridgeConfig) -> RoutingRules:
+    return RoutingRules(
+        config.routing, config.routing_cache_threshold, config.routing_balance_abs, config.routing_balance_rel
+    )
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ def register(subparsers: Any) -> None:
     add_target_arguments(models)
     models.set_defaults(handler=run_models)
 
-    info = subparsers.add_parser("info", help="server load, uptime and model")
+    info = subparsers.add_parser("info", help="server load, uptime, model, KV cache and prefix-cache hits")
     add_target_arguments(info)
     info.set_defaults(handler=run_info)
 
@@ -170,6 +170,13 @@ def run_info(args: argparse.Namespace) -> int:
     )
     print(
         f"requests: {info.active_requests} active, {info.waiting_requests} waiting "
-        f"(limits {info.max_concurrent}/{info.max_queue}); KV cache {info.kv_cache_usage:.0%}"
+        f"(limits {info.max_concurrent}/{info.max_queue})"
+    )
+    capacity = f" of {info.kv_cache_tokens} tokens" if info.kv_cache_tokens else ""
+    print(f"KV cache: {info.kv_cache_usage:.0%} in use{capacity}")
+    hit_rate = f" ({info.cached_prompt_tokens / info.prompt_tokens:.1%})" if info.prompt_tokens else ""
+    print(
+        f"prefix cache: {info.cached_prompt_tokens} of {info.prompt_tokens} prompt tokens served from it"
+        f"{hit_rate} since start"
     )
     return 0

@@ -79,14 +79,14 @@ def run_serve(args: argparse.Namespace, engine: Engine | EngineFactory | None = 
 
 
 def run_bridge(args: argparse.Namespace) -> int:
-    from chatllm.bridge.channel import channel_target
+    from chatllm.bridge.routing.replicas import split_upstream
     from chatllm.bridge.runner import bridge_until_signal
     from chatllm.server.errors import StartupError
 
     async def bridge(config: Config) -> None:
         target = config.bridge.upstream or DEFAULT_UPSTREAM
         try:
-            channel_target(target)  # a bad --upstream is one line, not a traceback
+            split_upstream(target)  # a bad --upstream is one line, not a traceback
         except ValueError as exc:
             raise StartupError(str(exc)) from None
         await bridge_until_signal(config, target)

@@ -106,6 +106,11 @@ def rate_by(metric: str, sel: str, by: str, legend: str) -> Query:
     return f"sum by ({by}) (rate({metric}{{{sel}}}[{RATE}]))", legend
 
 
+def ratio_by(numerator: str, denominator: str, sel: str, by: str, legend: str) -> Query:
+    """rate(numerator) / rate(denominator), per `by`."""
+    return f"{rate_by(numerator, sel, by, '')[0]} / {rate_by(denominator, sel, by, '')[0]}", legend
+
+
 def total_rate(metric: str, sel: str, legend: str) -> Query:
     return f"sum(rate({metric}{{{sel}}}[{RATE}]))", legend
 
@@ -113,6 +118,7 @@ def total_rate(metric: str, sel: str, legend: str) -> Query:
 HTTP = "chatllm_http_requests_total"
 HTTP_ERRORS = f'{BRIDGE}, status=~"[45].."'
 BOTH = 'instance=~"$instance|$bridge"'
+CACHED, PROMPT = "chatllm_prompt_cached_tokens_total", "chatllm_prompt_tokens_total"
 MODEL = f'count by (model, backend, device, dtype) (chatllm_model_info{{{SERVER}, model=~"$model"}})'
 
 SECTIONS: list[tuple[str, list[Panel]]] = [
@@ -262,6 +268,75 @@ SECTIONS: list[tuple[str, list[Panel]]] = [
                     (f"sum(chatllm_engine_running_requests{{{SERVER}}})", "running"),
                     (f"sum(chatllm_engine_waiting_requests{{{SERVER}}})", "waiting"),
                 ],
+            ),
+        ],
+    ),
+    (
+        "Cache",
+        [
+            Panel(
+                "Prefix-cache hit rate",
+                "Share of prompt tokens served from the engines' prefix cache: the whole fleet, and each replica. "
+                "The bridge's --routing prefix keeps it near a single replica's.",
+                [
+                    (f"{total_rate(CACHED, SERVER, '')[0]} / {total_rate(PROMPT, SERVER, '')[0]}", "fleet"),
+                    ratio_by(CACHED, PROMPT, SERVER, "instance", "{{instance}}"),
+                ],
+                "percentunit",
+                width=8,
+            ),
+            Panel(
+                "KV cache per replica",
+                "Tokens each replica's KV cache holds, and the share in use.",
+                [
+                    (f"max by (instance) (chatllm_kv_cache_capacity_tokens{{{SERVER}}})", "{{instance}} tokens"),
+                    (f"max by (instance) (chatllm_kv_cache_usage_ratio{{{SERVER}}})", "{{instance}} in use"),
+                ],
+                width=8,
+            ),
+            Panel(
+                "Hit rate by replica, as the bridges route",
+                "Cached share of the prompt tokens of the answers each replica gave through the bridges.",
+                [
+                    ratio_by(
+                        "chatllm_bridge_replica_cached_prompt_tokens_total",
+                        "chatllm_bridge_replica_prompt_tokens_total",
+                        BRIDGE,
+                        "replica",
+                        "{{replica}}",
+                    )
+                ],
+                "percentunit",
+                width=8,
+            ),
+            Panel(
+                "Routing decisions by replica and reason",
+                "prefix: the replica holding the longest prefix; load: the loads were imbalanced; fallback: no "
+                "prefix worth following (new prompts spread); round-robin / least-load: those policies.",
+                [
+                    rate_by(
+                        "chatllm_bridge_routing_decisions_total", BRIDGE, "replica, reason", "{{replica}} {{reason}}"
+                    )
+                ],
+                "reqps",
+                width=8,
+            ),
+            Panel(
+                "Routing decision time",
+                "Hashing the request's prefix and picking the replica.",
+                quantiles("chatllm_bridge_routing_decision_seconds", BRIDGE, levels=(0.5, 0.99)),
+                "s",
+                width=8,
+            ),
+            Panel(
+                "Replicas serving, and their load",
+                "Replicas whose readiness is SERVING for each bridge, and each one's outstanding requests as the "
+                "picker sees them.",
+                [
+                    (f"sum by (instance) (chatllm_bridge_replica_serving{{{BRIDGE}}})", "{{instance}} serving"),
+                    (f"max by (replica) (chatllm_bridge_replica_load{{{BRIDGE}}})", "{{replica}} load"),
+                ],
+                width=8,
             ),
         ],
     ),

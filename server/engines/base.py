@@ -65,6 +65,7 @@ class EngineStats:
     running: int
     waiting: int
     kv_cache_usage: float  # 0-1
+    kv_cache_tokens: int = 0  # the cache's capacity (0: the engine does not say)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,7 @@ class HFEngine:
         self._manager = manager
         self._vocab_size = int(model.config.get_text_config().vocab_size)
         self._stopping = False
+        self.kv_cache_tokens = 0  # set once the cache is sized
         # Per-request output queues, so abort() can end a stream the library stops feeding.
         self._queues: dict[str, asyncio.Queue[Any]] = {}
 
@@ -159,7 +160,9 @@ class HFEngine:
             PAGE_SIZE,
             context,
         )
-        return cls(model, tokenizer, manager, info)
+        engine = cls(model, tokenizer, manager, info)
+        engine.kv_cache_tokens = blocks * PAGE_SIZE
+        return engine
 
     def _shutdown(self) -> None:
         self._stopping = True
@@ -189,6 +192,7 @@ class HFEngine:
             running=len(scheduler.active_requests),
             waiting=len(scheduler.waiting_requests) + self._manager.input_queue.qsize(),
             kv_cache_usage=min(max(usage, 0.0), 1.0),
+            kv_cache_tokens=self.kv_cache_tokens,
         )
 
     def prepare(self, options: SamplingOptions) -> SamplingOptions:

@@ -185,7 +185,9 @@ class VLLMEngine:
         latest = self._stats.latest()
         running = min(latest.running, unfinished)
         waiting = min(latest.waiting, unfinished - running)
-        return EngineStats(running, waiting, latest.kv_cache_usage if unfinished else 0.0)
+        cache = self._llm.vllm_config.cache_config
+        capacity = (cache.num_gpu_blocks or 0) * cache.block_size
+        return EngineStats(running, waiting, latest.kv_cache_usage if unfinished else 0.0, capacity)
 
     def prepare(self, options: SamplingOptions) -> SamplingOptions:
         """vLLM honours every field of the sampling table: its own checks remain (they run here, once)."""

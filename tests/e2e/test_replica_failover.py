@@ -3,7 +3,7 @@ load of NUL streams; replica A is killed with SIGKILL while it holds answering a
 requests (bench/failover.py --quick, run as a program, with replicas over the fake engine: the promise
 is the bridge's and gRPC's; the recorded runs use real engines).
 
-What the bridge's channel (bridge/channel.py) promises, counted request by request:
+What the bridge's routing (bridge/routing/) promises, counted request by request:
 requests A had accepted but not started are retried on B and complete; streams A was
 answering end with a readable error; nothing hangs or is cut without an error; /readyz
 stays ready because B is serving. Figures of a full run: bench/results/failover-*.md."""
@@ -37,7 +37,7 @@ async def test_killing_a_replica_under_load_retries_what_it_had_not_started(data
     assert 1 <= result["failed_with_error"] <= plan["max_concurrent"], summary
     assert {int(status) for status in result["failure_statuses"]} <= {502, 503}, summary  # JSON keys are strings
 
-    # A's queued requests (no answer yet) went to B: gRPC retried them there.
+    # A's queued requests (no answer yet) went to B: the bridge retried them there (before their first response).
     assert result["retried"] >= 1, summary
     assert result["completed_after_kill"] >= plan["after_kill"], summary
 

@@ -603,7 +603,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("active_requests", "waiting_requests", "uptime_seconds", "version", "model", "draining", "kv_cache_usage", "max_concurrent", "max_queue", "knowledge_base_enabled", "auth_required")
+    __slots__ = ("active_requests", "waiting_requests", "uptime_seconds", "version", "model", "draining", "kv_cache_usage", "max_concurrent", "max_queue", "knowledge_base_enabled", "auth_required", "kv_cache_tokens", "prompt_tokens", "cached_prompt_tokens")
     ACTIVE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     WAITING_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -615,6 +615,9 @@ class ServerInfo(_message.Message):
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     KNOWLEDGE_BASE_ENABLED_FIELD_NUMBER: _ClassVar[int]
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     active_requests: int
     waiting_requests: int
     uptime_seconds: float
@@ -626,7 +629,10 @@ class ServerInfo(_message.Message):
     max_queue: int
     knowledge_base_enabled: bool
     auth_required: bool
-    def __init__(self, active_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., version: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., draining: _Optional[bool] = ..., kv_cache_usage: _Optional[float] = ..., max_concurrent: _Optional[int] = ..., max_queue: _Optional[int] = ..., knowledge_base_enabled: _Optional[bool] = ..., auth_required: _Optional[bool] = ...) -> None: ...
+    kv_cache_tokens: int
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    def __init__(self, active_requests: _Optional[int] = ..., waiting_requests: _Optional[int] = ..., uptime_seconds: _Optional[float] = ..., version: _Optional[str] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., draining: _Optional[bool] = ..., kv_cache_usage: _Optional[float] = ..., max_concurrent: _Optional[int] = ..., max_queue: _Optional[int] = ..., knowledge_base_enabled: _Optional[bool] = ..., auth_required: _Optional[bool] = ..., kv_cache_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
     __slots__ = ("start", "end", "token")

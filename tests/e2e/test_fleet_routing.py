@@ -1,0 +1,219 @@
+"""Two `chatllm server` replicas (the session's fleet, tests/fleet.py: vLLM, one thread each) behind
+`chatllm bridge`: which replica answers each request, what the prefix cache gives back through the
+bridge compared with a single replica, a replica lost and restarted mid-run, and the gRPC front door.
+SMG in front of our workers: test_gateways.py. Figures with more load: bench/routing.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+import websocket  # websocket-client
+
+from chatllm.clients import ChatClient
+from tests.fleet import MODEL, Fleet, FleetBridge
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a series' samples whose labels include `labels` (0 when there is none)."""
+    total = 0.0
+    for match in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.MULTILINE):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def generated(fleet: Fleet) -> list[float]:
+    """Generate calls each replica has answered so far (its own /metrics)."""
+    return [
+        metric(requests.get(r.metrics_url + "/metrics", timeout=10).text, "chatllm_requests_total", method="Generate")
+        for r in fleet.replicas
+    ]
+
+
+def bridge_metrics(bridge: FleetBridge) -> str:
+    return requests.get(bridge.http_url + "/metrics", timeout=10).text
+
+
+def ask(url: str, messages: list[dict[str, str]], max_tokens: int = 8) -> dict:
+    body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+    response = requests.post(url + "/v1/chat/completions", json=body, timeout=300)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def handbook(owner: str) -> str:
+    """A system prompt of about 700 tokens, unique to `owner` from its first words."""
+    rules = " ".join(f"Rule {i} of {owner}: staff log every visit in the blue ledger before noon." for i in range(40))
+    return f"You answer questions for {owner}. {rules}"
+
+
+def conversations(url: str, owners: list[str], turns: int) -> float:
+    """Interleaved chats, one per owner; the share of the prompt tokens of turns 2.. served from the cache."""
+    chats = [[{"role": "system", "content": handbook(owner)}] for owner in owners]
+    prompt = cached = 0
+    for turn in range(turns):
+        for chat in chats:
+            chat.append({"role": "user", "content": f"Question {turn + 1}: what does rule {turn * 7} say?"})
+            reply = ask(url, chat)
+            chat.append({"role": "assistant", "content": reply["choices"][0]["message"]["content"]})
+            if turn > 0:
+                usage = reply["usage"]
+                prompt += usage["prompt_tokens"]
+                cached += (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    return cached / prompt
+
+
+def test_unrelated_prompts_are_split_across_both_replicas(fleet: Fleet) -> None:
+    before = generated(fleet)
+    with fleet.bridge() as bridge:
+        for i in range(8):
+            ask(bridge.http_url, [{"role": "user", "content": f"Question {i}: name a colour and a fruit."}], 4)
+        decisions = bridge_metrics(bridge)
+    served = [after - was for after, was in zip(generated(fleet), before, strict=True)]
+    assert sum(served) == 8 and min(served) >= 3, served
+    assert metric(decisions, "chatllm_bridge_routing_decisions_total", reason="fallback") == 8
+
+
+def test_multi_turn_chats_keep_their_cache_as_on_a_single_replica(fleet: Fleet) -> None:
+    with fleet.bridge(upstream=fleet.replicas[0].target) as single:
+        alone = conversations(single.http_url, ["Alder Inn", "Birch Hall", "Cedar Lodge"], 3)
+    with fleet.bridge() as bridge:
+        routed = conversations(bridge.http_url, ["Dune Hotel", "Elm House", "Fir Court"], 3)
+        decisions = bridge_metrics(bridge)
+    assert alone > 0.5, alone  # the handbook is reused turn after turn
+    assert routed >= 0.9 * alone, (routed, alone)
+    assert metric(decisions, "chatllm_bridge_routing_decisions_total", reason="prefix") >= 6  # turns 2-3 followed
+
+
+def websocket_rounds(url: str, owner: str, rounds: int) -> float:
+    """A WebSocket conversation (the connection keeps the history); the cached share of rounds 2..."""
+    ws = websocket.create_connection(url, timeout=300)
+    prompt = cached = 0
+    try:
+        for n in range(rounds):
+            question = handbook(owner) if n == 0 else f"And what does rule {n * 5} say?"
+            frame = {"prompt": question, "max_new_tokens": 8, "temperature": 0, "stream_format": "events"}
+            ws.send(json.dumps(frame))
+            final = None
+            while (reply := ws.recv()) != "<EOS>":
+                final = json.loads(reply).get("final", final)
+            assert final is not None
+            if n > 0:
+                prompt += final["usage"]["prompt_tokens"]
+                cached += (final["usage"].get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    finally:
+        ws.close()
+    return cached / prompt
+
+
+def test_a_websocket_conversation_keeps_its_cache(fleet: Fleet) -> None:
+    with fleet.bridge(upstream=fleet.replicas[1].target) as single:
+        alone = websocket_rounds(single.ws_url, "Gorse Farm", 5)
+    with fleet.bridge() as bridge:
+        routed = websocket_rounds(bridge.ws_url, "Heath Barn", 5)
+    assert alone > 0.5 and routed >= 0.9 * alone, (routed, alone)
+
+
+class Load:
+    """Clients sending short chats back to back from threads, counting how each ended."""
+
+    def __init__(self, url: str, clients: int) -> None:
+        self.url, self.stop = url, threading.Event()
+        self.outcomes: list[tuple[float, int]] = []  # (ended at, HTTP status)
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
+
+    def _run(self, client: int) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            body = {"model": MODEL, "messages": [{"role": "user", "content": f"Client {client}, question {n}."}]}
+            try:
+                status = requests.post(self.url, json={**body, "max_tokens": 6}, timeout=300).status_code
+            except requests.RequestException:
+                status = 0
+            self.outcomes.append((time.monotonic(), status))
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(300)
+
+
+def wait_for(condition, what: str, within: float = 120) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_replica_killed_mid_run_and_restarted(fleet: Fleet) -> None:
+    victim = fleet.replicas[0]
+    try:
+        with fleet.bridge() as bridge:
+            for owner in ("Ivy Mill", "Kale Row"):  # new prefixes alternate: one for each replica's index
+                ask(
+                    bridge.http_url, [{"role": "system", "content": handbook(owner)}, {"role": "user", "content": "Hi"}]
+                )
+            assert metric(bridge_metrics(bridge), "chatllm_bridge_prefix_index_blocks", replica=victim.target) > 0
+            with Load(bridge.http_url + "/v1/chat/completions", clients=2) as load:
+                wait_for(lambda: len(load.outcomes) >= 4, "the load to run")
+                fleet.kill(victim.index)
+                killed_at = time.monotonic()
+                wait_for(lambda: sum(1 for at, _ in load.outcomes if at > killed_at + 1) >= 6, "answers after the kill")
+            text = bridge_metrics(bridge)
+            after = [status for at, status in load.outcomes if at > killed_at + 1]
+            assert after and set(after) == {200}, load.outcomes  # the survivor serves everything
+            assert len([s for _, s in load.outcomes if s != 200]) <= 2  # at most the answers cut at the kill
+            assert metric(text, "chatllm_bridge_replica_serving", replica=victim.target) == 0
+            assert metric(text, "chatllm_bridge_prefix_index_blocks", replica=victim.target) == 0
+
+            fleet.restart(victim.index)
+            wait_for(
+                lambda: metric(bridge_metrics(bridge), "chatllm_bridge_replica_serving", replica=victim.target) == 1,
+                "the bridge to see the restarted replica",
+            )
+            before = metric(bridge_metrics(bridge), "chatllm_bridge_routing_decisions_total", replica=victim.target)
+            for i in range(4):
+                ask(bridge.http_url, [{"role": "user", "content": f"After the restart, question {i}."}], 4)
+            used = metric(bridge_metrics(bridge), "chatllm_bridge_routing_decisions_total", replica=victim.target)
+            assert used - before >= 1  # its empty index makes it the first choice for new prompts
+    finally:
+        fleet.revive()
+
+
+def test_the_grpc_front_door_forwards_to_the_fleet(fleet: Fleet) -> None:
+    with fleet.bridge("--grpc-port", "0") as bridge:
+        port = int(bridge.process.wait_for_log(r"gRPC front door listening on \S+:(\d+)", 30).group(1))
+        with ChatClient(f"127.0.0.1:{port}") as client:
+            system = handbook("Juniper Yard")
+            first = client.chat("What does rule 3 say?", system_prompt=system, max_new_tokens=8, temperature=0)
+            second = client.chat("And rule 4?", system_prompt=system, max_new_tokens=8, temperature=0)
+            assert first.text and second.finish_reason in ("stop", "length")
+            assert second.usage.cached_prompt_tokens > 0  # routed by its prefix to the replica that has it
+            info = client.server_info()
+    assert info.kv_cache_tokens > 0 and info.cached_prompt_tokens > 0
+
+
+def test_chatllm_info_shows_the_cache(fleet: Fleet) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chatllm.clients.cli", "info", "--target", fleet.replicas[1].target],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"prefix cache: (\d+) of (\d+) prompt tokens served from it \((\S+)%\)", result.stdout)
+    assert match and 0 < int(match.group(1)) <= int(match.group(2)), result.stdout
+    assert re.search(r"KV cache: \d+% in use of \d+ tokens", result.stdout), result.stdout
