@@ -25,7 +25,7 @@ from chatllm.kernel.state.connection import open_state_store
 
 
 def build_app(config: BridgeSettings, upstream_target: str, access: TokenRegistry | None = None) -> web.Application:
-    """The bridge for `upstream_target` (host:port, or dns:///name:port for round-robin).
+    """The bridge for `upstream_target` (host:port, a list of them, or dns:///name:port: see routing/).
 
     Raises TokenFileError / CertificateError for a token file or upstream TLS file that cannot be used."""
     security = config.security

@@ -19,7 +19,8 @@ from chatllm.bridge.routing.replicas import DNS_REFRESH_S, Replica, resolve, spl
 from chatllm.proto import pb
 
 log = logging.getLogger(__name__)
-RESOLVE_AT_MOST_EVERY_S = 1.0  # a replica that keeps failing asks for DNS at most this often
+RESOLVE_AT_MOST_EVERY_S = 1.0
+FIRST_REPORT_S = 2.0  # a replica that keeps failing asks for DNS at most this often
 
 
 class ReplicaSet:
@@ -49,6 +50,11 @@ class ReplicaSet:
         if self.dns_name is not None:
             await self._refresh()
             self._resolver = asyncio.create_task(self._resolve_loop())
+        # Readiness is known from the start: each replica's health answers within milliseconds (or its
+        # connection is refused as fast); a replica that is slower to say stays UNKNOWN a while.
+        waits = [replica.reported.wait() for replica in self.replicas.values()]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits), FIRST_REPORT_S)
 
     async def close(self) -> None:
         with contextlib.suppress(ValueError):

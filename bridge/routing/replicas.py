@@ -76,6 +76,7 @@ class Replica:
         self._on_lost = on_lost
         self._tasks: list[asyncio.Task[None]] = []
         self._forget: asyncio.TimerHandle | None = None
+        self.reported = asyncio.Event()  # its health service answered (or could not be reached) once
         index.set_capacity(self.name, DEFAULT_INDEX_BLOCKS)
 
     @property
@@ -99,6 +100,7 @@ class Replica:
         if serving == self.serving:
             return
         was, self.serving = self.serving, serving
+        self.reported.set()
         if self._forget is not None:
             self._forget.cancel()
             self._forget = None

@@ -52,6 +52,9 @@ def on_stored(method: str, suffix: str = "", background: bool = False) -> Callab
 SAMPLES: dict[str, Call | Callable[..., Awaitable[Call]]] = {
     "healthz": ("GET", "/healthz", None),
     "readyz": ("GET", "/readyz", None),
+    "load": ("GET", "/load", None),
+    "loads": ("GET", "/v1/loads?include=core,disagg,queues,memory", None),
+    "version": ("GET", "/version", None),
     "openai_chat": ("POST", "/v1/chat/completions", {**CHAT, "logprobs": True, "top_logprobs": 2, "n": 2}),
     "openai_completions": ("POST", "/v1/completions", {"prompt": "one two", "echo": True, "logprobs": 1}),
     "openai_embeddings": ("POST", "/v1/embeddings", {"input": ["a", "b"], "encoding_format": "base64"}),
