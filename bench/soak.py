@@ -269,6 +269,23 @@ async def kill_during_ingest(stack: Stack, round_: int, restart: Callable[[], Aw
     return await restart(), interrupted
 
 
+async def kills(stack: Stack, plan: Plan, report: Report, start: Callable[[], Awaitable[Stack]]) -> Stack:
+    partial = orphans = interrupted = 0
+    for round_ in range(plan.kills):
+        stack, cut = await kill_during_ingest(stack, round_, start)
+        found = await partial_documents(stack)
+        partial, orphans, interrupted = partial + found[0], orphans + found[1], interrupted + cut
+    report.values["kill_during_ingest"] = {
+        "kills": plan.kills, "interrupted": interrupted, "partial": partial, "orphan_chunks": orphans,
+    }  # fmt: skip
+    report.add(
+        "kill -9 during ingest",
+        f"{plan.kills} kill(s) while chunks are written ({interrupted} cut an ingest short), restart",
+        f"{partial} partial documents, {orphans} orphaned chunks", "0 partial", partial == 0 and orphans == 0,
+    )  # fmt: skip
+    return stack
+
+
 async def partial_documents(stack: Stack) -> tuple[int, int]:
     """(documents whose chunk count is not the whole file's, chunks belonging to no document)."""
     assert stack.client is not None
@@ -317,7 +334,12 @@ async def drain(stack: Stack, session: aiohttp.ClientSession, plan: Plan, report
     )  # fmt: skip
 
 
-async def soak(backend: str, plan: Plan, data_dir: str, workdir: Path, program: str) -> Report:
+PHASES = ("disconnects", "overload", "fuzz", "kill", "drain")
+
+
+async def soak(
+    backend: str, plan: Plan, data_dir: str, workdir: Path, program: str, phases: tuple[str, ...] = PHASES
+) -> Report:
     report = Report()
     db = workdir / "kb.db"
     starts = 0
@@ -331,24 +353,17 @@ async def soak(backend: str, plan: Plan, data_dir: str, workdir: Path, program: 
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
-            await disconnects(stack, session, plan, report)
-            await disconnect_to_abort(stack, session, plan, report)
-            await overload(stack, session, plan, report)
-            await fuzz(stack, session, plan, report)
-            partial = orphans = interrupted = 0
-            for round_ in range(plan.kills):
-                stack, cut = await kill_during_ingest(stack, round_, start)
-                found = await partial_documents(stack)
-                partial, orphans, interrupted = partial + found[0], orphans + found[1], interrupted + cut
-            report.values["kill_during_ingest"] = {
-                "kills": plan.kills, "interrupted": interrupted, "partial": partial, "orphan_chunks": orphans,
-            }  # fmt: skip
-            report.add(
-                "kill -9 during ingest",
-                f"{plan.kills} kill(s) while chunks are written ({interrupted} cut an ingest short), restart",
-                f"{partial} partial documents, {orphans} orphaned chunks", "0 partial", partial == 0 and orphans == 0,
-            )  # fmt: skip
-            await drain(stack, session, plan, report)
+            if "disconnects" in phases:
+                await disconnects(stack, session, plan, report)
+                await disconnect_to_abort(stack, session, plan, report)
+            if "overload" in phases:
+                await overload(stack, session, plan, report)
+            if "fuzz" in phases:
+                await fuzz(stack, session, plan, report)
+            if "kill" in phases:
+                stack = await kills(stack, plan, report, start)
+            if "drain" in phases:
+                await drain(stack, session, plan, report)
     finally:
         await stack.close()
     return report
@@ -362,20 +377,23 @@ def main() -> int:
     parser.add_argument("--data-dir", default=str(REPO / ".cache" / "test-data"))
     parser.add_argument("--workdir", help="folder for logs and the knowledge-base database (default: a temp dir)")
     parser.add_argument("--report", help="also write the plan, rows and values as JSON here (the test suite reads it)")
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES), help="run only these phases")
     add_chatllm_module_argument(parser)
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(args.workdir or scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        report = asyncio.run(soak(args.backend, plan, args.data_dir, workdir, args.chatllm_module))
+        phases = tuple(args.phases)
+        report = asyncio.run(soak(args.backend, plan, args.data_dir, workdir, args.chatllm_module, phases))
     body = markdown_table(["check", "load", "result", "target", "met"], report.rows)
     print(body)
     if args.report:
         document = {"plan": dataclasses.asdict(plan), "rows": report.rows, "values": report.values}
         Path(args.report).write_text(json.dumps(document, indent=2, default=str))
     if not args.no_record:
-        header = f"Backend `{args.backend}`, {'quick' if args.quick else 'full'} plan: {plan}.\n\n"
+        kind = "quick" if args.quick else "full"
+        header = f"Backend `{args.backend}`, {kind} plan: {plan}; phases: {', '.join(phases)}.\n\n"
         path = write_results(
             "soak", "Soak: disconnects, overload, fuzz, kill -9, SIGTERM", header + body, report.values
         )
