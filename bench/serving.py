@@ -18,6 +18,10 @@ time to first token p50/p99 (of the best run), and the serving process's own CPU
 machine's load barely changes.
 
     .venv/bin/python bench/serving.py [--concurrency 1 8 32] [--tokens 64] [--repeats 3]
+
+An A/B of our code: `--code-before DIR --no-vllm`, where DIR/chatllm/ holds symlinks to an older
+tree's server/, bridge/, clients/, kernel/, retrieval/ and proto/ (that `chatllm serve` runs with
+PYTHONPATH=DIR and takes turns with this tree's, round by round).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ VLLM_ENGINE_FLAGS = [
     "256",
 ]
 VLLM_BASELINE = "vLLM OpenAI server, SSE"
+CODE_BEFORE = " (code before)"  # the legs of --code-before
 
 OneStream = Callable[[int], Awaitable[tuple[int, float]]]
 
@@ -235,7 +240,11 @@ class PythonSubprocess(ChatllmSubprocess):
         )
 
 
-async def chatllm_serve(stack: contextlib.AsyncExitStack, args: argparse.Namespace, logs: Path) -> list[Leg]:
+async def chatllm_serve(
+    stack: contextlib.AsyncExitStack, args: argparse.Namespace, logs: Path, before: bool = False
+) -> list[Leg]:
+    """`chatllm serve` of this tree, or (`before`) of --code-before's."""
+    env = {"PYTHONPATH": args.code_before} if before else None
     server = ChatllmSubprocess(
         [
             "serve",
@@ -254,7 +263,8 @@ async def chatllm_serve(stack: contextlib.AsyncExitStack, args: argparse.Namespa
             "--max-concurrent",
             "64",
         ],
-        logs / "chatllm-serve.log",
+        logs / f"chatllm-serve{'-before' if before else ''}.log",
+        env=env,
     )
     stack.callback(server.stop)
     grpc_port = int(server.wait_for(r"gRPC listening on [^:\s]+:(\d+)").group(1))
@@ -263,7 +273,15 @@ async def chatllm_serve(stack: contextlib.AsyncExitStack, args: argparse.Namespa
     frontend = psutil.Process(server.proc.pid)
     nul = await stack.enter_async_context(nul_streams(f"http://127.0.0.1:{http_port}/", args.tokens))
     grpc_one = await stack.enter_async_context(grpc_streams(f"127.0.0.1:{grpc_port}", args.tokens))
-    return [Leg("chatllm serve, bridge NUL stream", nul, frontend), Leg("chatllm serve, gRPC", grpc_one, frontend)]
+    suffix = CODE_BEFORE if before else ""
+    return [
+        Leg(f"chatllm serve, bridge NUL stream{suffix}", nul, frontend),
+        Leg(f"chatllm serve, gRPC{suffix}", grpc_one, frontend),
+    ]
+
+
+async def chatllm_serve_before(stack: contextlib.AsyncExitStack, args: argparse.Namespace, logs: Path) -> list[Leg]:
+    return await chatllm_serve(stack, args, logs, before=True)
 
 
 async def vllm_openai_server(stack: contextlib.AsyncExitStack, args: argparse.Namespace, logs: Path) -> list[Leg]:
@@ -343,23 +361,31 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             for r in rows
         ],
     )
-    baseline = {r["N"]: r for r in rows if r["leg"] == VLLM_BASELINE}
+    if args.code_before:
+        before = {(r["leg"].removesuffix(CODE_BEFORE), r["N"]): r for r in rows if r["leg"].endswith(CODE_BEFORE)}
+        body += "\n\nThis code relative to the code before at the same leg and N (CPU below 1 = cheaper):\n\n"
+        body += ratio_table([(r, before.get((r["leg"], r["N"]))) for r in rows if not r["leg"].endswith(CODE_BEFORE)])
+    if not args.no_vllm:
+        baseline = {r["N"]: r for r in rows if r["leg"] == VLLM_BASELINE}
+        body += "\n\nRelative to vLLM's own OpenAI server at the same N (above 1 = more tokens/s; CPU below 1 = "
+        body += "cheaper):\n\n" + ratio_table([(r, baseline.get(r["N"])) for r in rows if r["leg"] != VLLM_BASELINE])
+    return body
+
+
+def ratio_table(pairs: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> str:
+    """Each row's tokens/s and CPU per token over its reference row's (rows without one left out)."""
     ratios = [
         (
-            r["leg"],
-            r["N"],
-            r["best_tokens_per_second"] / baseline[r["N"]]["best_tokens_per_second"],
-            r["median_tokens_per_second"] / baseline[r["N"]]["median_tokens_per_second"],
-            r["cpu_ms_per_1k_tokens"] / baseline[r["N"]]["cpu_ms_per_1k_tokens"],
+            row["leg"],
+            row["N"],
+            row["best_tokens_per_second"] / reference["best_tokens_per_second"],
+            row["median_tokens_per_second"] / reference["median_tokens_per_second"],
+            row["cpu_ms_per_1k_tokens"] / reference["cpu_ms_per_1k_tokens"],
         )
-        for r in rows
-        if r["leg"] != VLLM_BASELINE and r["N"] in baseline
+        for row, reference in pairs
+        if reference is not None
     ]
-    body += (
-        "\n\nRelative to vLLM's own OpenAI server at the same N (above 1 = more tokens/s; CPU below 1 = cheaper):\n\n"
-    )
-    body += markdown_table(("leg", "N", "best tok/s x", "median tok/s x", "server CPU x"), ratios)
-    return body
+    return markdown_table(("leg", "N", "best tok/s x", "median tok/s x", "server CPU x"), ratios)
 
 
 async def main() -> None:
@@ -368,13 +394,20 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="rounds: each server measured once per N per round")
     parser.add_argument("--data-dir", default=str(REPO / ".cache" / "test-data"))
+    parser.add_argument(
+        "--code-before",
+        help="a folder holding a `chatllm` package of other code (symlinks to an older tree's server/, bridge/, ...): "
+        "its `chatllm serve` takes turns with this tree's, for an A/B of the code",
+    )
+    parser.add_argument("--no-vllm", action="store_true", help="leave vLLM's own server out (an A/B of our code only)")
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="chatllm-serving-bench-"))
     print(f"server logs: {logs}", flush=True)
-    servers = [chatllm_serve, vllm_openai_server]
+    servers = [chatllm_serve, *([chatllm_serve_before] if args.code_before else [])]
+    servers += [] if args.no_vllm else [vllm_openai_server]
     runs: list[Run] = []
     for round_ in range(args.repeats):
-        for start in servers[round_ % 2 :] + servers[: round_ % 2]:
+        for start in servers[round_ % len(servers) :] + servers[: round_ % len(servers)]:
             async with contextlib.AsyncExitStack() as stack:  # stops the server before the next starts
                 runs += await measure(await start(stack, args, logs), args.concurrency)
     rows = summarize(runs)
