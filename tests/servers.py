@@ -102,3 +102,18 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def transformers_greedy(model_dir: Path, question: str, max_new_tokens: int) -> tuple[str, int]:
+    """What plain `model.generate` answers greedily to `question` in the model's own chat template, and the
+    prompt's token count: the reference an engine's greedy answer must equal (blocking: call in a thread)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    messages = [{"role": "user", "content": question}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+    prompt_tokens = ids["input_ids"].shape[1]
+    return tokenizer.decode(out[0][prompt_tokens:], skip_special_tokens=True), prompt_tokens

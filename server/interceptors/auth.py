@@ -5,39 +5,29 @@ the peer and the method, a caller is known by its token's name."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from chatllm.kernel.access import TokenRegistry
-from chatllm.proto import SERVICE_NAME
 from chatllm.server.errors import Reason, rich_status
+from chatllm.server.interceptors.method_handlers import ChatLLMInterceptor, rewrapped
 
 log = logging.getLogger(__name__)
 
 
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+class TokenAuthInterceptor(ChatLLMInterceptor):
     """Requires the token on every chatllm.v1.ChatLLM method; health and
     reflection stay open so probes and tooling work without it."""
 
     def __init__(self, access: TokenRegistry) -> None:
         self._access = access
-        self._prefix = f"/{SERVICE_NAME}/"
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        method = details.method or ""
-        if handler is None or not method.startswith(self._prefix):
-            return handler
+    def intercept(self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         metadata = dict(details.invocation_metadata or ())
         if self._access.identify(metadata.get("authorization")) is not None:
             return handler
-        return _denying(handler, method)
+        return _denying(handler, details.method or "")
 
 
 def _denying(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
@@ -53,14 +43,6 @@ def _denying(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandl
         await context.abort_with_status(status)
         yield  # pragma: no cover - makes this an async generator
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(deny_stream, **kwargs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(deny_stream, **kwargs)
+    return rewrapped(
+        handler, unary_unary=lambda _: deny, unary_stream=lambda _: deny_stream, stream_unary=lambda _: deny
+    )

@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from chatllm.proto import SERVICE_NAME
 from chatllm.server.errors import InvalidArgument, Reason, rich_status
+from chatllm.server.interceptors.method_handlers import ChatLLMInterceptor, rewrapped
 
 
 class Undecodable:
@@ -84,30 +84,16 @@ def _stream_unary(behaviour: Callable[..., Awaitable[Any]]) -> Callable[..., Awa
     return checked
 
 
-class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
-    """Applies to the chatllm.v1.ChatLLM methods; health and reflection are grpcio's own."""
+class MalformedRequestInterceptor(ChatLLMInterceptor):
+    """Request bytes that do not parse are INVALID_ARGUMENT naming the request."""
 
-    def __init__(self) -> None:
-        self._prefix = f"/{SERVICE_NAME}/"
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not (details.method or "").startswith(self._prefix):
-            return handler
+    def intercept(self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         if handler.request_deserializer is None:
             return handler
-        kwargs = {
-            "request_deserializer": tolerant(handler.request_deserializer),
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_unary_unary(handler.unary_unary), **kwargs)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_unary_stream(handler.unary_stream), **kwargs)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_stream_unary(handler.stream_unary), **kwargs)
-        return handler  # no stream-stream methods in the API
+        return rewrapped(
+            handler,
+            unary_unary=_unary_unary,
+            unary_stream=_unary_stream,
+            stream_unary=_stream_unary,
+            request_deserializer=tolerant(handler.request_deserializer),
+        )

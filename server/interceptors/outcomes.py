@@ -6,6 +6,7 @@ answer."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -13,9 +14,9 @@ from typing import Any
 import grpc
 
 from chatllm.kernel.access import TokenRegistry
-from chatllm.proto import SERVICE_NAME
 from chatllm.server import metrics
 from chatllm.server.errors import ChatLLMError, grpc_code, status_of
+from chatllm.server.interceptors.method_handlers import PREFIX, ChatLLMInterceptor, rewrapped
 
 log = logging.getLogger(__name__)
 
@@ -44,36 +45,19 @@ class _Outcome:
             metrics.TOKEN_REQUESTS.labels(self.caller_name, self.method, self.code.name).inc()
 
 
-class OutcomeInterceptor(grpc.aio.ServerInterceptor):
-    """Applies to the chatllm.v1.ChatLLM methods; health and reflection are grpcio's own."""
+class OutcomeInterceptor(ChatLLMInterceptor):
+    """Counts every ChatLLM call and answers its exceptions with their statuses."""
 
     def __init__(self, access: TokenRegistry) -> None:
         self._access = access
-        self._prefix = f"/{SERVICE_NAME}/"
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        path = details.method or ""
-        if handler is None or not path.startswith(self._prefix):
-            return handler
-        method = path.removeprefix(self._prefix)
+    def intercept(self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        method = (details.method or "").removeprefix(PREFIX)
         caller = self._access.identify(dict(details.invocation_metadata or ()).get("authorization"))
         name = caller.name if caller is not None else None
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_answer(handler.unary_unary, method, name), **kwargs)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_answer(handler.stream_unary, method, name), **kwargs)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_stream(handler.unary_stream, method, name), **kwargs)
-        return handler  # no stream-stream methods in the API
+        answer = functools.partial(_answer, method=method, name=name)
+        stream = functools.partial(_stream, method=method, name=name)
+        return rewrapped(handler, unary_unary=answer, stream_unary=answer, unary_stream=stream)
 
 
 def _answer(behaviour: Callable[..., Awaitable[Any]], method: str, name: str | None) -> Callable[..., Awaitable[Any]]:

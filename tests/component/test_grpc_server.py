@@ -19,7 +19,7 @@ from chatllm.server.app import ChatLLMServer
 from chatllm.server.engines.hf import PAGE_SIZE, _check_cache_holds_context, _kv_blocks
 from chatllm.server.errors import StartupError
 from tests.fake_engine import FAKE_MODEL, FakeEngine
-from tests.servers import grpc_server, make_config, wait_engine_idle
+from tests.servers import grpc_server, make_config, transformers_greedy, wait_engine_idle
 from tests.stack import Stack, fake_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -71,19 +71,9 @@ async def test_stream_of_deltas_concatenates_to_the_final_text(client: AsyncChat
 
 async def test_greedy_answer_matches_transformers_generate(hf_client: AsyncChatClient, model_dir: Path) -> None:
     """The engine path changes nothing: greedy output equals plain model.generate."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     result = await hf_client.chat(QUESTION, temperature=0.0, max_new_tokens=16)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": QUESTION}], tokenize=False, add_generation_prompt=True
-    )
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
-    out = await asyncio.to_thread(model.generate, **ids, max_new_tokens=16, do_sample=False)
-    expected = tokenizer.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert result.text == expected
-    assert result.usage.prompt_tokens == ids["input_ids"].shape[1]
+    expected, prompt_tokens = await asyncio.to_thread(transformers_greedy, model_dir, QUESTION, 16)
+    assert (result.text, result.usage.prompt_tokens) == (expected, prompt_tokens)
 
 
 async def test_eight_concurrent_streams_finish_with_correct_usage(hf_client: AsyncChatClient) -> None:

@@ -26,7 +26,7 @@ from chatllm.server.app import ChatLLMServer
 from chatllm.server.engines.process_owner import vllm_processes
 from chatllm.server.model_source import builtin_gguf
 from tests.component.contract.conftest import MODEL
-from tests.servers import wait_engine_idle
+from tests.servers import transformers_greedy, wait_engine_idle
 from tests.stack import Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -87,20 +87,10 @@ async def test_stream_of_deltas_concatenates_to_the_final_text(client: AsyncChat
 
 
 async def test_greedy_fp32_answer_equals_transformers_generate(client: AsyncChatClient, model_dir: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     question = "Name three colours of the rainbow."
     result = await ask(client, model_dir, question, temperature=0.0, max_new_tokens=32)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-    )
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
-    out = await asyncio.to_thread(model.generate, **ids, max_new_tokens=32, do_sample=False)
-    expected = tokenizer.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert result.text == expected
-    assert result.usage.prompt_tokens == ids["input_ids"].shape[1]
+    expected, prompt_tokens = await asyncio.to_thread(transformers_greedy, model_dir, question, 32)
+    assert (result.text, result.usage.prompt_tokens) == (expected, prompt_tokens)
 
 
 async def test_eight_concurrent_streams_finish_with_correct_usage(client: AsyncChatClient) -> None:
