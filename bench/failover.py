@@ -1,8 +1,8 @@
 """Replica fail-over: two `chatllm server` replicas behind one `chatllm bridge`, a steady
 load of NUL-delimited streams, and one replica killed with SIGKILL in the middle of it.
 
-The bridge's channel (bridge/channel.py) round-robins over both replicas, health-checks
-them, and retries UNAVAILABLE until a call's first response. Each replica admits
+The bridge (bridge/routing/) routes over both replicas, health-checks them, and moves a
+call that failed with UNAVAILABLE to the other replica until its first response. Each replica admits
 `max_concurrent` streams and queues the rest, so at the kill the victim holds streams
 that are answering (they must end with a readable error) and requests that are
 accepted but not started (they must be retried on the other replica and complete).

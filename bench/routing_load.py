@@ -164,32 +164,46 @@ async def conversations(url: str, count: int, turns: int) -> Run:
     return run
 
 
+def long_question(n: int) -> str:
+    """About 80 tokens: a history round then fills a 128-token cache block or more with its answer."""
+    subject = SUBJECTS[n % len(SUBJECTS)]
+    return (
+        f"Round {n + 1}. I live in flat {n}-{n * 7 % 97} and I have a question about {subject}: my neighbour says "
+        f"the rules about {subject} changed last spring, the warden says they did not, and the letter I got in "
+        f"March is unclear. What exactly does the handbook say about {subject}, and whom should I write to?"
+    )
+
+
 async def websocket_rounds(ws_url: str, count: int, rounds: int, salt: int) -> Run:
-    """Legacy WebSocket conversations, one after another; rounds 2.. are counted."""
+    """Legacy WebSocket conversations (the bridge keeps the history, cut by its --max-round-trim), one
+    after another, each with a handbook as its system prompt; rounds 2.. are counted."""
     run = Run()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         started = time.perf_counter()
         for c in range(count):
+            system = document(salt + c)[:1600]
             async with session.ws_connect(ws_url) as ws:
                 for n in range(rounds):
-                    prompt = document(salt + c)[:1600] if n == 0 else f"Round {n + 1}: and about {SUBJECTS[n % 10]}?"
-                    frame = {"prompt": prompt, "max_new_tokens": OUTPUT_TOKENS, "temperature": 0}
-                    await ws.send_json({**frame, "stream_format": "events"})
-                    outcome, sent = Outcome(), time.perf_counter()
-                    while (message := await ws.receive_str()) != "<EOS>":
-                        event = json.loads(message)
-                        if "delta" in event:
-                            outcome.ttft = outcome.ttft or time.perf_counter() - sent
-                        if "final" in event:
-                            usage = event["final"]["usage"]
-                            outcome.prompt_tokens, outcome.completion_tokens = (
-                                usage["prompt_tokens"],
-                                usage["completion_tokens"],
-                            )
-                            outcome.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
-                        if "error" in event:
-                            outcome.error = str(event["error"])
+                    frame = {"prompt": long_question(n), "system_prompt": system, "max_new_tokens": 48}
+                    await ws.send_json({**frame, "temperature": 0, "stream_format": "events"})
+                    outcome = await _websocket_answer(ws)
                     if n > 0:
                         run.outcomes.append(outcome)
         run.wall_seconds = time.perf_counter() - started
     return run
+
+
+async def _websocket_answer(ws: aiohttp.ClientWebSocketResponse) -> Outcome:
+    outcome, sent = Outcome(), time.perf_counter()
+    while (message := await ws.receive_str()) != "<EOS>":
+        event = json.loads(message)
+        if "delta" in event:
+            outcome.ttft = outcome.ttft or time.perf_counter() - sent
+        if "final" in event:
+            usage = event["final"]["usage"]
+            outcome.prompt_tokens, outcome.completion_tokens = usage["prompt_tokens"], usage["completion_tokens"]
+            outcome.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        if "error" in event:
+            outcome.error = str(event["error"])
+    outcome.seconds = time.perf_counter() - sent
+    return outcome
