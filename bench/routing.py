@@ -43,8 +43,9 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import routing_load as load
-from bench.common import ChatllmSubprocess, markdown_table, write_results
+from bench.common import ChatllmSubprocess, write_results
 from bench.routing_decision import decision_times
+from bench.routing_report import report
 
 LEGS = ("round-robin", "prefix", "single", "smg")
 KV_CACHE_GIB = "0.2"  # ~4,600 tokens of SmolLM2 fp32: 3/4 of the 8 tenants' documents
@@ -196,35 +197,6 @@ def run(rounds: int, quick: bool, data_dir: str, logs: Path) -> dict[str, Any]:
             with running(name, data_dir, logs) as leg:
                 results[name].append(asyncio.run(measure(leg, quick)))
     return {"legs": results, "decision": decision_times()}
-
-
-def report(data: dict[str, Any]) -> str:
-    lines = []
-    for workload in ("tenants", "conversations", "unique"):
-        rows = []
-        for leg, rounds in data["legs"].items():
-            for n, result in enumerate(rounds, 1):
-                r = result[workload]
-                share = " / ".join(f"{s:.0%}" for s in r.get("replica_share", []))
-                rows.append(
-                    [leg, n, r["hit_rate"], r["ttft_p50"], r["ttft_p90"], r["output_tok_s"], r["errors"], share]
-                )
-        header = ["leg", "round", "hit rate", "TTFT p50 s", "TTFT p90 s", "output tok/s", "errors", "replica share"]
-        lines += [f"## ({workload})\n", markdown_table(header, rows), ""]
-    trim_rows = [
-        [trim, n, r[f"trim_{trim}"]["hit_rate"], r[f"trim_{trim}"]["ttft_p50"]]
-        for n, r in enumerate(data["legs"]["single"], 1)
-        for trim in ("exact", "stable")
-    ]
-    lines += ["## --max-round-trim (WebSocket, --max_round 2, rounds 2-8)\n"]
-    lines += [markdown_table(["trim", "round", "hit rate", "TTFT p50 s"], trim_rows), ""]
-    d = data["decision"]
-    lines += [
-        "## Routing decision (hash + pick, in process)\n",
-        f"{d['indexed_blocks']} blocks indexed over {d['replicas']} replicas, {d['request_blocks']}-block requests: "
-        f"p50 {d['p50_us']:.0f} us, p99 {d['p99_us']:.0f} us, max {d['max_us']:.0f} us ({d['decisions']} decisions)",
-    ]
-    return "\n".join(lines)
 
 
 def main() -> int:
