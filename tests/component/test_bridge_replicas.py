@@ -11,6 +11,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
@@ -21,7 +22,9 @@ from chatllm.bridge.routing import replica_set
 from chatllm.bridge.routing.picker import RoutingRules
 from chatllm.bridge.routing.replicas import split_upstream
 from chatllm.bridge.upstream import Upstream
+from chatllm.kernel.tls import channel_credentials, load_key_pair
 from chatllm.proto import SERVICE_NAME, pb, pb_grpc
+from tests.certificates import CertificateAuthority
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -38,6 +41,7 @@ class FakeReplica(pb_grpc.ChatLLMServicer):
     server: grpc.aio.Server | None = None
     health: health.aio.HealthServicer | None = None
     port: int = 0
+    tls: grpc.ServerCredentials | None = None
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -59,7 +63,10 @@ class FakeReplica(pb_grpc.ChatLLMServicer):
         pb_grpc.add_ChatLLMServicer_to_server(self, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        address = f"127.0.0.1:{self.port}"
+        self.port = (
+            self.server.add_secure_port(address, self.tls) if self.tls else self.server.add_insecure_port(address)
+        )
         await self.server.start()
         await self.set_ready(True)
 
@@ -210,6 +217,26 @@ async def test_dns_re_resolution_adds_and_removes_replicas(replicas, open_upstre
     records.remove(a.target)  # ... and A's pod went away
     await wait_for(lambda: a.target not in upstream.replicas.replicas, "A leaving")
     assert {await answer(upstream) for _ in range(4)} == {"B"}
+
+
+async def test_tls_checks_each_resolved_address_against_the_name(tmp_path: Path, open_upstream) -> None:
+    """A headless Service's pods have certificates for the Service's name, not for their addresses."""
+    ca = CertificateAuthority(tmp_path)
+    leaf = ca.issue("server", names=("chatllm-server-headless",))
+    pair = load_key_pair(leaf.cert, leaf.key)
+    replica = FakeReplica("A", tls=grpc.ssl_server_credentials([(pair.key, pair.cert)]))
+    await replica.start()
+
+    async def resolver(name: str, port: int) -> list[str]:
+        return [replica.target]
+
+    try:
+        target = "dns:///chatllm-server-headless:50051"
+        credentials = channel_credentials(ca.cert, None, None)
+        upstream = await open_upstream(target, resolver=resolver, credentials=credentials)
+        assert await answer(upstream) == "A"
+    finally:
+        await replica.stop()
 
 
 def test_upstream_targets() -> None:
