@@ -30,6 +30,10 @@ JOB = "chatllm-bridge"  # `chatllm serve`: the bridge's /metrics carries the ser
 # on a loaded 2-core machine scrapes of the busy bridge stall for several seconds (a full-suite run once saw the
 # single 400 of the second round with no earlier sample within 10 s, and reported "only zeros").
 RATE_INTERVAL = "30s"
+# The prefix cache's hit rates divide vLLM's per-request count of cached prompt tokens; this run's server is on
+# the hf engine, which reports none (and its 256-token pages share nothing of these short prompts): those queries
+# must return data, and may be zero. tests/e2e/test_fleet_routing.py reads the counts from vLLM replicas.
+MAY_BE_ZERO = {"Prefix-cache hit rate", "Hit rate by replica, as the bridges route"}
 DOCUMENT = b"Paris is the capital of France. The Eiffel Tower stands on the Champ de Mars in Paris.\n" * 3
 
 
@@ -117,7 +121,7 @@ def problems_with(
         values = finite_values(result)
         if not values:
             problems.append(f"{query.name}: no data for {expr}")
-        elif "rate(" in expr and not any(v > 0 for v in values):
+        elif "rate(" in expr and not any(v > 0 for v in values) and query.panel not in MAY_BE_ZERO:
             problems.append(f"{query.name}: only zeros although traffic was sent: {expr}")
     return problems
 
