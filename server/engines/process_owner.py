@@ -76,12 +76,14 @@ class OwnedProcesses:
         self._poller = asyncio.create_task(poll())
 
     async def settle(self) -> None:
-        """Stop polling, after one last scan."""
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
-            self._poller = None
+        """Stop polling, after one last scan. Once settled, nothing new is adopted: a child of this process
+        that appears later is someone else's (a test's redis-server, a document parser), not the engine's."""
+        if self._poller is None:
+            return
+        self._poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._poller
+        self._poller = None
         self.scan()
 
     @property
