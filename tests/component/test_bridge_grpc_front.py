@@ -31,7 +31,8 @@ async def fleet(tmp_path: Path) -> AsyncIterator[tuple[list[FakeEngine], list[Ch
     engines = [FakeEngine(answer="first replica"), FakeEngine(answer="second replica")]
     async with contextlib.AsyncExitStack() as stack:
         servers = [
-            await stack.enter_async_context(grpc_server(fake_config(tmp_path / f"r{i}"), engine))
+            # The replicas check the same token: the caller's `authorization` must reach them.
+            await stack.enter_async_context(grpc_server(fake_config(tmp_path / f"r{i}", token="secret"), engine))
             for i, engine in enumerate(engines)
         ]
         upstream = ",".join(f"127.0.0.1:{server.port}" for server in servers)
