@@ -146,13 +146,16 @@ def unique_prompts(requests: int) -> list[list[dict[str, str]]]:
     ]
 
 
-async def conversations(url: str, count: int, turns: int) -> Run:
-    """Interleaved chats: turn t of every conversation (at once), then turn t + 1. Turn 1 is not counted."""
+async def conversations(url: str, count: int, turns: int, seed: int = 11) -> Run:
+    """Interleaved chats: turn t of every conversation (at once, in a shuffled order: conversations do not
+    keep step, and a fixed order would let round robin send each one to the same replica every turn), then
+    turn t + 1. Turn 1 is not counted."""
     chats = [[{"role": "system", "content": document(500 + c)[:1600]}] for c in range(count)]
-    run = Run()
+    rng, run = random.Random(seed), Run()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
         started = time.perf_counter()
         for turn in range(turns):
+            rng.shuffle(chats)
             for chat in chats:
                 chat.append({"role": "user", "content": f"Turn {turn + 1}: what should I do about {SUBJECTS[turn]}?"})
             replies = await asyncio.gather(*(ask(session, url, chat) for chat in chats))
