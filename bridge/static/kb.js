@@ -15,12 +15,12 @@ import { chooseKnowledgeBase, selectedKnowledgeBase, setKnowledgeBaseNames } fro
 
 /**
  * The server's rule for knowledge-base names (/api/info's `rules.knowledge_base_name`).
- * @typedef {{pattern: string, description: string}} NameRule
+ * @typedef {{pattern: string, rule: string}} NameRule
  */
 
 /** @type {Set<string>} knowledge bases the server has (a new one exists once it has a document) */
 let stored = new Set();
-/** @type {{pattern: RegExp, description: string} | null} null: the server judges the name on upload */
+/** @type {{pattern: RegExp, rule: string} | null} null: the server judges the name on upload */
 let nameRule = null;
 
 export async function refreshKnowledgeBases() {
@@ -40,11 +40,11 @@ export function setKnowledgeBaseNameRule(rule) {
   nameRule = null;
   if (!rule?.pattern) return;
   try {
-    nameRule = { pattern: new RegExp(rule.pattern, "u"), description: rule.description };
+    nameRule = { pattern: new RegExp(rule.pattern, "u"), rule: rule.rule };
   } catch {
     return; // not a pattern this browser reads: leave it to the server
   }
-  byId("kb-new-name").title = rule.description;
+  byId("kb-new-name").title = rule.rule;
 }
 
 /** @param {number} bytes */
@@ -227,7 +227,7 @@ function createKnowledgeBase(event) {
     return;
   }
   if (nameRule && !nameRule.pattern.test(name)) {
-    showStatus(`Knowledge-base names: ${nameRule.description}.`, true);
+    showStatus(`Knowledge-base names: ${nameRule.rule}.`, true);
     return;
   }
   input.value = "";

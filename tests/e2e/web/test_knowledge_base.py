@@ -4,14 +4,16 @@ choice for both tabs, sources people can check; and the screenshots of such a co
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import requests
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.e2e.web.conftest import MAX_UPLOAD
-from tests.e2e.web.pages import PHONE, Site, answered, ask, change_info, open_with_token, watch_for_errors
+from tests.e2e.web.pages import PHONE, TOKEN, Site, answered, ask, change_info, open_with_token, watch_for_errors
 
 MANUAL = """# Zephyr-9 field kettle
 
@@ -24,7 +26,6 @@ The Zephyr-9 kettle boils one litre of water in exactly 47 seconds on its turbo 
 The warranty of the Zephyr-9 covers the heating coil for 11 years.
 """
 TEA = "Oolong tea from the Wuyi mountains is roasted over charcoal for twelve hours.\n"
-NAME_RULE = {"pattern": "^[A-Za-z0-9_-]{1,64}$", "description": "1-64 letters, digits, _ or -"}
 
 
 def create_knowledge_base(page: Page, name: str) -> None:
@@ -180,15 +181,19 @@ def with_rules(rules: dict[str, Any] | None) -> Callable[[dict[str, Any]], None]
 def test_a_knowledge_base_name_is_checked_by_the_servers_rule_from_api_info(
     context: BrowserContext, page: Page, site: Site
 ) -> None:
-    change_info(context, with_rules({"knowledge_base_name": NAME_RULE}))
+    """The rule the real /api/info sends (the kernel's), not a copy in the test."""
+    name_rule = requests.get(f"{site.url}api/info", headers={"Authorization": TOKEN}, timeout=30).json()["rules"][
+        "knowledge_base_name"
+    ]
+    assert re.fullmatch(name_rule["pattern"].strip("^$"), "rule-abiding")
     open_with_token(page, site)
     page.click("#tab-kb")
     page.fill("#kb-new-name", "no spaces allowed")
     page.press("#kb-new-name", "Enter")
-    expect(page.locator("#upload-status")).to_have_text("Knowledge-base names: 1-64 letters, digits, _ or -.")
+    expect(page.locator("#upload-status")).to_have_text(f"Knowledge-base names: {name_rule['rule']}.")
     expect(page.locator("#upload-status")).to_have_class("error")
     expect(page.locator("#kb-select option", has_text="no spaces allowed")).to_have_count(0)
-    expect(page.locator("#kb-new-name")).to_have_attribute("title", NAME_RULE["description"])
+    expect(page.locator("#kb-new-name")).to_have_attribute("title", name_rule["rule"])
     create_knowledge_base(page, "rule-abiding")
 
 
