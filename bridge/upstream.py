@@ -1,4 +1,5 @@
-"""Every RPC the bridge makes (each with its deadline), on the replica the picker chooses (routing/).
+"""Every RPC the bridge makes (each with its deadline), on the replica the picker chooses (routing/),
+through that replica's client core (chatllm.clients.core).
 
 Handlers call these methods, never a stub: the auth to forward, the time limits and the routing
 live here only. Generate is routed by the request's prefix (routing/replica_set.py) and moved to
@@ -10,14 +11,15 @@ one serving replica.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 
 from chatllm.bridge.routing.picker import NoReplicaError, RoutingRules
 from chatllm.bridge.routing.replica_set import ReplicaSet
 from chatllm.bridge.routing.routed_call import RoutedCall, unary_call
+from chatllm.clients.core import ChatLLMCore, Metadata, authorization_metadata
 from chatllm.proto import pb
 
 MODEL_ID_TTL_S = 60.0
@@ -26,7 +28,7 @@ QUICK_RPC_S = 10.0  # answered from memory: models, server info, tokenize
 LIST_RPC_S = 30.0  # knowledge-base listings read the store
 DELETE_RPC_S = 120.0  # deleting a knowledge base rewrites the store
 
-Metadata = tuple[tuple[str, str], ...]
+T = TypeVar("T")
 
 
 class Upstream:
@@ -52,10 +54,7 @@ class Upstream:
         await self.replicas.start()
 
     def metadata(self, authorization: str | None) -> Metadata:
-        # gRPC metadata values must be printable ASCII; anything else cannot be a valid token anyway.
-        if not authorization or not (authorization.isascii() and authorization.isprintable()):
-            return ()
-        return (("authorization", authorization),)
+        return authorization_metadata(authorization)
 
     def generate(self, request: pb.GenerateRequest, authorization: str | None) -> RoutedCall:
         return RoutedCall(self.replicas, request, self.metadata(authorization), self.timeout)
@@ -66,42 +65,44 @@ class Upstream:
             replica = self.replicas.any_replica()
         except NoReplicaError:  # none serves: let the first one's channel say so, as the other calls do
             replica = next(iter(self.replicas.replicas.values()))
-        return replica.stub.Ingest(requests, metadata=self.metadata(authorization), timeout=self.timeout)
+        return replica.core.ingest(requests, self.metadata(authorization), self.timeout)
 
     async def list_documents(self, knowledge_base: str, authorization: str | None) -> pb.ListDocumentsResponse:
         request = pb.ListDocumentsRequest(knowledge_base=knowledge_base)
-        return await self._call("ListDocuments", request, authorization, LIST_RPC_S)
+        return await self._call(lambda core: core.list_documents(request, self.metadata(authorization), LIST_RPC_S))
 
     async def delete_document(
         self, knowledge_base: str, document_id: str, authorization: str | None
     ) -> pb.DeleteDocumentResponse:
         request = pb.DeleteDocumentRequest(knowledge_base=knowledge_base, document_id=document_id)
-        return await self._call("DeleteDocument", request, authorization, DELETE_RPC_S)
+        return await self._call(lambda core: core.delete_document(request, self.metadata(authorization), DELETE_RPC_S))
 
     async def list_knowledge_bases(self, authorization: str | None) -> pb.ListKnowledgeBasesResponse:
-        return await self._call("ListKnowledgeBases", pb.ListKnowledgeBasesRequest(), authorization, LIST_RPC_S)
+        return await self._call(lambda core: core.list_knowledge_bases(self.metadata(authorization), LIST_RPC_S))
 
     async def delete_knowledge_base(
         self, knowledge_base: str, authorization: str | None
     ) -> pb.DeleteKnowledgeBaseResponse:
         request = pb.DeleteKnowledgeBaseRequest(knowledge_base=knowledge_base)
-        return await self._call("DeleteKnowledgeBase", request, authorization, DELETE_RPC_S)
+        return await self._call(
+            lambda core: core.delete_knowledge_base(request, self.metadata(authorization), DELETE_RPC_S)
+        )
 
     async def server_info(self, authorization: str | None) -> pb.ServerInfo:
-        return await self._call("GetServerInfo", pb.GetServerInfoRequest(), authorization, QUICK_RPC_S)
+        return await self._call(lambda core: core.server_info(self.metadata(authorization), QUICK_RPC_S))
 
     async def list_models(self, authorization: str | None) -> pb.ListModelsResponse:
         """The served models (base and adapters) and the catalogue."""
-        return await self._call("ListModels", pb.ListModelsRequest(), authorization, QUICK_RPC_S)
+        return await self._call(lambda core: core.list_models(self.metadata(authorization), QUICK_RPC_S))
 
     async def tokenize(self, request: pb.TokenizeRequest, authorization: str | None) -> pb.TokenizeResponse:
-        return await self._call("Tokenize", request, authorization, QUICK_RPC_S)
+        return await self._call(lambda core: core.tokenize(request, self.metadata(authorization), QUICK_RPC_S))
 
     async def detokenize(self, request: pb.DetokenizeRequest, authorization: str | None) -> pb.DetokenizeResponse:
-        return await self._call("Detokenize", request, authorization, QUICK_RPC_S)
+        return await self._call(lambda core: core.detokenize(request, self.metadata(authorization), QUICK_RPC_S))
 
     async def embed(self, request: pb.EmbedRequest, authorization: str | None) -> pb.EmbedResponse:
-        return await self._call("Embed", request, authorization, self.timeout)
+        return await self._call(lambda core: core.embed(request, self.metadata(authorization), self.timeout))
 
     async def model_id(self, authorization: str | None) -> str:
         """The base model's name (cached for a minute: it only changes when the server restarts)."""
@@ -120,5 +121,6 @@ class Upstream:
     async def close(self) -> None:
         await self.replicas.close()
 
-    async def _call(self, method: str, request: object, authorization: str | None, timeout: float | None) -> Any:
-        return await unary_call(self.replicas, method, request, self.metadata(authorization), timeout)
+    async def _call(self, rpc: Callable[[ChatLLMCore], Awaitable[T]]) -> T:
+        """`rpc` on a replica's core, the picker's choice for calls without a prompt (routed_call.unary_call)."""
+        return await unary_call(self.replicas, rpc)

@@ -92,10 +92,6 @@ def priority_pb(name: str | None) -> pb.Priority.ValueType:
     return PRIORITIES[name]
 
 
-def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    return (("authorization", token),) if token else ()
-
-
 def _result(responses: Iterable[pb.GenerateResponse]) -> ChatResult:
     parts: list[str] = []
     final = pb.GenerateFinal()

@@ -26,12 +26,13 @@ import socket
 from collections.abc import Callable
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from chatllm.bridge.channel import channel_options
 from chatllm.bridge.routing.prefix_index import PrefixIndex
 from chatllm.bridge.routing.prefix_key import BLOCK_CHARS
-from chatllm.proto import SERVICE_NAME, pb, pb_grpc
+from chatllm.clients.core import ChatLLMCore, Metadata
+from chatllm.proto import pb
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class Replica:
         index: PrefixIndex,
         *,
         authority: str | None = None,
-        info_metadata: tuple[tuple[str, str], ...] = (),
+        info_metadata: Metadata = (),
         on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.name = target
@@ -64,8 +65,7 @@ class Replica:
             self.channel = grpc.aio.insecure_channel(target, options=options)
         else:
             self.channel = grpc.aio.secure_channel(target, credentials, options=options)
-        self.stub = pb_grpc.ChatLLMStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
+        self.core = ChatLLMCore(self.channel, target)  # every call the bridge makes to this replica
         self.serving: bool | None = None  # None until its health service first answers
         self.in_flight = 0
         self.reported_load = 0
@@ -114,10 +114,9 @@ class Replica:
 
     async def _watch_health(self) -> None:
         wait = WATCH_BACKOFF_S[0]
-        request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
         while True:
             try:
-                async for reply in self.health.Watch(request):
+                async for reply in self.core.watch_health():
                     self._set_serving(
                         reply.status == SERVING, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
                     )
@@ -135,9 +134,7 @@ class Replica:
         while True:
             if self.serving:
                 try:
-                    info = await self.stub.GetServerInfo(
-                        pb.GetServerInfoRequest(), metadata=self._info_metadata, timeout=INFO_RPC_S
-                    )
+                    info = await self.core.server_info(self._info_metadata, INFO_RPC_S)
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                         log.info("replica %s: no load reports without a token the replica accepts", self.name)

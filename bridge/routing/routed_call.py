@@ -22,11 +22,11 @@ from chatllm.bridge import metrics
 from chatllm.bridge.routing.picker import NoReplicaError
 from chatllm.bridge.routing.replica_set import ReplicaSet
 from chatllm.bridge.routing.replicas import Replica
+from chatllm.clients.core import ChatLLMCore, Metadata
 from chatllm.proto import pb
 
 MAX_ATTEMPTS = 4
 BACKOFF_S = (0.1, 1.0)  # first and longest backoff (each doubles the last, then a random share of it)
-Metadata = tuple[tuple[str, Any], ...]
 T = TypeVar("T")
 GENERATE = "/chatllm.v1.ChatLLM/Generate"
 
@@ -66,7 +66,7 @@ class RoutedCall:
 
     def _start(self, replica: Replica, timeout: float | None) -> grpc.aio.UnaryStreamCall:
         if self._raw is None:
-            return replica.stub.Generate(self._request, metadata=self._metadata, timeout=timeout)
+            return replica.core.generate(self._request, self._metadata, timeout)
         return replica.channel.unary_stream(GENERATE)(self._raw, metadata=self._metadata, timeout=timeout)
 
     async def _responses(self) -> AsyncIterator[Any]:
@@ -117,12 +117,12 @@ class RoutedCall:
             raise asyncio.CancelledError
 
 
-async def unary_call(replicas: ReplicaSet, method: str, request: Any, metadata: Metadata, timeout: float | None) -> Any:
-    """A unary call (listings, info, tokenize: no prompt to route by) on the picker's choice for an
+async def unary_call(replicas: ReplicaSet, rpc: Callable[[ChatLLMCore], Awaitable[T]]) -> T:
+    """A unary call (listings, info, tokenize: no prompt to route by), `rpc` on the picker's choice for an
     empty key, moved to another replica on UNAVAILABLE as `RoutedCall` does."""
 
-    async def invoke(replica: Replica) -> Any:
-        return await getattr(replica.stub, method)(request, metadata=metadata, timeout=timeout)
+    async def invoke(replica: Replica) -> T:
+        return await rpc(replica.core)
 
     return await _with_retries(replicas, invoke)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from chatllm.clients.grpc_client import ChatClient
+from chatllm.clients.blocking import ChatClient
 
 DEFAULT_TARGET = "localhost:50051"
 

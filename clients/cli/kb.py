@@ -79,9 +79,7 @@ def run_ingest(args: argparse.Namespace) -> int:
             for number, path in enumerate(files, 1):
                 bar.set_description(f"[{number}/{len(files)}] {path.name}")
                 try:
-                    response = client.stub.Ingest(
-                        upload_messages(path, args.kb, bar), metadata=client._metadata, timeout=args.timeout
-                    )
+                    response = client.ingest_messages(upload_messages(path, args.kb, bar))
                 except grpc.RpcError as exc:
                     failures += 1
                     message = f"{path}: {exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]

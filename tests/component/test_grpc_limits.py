@@ -40,6 +40,13 @@ def client(server: ServerThread) -> Iterator[ChatClient]:
         yield c
 
 
+@pytest.fixture
+def channel(server: ServerThread) -> Iterator[grpc.Channel]:
+    """A plain blocking channel, for calls no client makes (raw bytes, any request message)."""
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as raw:
+        yield raw
+
+
 def wait_idle(client: ChatClient, within: float = 2.0) -> pb.ServerInfo:
     deadline = time.monotonic() + within
     while True:
@@ -134,9 +141,9 @@ ALLOWED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE, grpc.S
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(request=requests)
-def test_fuzzed_generate_requests_never_fail_internally(client: ChatClient, request: pb.GenerateRequest) -> None:
+def test_fuzzed_generate_requests_never_fail_internally(channel: grpc.Channel, request: pb.GenerateRequest) -> None:
     """Any request is accepted (a stream starts) or refused with a client-error code, never INTERNAL."""
-    stub = pb_grpc.ChatLLMStub(client.channel)
+    stub = pb_grpc.ChatLLMStub(channel)
     call = stub.Generate(request, metadata=(("authorization", TOKEN),), timeout=30)
     try:
         next(call, None)
@@ -153,12 +160,14 @@ RAW_METHODS = ("Generate", "GetServerInfo", "ListModels", "Retrieve", "ListDocum
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(method=st.sampled_from(RAW_METHODS), payload=st.binary(max_size=300))
-def test_fuzzed_request_bytes_are_refused_as_invalid_argument(client: ChatClient, method: str, payload: bytes) -> None:
+def test_fuzzed_request_bytes_are_refused_as_invalid_argument(
+    channel: grpc.Channel, method: str, payload: bytes
+) -> None:
     """Arbitrary bytes on the wire: a message that parses is served or refused as above; one that
     does not parse is INVALID_ARGUMENT (grpcio alone answers UNKNOWN, which reads as a server fault)."""
     path = f"/{SERVICE_NAME}/{method}"
     if method == "Generate":
-        call = client.channel.unary_stream(path)(payload, metadata=(("authorization", TOKEN),), timeout=30)
+        call = channel.unary_stream(path)(payload, metadata=(("authorization", TOKEN),), timeout=30)
         try:
             next(call, None)
         except grpc.RpcError as err:
@@ -167,21 +176,21 @@ def test_fuzzed_request_bytes_are_refused_as_invalid_argument(client: ChatClient
             call.cancel()
         return
     try:
-        client.channel.unary_unary(path)(payload, metadata=(("authorization", TOKEN),), timeout=30)
+        channel.unary_unary(path)(payload, metadata=(("authorization", TOKEN),), timeout=30)
     except grpc.RpcError as err:
         assert err.code() in ALLOWED | {grpc.StatusCode.NOT_FOUND}, (err.code(), err.details())
 
 
 @pytest.mark.parametrize("method", ["GetServerInfo", "Generate"])
-def test_corrupt_request_bytes_are_invalid_argument(client: ChatClient, method: str) -> None:
+def test_corrupt_request_bytes_are_invalid_argument(channel: grpc.Channel, method: str) -> None:
     """A truncated varint cannot parse as any message: the answer says so, with INVALID_ARGUMENT."""
     path = f"/{SERVICE_NAME}/{method}"
     corrupt = b"\x08\xff"  # field 1, varint, then a continuation byte with nothing after it
     with pytest.raises(grpc.RpcError) as raised:
         if method == "Generate":
-            list(client.channel.unary_stream(path)(corrupt, metadata=(("authorization", TOKEN),), timeout=30))
+            list(channel.unary_stream(path)(corrupt, metadata=(("authorization", TOKEN),), timeout=30))
         else:
-            client.channel.unary_unary(path)(corrupt, metadata=(("authorization", TOKEN),), timeout=30)
+            channel.unary_unary(path)(corrupt, metadata=(("authorization", TOKEN),), timeout=30)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not a valid protobuf message" in raised.value.details()
 
