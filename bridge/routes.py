@@ -21,9 +21,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from chatllm.bridge.errors import Error
+from chatllm.bridge.errors import Error, bad_request
 from chatllm.bridge.state import CONFIG
-from chatllm.bridge.validation import json_object, parse
+from chatllm.bridge.validation import FieldProblem, json_object, parse
 
 Schema = dict[str, Any]
 JSON = "application/json"
@@ -200,10 +200,13 @@ class Route:
             switch = SURFACE_OFF.get(self.surface)
             if switch is not None and getattr(request.app[CONFIG].bridge, switch[0]):
                 raise web.HTTPNotFound(text=switch[1])
-            if self.body is not None and self.body.parsed:
-                result = await self.handler(request, parse(self.body.model, json_object(await request.read())))
-            else:
-                result = await self.handler(request)
+            try:
+                if self.body is not None and self.body.parsed:
+                    result = await self.handler(request, parse(self.body.model, json_object(await request.read())))
+                else:
+                    result = await self.handler(request)
+            except FieldProblem as problem:  # a body's rule checked while converting it, after parsing
+                raise bad_request(problem.field, problem.reason) from None
             if isinstance(result, web.StreamResponse):
                 return result
             return self.written(result if isinstance(result, JsonReply) else JsonReply(result))

@@ -291,3 +291,15 @@ def _validates(model: type[BaseModel], text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+async def test_a_body_rule_found_while_converting_it_is_a_400_naming_the_field(stack: Stack) -> None:
+    """A rule checked after parsing (here: a tool_use block in a user message) is the client's error, in
+    the route's error shape, never a 500."""
+    tool_use = {"type": "tool_use", "id": "t1", "name": "f", "input": {}}
+    body = {"model": FAKE_MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": [tool_use]}]}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(stack.http_url + "/v1/messages", json=body) as response:
+            status, reply = response.status, await response.json()
+    assert status == 400, reply
+    assert BY_NAME["anthropic_messages"].error_model.model_validate(reply).error.message.startswith("messages:")
