@@ -119,7 +119,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         async def forward(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
             await self._check_token(context)
             replica = self._upstream.replicas.any_replica()
-            method = replica.channel.stream_unary(path)  # no serializers: bytes both ways
+            method = replica.core.passthrough(path, "stream_unary")
             call = method(requests, metadata=forwarded_metadata(context), timeout=_timeout(context))
             try:
                 return await call

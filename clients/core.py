@@ -3,15 +3,16 @@ grpc.aio channel, each call with the metadata it sends (`authorization`) and its
 
 Everything that talks to a server uses it: AsyncChatClient (the core behind a friendlier surface),
 ChatClient (the same, run on a background event loop: a thin blocking facade) and the bridge, which
-keeps one core per replica (chatllm.bridge.routing) and calls it from its upstream with per-call
-deadlines and each client's `authorization`.
+keeps one core (one channel) per replica (chatllm.bridge.routing) and calls it from its upstream
+with per-call deadlines and each client's `authorization`, and from its gRPC front door as bytes
+(`passthrough`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -138,6 +139,13 @@ class ChatLLMCore:
     def watch_health(self, service: str = SERVICE_NAME) -> grpc.aio.UnaryStreamCall:
         """The health service's Watch of `service`: a status now, then one on every change."""
         return self._health.Watch(health_pb2.HealthCheckRequest(service=service))
+
+    def passthrough(
+        self, path: str, kind: Literal["unary_unary", "unary_stream", "stream_unary"]
+    ) -> grpc.aio.UnaryUnaryMultiCallable | grpc.aio.UnaryStreamMultiCallable | grpc.aio.StreamUnaryMultiCallable:
+        """The method at `path` (`/chatllm.v1.ChatLLM/Name`) without (de)serializers: messages go out and
+        come back as bytes, for a proxy that passes them on undecoded (the bridge's gRPC front door)."""
+        return getattr(self.channel, kind)(path)
 
     async def close(self) -> None:
         """Close the channel (cancels calls in flight)."""

@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2
 from chatllm.bridge.channel import channel_options
 from chatllm.bridge.routing.prefix_index import PrefixIndex
 from chatllm.bridge.routing.prefix_key import BLOCK_CHARS
-from chatllm.clients.core import ChatLLMCore, Metadata
+from chatllm.clients.core import ChatLLMCore, Metadata, open_channel
 from chatllm.proto import pb
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,8 @@ class Replica:
         on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.name = target
-        options = channel_options(authority)
-        if credentials is None:
-            self.channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            self.channel = grpc.aio.secure_channel(target, credentials, options=options)
-        self.core = ChatLLMCore(self.channel, target)  # every call the bridge makes to this replica
+        # Every call the bridge makes to this replica goes through its core, on its one channel.
+        self.core = ChatLLMCore(open_channel(target, credentials, channel_options(authority)), target)
         self.serving: bool | None = None  # None until its health service first answers
         self.in_flight = 0
         self.reported_load = 0
@@ -94,7 +90,7 @@ class Replica:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.channel.close()
+        await self.core.close()
 
     def _set_serving(self, serving: bool, why: str) -> None:
         if serving == self.serving:

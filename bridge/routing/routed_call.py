@@ -67,7 +67,7 @@ class RoutedCall:
     def _start(self, replica: Replica, timeout: float | None) -> grpc.aio.UnaryStreamCall:
         if self._raw is None:
             return replica.core.generate(self._request, self._metadata, timeout)
-        return replica.channel.unary_stream(GENERATE)(self._raw, metadata=self._metadata, timeout=timeout)
+        return replica.core.passthrough(GENERATE, "unary_stream")(self._raw, metadata=self._metadata, timeout=timeout)
 
     async def _responses(self) -> AsyncIterator[Any]:
         tried: list[str] = []
@@ -133,7 +133,7 @@ async def forwarded_call(
     """`unary_call` for the gRPC front door: the request's bytes as they came, the reply's as they go."""
 
     async def invoke(replica: Replica) -> bytes:
-        return await replica.channel.unary_unary(path)(raw, metadata=metadata, timeout=timeout)
+        return await replica.core.passthrough(path, "unary_unary")(raw, metadata=metadata, timeout=timeout)
 
     return await _with_retries(replicas, invoke)
 
