@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from chatllm.bridge.errors import Error, bad_request
+from chatllm.bridge.errors import GENERATION_ERRORS, Error, bad_request
 from chatllm.bridge.state import CONFIG
 from chatllm.bridge.validation import FieldProblem, json_object, parse
 
@@ -220,6 +220,40 @@ class Route:
             raise TypeError(f"{self.name}: a {type(reply.body).__name__} with status {reply.status} is not documented")
         body = reply.body.model_dump_json(exclude_unset=True)
         return web.Response(text=body, status=reply.status, content_type=JSON, headers=reply.headers)
+
+
+def generation_route(
+    path: str,
+    name: str,
+    handler: Handler,
+    operation_id: str,
+    tag: str,
+    summary: str,
+    body: type[BaseModel],
+    reply: Reply,
+    *,
+    description: str = "",
+    error_model: type[BaseModel] = Error,
+) -> Route:
+    """A route that generates, as every API that answers with the model does: a POST of a JSON `body`,
+    `reply` for 200 (the answer whole, or its stream), the generation errors, X-Request-Id taken and
+    echoed, off with --no-api."""
+    return Route(
+        "POST",
+        path,
+        name,
+        handler,
+        operation_id,
+        tag,
+        summary,
+        {200: reply},
+        GENERATION_ERRORS,
+        error_model=error_model,
+        surface=Surface.API,
+        body=json_body(body),
+        description=description,
+        request_id=True,
+    )
 
 
 def openapi_path(path: str) -> str:

@@ -40,16 +40,8 @@ class UsageReport(BaseModel):
 
 def _record(row: Usage, day: bool = True) -> UsageRecord:
     """One row; `day` False: a total over the asked days, which has no `day` (left unset, so absent)."""
-    return UsageRecord(
-        **({"day": row.day} if day else {}),
-        token=row.token,
-        model=row.model,
-        requests=row.requests,
-        prompt_tokens=row.prompt_tokens,
-        cached_prompt_tokens=row.cached_prompt_tokens,
-        completion_tokens=row.completion_tokens,
-        total_tokens=row.total_tokens,
-    )
+    names = UsageRecord.model_fields.keys() if day else UsageRecord.model_fields.keys() - {"day"}
+    return UsageRecord(**{name: getattr(row, name) for name in names})
 
 
 def _day(request: web.Request, name: str) -> str | None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from chatllm.bridge.anthropic import handlers
 from chatllm.bridge.anthropic.replies import AnthropicError, AnthropicMessage, MessageStreamEvent, TokenCount
 from chatllm.bridge.anthropic.request import CountTokensRequest, MessagesRequest
-from chatllm.bridge.errors import GENERATION_ERRORS
-from chatllm.bridge.routes import JSON, SSE, EventStream, Json, Reply, Route, Surface, json_body
+from chatllm.bridge.routes import JSON, SSE, EventStream, Json, Reply, Route, Surface, generation_route, json_body
 
 TAG = "anthropic"
 STREAM = """With `stream: true`, Anthropic's events as SSE (`event: <type>` and `data: <event>`): message_start, ping,
@@ -14,26 +13,20 @@ per content block content_block_start, content_block_delta (text_delta or input_
 then message_delta (stop_reason, stop_sequence, usage) and message_stop; a failure mid-stream is an `error` event.
 Errors are AnthropicError objects; `anthropic-version` and `anthropic-beta` headers are accepted."""
 ROUTES = (
-    Route(
-        "POST",
+    generation_route(
         "/v1/messages",
         "anthropic_messages",
         handlers.create_message,
         "createMessage",
         TAG,
         "Anthropic's Messages API: a message, or its event stream",
-        {
-            200: Reply(
-                "the message, or its events as SSE when stream is true",
-                {JSON: Json(AnthropicMessage), SSE: EventStream(MessageStreamEvent, failure=None)},
-            )
-        },
-        GENERATION_ERRORS,
-        error_model=AnthropicError,
-        surface=Surface.API,
-        body=json_body(MessagesRequest),
+        MessagesRequest,
+        Reply(
+            "the message, or its events as SSE when stream is true",
+            {JSON: Json(AnthropicMessage), SSE: EventStream(MessageStreamEvent, failure=None)},
+        ),
         description=STREAM,
-        request_id=True,
+        error_model=AnthropicError,
     ),
     Route(
         "POST",

@@ -65,16 +65,6 @@ def _authorization(request: web.Request) -> str | None:
     return upstream_authorization(request)
 
 
-def document_reply(document: pb.Document) -> Document:
-    return Document(
-        id=document.id,
-        filename=document.filename,
-        chunks=document.chunks,
-        size_bytes=document.size_bytes,
-        created_unix=document.created_unix,
-    )
-
-
 def ingested_reply(filename: str, response: pb.IngestResponse) -> IngestedDocument:
     return IngestedDocument(
         filename=filename,
@@ -204,7 +194,8 @@ async def list_documents(request: web.Request) -> DocumentList:
     knowledge_base = request.match_info["kb"]
     call = request.app[UPSTREAM].list_documents(knowledge_base, _authorization(request))
     reply = await errors.rpc_reply(call, client_field)
-    return DocumentList(knowledge_base=knowledge_base, documents=[document_reply(d) for d in reply.documents])
+    documents = [Document.model_validate(document, from_attributes=True) for document in reply.documents]
+    return DocumentList(knowledge_base=knowledge_base, documents=documents)
 
 
 async def delete_document(request: web.Request) -> DeletedDocument:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chatllm.bridge.errors import GENERATION_ERRORS, UPSTREAM_ERRORS
+from chatllm.bridge.errors import UPSTREAM_ERRORS
 from chatllm.bridge.openai import handlers
 from chatllm.bridge.openai import request as bodies
 from chatllm.bridge.openai.replies import (
@@ -16,38 +16,30 @@ from chatllm.bridge.openai.replies import (
     ModelList,
     TokenizeResult,
 )
-from chatllm.bridge.routes import JSON, SSE, EventStream, Json, Reply, Route, Surface, json_body
+from chatllm.bridge.routes import JSON, SSE, EventStream, Json, Reply, Route, Surface, generation_route, json_body
 
 TAG = "openai"
 COMPLETION_REPLY = "the completion, or SSE chunks ending with `data: [DONE]` when stream is true"
 ROUTES = (
-    Route(
-        "POST",
+    generation_route(
         "/v1/chat/completions",
         "openai_chat",
         handlers.chat_completions,
         "createChatCompletion",
         TAG,
         "OpenAI-compatible chat completion",
-        {200: Reply(COMPLETION_REPLY, {JSON: Json(ChatCompletion), SSE: EventStream(ChatCompletionChunk, done=True)})},
-        GENERATION_ERRORS,
-        surface=Surface.API,
-        body=json_body(bodies.ChatCompletionRequest),
-        request_id=True,
+        bodies.ChatCompletionRequest,
+        Reply(COMPLETION_REPLY, {JSON: Json(ChatCompletion), SSE: EventStream(ChatCompletionChunk, done=True)}),
     ),
-    Route(
-        "POST",
+    generation_route(
         "/v1/completions",
         "openai_completions",
         handlers.completions,
         "createCompletion",
         TAG,
         "OpenAI-compatible completion of a raw prompt",
-        {200: Reply(COMPLETION_REPLY, {JSON: Json(Completion), SSE: EventStream(CompletionChunk, done=True)})},
-        GENERATION_ERRORS,
-        surface=Surface.API,
-        body=json_body(bodies.CompletionRequest),
-        request_id=True,
+        bodies.CompletionRequest,
+        Reply(COMPLETION_REPLY, {JSON: Json(Completion), SSE: EventStream(CompletionChunk, done=True)}),
     ),
     Route(
         "POST",

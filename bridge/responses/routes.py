@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from chatllm.bridge.errors import GENERATION_ERRORS
 from chatllm.bridge.responses import handlers
 from chatllm.bridge.responses.replies import InputItemList, ResponseDeleted, ResponseObject, ResponseStreamEvent
 from chatllm.bridge.responses.request import ResponseCreateRequest
-from chatllm.bridge.routes import JSON, SSE, EventStream, Handler, Json, Reply, Route, Surface, json_body
+from chatllm.bridge.routes import JSON, SSE, EventStream, Handler, Json, Reply, Route, Surface, generation_route
 
 TAG = "openai"
 STORE_ERRORS = (400, 401, 404, 503)
@@ -51,25 +50,19 @@ def _stored(
 
 
 ROUTES = (
-    Route(
-        "POST",
+    generation_route(
         "/v1/responses",
         "responses_create",
         handlers.create,
         "createResponse",
         TAG,
         "OpenAI's Responses API: answer, store (unless store is false) and chain with previous_response_id",
-        {
-            200: Reply(
-                "the Response, or its events as SSE when stream is true",
-                {JSON: Json(ResponseObject), SSE: EventStream(ResponseStreamEvent, failure=None)},
-            )
-        },
-        GENERATION_ERRORS,
-        surface=Surface.API,
-        body=json_body(ResponseCreateRequest),
+        ResponseCreateRequest,
+        Reply(
+            "the Response, or its events as SSE when stream is true",
+            {JSON: Json(ResponseObject), SSE: EventStream(ResponseStreamEvent, failure=None)},
+        ),
         description=STREAM,
-        request_id=True,
     ),
     _stored(
         "GET",

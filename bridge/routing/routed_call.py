@@ -23,12 +23,12 @@ from chatllm.bridge.routing.picker import NoReplicaError
 from chatllm.bridge.routing.replica_set import ReplicaSet
 from chatllm.bridge.routing.replicas import Replica
 from chatllm.clients.core import ChatLLMCore, Metadata
-from chatllm.proto import pb
+from chatllm.proto import SERVICE_NAME, pb
 
 MAX_ATTEMPTS = 4
 BACKOFF_S = (0.1, 1.0)  # first and longest backoff (each doubles the last, then a random share of it)
 T = TypeVar("T")
-GENERATE = "/chatllm.v1.ChatLLM/Generate"
+GENERATE = f"/{SERVICE_NAME}/Generate"
 
 
 def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
