@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from chatllm.proto import SERVICE_NAME
 from chatllm.server.engines.vllm_setup import vllm_build
 from tests.conftest import OUTPUT, ChatllmProcess
+from tests.redis_server import FLEET_DATABASE, RedisServer
 
 REPLICAS = 2
 MODEL = "SmolLM2-135M-Instruct"  # the built-in model's served name
@@ -212,8 +213,14 @@ def readiness(target: str) -> int:
 
 
 @pytest.fixture(scope="session")
-def fleet_settings() -> FleetSettings:
-    return FleetSettings()
+def fleet_settings(redis_server: RedisServer) -> FleetSettings:
+    """Every replica and bridge share the session's Redis as their state store (usage, limits, stored
+    responses), as a deployed fleet does."""
+    settings = FleetSettings()
+    store = ["--state-store", redis_server.url(FLEET_DATABASE)]
+    settings.replica_args += store
+    settings.bridge_args += store
+    return settings
 
 
 @pytest.fixture(scope="session")

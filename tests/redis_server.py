@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-DATABASES = 16  # redis-server's default; each test takes the next one in turn
-_next_database = itertools.count(1)
+DATABASES = 16  # redis-server's default; each test takes the next of 1-15 in turn
+FLEET_DATABASE = 0  # the session's fleet (tests/fleet.py) keeps database 0; no test flushes it
+_next_database = itertools.count()
 
 
 def free_loopback_port() -> int:
@@ -106,6 +107,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """A URL of the shared server with a database of its own for this test, empty."""
-    database = next(_next_database) % DATABASES
+    database = 1 + next(_next_database) % (DATABASES - 1)
     redis_server.flush(database)
     return redis_server.url(database)
