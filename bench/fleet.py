@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import signal
@@ -234,19 +235,26 @@ async def fairness_leg(fleet: Fleet, session: aiohttp.ClientSession, duration: f
 async def run(fleet: Fleet, quick: bool) -> dict[str, Any]:
     duration = 60.0 if quick else 180.0
     leg = 40.0 if quick else 75.0
+    values: dict[str, Any] = {}
+    progress = fleet.workdir / "values.json"  # each leg's numbers as soon as it ends
+
+    def keep(name: str, value: Any) -> None:
+        values[name] = value
+        progress.write_text(json.dumps(values, indent=2))
+
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
-        values: dict[str, Any] = {"limits": await limits_leg(fleet, session, duration)}
+        keep("limits", await limits_leg(fleet, session, duration))
         await asyncio.to_thread(fleet.restart_all)  # the killed replica back, the counters fresh
-        values["idle_ttft_p95_s"] = await idle_ttft(fleet, session, 10 if quick else 30)
+        keep("idle_ttft_p95_s", await idle_ttft(fleet, session, 10 if quick else 30))
         legs: dict[str, list[dict[str, Any]]] = {"priority": [], "fcfs": []}
         for mode in ("priority", "fcfs") * (1 if quick else 2):  # alternating
             legs[mode].append(await priority_leg(fleet, session, mode, leg))
-        values["priority"] = legs
+            keep("priority", legs)
         window = 30.0 if quick else 60.0
-        values["fairness"] = await fairness_leg(fleet, session, 2 * window + 15, window)
+        keep("fairness", await fairness_leg(fleet, session, 2 * window + 15, window))
         await asyncio.to_thread(fleet.restart_all, "--no-fair-share")
-        values["fairness_without_vtc"] = await fairness_leg(fleet, session, 2 * window + 15, window)
+        keep("fairness_without_vtc", await fairness_leg(fleet, session, 2 * window + 15, window))
     return values
 
 
