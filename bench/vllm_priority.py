@@ -56,14 +56,17 @@ async def measure(policy: str, rounds: int, data_dir: Path) -> dict[str, Any]:
             return first  # the moment of the first token
 
         for round_ in range(rounds + 1):  # round 0 warms the engine up
+            print(f"round {round_}: sending {BULK} bulk requests", file=sys.stderr, flush=True)
             running = [asyncio.Event() for _ in range(BULK)]
             bulk = [
                 asyncio.create_task(first_token(f"b{round_}-{i}", i, BULK_TOKENS, 2, running[i])) for i in range(BULK)
             ]
             await asyncio.wait([asyncio.create_task(e.wait()) for e in running], return_when=asyncio.FIRST_COMPLETED)
             await asyncio.sleep(0.2)  # two generate, four wait in vLLM's queue
+            print(f"round {round_}: bulk generating; sending the interactive one", file=sys.stderr, flush=True)
             sent = time.perf_counter()
             chat_first = await first_token(f"c{round_}", 0, CHAT_TOKENS, 0, asyncio.Event())
+            print(f"round {round_}: interactive answered", file=sys.stderr, flush=True)
             bulk_first = sorted(await asyncio.gather(*bulk))
             queued = bulk_first[2:]  # the four bulk requests that waited when the interactive one came
             if round_:
