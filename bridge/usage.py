@@ -40,8 +40,7 @@ class UsageReport(BaseModel):
 
 def _record(row: Usage, day: bool = True) -> UsageRecord:
     """One row; `day` False: a total over the asked days, which has no `day` (left unset, so absent)."""
-    names = UsageRecord.model_fields.keys() if day else UsageRecord.model_fields.keys() - {"day"}
-    return UsageRecord(**{name: getattr(row, name) for name in names})
+    return UsageRecord(**({"day": row.day} if day else {}), **row.named(), total_tokens=row.total_tokens)
 
 
 def _day(request: web.Request, name: str) -> str | None:

@@ -65,16 +65,5 @@ async def usage_report(ledger: UsageLedger, request: pb.GetUsageRequest) -> pb.G
         rows = await ledger.report(request.start or None, request.end or None, request.token or None)
     except StoreUnavailable:
         raise NotReady("the state store is unreachable; retry shortly", Reason.STATE_STORE_UNAVAILABLE) from None
-    records = [
-        pb.UsageRecord(
-            day=row.day,
-            token=row.token,
-            model=row.model,
-            requests=row.requests,
-            prompt_tokens=row.prompt_tokens,
-            cached_prompt_tokens=row.cached_prompt_tokens,
-            completion_tokens=row.completion_tokens,
-        )
-        for row in rows
-    ]
+    records = [pb.UsageRecord(day=row.day, **row.named()) for row in rows]
     return pb.GetUsageResponse(records=records, state_store=ledger.store.location.description)

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import requests
 import yaml
+
+from tests.daemon_process import DaemonProcess
 
 
 class PrometheusServer:
@@ -31,47 +29,32 @@ class PrometheusServer:
         }
         self.config_path = workdir / "prometheus.yml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.daemon: DaemonProcess | None = None
         self.url = ""
 
     def start(self, timeout: float = 60) -> None:
-        binary = shutil.which("prometheus")
-        assert binary, "prometheus is missing: `make test-system` installs Debian's prometheus package"
-        self._log = open(self.log_path, "w")  # closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={self.config_path}",
-                f"--storage.tsdb.path={self.workdir / 'data'}",
-                "--web.listen-address=127.0.0.1:0",  # Prometheus binds port 0 and logs the port it got
-                "--log.level=info",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        argv = [
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.workdir / 'data'}",
+            "--web.listen-address=127.0.0.1:0",  # Prometheus binds port 0 and logs the port it got
+            "--log.level=info",
+        ]
+        self.log_path.unlink(missing_ok=True)
+        self.daemon = DaemonProcess("prometheus", "prometheus", argv, self.log_path)
         deadline = time.monotonic() + timeout
         while True:
             match = re.search(r'msg="Listening on" address=(127\.0\.0\.1:\d+)', self.log_path.read_text())
             if match:
                 self.url = f"http://{match.group(1)}"
                 break
-            assert self.proc.poll() is None, f"prometheus exited:\n{self.log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"prometheus did not listen:\n{self.log_path.read_text()[-3000:]}"
+            assert self.daemon.running, f"prometheus exited:\n{self.daemon.log_tail()}"
+            assert time.monotonic() < deadline, f"prometheus did not listen:\n{self.daemon.log_tail()}"
             time.sleep(0.1)
         self.wait_for(lambda: requests.get(f"{self.url}/-/ready", timeout=5).ok, "prometheus ready", timeout)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
+        if self.daemon is not None:
+            self.daemon.stop(30)
 
     def api(self, path: str, **params: Any) -> Any:
         """GET /api/v1/<path>; returns `data`, raises with Prometheus' error message otherwise."""

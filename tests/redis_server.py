@@ -10,16 +10,14 @@ fixtures are there for every test.
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
-import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.daemon_process import DaemonProcess
 
 DATABASES = 16  # redis-server's default; each test takes the next of 1-15 in turn
 FLEET_DATABASE = 0  # the session's fleet (tests/fleet.py) keeps database 0; no test flushes it
@@ -39,26 +37,18 @@ class RedisServer:
         self.workdir = workdir
         self.port = port or free_loopback_port()
         self.log_path = workdir / f"redis-{self.port}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.daemon: DaemonProcess | None = None
 
     def url(self, database: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{database}"
 
     def start(self, timeout: float = 30) -> RedisServer:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is missing: `make test-system` installs Debian's redis-server package"
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                cwd=self.workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        argv = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.daemon = DaemonProcess("redis-server", "redis-server", argv, self.log_path, self.workdir)
         deadline = time.monotonic() + timeout
         while not self.answers():
-            assert self.proc.poll() is None, f"redis-server exited:\n{self.log_path.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"redis-server did not answer:\n{self.log_path.read_text()[-2000:]}"
+            assert self.daemon.running, f"redis-server exited:\n{self.daemon.log_tail()}"
+            assert time.monotonic() < deadline, f"redis-server did not answer:\n{self.daemon.log_tail()}"
             time.sleep(0.05)
         return self
 
@@ -72,16 +62,9 @@ class RedisServer:
             return False
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
+        if self.daemon is not None:
+            self.daemon.stop(10)
+        self.daemon = None
 
     def flush(self, database: int) -> None:
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:

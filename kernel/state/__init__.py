@@ -7,6 +7,7 @@ One concept per module:
   `windows` (this process), `redis_limits` (Lua scripts, the fleet) and `daily` (SQLite); a refusal
   is a `refusal.LimitExceeded`;
 - `usage`: tokens used per token name, model and UTC day;
-- `fair_share`: the virtual token counters admission orders waiting requests by (VTC).
+- `fair_share`: the virtual token counters admission orders waiting requests by (VTC);
+- `repeating`: the background work each of them repeats while open (leases, retries, syncs).
 The Responses API keeps its stored responses in the same store (chatllm.bridge.responses).
 """

@@ -134,6 +134,7 @@ class StateStore:
         the file's lock at once: read-modify-write is atomic across processes); StoreUnavailable on I/O
         errors."""
         assert self._thread is not None, "sqlite_call needs the embedded store, opened"
+        self.policy.watch(operation)
         loop = asyncio.get_running_loop()
         begin = "BEGIN IMMEDIATE" if write else "BEGIN"
         try:
@@ -150,6 +151,7 @@ class StateStore:
             return call(self._sqlite)
 
     async def open(self) -> None:
+        self.policy.watch("connect")  # the failure counter is on /metrics from start-up
         if self.embedded:
             assert self.sqlite_path is not None
             self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chatllm-state")

@@ -56,8 +56,15 @@ class FailurePolicy:
         """Whether a request must be refused while the store is unreachable."""
         return self.mode == "closed"
 
+    @staticmethod
+    def watch(operation: str) -> None:
+        """Export the operation's failure count from now on, 0 until it fails: a dashboard's rate of a
+        healthy store is then 0, not "no data"."""
+        FAILURES.labels(operation)
+
     def check(self, operation: str) -> None:
         """Raise StoreUnavailable (counted) when the store failed less than `retry_after` seconds ago."""
+        self.watch(operation)
         if self._clock() < self._down_until:
             FAILURES.labels(operation).inc()
             raise StoreUnavailable(f"state store down (retrying after {self.retry_after:g} s)")

@@ -16,7 +16,6 @@ charged for both. While Redis is down the counters stay local; the charges wait 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from typing import Any
 
 from chatllm.kernel.state.connection import StateStore
 from chatllm.kernel.state.failure import StoreUnavailable
+from chatllm.kernel.state.repeating import repeating
 
 PROMPT_WEIGHT = 1.0
 COMPLETION_WEIGHT = 2.0
@@ -97,20 +97,12 @@ class FairShareCounters:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[FairShareCounters]:
+        """Sync with the fleet every SYNC_EVERY_S while open, and once more at the end."""
         if self._store is None:
             yield self
             return
-
-        async def loop() -> None:
-            while True:
-                await self.sync()
-                await asyncio.sleep(SYNC_EVERY_S)
-
-        task = asyncio.create_task(loop())
         try:
-            yield self
+            async with repeating(self.sync, SYNC_EVERY_S):
+                yield self
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await self.sync()

@@ -20,7 +20,6 @@ never touches the store here.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
@@ -33,6 +32,7 @@ from chatllm.kernel.state.daily import SqliteDaily
 from chatllm.kernel.state.failure import StoreUnavailable
 from chatllm.kernel.state.redis_limits import LEASE_S, RedisLimits
 from chatllm.kernel.state.refusal import DAILY, LimitExceeded, Refusal
+from chatllm.kernel.state.repeating import repeating
 from chatllm.kernel.state.windows import WINDOW_S, DailyCounter, WindowCounters
 
 
@@ -191,21 +191,13 @@ class TokenLimiter:
         if self._redis is None:
             yield self
             return
-        redis = self._redis
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.lease / 3)
-                held: dict[str, list[str]] = {}
-                for ticket in list(self._held.values()):
-                    held.setdefault(ticket.name, []).append(ticket.id)
-                with contextlib.suppress(StoreUnavailable):
-                    await redis.renew(held)
-
-        task = asyncio.create_task(renew())
-        try:
+        async with repeating(self._renew, self.lease / 3):
             yield self
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+
+    async def _renew(self) -> None:
+        assert self._redis is not None
+        held: dict[str, list[str]] = {}
+        for ticket in list(self._held.values()):
+            held.setdefault(ticket.name, []).append(ticket.id)
+        with contextlib.suppress(StoreUnavailable):
+            await self._redis.renew(held)

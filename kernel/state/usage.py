@@ -14,7 +14,6 @@ second): an outage delays usage, it never loses it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sqlite3
@@ -25,6 +24,7 @@ from typing import Any
 
 from chatllm.kernel.state.connection import StateStore
 from chatllm.kernel.state.failure import StoreUnavailable
+from chatllm.kernel.state.repeating import repeating
 
 log = logging.getLogger(__name__)
 COUNTS = ("requests", "prompt_tokens", "cached_prompt_tokens", "completion_tokens")
@@ -69,6 +69,10 @@ class Usage:
 
     def counts(self) -> tuple[int, ...]:
         return tuple(getattr(self, name) for name in COUNTS)
+
+    def named(self) -> dict[str, Any]:
+        """token, model and the counts by name: a report row's fields (its day apart)."""
+        return {"token": self.token, "model": self.model, **dict(zip(COUNTS, self.counts(), strict=True))}
 
     def plus(self, other: Usage) -> Usage:
         added = {name: getattr(self, name) + getattr(other, name) for name in COUNTS}
@@ -139,22 +143,16 @@ class UsageLedger:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[UsageLedger]:
         """Retry pending usage every second while open; one last try on exit."""
-
-        async def retry() -> None:
-            while True:
-                await asyncio.sleep(RETRY_EVERY_S)
-                if self._pending:
-                    await self.flush()
-
-        task = asyncio.create_task(retry())
         try:
-            yield self
+            async with repeating(self._retry, RETRY_EVERY_S):
+                yield self
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             if await self.flush():
                 log.error("state store unreachable at shutdown: usage of %d requests not recorded", self.pending)
+
+    async def _retry(self) -> None:
+        if self._pending:
+            await self.flush()
 
     async def report(self, start: str | None = None, end: str | None = None, token: str | None = None) -> list[Usage]:
         """Usage per (day, token, model) for days in [start, end] (YYYY-MM-DD; None: unbounded)."""

@@ -370,7 +370,7 @@ SECTIONS: list[tuple[str, list[Panel]]] = [
                 "1 while every process reaches the state store (--state-store); operations that could not.",
                 [
                     (f"min(chatllm_state_store_up{{{BOTH}}})", "up"),
-                    (f"sum(rate(chatllm_state_store_failures_total{{{BOTH}}}[{RATE}])) or vector(0)", "failures/s"),
+                    (f"sum(rate(chatllm_state_store_failures_total{{{BOTH}}}[{RATE}]))", "failures/s"),
                 ],
                 width=8,
             ),

@@ -33,7 +33,9 @@ RATE_INTERVAL = "30s"
 # The prefix cache's hit rates divide vLLM's per-request count of cached prompt tokens; this run's server is on
 # the hf engine, which reports none (and its 256-token pages share nothing of these short prompts): those queries
 # must return data, and may be zero. tests/e2e/test_fleet_routing.py reads the counts from vLLM replicas.
-MAY_BE_ZERO = {"Prefix-cache hit rate", "Hit rate by replica, as the bridges route"}
+# The state store's failure rate is zero while it answers (its series exist from start-up);
+# tests/unit/test_state_connection.py counts failures.
+MAY_BE_ZERO = {"Prefix-cache hit rate", "Hit rate by replica, as the bridges route", "State store"}
 DOCUMENT = b"Paris is the capital of France. The Eiffel Tower stands on the Champ de Mars in Paris.\n" * 3
 
 
@@ -166,13 +168,18 @@ def test_every_dashboard_panel_returns_data_from_a_real_prometheus(
 
 
 def test_compose_healthchecks_pass_against_a_live_stack(stack: ServeProcess) -> None:
-    """The healthcheck commands of ops/compose.yaml, pointed at this stack's ports, succeed."""
+    """The healthcheck commands of ops/compose.yaml (every replica's and bridge's), pointed at this stack's
+    ports, succeed."""
     services = yaml.safe_load((REPO / "ops" / "compose.yaml").read_text())["services"]
     grpc_port, http_port = stack.grpc.rsplit(":", 1)[1], stack.http.rsplit(":", 1)[1]
+    ports = {"server": ("127.0.0.1:50051", grpc_port), "bridge": ("127.0.0.1:8000", http_port)}
     checks = {
-        "server": services["server"]["healthcheck"]["test"][-1].replace("127.0.0.1:50051", f"127.0.0.1:{grpc_port}"),
-        "bridge": services["bridge"]["healthcheck"]["test"][-1].replace("127.0.0.1:8000", f"127.0.0.1:{http_port}"),
+        name: service["healthcheck"]["test"][-1].replace(address, f"127.0.0.1:{port}")
+        for name, service in services.items()
+        for kind, (address, port) in ports.items()
+        if name.startswith(f"{kind}-")
     }
+    assert {name.split("-")[0] for name in checks} == {"server", "bridge"}, sorted(services)
     for name, code in checks.items():
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"{name}: {result.stderr}"
