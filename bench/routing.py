@@ -17,6 +17,12 @@ replica's share of the requests. Legs alternate between rounds (ABCD, then DCBA)
 replica) and the routing decision's own time with 100k blocks indexed.
 
     flock /tmp/chatllm-heavy.lock .venv/bin/python bench/routing.py [--rounds 2] [--no-record]
+
+In pieces (each well under 20 minutes of the heavy lock), then recorded together:
+
+    flock /tmp/chatllm-heavy.lock .venv/bin/python bench/routing.py --round 1 --legs round-robin,prefix --pieces P
+    ... --round 1 --legs single,smg --pieces P; --round 2 --legs smg,single ...; --round 2 --legs prefix,round-robin ...
+    flock /tmp/chatllm-heavy.lock .venv/bin/python bench/routing.py --record-pieces P
 """
 
 from __future__ import annotations
@@ -189,33 +195,77 @@ async def measure(leg: Leg, quick: bool) -> dict[str, Any]:
     return result
 
 
-def run(rounds: int, quick: bool, data_dir: str, logs: Path) -> dict[str, Any]:
+def round_order(n: int) -> tuple[str, ...]:
+    """Round n (from 0) runs the legs in order, the next one in reverse (ABCD, DCBA, ...)."""
+    return LEGS if n % 2 == 0 else tuple(reversed(LEGS))
+
+
+def run(rounds: range, legs: tuple[str, ...], quick: bool, data_dir: str, logs: Path) -> dict[str, Any]:
+    """Each leg's results, one per round (its number in "round")."""
     results: dict[str, list[dict[str, Any]]] = {leg: [] for leg in LEGS}
-    for n in range(rounds):
-        for name in LEGS if n % 2 == 0 else tuple(reversed(LEGS)):
+    for n in rounds:
+        for name in (leg for leg in round_order(n) if leg in legs):
             print(f"round {n + 1}: {name}", flush=True)
             with running(name, data_dir, logs) as leg:
-                results[name].append(asyncio.run(measure(leg, quick)))
-    return {"legs": results, "decision": decision_times()}
+                results[name].append({"round": n + 1, **asyncio.run(measure(leg, quick))})
+    return {"legs": results}
+
+
+def add_piece(path: Path, piece: dict[str, Any]) -> dict[str, Any]:
+    """Merge one run's legs into the pieces file at `path` (a benchmark recorded in pieces)."""
+    data = json.loads(path.read_text()) if path.exists() else {"legs": {leg: [] for leg in LEGS}}
+    for leg, results in piece["legs"].items():
+        done = {r["round"] for r in results}
+        data["legs"][leg] = sorted([r for r in data["legs"][leg] if r["round"] not in done] + results, key=_round)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return data
+
+
+def _round(result: dict[str, Any]) -> int:
+    return int(result["round"])
+
+
+def record(data: dict[str, Any], no_record: bool) -> None:
+    data = {**data, "decision": decision_times()}
+    body = report(data)
+    print(body)
+    if no_record:
+        print(json.dumps(data, indent=2))
+        return
+    title = "Routing: prefix-aware picker vs round robin, a single replica and SMG cache_aware"
+    print(write_results("routing", title, body, data))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of all legs (order alternates)")
+    parser.add_argument("--round", type=int, help="run only this round (from 1), in its place in the alternation")
+    parser.add_argument("--legs", default=",".join(LEGS), help="the legs to run, comma-separated (default: all)")
     parser.add_argument("--quick", action="store_true", help="half the requests (a smoke run)")
     parser.add_argument("--data-dir", default=str(Path.home() / ".local/share/chatllm"))
+    parser.add_argument(
+        "--pieces",
+        type=Path,
+        help="run a piece: add this run's legs to this JSON file instead of recording; "
+        "--record-pieces FILE reports and records them once every leg has its rounds",
+    )
+    parser.add_argument("--record-pieces", type=Path, help="report and record the pieces file (runs no leg)")
     parser.add_argument("--no-record", action="store_true", help="print only; write nothing to bench/results")
     args = parser.parse_args()
+    if args.record_pieces:
+        record(json.loads(args.record_pieces.read_text()), args.no_record)
+        return 0
+    legs = tuple(args.legs.split(","))
+    if unknown := set(legs) - set(LEGS):
+        parser.error(f"unknown legs: {', '.join(sorted(unknown))} (legs: {', '.join(LEGS)})")
+    rounds = range(args.round - 1, args.round) if args.round else range(args.rounds)
     logs = Path(tempfile.mkdtemp(prefix="chatllm-routing-"))
     print(f"logs: {logs}", flush=True)
-    data = run(args.rounds, args.quick, args.data_dir, logs)
-    body = report(data)
-    print(body)
-    if not args.no_record:
-        title = "Routing: prefix-aware picker vs round robin, a single replica and SMG cache_aware"
-        print(write_results("routing", title, body, data))
-    else:
-        print(json.dumps(data, indent=2))
+    data = run(rounds, legs, args.quick, args.data_dir, logs)
+    if args.pieces:
+        print(json.dumps(add_piece(args.pieces, data)["legs"], indent=2)[:4000])
+        return 0
+    record(data, args.no_record)
     return 0
 
 

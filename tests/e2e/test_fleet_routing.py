@@ -11,9 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import openai
 import requests
 import websocket  # websocket-client
+from openai.types.responses import Response
 
 from chatllm.clients import ChatClient
 from tests.fleet import MODEL, Fleet, FleetBridge
@@ -119,6 +122,45 @@ def test_a_websocket_conversation_keeps_its_cache(fleet: Fleet) -> None:
     with fleet.bridge() as bridge:
         routed = websocket_rounds(bridge.ws_url, "Heath Barn", 5)
     assert alone > 0.5 and routed >= 0.9 * alone, (routed, alone)
+
+
+def test_a_chained_response_goes_to_the_replica_that_answered_its_first_turn(fleet: Fleet, tmp_path: Path) -> None:
+    """A Responses chain (previous_response_id) reaches the engine as the whole conversation in one
+    Generate, so its prefix is the first turn's: two chains, started apart, each follow their first turn."""
+    with fleet.bridge("--data-dir", str(tmp_path)) as bridge:
+        client = openai.OpenAI(base_url=bridge.http_url + "/v1", api_key="unused", max_retries=0)
+        chains = []
+        for owner in ("Larch Wharf", "Maple Quay"):
+            before = generated(fleet)
+            first = respond(client, owner, "What does rule 2 say?")
+            chains.append((owner, first.id, served_by(fleet, before)))
+        assert {replica for _, _, replica in chains} == {0, 1}  # new prefixes spread: the check below can fail
+        for owner, first_id, replica in chains:
+            before = generated(fleet)
+            second = respond(client, owner, "And rule 3?", previous_response_id=first_id)
+            assert second.previous_response_id == first_id and second.output_text
+            assert served_by(fleet, before) == replica
+            assert second.usage is not None and second.usage.input_tokens_details.cached_tokens > 0
+        decisions = bridge_metrics(bridge)
+    assert metric(decisions, "chatllm_bridge_routing_decisions_total", reason="prefix") >= 2
+
+
+def respond(client: openai.OpenAI, owner: str, question: str, previous_response_id: str | None = None) -> Response:
+    return client.responses.create(
+        model=MODEL,
+        instructions=handbook(owner),
+        input=question,
+        previous_response_id=previous_response_id,
+        max_output_tokens=8,
+        temperature=0,
+    )
+
+
+def served_by(fleet: Fleet, before: list[float]) -> int:
+    """The one replica that answered a Generate since `before` (generated(fleet))."""
+    grown = [i for i, (after, was) in enumerate(zip(generated(fleet), before, strict=True)) if after > was]
+    assert len(grown) == 1, grown
+    return grown[0]
 
 
 class Load:
