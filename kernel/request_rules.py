@@ -12,6 +12,16 @@ KNOWLEDGE_BASE_NAME_RULE = "use 1-64 letters, digits, '_' or '-'"
 _KNOWLEDGE_BASE_NAME = re.compile(KNOWLEDGE_BASE_NAME_PATTERN)
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool")
+# What GenerateRequest.channel names: the bridge's protocols, the CLI, and gRPC (empty). Any other value
+# is kept in the history export but counted as "other" in metrics, so a client cannot mint label values.
+CHANNELS = frozenset({"grpc", "http", "ws", "openai", "anthropic", "cli"})
+MAX_CHANNEL_CHARS = 64
+
+
+def channel_label(channel: str) -> str:
+    """The metrics label of a request's channel: its name when it is one of CHANNELS, else "other"."""
+    channel = channel or "grpc"
+    return channel if channel in CHANNELS else "other"
 
 
 def valid_knowledge_base_name(name: str) -> bool:

@@ -21,6 +21,7 @@ from google.protobuf.json_format import MessageToDict
 from chatllm.kernel.access import ANONYMOUS_CALLER, Caller
 from chatllm.kernel.config import KnowledgeConfig, LimitsConfig, ServerConfig
 from chatllm.kernel.priority import Priority, clamp
+from chatllm.kernel.request_rules import channel_label
 from chatllm.proto import pb
 from chatllm.server import metrics, sampling
 from chatllm.server.admission import Admission, Admitted
@@ -283,7 +284,7 @@ class GenerateService:
         latency = time.perf_counter() - record.arrival
         channel = request.channel or "grpc"
         reason = record.outcome
-        metrics.E2E_LATENCY.labels(channel).observe(latency)
+        metrics.E2E_LATENCY.labels(channel_label(channel)).observe(latency)
         metrics.FINISH_REASONS.labels(reason).inc()
         usage = final.usage if final else pb.Usage()
         if final is not None:

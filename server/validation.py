@@ -11,6 +11,7 @@ from chatllm.kernel.json_depth import MAX_JSON_DEPTH, deeper_than
 from chatllm.kernel.request_rules import (
     DEFAULT_KNOWLEDGE_BASE,
     KNOWLEDGE_BASE_NAME_RULE,
+    MAX_CHANNEL_CHARS,
     message_problem,
     valid_knowledge_base_name,
 )
@@ -58,6 +59,8 @@ def validate(request: pb.GenerateRequest, limits: LimitsConfig) -> None:
         _legacy(request, limits)
     if len(request.request_id) > MAX_REQUEST_ID:
         raise InvalidArgument("request_id", f"at most {MAX_REQUEST_ID} characters")
+    if len(request.channel) > MAX_CHANNEL_CHARS:
+        raise InvalidArgument("channel", f"at most {MAX_CHANNEL_CHARS} characters")
     if request.retrieval_top_k > MAX_RETRIEVAL_TOP_K:
         raise InvalidArgument("retrieval_top_k", f"at most {MAX_RETRIEVAL_TOP_K}")
     if request.use_knowledge_base:

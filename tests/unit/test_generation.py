@@ -9,6 +9,7 @@ import contextlib
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from chatllm.kernel.config import Config
 from chatllm.proto import pb
@@ -165,3 +166,23 @@ async def test_messages_and_the_legacy_prompt_exclude_each_other() -> None:
     with pytest.raises(InvalidArgument) as err:
         await collect(service(FakeEngine()), pb.GenerateRequest(prompt="x", messages=[pb.Message(role="user")]))
     assert err.value.field == "messages"
+
+
+async def test_a_clients_own_channel_is_exported_but_counted_as_other_in_metrics() -> None:
+    def count(label: str) -> float:
+        return REGISTRY.get_sample_value("chatllm_request_duration_seconds_count", {"channel": label}) or 0.0
+
+    history = Records()
+    svc = service(FakeEngine(), history)
+    before_other, before_openai = count("other"), count("openai")
+    for channel in ("made-up-1", "made-up-2", "openai"):
+        request = prompt()
+        request.channel = channel
+        await collect(svc, request)
+    assert [e["channel"] for e in history.entries] == ["made-up-1", "made-up-2", "openai"]
+    assert count("other") == before_other + 2 and count("openai") == before_openai + 1
+    assert count("made-up-1") == 0
+    too_long = prompt()
+    too_long.channel = "c" * 65
+    with pytest.raises(InvalidArgument, match="channel"):
+        await collect(svc, too_long)
