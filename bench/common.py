@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -12,10 +14,14 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = RESULTS.parent.parent
@@ -164,3 +170,91 @@ class ChatllmSubprocess:
         except ProcessLookupError:
             pass
         self._log.close()
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running `chatllm server`: its gRPC target and process id."""
+
+    target: str
+    pid: int
+
+    def processes(self) -> list[psutil.Process]:
+        root = psutil.Process(self.pid)
+        return [root, *root.children(recursive=True)]
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the server and every process under it (vLLM's engine processes)."""
+        total = 0.0
+        for proc in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def pause(self) -> None:
+        """SIGSTOP the server and its engine processes: an idle vLLM CPU engine keeps its OpenMP threads
+        spinning, so two servers can only take turns quickly when the one waiting is frozen."""
+        for proc in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.suspend()
+
+    def resume(self) -> None:
+        for proc in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.resume()
+
+
+@contextlib.contextmanager
+def serving_grpc(flags: Sequence[str], log_path: Path, knowledge_base: bool = False) -> Iterator[Served]:
+    """`chatllm server <flags>` on a free loopback port, until ready."""
+    args = ["server", "--grpc-host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", *flags]
+    if not knowledge_base:
+        args.append("--no-knowledge-base")
+    server = ChatllmSubprocess(args, log_path)
+    served = Served("", server.proc.pid)
+    try:
+        port = int(server.wait_for(r"gRPC listening on [^:\s]+:(\d+)").group(1))
+        server.wait_for(r"ready: ")
+        yield dataclasses.replace(served, target=f"127.0.0.1:{port}")
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            served.resume()  # a frozen server would not see its SIGTERM
+        server.stop()
+
+
+KB_DATA = REPO / "tests" / "data" / "kb_en"
+
+
+def kb_questions() -> list[tuple[str, str]]:
+    """The labelled questions on tests/data/kb_en: (question, the passage that answers it)."""
+    lines = (KB_DATA / "questions.jsonl").read_text().splitlines()
+    return [(row["question"], row["evidence"]) for row in map(json.loads, filter(str.strip, lines))]
+
+
+def evidence_recall(answer: str, evidence: str) -> float:
+    """Share of the answering passage's words (numbers included) that the answer contains."""
+    words = set(re.findall(r"[a-z0-9]{2,}", evidence.lower()))
+    return len(words & set(re.findall(r"[a-z0-9]{2,}", answer.lower()))) / max(1, len(words))
+
+
+@contextlib.contextmanager
+def data_dir_sharing(models_dir: Path) -> Iterator[str]:
+    """A fresh data dir whose converted models are those of `models_dir` (no second conversion)."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        (Path(data_dir) / "models").symlink_to(models_dir.resolve())
+        yield data_dir
+
+
+@contextlib.asynccontextmanager
+async def knowledge_server(flags: Sequence[str], models_dir: Path, log_path: Path) -> AsyncIterator[tuple[Any, Served]]:
+    """`chatllm server <flags>` with a fresh knowledge base holding tests/data/kb_en (the converted
+    model in `models_dir` is shared); yields an AsyncChatClient and the server."""
+    from chatllm.clients import AsyncChatClient
+
+    with data_dir_sharing(models_dir) as data_dir:
+        with serving_grpc([*flags, "--data-dir", data_dir], log_path, knowledge_base=True) as served:
+            async with AsyncChatClient(served.target) as client:
+                for document in sorted(p for p in KB_DATA.iterdir() if p.suffix in (".md", ".txt")):
+                    await client.ingest(document)
+                yield client, served

@@ -142,6 +142,19 @@ class VLLMConfig:
     distributed_executor_backend: str | None = option(
         None, "vLLM: mp or ray (ray for multi-node)", choices=("mp", "ray"), commands=SERVER_COMMANDS
     )
+    speculative: str = option(
+        "off",
+        "vLLM: speculative decoding preset: ngram (prompt lookup, tuned on a CPU: for answers that quote their "
+        "context, off above a few sequences per batch; docs/engines.md) or off",
+        choices=("off", "ngram"),
+        commands=SERVER_COMMANDS,
+    )
+    speculative_config: str | None = option(
+        None,
+        "vLLM: speculative decoding as vllm serve's --speculative-config JSON, passed to vLLM as it is (with "
+        "--speculative ngram, its keys override the preset's)",
+        commands=SERVER_COMMANDS,
+    )
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -126,6 +127,7 @@ def validate(config: Config) -> None:
             problems.append(f"--{name.replace('_', '-')} must be >= 0")
     problems.extend(security_problems(config.security))
     problems.extend(routing_problems(config.bridge))
+    problems.extend(speculative_problems(config))
     for module in config.model.lora_modules:
         name, sep, path = module.partition("=")
         if not (sep and name and path):
@@ -155,3 +157,29 @@ def security_problems(security: SecurityConfig) -> list[str]:
         if origin != "*" and not ORIGIN.fullmatch(origin):
             problems.append(f"--cors-origins {origin!r}: give scheme://host[:port] (no path), or *")
     return problems
+
+
+def speculative_problems(config: Config) -> list[str]:
+    """--speculative-config must be a JSON object (vLLM checks its keys), and only vLLM speculates."""
+    vllm = config.vllm
+    problems = []
+    if vllm.speculative_config is not None:
+        try:
+            parsed = json.loads(vllm.speculative_config)
+        except ValueError as exc:
+            parsed = exc
+        if not isinstance(parsed, dict):
+            problems.append(
+                "--speculative-config takes a JSON object, as vllm serve does, e.g. "
+                f'\'{{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3}}\' (got: {parsed})'
+            )
+    wants = vllm.speculative != "off" or vllm.speculative_config is not None
+    if wants and config.engine.engine_backend == "hf":
+        problems.append(SPECULATIVE_NEEDS_VLLM)
+    return problems
+
+
+SPECULATIVE_NEEDS_VLLM = (
+    "--speculative / --speculative-config need --backend vllm: transformers' continuous batching (hf) has no "
+    "speculative decoding"
+)

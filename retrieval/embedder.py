@@ -20,11 +20,11 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from chatllm.kernel.cpu import auto_cpu_precision, read_cpuinfo
 from chatllm.retrieval.errors import RetrievalError
 from chatllm.retrieval.query_encoder import OnnxQueryEncoder
 
@@ -35,18 +35,9 @@ DEFAULT_BATCH_SIZE = 32
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bf16 natively (else bf16 is emulated, slower than fp32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def resolve_precision(precision: str, device: str) -> str:
     if precision == "auto":
-        return "bf16" if device == "cpu" and native_bf16_cpu() else "fp32"
+        return auto_cpu_precision(read_cpuinfo()) if device == "cpu" else "fp32"
     return precision
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from chatllm.kernel.state import failure as state_store_metrics
@@ -79,12 +79,12 @@ HISTORY_LINES = Counter(
 
 
 class EngineCollector(Collector):
-    """Engine running/waiting/KV usage, read when Prometheus scrapes."""
+    """Engine running/waiting/KV usage and speculative decoding counts, read when Prometheus scrapes."""
 
     def __init__(self) -> None:
         self.sources: list[Callable[[], EngineStats]] = []
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = [source() for source in self.sources]
         yield GaugeMetricFamily(
             "chatllm_engine_running_requests", "Requests the engine is generating", value=sum(s.running for s in stats)
@@ -101,6 +101,16 @@ class EngineCollector(Collector):
             "chatllm_kv_cache_capacity_tokens",
             "Tokens the KV cache holds (0 when the engine does not say)",
             value=sum(s.kv_cache_tokens for s in stats),
+        )
+        yield CounterMetricFamily(
+            "chatllm_spec_decode_draft_tokens",
+            "Speculative decoding: tokens drafted and checked by the model (0 without --speculative)",
+            value=sum(s.draft_tokens for s in stats),
+        )
+        yield CounterMetricFamily(
+            "chatllm_spec_decode_accepted_tokens",
+            "Speculative decoding: drafted tokens the model accepted (each one a step saved)",
+            value=sum(s.accepted_draft_tokens for s in stats),
         )
 
 

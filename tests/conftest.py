@@ -127,13 +127,15 @@ async def fake_stack(tmp_path: Path, fake_engine: FakeEngine) -> AsyncIterator[S
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def hf_stack(data_dir: Path, model_dir: Path) -> AsyncIterator[Stack]:
-    """The real model on the hf engine behind the real server and bridge, with default settings, for
+    """The real model on the hf engine behind the real server and bridge, default settings but fp32, for
     every test that checks what the model itself does: one model start-up for the whole run (tests
     pass the sampling they need; the protocol's own tests use `fake_stack`)."""
     from tests.servers import make_config
     from tests.stack import serving_stack
 
-    async with serving_stack(make_config(data_dir)) as stack:
+    # fp32: some of them compare with the exact text of transformers' model.generate (fp32), and
+    # --precision auto is bf16 on CPUs with native bf16.
+    async with serving_stack(make_config(data_dir, precision="fp32")) as stack:
         yield stack
 
 

@@ -269,6 +269,16 @@ SECTIONS: list[tuple[str, list[Panel]]] = [
                     (f"sum(chatllm_engine_waiting_requests{{{SERVER}}})", "waiting"),
                 ],
             ),
+            Panel(
+                "Speculative decoding",
+                "Draft tokens the model checked and accepted per second (--speculative; 0 without). Accepted / "
+                "drafted is the acceptance rate: low on free-form text, high on answers that quote their context.",
+                [
+                    total_rate("chatllm_spec_decode_draft_tokens_total", SERVER, "drafted"),
+                    total_rate("chatllm_spec_decode_accepted_tokens_total", SERVER, "accepted"),
+                ],
+                width=24,
+            ),
         ],
     ),
     (

@@ -66,6 +66,8 @@ class EngineStats:
     waiting: int
     kv_cache_usage: float  # 0-1
     kv_cache_tokens: int = 0  # the cache's capacity (0: the engine does not say)
+    draft_tokens: int = 0  # speculative decoding since start: tokens drafted ...
+    accepted_draft_tokens: int = 0  # ... and accepted by the model
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from chatllm.kernel.config import Config
+from chatllm.kernel.cpu import cpu_precision, read_cpuinfo
+from chatllm.kernel.flags import SPECULATIVE_NEEDS_VLLM
 from chatllm.server.engines.base import Adapter, EngineInfo, EngineOutput, EngineStats, Finish
 from chatllm.server.engines.text_stream import IncrementalDetokenizer, StopMatcher
 from chatllm.server.errors import EngineDeadError, StartupError, Unsupported
@@ -44,11 +46,11 @@ def pick_device_and_dtype(config: Config) -> tuple[str, str]:
     import torch
 
     device = "cuda" if torch.cuda.is_available() and not config.engine.cpu else "cpu"
+    if device == "cpu":
+        return device, _DTYPES[cpu_precision(config.engine.precision, read_cpuinfo())]
     if config.engine.precision != "auto":
         return device, _DTYPES[config.engine.precision]
-    if device == "cuda":
-        return device, "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return device, "float32"
+    return device, "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
 def _kv_blocks(model_config: Any, dtype_bytes: int, space_gib: float) -> int:
@@ -72,6 +74,35 @@ def _check_cache_holds_context(blocks: int, context: int, space_gib: float) -> N
         f"--kv-cache-space {space_gib:g} GiB holds {capacity} tokens, less than the context of {context}: "
         f"give it at least {needed:.2f} GiB, or cap the context with --max-model-len {capacity}"
     )
+
+
+def manager_configs(config: Config, model: Any, tokenizer: Any, context: int) -> tuple[Any, Any]:
+    """The GenerationConfig and ContinuousBatchingConfig the engine's manager runs with (bench/hf_batching.py
+    compares them with transformers' own choice in `generate_batch`)."""
+    from transformers import ContinuousBatchingConfig, GenerationConfig
+
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    # Placeholder values: they only make the library create the per-request processors.
+    generation = GenerationConfig(
+        do_sample=True,
+        temperature=0.5,
+        top_k=50,
+        top_p=0.5,
+        max_new_tokens=config.server.max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+    )
+    blocks = _kv_blocks(model.config, model.dtype.itemsize, config.engine.kv_cache_space)
+    _check_cache_holds_context(blocks, context, config.engine.kv_cache_space)
+    batching = ContinuousBatchingConfig(
+        page_size=PAGE_SIZE,
+        num_blocks=blocks,
+        max_batch_tokens=config.engine.max_batch_tokens,
+        per_request_processors=True,
+    )
+    return generation, batching
 
 
 class HFEngine:
@@ -106,13 +137,10 @@ class HFEngine:
             raise StartupError(
                 "--lora-modules needs --backend vllm (transformers' continuous batching serves one model)"
             )
+        if config.vllm.speculative != "off" or config.vllm.speculative_config is not None:
+            raise StartupError(SPECULATIVE_NEEDS_VLLM)
         import torch
-        from transformers import (
-            AutoModelForCausalLM,
-            AutoTokenizer,
-            ContinuousBatchingConfig,
-            GenerationConfig,
-        )
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.set_num_threads(config.engine.num_threads or os.cpu_count() or 1)
         # The library's logger has its own handler at INFO; keep its chatter out of our logs.
@@ -123,30 +151,11 @@ class HFEngine:
         tokenizer = AutoTokenizer.from_pretrained(source.path)
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, device_map=device)
         model.eval()
-        eos = model.generation_config.eos_token_id
-        if eos is None:
-            eos = tokenizer.eos_token_id
-        # Placeholder values: they only make the library create the per-request processors.
-        cb_generation = GenerationConfig(
-            do_sample=True,
-            temperature=0.5,
-            top_k=50,
-            top_p=0.5,
-            max_new_tokens=config.server.max_new_tokens,
-            eos_token_id=eos,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
-        )
-        blocks = _kv_blocks(model.config, dtype.itemsize, config.engine.kv_cache_space)
         context = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 2048)
         if config.engine.max_model_len:
             context = min(context, config.engine.max_model_len)
-        _check_cache_holds_context(blocks, context, config.engine.kv_cache_space)
-        cb_config = ContinuousBatchingConfig(
-            page_size=PAGE_SIZE,
-            num_blocks=blocks,
-            max_batch_tokens=config.engine.max_batch_tokens,
-            per_request_processors=True,
-        )
+        cb_generation, cb_config = manager_configs(config, model, tokenizer, context)
+        blocks = cb_config.num_blocks
         manager = model.init_continuous_batching(generation_config=cb_generation, continuous_batching_config=cb_config)
         manager.start()
         info = EngineInfo(backend="hf", device=device, dtype=dtype_name, context_length=context)

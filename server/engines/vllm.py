@@ -187,7 +187,8 @@ class VLLMEngine:
         waiting = min(latest.waiting, unfinished - running)
         cache = self._llm.vllm_config.cache_config
         capacity = (cache.num_gpu_blocks or 0) * cache.block_size
-        return EngineStats(running, waiting, latest.kv_cache_usage if unfinished else 0.0, capacity)
+        usage = latest.kv_cache_usage if unfinished else 0.0
+        return EngineStats(running, waiting, usage, capacity, latest.draft_tokens, latest.accepted_draft_tokens)
 
     def prepare(self, options: SamplingOptions) -> SamplingOptions:
         """vLLM honours every field of the sampling table: its own checks remain (they run here, once)."""

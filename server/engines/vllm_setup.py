@@ -16,11 +16,14 @@ import platform
 import sys
 import threading
 from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from chatllm.kernel.config import Config
+from chatllm.kernel.cpu import cpu_flags, cpu_precision, read_cpuinfo
+from chatllm.server.engines.speculative import describe, speculative_config
 from chatllm.server.errors import StartupError
 from chatllm.server.model_source import ModelSource
 
@@ -49,17 +52,7 @@ def vllm_build() -> str | None:
     return None
 
 
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_support_problem(machine: str, flags: set[str]) -> str | None:
+def cpu_support_problem(machine: str, flags: AbstractSet[str]) -> str | None:
     """Why vLLM's CPU backend cannot run on this CPU, or None."""
     machine = machine.lower()
     if machine not in _CPU_ARCHES:
@@ -84,7 +77,7 @@ def vllm_unusable_reason(config: Config) -> str | None:
         return "vLLM is not installed"
     gpus = cuda_devices()
     if build == "cpu":
-        problem = cpu_support_problem(platform.machine(), cpu_flags())
+        problem = cpu_support_problem(platform.machine(), cpu_flags(read_cpuinfo()))
         if problem:
             return problem
         if gpus and not config.engine.cpu:
@@ -113,7 +106,8 @@ def build_engine_args(config: Config, source: ModelSource) -> tuple[Any, bool]:
     from vllm.platforms import current_platform
 
     on_cpu = current_platform.is_cpu()
-    dtype = _DTYPES.get(config.engine.precision, "float32" if on_cpu else "auto")
+    precision = cpu_precision(config.engine.precision, read_cpuinfo()) if on_cpu else config.engine.precision
+    dtype = _DTYPES.get(precision, "auto")  # a GPU's auto: the checkpoint's own dtype, as vLLM decides
     kwargs: dict[str, Any] = {
         "model": str(source.path),
         "served_model_name": source.name,
@@ -136,6 +130,10 @@ def build_engine_args(config: Config, source: ModelSource) -> tuple[Any, bool]:
         kwargs["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
     if config.engine.max_model_len:
         kwargs["max_model_len"] = config.engine.max_model_len
+    spec = speculative_config(config)
+    if spec is not None:
+        kwargs["speculative_config"] = spec
+        log.info("speculative decoding: %s", describe(spec))
     if on_cpu:
         # Without an explicit size vLLM's CPU backend tries to take most of the memory.
         kwargs["kv_cache_memory_bytes"] = int(config.engine.kv_cache_space * GIB)
@@ -275,13 +273,18 @@ class SchedulerSnapshot:
     running: int = 0
     waiting: int = 0
     kv_cache_usage: float = 0.0
+    draft_tokens: int = 0  # speculative decoding, since start: tokens drafted and checked by the model
+    accepted_draft_tokens: int = 0  # ... and those the model agreed with (each saves a step)
 
 
 class SchedulerStatsSink:
-    """The latest scheduler numbers of each engine (data parallel ranks add up)."""
+    """The latest scheduler numbers of each engine (data parallel ranks add up), and the speculative
+    decoding counts summed over every step."""
 
     def __init__(self) -> None:
         self._by_engine: dict[int, SchedulerSnapshot] = {}
+        self._drafted = 0
+        self._accepted = 0
         self._lock = threading.Lock()
 
     def record(self, engine_index: int, scheduler_stats: Any) -> None:
@@ -290,16 +293,23 @@ class SchedulerStatsSink:
             int(scheduler_stats.num_waiting_reqs) + int(getattr(scheduler_stats, "num_skipped_waiting_reqs", 0)),
             float(scheduler_stats.kv_cache_usage),
         )
+        spec = getattr(scheduler_stats, "spec_decoding_stats", None)  # one step's counts, None without drafts
         with self._lock:
             self._by_engine[engine_index] = snapshot
+            if spec is not None:
+                self._drafted += int(spec.num_draft_tokens)
+                self._accepted += int(spec.num_accepted_tokens)
 
     def latest(self) -> SchedulerSnapshot:
         with self._lock:
             snaps = list(self._by_engine.values())
+            drafted, accepted = self._drafted, self._accepted
         return SchedulerSnapshot(
             sum(s.running for s in snaps),
             sum(s.waiting for s in snaps),
             max((s.kv_cache_usage for s in snaps), default=0.0),
+            drafted,
+            accepted,
         )
 
     def logger_class(self) -> type:

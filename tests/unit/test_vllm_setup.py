@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from chatllm.kernel.config import Config
+from chatllm.kernel.cpu import auto_cpu_precision, read_cpuinfo
 from chatllm.server.engines import choose_backend
 from chatllm.server.engines.vllm_setup import (
     SchedulerStatsSink,
@@ -129,8 +131,9 @@ def test_patched_environ_undoes_every_change_made_inside() -> None:
 
 def test_scheduler_stats_add_up_over_engines() -> None:
     class Stats:
-        def __init__(self, running: int, waiting: int, usage: float) -> None:
+        def __init__(self, running: int, waiting: int, usage: float, spec: Any = None) -> None:
             self.num_running_reqs, self.num_waiting_reqs, self.kv_cache_usage = running, waiting, usage
+            self.spec_decoding_stats = spec
 
     sink = SchedulerStatsSink()
     assert sink.latest().running == 0
@@ -139,6 +142,27 @@ def test_scheduler_stats_add_up_over_engines() -> None:
     sink.record(0, Stats(1, 0, 0.125))
     latest = sink.latest()
     assert (latest.running, latest.waiting, latest.kv_cache_usage) == (4, 0, 0.5)
+    assert (latest.draft_tokens, latest.accepted_draft_tokens) == (0, 0)
+
+
+@pytest.mark.skipif(vllm_build() is None, reason="needs vLLM")
+def test_speculative_decoding_counts_add_up_over_steps() -> None:
+    from vllm.v1.spec_decode.metrics import SpecDecodingStats
+
+    class Stats:
+        num_running_reqs, num_waiting_reqs, kv_cache_usage = 1, 0, 0.1
+
+        def __init__(self, spec: SpecDecodingStats | None) -> None:
+            self.spec_decoding_stats = spec
+
+    sink = SchedulerStatsSink()
+    for drafted, accepted in ((4, 3), (4, 0), (2, 2)):
+        step = SpecDecodingStats.new(4)
+        step.observe_draft(num_draft_tokens=drafted, num_accepted_tokens=accepted)
+        sink.record(0, Stats(step))
+    sink.record(0, Stats(None))  # a step without drafts (vLLM sends None)
+    latest = sink.latest()
+    assert (latest.draft_tokens, latest.accepted_draft_tokens) == (10, 5)
 
 
 @pytest.mark.skipif(vllm_build() != "cpu", reason="needs the vLLM CPU build")
@@ -148,7 +172,9 @@ def test_engine_args_on_cpu_map_our_flags(tmp_path: Path) -> None:
     source = ModelSource("m", tmp_path, "")
     args, on_cpu = build_engine_args(Config.build(max_model_len=2048, kv_cache_space=1.5, max_num_seqs=8), source)
     assert on_cpu and args.enforce_eager and args.enable_prefix_caching
-    assert args.dtype == "float32" and args.max_model_len == 2048 and args.max_num_seqs == 8
+    # --precision auto: bf16 where this CPU computes it natively.
+    assert args.dtype == {"bf16": "bfloat16", "fp32": "float32"}[auto_cpu_precision(read_cpuinfo())]
+    assert args.max_model_len == 2048 and args.max_num_seqs == 8
     assert args.kv_cache_memory_bytes == int(1.5 * 1024**3)
     assert args.served_model_name == "m" and args.disable_log_stats and args.scheduling_policy == "priority"
     args, _ = build_engine_args(
