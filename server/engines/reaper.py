@@ -8,7 +8,8 @@ then the reaper terminates, and a few seconds later kills,
   reused pid is never hit), and its descendants;
 - if the server led its own process group (a shell job, a container's PID 1, a
   systemd service): every other process of that group, which catches an engine
-  process spawned in the instant before the server died, before it was listed.
+  process spawned in the instant before the server died, before it was listed;
+- and again, until nothing is left: a process may spawn another during its grace.
 
 It ignores SIGINT and SIGTERM on purpose: Ctrl-C or a `kill` of the process group
 must not take the reaper down before the server it watches.
@@ -23,6 +24,7 @@ import sys
 import psutil
 
 GRACE_SECONDS = 3.0
+MAX_PASSES = 5
 
 
 def read_until_eof() -> tuple[list[tuple[int, float]], bool]:
@@ -58,9 +60,9 @@ def group_members(pgid: int) -> list[psutil.Process]:
         if proc.pid == os.getpid():
             continue
         try:
-            if os.getpgid(proc.pid) == pgid:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
                 members.append(proc)
-        except (ProcessLookupError, PermissionError):
+        except (ProcessLookupError, PermissionError, psutil.Error):
             continue
     return members
 
@@ -87,10 +89,15 @@ def main() -> None:
     listed, done = read_until_eof()
     if done:
         return
-    victims = {p.pid: p for p in still_running(listed)}
-    if server_led_group:
-        victims.update({p.pid: p for p in group_members(server_pid)})
-    kill(list(victims.values()))
+    # A process that ignores SIGTERM while it loads (vLLM's engine core) may spawn a worker during the
+    # grace before its SIGKILL: look again after each kill, until a look finds nobody.
+    for _ in range(MAX_PASSES):
+        victims = {p.pid: p for p in still_running(listed)}
+        if server_led_group:
+            victims.update({p.pid: p for p in group_members(server_pid)})
+        if not victims:
+            return
+        kill(list(victims.values()))
 
 
 if __name__ == "__main__":
