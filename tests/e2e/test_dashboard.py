@@ -35,7 +35,14 @@ RATE_INTERVAL = "30s"
 # must return data, and may be zero. tests/e2e/test_fleet_routing.py reads the counts from vLLM replicas.
 # The state store's failure rate is zero while it answers (its series exist from start-up);
 # tests/unit/test_state_connection.py counts failures.
-MAY_BE_ZERO = {"Prefix-cache hit rate", "Hit rate by replica, as the bridges route", "State store"}
+# Speculative decoding is vLLM's, off by default: its counters exist and stay 0 here;
+# tests/component/test_speculative.py counts drafted and accepted tokens.
+MAY_BE_ZERO = {
+    "Prefix-cache hit rate",
+    "Hit rate by replica, as the bridges route",
+    "State store",
+    "Speculative decoding",
+}
 DOCUMENT = b"Paris is the capital of France. The Eiffel Tower stands on the Champ de Mars in Paris.\n" * 3
 
 
