@@ -123,8 +123,17 @@ class Replica:
             self._set_serving(False, why)
             if self._on_lost is not None:
                 self._on_lost()
-            await asyncio.sleep(wait)
+            await self._channel_changed(wait)
             wait = min(wait * 2, WATCH_BACKOFF_S[1])
+
+    async def _channel_changed(self, within: float) -> None:
+        """Wait until the channel's state changes, or `within` seconds. With client-side health checking
+        the channel turns READY the moment the replica reports SERVING (a server that finished loading),
+        so it is watched again at once, not after the backoff."""
+        channel = self.core.channel
+        state = channel.get_state(try_to_connect=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.wait_for_state_change(state), within)
 
     async def _poll_info(self) -> None:
         while True:
