@@ -23,19 +23,12 @@ from typing import Any
 
 import psutil
 
+from bench.prompts import VARIED_PROMPTS
+
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = RESULTS.parent.parent
 # The benchmarks' questions: short, varied, each answered at length (EOS is ignored anyway).
-PROMPTS = [
-    "Explain how a bicycle works.",
-    "Write a short poem about the sea.",
-    "What is photosynthesis?",
-    "Describe the water cycle.",
-    "Give three tips for learning a language.",
-    "What is a neural network?",
-    "Summarise the plot of a detective story.",
-    "Why is the sky blue?",
-]
+PROMPTS = VARIED_PROMPTS[1:9]
 
 
 async def grpc_timed_stream(client: Any, i: int, tokens: int) -> tuple[int, float]:

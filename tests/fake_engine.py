@@ -20,6 +20,7 @@ from chatllm.server.errors import EngineDeadError
 from chatllm.server.sampling import SamplingOptions, refuse_unsupported
 
 FAKE_MODEL = "fake-model"  # the name the fake stacks serve it under (--served-model-name)
+DEFAULT_ANSWER = "the answer is forty two"
 WORDS = re.compile(r"\w+|[^\w\s]")
 
 
@@ -63,7 +64,7 @@ class WordTokenizer:
 class FakeEngine:
     """Scripted answers; `stall` seconds between steps; `fail` / `die` to exercise error paths."""
 
-    answer: str = "the answer is forty two"
+    answer: str = DEFAULT_ANSWER
     stall: float = 0.0
     fail: bool = False
     supports_everything: bool = True

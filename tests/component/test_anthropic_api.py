@@ -12,28 +12,18 @@ import aiohttp
 import anthropic
 import pytest
 
+from tests.fake_engine import DEFAULT_ANSWER as ANSWER
 from tests.fake_engine import FAKE_MODEL, FakeEngine
 from tests.stack import Stack, fake_config, serving_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-ANSWER = "the answer is forty two"
-
-
-@pytest.fixture
-def engine(fake_engine: FakeEngine) -> FakeEngine:
-    fake_engine.answer = ANSWER
-    return fake_engine
 
 
 def client(stack: Stack, key: str = "unused") -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(base_url=stack.http_url, api_key=key, max_retries=0)
 
 
-def last_prompt(engine: FakeEngine) -> str:
-    return str(engine.tokenizer.decode(engine.seen[-1][0]))
-
-
-async def test_a_message_is_anthropics_shape_with_usage(fake_stack: Stack, engine: FakeEngine) -> None:
+async def test_a_message_is_anthropics_shape_with_usage(fake_stack: Stack, fake_engine: FakeEngine) -> None:
     message = await client(fake_stack).messages.create(
         model=FAKE_MODEL,
         max_tokens=64,
@@ -45,7 +35,7 @@ async def test_a_message_is_anthropics_shape_with_usage(fake_stack: Stack, engin
     assert [(b.type, b.text) for b in message.content] == [("text", ANSWER)]  # type: ignore[union-attr]
     assert message.stop_reason == "end_turn" and message.stop_sequence is None
     assert message.usage.output_tokens == len(ANSWER.split()) and message.usage.input_tokens > 0
-    assert "be brief" in last_prompt(engine) and "hello" in last_prompt(engine)
+    assert "be brief" in fake_engine.prompts[-1] and "hello" in fake_engine.prompts[-1]
 
 
 async def test_max_tokens_is_the_stop_reason_when_it_cut_the_answer(fake_stack: Stack) -> None:
@@ -73,7 +63,7 @@ async def test_the_stream_is_anthropics_event_sequence(fake_stack: Stack) -> Non
 
 
 async def test_tool_use_and_tool_result_reach_the_model_as_a_call_and_its_output(
-    fake_stack: Stack, engine: FakeEngine
+    fake_stack: Stack, fake_engine: FakeEngine
 ) -> None:
     await client(fake_stack).messages.create(
         model=FAKE_MODEL,
@@ -90,11 +80,11 @@ async def test_tool_use_and_tool_result_reach_the_model_as_a_call_and_its_output
             },
         ],
     )
-    prompt = last_prompt(engine)
+    prompt = fake_engine.prompts[-1]
     assert "<tool>sunny-and-mild</tool>" in prompt.replace(" ", "")  # the tool message, as the template renders it
 
 
-async def test_count_tokens_counts_what_the_model_would_read(fake_stack: Stack, engine: FakeEngine) -> None:
+async def test_count_tokens_counts_what_the_model_would_read(fake_stack: Stack, fake_engine: FakeEngine) -> None:
     messages: Any = [{"role": "user", "content": "one two three"}]
     counted = await client(fake_stack).messages.count_tokens(model=FAKE_MODEL, messages=messages)
     longer = await client(fake_stack).messages.count_tokens(model=FAKE_MODEL, messages=messages, system="four five")
@@ -103,9 +93,9 @@ async def test_count_tokens_counts_what_the_model_would_read(fake_stack: Stack, 
 
 
 async def test_the_token_goes_in_x_api_key_and_a_wrong_one_is_anthropics_401(
-    engine: FakeEngine, tmp_path: Path
+    fake_engine: FakeEngine, tmp_path: Path
 ) -> None:
-    async with serving_stack(fake_config(tmp_path, token="s3cret"), engine) as stack:
+    async with serving_stack(fake_config(tmp_path, token="s3cret"), fake_engine) as stack:
         message = await client(stack, "s3cret").messages.create(
             model=FAKE_MODEL, max_tokens=8, messages=[{"role": "user", "content": "hi"}]
         )
@@ -162,7 +152,7 @@ async def test_an_unknown_model_is_anthropics_404(fake_stack: Stack) -> None:
     assert status == 404 and error["error"]["type"] == "not_found_error"
 
 
-async def test_langchain_anthropic_reads_the_messages(fake_stack: Stack, engine: FakeEngine) -> None:
+async def test_langchain_anthropic_reads_the_messages(fake_stack: Stack, fake_engine: FakeEngine) -> None:
     from langchain_anthropic import ChatAnthropic
 
     llm = ChatAnthropic(base_url=fake_stack.http_url, api_key="unused", model=FAKE_MODEL, max_tokens=64, max_retries=0)  # type: ignore[call-arg]

@@ -131,6 +131,7 @@ async def test_deadline_aborts_the_engine_request(hf_client: AsyncChatClient) ->
         ({"top_p": 1.5}, "sampling.top_p"),
         ({"top_k": -1}, "sampling.top_k"),
         ({"max_new_tokens": 0}, "sampling.max_new_tokens"),
+        ({"repetition_penalty": 20.0}, "sampling.repetition_penalty"),
         ({"stop": [""]}, "sampling.stop"),
     ],
 )

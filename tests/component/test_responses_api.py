@@ -16,21 +16,15 @@ import pytest
 
 from chatllm.bridge.runner import BridgeServer
 from chatllm.kernel.config import Config
+from tests.fake_engine import DEFAULT_ANSWER as ANSWER
 from tests.fake_engine import FAKE_MODEL, FakeEngine
 from tests.stack import Stack, fake_config, serving_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-ANSWER = "the answer is forty two"
 
 
 @pytest.fixture
-def engine(fake_engine: FakeEngine) -> FakeEngine:
-    fake_engine.answer = ANSWER
-    return fake_engine
-
-
-@pytest.fixture
-def stack(fake_stack: Stack, engine: FakeEngine) -> Stack:
+def stack(fake_stack: Stack, fake_engine: FakeEngine) -> Stack:
     return fake_stack
 
 
@@ -43,10 +37,6 @@ async def bridge_for(config: Config, grpc_port: int) -> AsyncIterator[BridgeServ
         yield bridge
     finally:
         await bridge.stop()
-
-
-def last_prompt(engine: FakeEngine) -> str:
-    return str(engine.tokenizer.decode(engine.seen[-1][0]))
 
 
 async def call(stack: Stack | str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -86,12 +76,12 @@ async def test_a_response_is_openais_object_with_usage_and_is_stored(stack: Stac
     assert status == 200 and stored == response
 
 
-async def test_a_chain_sends_the_earlier_turns_and_their_tokens(stack: Stack, engine: FakeEngine) -> None:
+async def test_a_chain_sends_the_earlier_turns_and_their_tokens(stack: Stack, fake_engine: FakeEngine) -> None:
     _, first = await call(stack, "POST", "/v1/responses", {"input": "my name is Ann", "instructions": "be brief"})
     _, second = await call(
         stack, "POST", "/v1/responses", {"input": "what is my name", "previous_response_id": first["id"]}
     )
-    prompt = last_prompt(engine)
+    prompt = fake_engine.prompts[-1]
     assert "my name is Ann" in prompt and ANSWER in prompt and "what is my name" in prompt
     assert "be brief" not in prompt  # instructions are not carried over (as OpenAI)
     assert second["usage"]["input_tokens"] > first["usage"]["input_tokens"] + first["usage"]["output_tokens"]
@@ -163,8 +153,8 @@ async def test_background_is_queued_then_polled_to_completion(stack: Stack) -> N
     assert response["status"] == "completed" and response["output"][0]["content"][0]["text"] == ANSWER
 
 
-async def test_background_cancel_stops_generating(stack: Stack, engine: FakeEngine) -> None:
-    engine.stall = 2.0  # the whole answer would take 10 s
+async def test_background_cancel_stops_generating(stack: Stack, fake_engine: FakeEngine) -> None:
+    fake_engine.stall = 2.0  # the whole answer would take 10 s
     _, queued = await call(stack, "POST", "/v1/responses", {"input": "hello", "background": True})
     await stack.wait_engine_busy(5)
     status, cancelled = await call(stack, "POST", f"/v1/responses/{queued['id']}/cancel")
@@ -189,7 +179,7 @@ async def poll(stack: Stack | str, response_id: str, within: float = 10) -> dict
 
 
 async def test_a_chain_continues_after_a_bridge_restart_and_through_another_bridge(
-    stack: Stack, engine: FakeEngine
+    stack: Stack, fake_engine: FakeEngine
 ) -> None:
     _, first = await call(stack, "POST", "/v1/responses", {"input": "my name is Ann"})
     config = stack.server.config
@@ -198,12 +188,12 @@ async def test_a_chain_continues_after_a_bridge_restart_and_through_another_brid
         url = f"http://127.0.0.1:{restarted.port}"
         chained = {"input": "and then", "previous_response_id": first["id"]}
         status, second = await call(url, "POST", "/v1/responses", chained)
-        assert status == 200 and "my name is Ann" in last_prompt(engine)
+        assert status == 200 and "my name is Ann" in fake_engine.prompts[-1]
         other_url = f"http://127.0.0.1:{other.port}"
         status, _ = await call(
             other_url, "POST", "/v1/responses", {"input": "finally", "previous_response_id": second["id"]}
         )
-        prompt = last_prompt(engine)
+        prompt = fake_engine.prompts[-1]
         assert status == 200 and "my name is Ann" in prompt and "and then" in prompt
         assert (await call(other_url, "GET", f"/v1/responses/{first['id']}"))[1] == first
 
@@ -232,16 +222,16 @@ async def test_what_is_not_supported_is_a_400_naming_the_field(stack: Stack, bod
 
 
 async def test_a_chain_continues_through_another_bridge_on_a_shared_redis(
-    engine: FakeEngine, tmp_path: Path, redis_url: str
+    fake_engine: FakeEngine, tmp_path: Path, redis_url: str
 ) -> None:
-    async with serving_stack(fake_config(tmp_path / "a", state_store=redis_url), engine) as first_stack:
+    async with serving_stack(fake_config(tmp_path / "a", state_store=redis_url), fake_engine) as first_stack:
         _, first = await call(first_stack, "POST", "/v1/responses", {"input": "my name is Ann"})
         other_config = first_stack.server.config.replace(data_dir=str(tmp_path / "b"))  # nothing local is shared
         async with bridge_for(other_config, first_stack.server.port) as other:
             url = f"http://127.0.0.1:{other.port}"
             chained = {"input": "go on", "previous_response_id": first["id"]}
             status, _ = await call(url, "POST", "/v1/responses", chained)
-            assert status == 200 and "my name is Ann" in last_prompt(engine)
+            assert status == 200 and "my name is Ann" in fake_engine.prompts[-1]
 
 
 async def test_the_agents_sdk_and_langchain_read_the_responses(stack: Stack) -> None:
@@ -270,10 +260,10 @@ async def test_the_agents_sdk_and_langchain_read_the_responses(stack: Stack) -> 
     assert "".join([chunk.text async for chunk in llm.astream("hello")]) == ANSWER
 
 
-async def test_a_stored_response_belongs_to_the_token_that_made_it(engine: FakeEngine, tmp_path: Path) -> None:
+async def test_a_stored_response_belongs_to_the_token_that_made_it(fake_engine: FakeEngine, tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("alice:token-a\nbob:token-b\n")
-    async with serving_stack(fake_config(tmp_path, token_file=str(tokens)), engine) as stack:
+    async with serving_stack(fake_config(tmp_path, token_file=str(tokens)), fake_engine) as stack:
 
         async def as_(token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session:

@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from chatllm.server.engines.speculative import NGRAM_MAX_BATCH
 from chatllm.server.engines.vllm_setup import vllm_build
+from tests.function_tools import TIME, WEATHER
 from tests.servers import make_config
 from tests.stack import Stack, serving_stack
 
@@ -31,26 +32,6 @@ pytestmark = [
 ]
 MODEL = "SmolLM2-135M-Instruct"
 T = TypeVar("T")
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
-TIME = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]},
-    },
-}
 CITY = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "country": {"type": "string"}, "population": {"type": "integer"}},

@@ -16,29 +16,10 @@ import pytest
 import pytest_asyncio
 
 from tests.component.contract.conftest import ADAPTER, EMBEDDER, MODEL, QUESTION
+from tests.function_tools import TIME, WEATHER
 from tests.stack import Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"],
-            "additionalProperties": False,
-        },
-    },
-}
-TIME = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]},
-    },
-}
 CITY = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},

@@ -190,26 +190,6 @@ async def test_request_timeout_aborts_through_the_engine(
     assert info.active_requests == 0
 
 
-@pytest.mark.parametrize(
-    ("sampling", "field"),
-    [
-        ({"temperature": 3.0}, "sampling.temperature"),
-        ({"top_p": 0.0}, "sampling.top_p"),
-        ({"top_k": -1}, "sampling.top_k"),
-        ({"max_new_tokens": 0}, "sampling.max_new_tokens"),
-        ({"repetition_penalty": 20.0}, "sampling.repetition_penalty"),
-        ({"stop": [""]}, "sampling.stop"),
-    ],
-)
-async def test_invalid_sampling_is_invalid_argument_naming_the_field(
-    client: AsyncChatClient, sampling: dict[str, object], field: str
-) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await client.chat(QUESTION, **sampling)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details().startswith(field + ":"), err.value.details()
-
-
 async def test_prompt_longer_than_the_context_is_invalid(client: AsyncChatClient) -> None:
     long_prompt = " ".join(f"w{i}" for i in range(12_000))[:99_000]
     with pytest.raises(grpc.aio.AioRpcError) as err:
