@@ -320,6 +320,7 @@ def main() -> int:
     parser.add_argument("--no-record", action="store_true", help="print the table, write no result files")
     parser.add_argument("--data-dir", default=str(REPO / ".cache" / "test-data"))
     parser.add_argument("--workdir", help="folder for logs (default: a temp dir)")
+    parser.add_argument("--note", default="", help="a line for the report (e.g. what else ran on the machine)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(args.workdir or scratch)
@@ -335,6 +336,7 @@ def main() -> int:
     if not args.no_record:
         run_kind = "quick" if args.quick else "full"
         body = f"2 replicas (vLLM, one core each, --max-concurrent 6) + 2 bridges + Redis; {run_kind} run.\n\n{table}"
+        body += f"\n\nNote: {args.note}\n" if args.note else ""
         print(f"written: {write_results('fleet', 'Fleet: shared limits, priorities, fair share', body, values)}")
     return 0
 

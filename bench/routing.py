@@ -225,9 +225,9 @@ def _round(result: dict[str, Any]) -> int:
     return int(result["round"])
 
 
-def record(data: dict[str, Any], no_record: bool) -> None:
+def record(data: dict[str, Any], no_record: bool, note: str = "") -> None:
     data = {**data, "decision": decision_times()}
-    body = report(data)
+    body = report(data) + (f"\n\nNote: {note}\n" if note else "")
     print(body)
     if no_record:
         print(json.dumps(data, indent=2))
@@ -251,9 +251,10 @@ def main() -> int:
     )
     parser.add_argument("--record-pieces", type=Path, help="report and record the pieces file (runs no leg)")
     parser.add_argument("--no-record", action="store_true", help="print only; write nothing to bench/results")
+    parser.add_argument("--note", default="", help="a line for the report (e.g. what else ran on the machine)")
     args = parser.parse_args()
     if args.record_pieces:
-        record(json.loads(args.record_pieces.read_text()), args.no_record)
+        record(json.loads(args.record_pieces.read_text()), args.no_record, args.note)
         return 0
     legs = tuple(args.legs.split(","))
     if unknown := set(legs) - set(LEGS):
@@ -265,7 +266,7 @@ def main() -> int:
     if args.pieces:
         print(json.dumps(add_piece(args.pieces, data)["legs"], indent=2)[:4000])
         return 0
-    record(data, args.no_record)
+    record(data, args.no_record, args.note)
     return 0
 
 
