@@ -46,6 +46,8 @@ SERVER = [
     "2048",
     "--shutdown-grace",
     "60",
+    "--precision",
+    "fp32",  # the answers below are checked for their words: bf16 (the default on this CPU) words them differently
 ]
 QUESTION = "What is the capital of France?"
 
