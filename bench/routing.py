@@ -200,14 +200,19 @@ def round_order(n: int) -> tuple[str, ...]:
     return LEGS if n % 2 == 0 else tuple(reversed(LEGS))
 
 
-def run(rounds: range, legs: tuple[str, ...], quick: bool, data_dir: str, logs: Path) -> dict[str, Any]:
-    """Each leg's results, one per round (its number in "round")."""
+def run(
+    rounds: range, legs: tuple[str, ...], quick: bool, data_dir: str, logs: Path, pieces: Path | None
+) -> dict[str, Any]:
+    """Each leg's results, one per round (its number in "round"); with `pieces`, each leg is added to
+    that file as soon as it ends, so a run stopped part-way keeps the legs it finished."""
     results: dict[str, list[dict[str, Any]]] = {leg: [] for leg in LEGS}
     for n in rounds:
         for name in (leg for leg in round_order(n) if leg in legs):
             print(f"round {n + 1}: {name}", flush=True)
             with running(name, data_dir, logs) as leg:
                 results[name].append({"round": n + 1, **asyncio.run(measure(leg, quick))})
+            if pieces:
+                add_piece(pieces, {"legs": {name: results[name][-1:]}})
     return {"legs": results}
 
 
@@ -262,9 +267,11 @@ def main() -> int:
     rounds = range(args.round - 1, args.round) if args.round else range(args.rounds)
     logs = Path(tempfile.mkdtemp(prefix="chatllm-routing-"))
     print(f"logs: {logs}", flush=True)
-    data = run(rounds, legs, args.quick, args.data_dir, logs)
+    # `timeout` and the heavy lock's callers stop a run with SIGTERM: unwind, so every leg's processes stop
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    data = run(rounds, legs, args.quick, args.data_dir, logs, args.pieces)
     if args.pieces:
-        print(json.dumps(add_piece(args.pieces, data)["legs"], indent=2)[:4000])
+        print(json.dumps(json.loads(args.pieces.read_text())["legs"], indent=2)[:4000])
         return 0
     record(data, args.no_record, args.note)
     return 0

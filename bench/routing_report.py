@@ -3,6 +3,7 @@ the legs' medians (the same prompts, legs alternating)."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ from bench.common import markdown_table
 
 
 def median(data: dict[str, Any], leg: str, workload: str, figure: str) -> float:
-    return statistics.median(result[workload][figure] for result in data["legs"][leg])
+    """The figure's median over the leg's rounds; NaN for a leg not run (a partial record)."""
+    results = data["legs"].get(leg) or []
+    return statistics.median(result[workload][figure] for result in results) if results else math.nan
 
 
 def targets(data: dict[str, Any]) -> list[list[Any]]:
@@ -29,7 +32,7 @@ def targets(data: dict[str, Any]) -> list[list[Any]]:
     rows: list[list[Any]] = []
 
     def check(name: str, value: float, ok: bool) -> None:
-        rows.append([name, value, "yes" if ok else "no"])
+        rows.append([name, "leg not run", "-"] if math.isnan(value) else [name, value, "yes" if ok else "no"])
 
     a = "tenants"
     check(
