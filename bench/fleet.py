@@ -322,6 +322,8 @@ def main() -> int:
     parser.add_argument("--workdir", help="folder for logs (default: a temp dir)")
     parser.add_argument("--note", default="", help="a line for the report (e.g. what else ran on the machine)")
     args = parser.parse_args()
+    # `timeout` stops a run with SIGTERM: unwind, so the fleet's processes and Redis stop
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory() as scratch:
         workdir = Path(args.workdir or scratch)
         workdir.mkdir(parents=True, exist_ok=True)
