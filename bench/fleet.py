@@ -124,9 +124,9 @@ class Fleet:
         text = requests.get(f"http://127.0.0.1:{self.ports[2 + index]}/metrics", timeout=10).text
         found: dict[str, list[tuple[float, float]]] = {}
         for labels, count in re.findall(r"^chatllm_limit_check_seconds_bucket\{([^}]*)\} (\S+)$", text, re.MULTILINE):
-            bound, step = re.search(r'le="([^"]+)"', labels), re.search(r'step="(\w+)"', labels)
-            assert bound is not None and step is not None
-            found.setdefault(step.group(1), []).append((float(bound.group(1)), float(count)))
+            le, step_label = re.search(r'le="([^"]+)"', labels), re.search(r'step="(\w+)"', labels)
+            assert le is not None and step_label is not None
+            found.setdefault(step_label.group(1), []).append((float(le.group(1)), float(count)))
         p99 = {}
         for step, buckets in found.items():
             buckets.sort()
@@ -220,7 +220,7 @@ async def fairness_leg(fleet: Fleet, session: aiohttp.ClientSession, duration: f
         load.closed_loop(sender(session, fleet, "fair-a", 32), 30, until, calls["fair-a"]),
         load.closed_loop(sender(session, fleet, "fair-b", 32), 8, until, calls["fair-b"]),
     )
-    indexes = []
+    indexes: list[dict[str, Any]] = []
     edge = started + 10  # the backlog forms first
     while edge + window <= until:
         served = [

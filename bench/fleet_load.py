@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -116,7 +117,7 @@ async def closed_loop(
 
 async def open_loop(send: Callable[[int], object], per_second: float, until: float, calls: list[Call]) -> None:
     """Requests at a fixed rate whatever happens to them (the offered load), until `until`."""
-    tasks = []
+    tasks: list[asyncio.Task[Any]] = []
     index = 0
     next_at = time.time()
     while next_at < until:
