@@ -62,8 +62,9 @@ def load_model(model_dir: Path, precision: str) -> tuple[Any, Any]:
 
 
 def prompt_ids(tokenizer: Any, n: int) -> list[list[int]]:
+    # transformers 5 returns a BatchEncoding from tokenize=True; its input_ids are the token ids
     return [
-        list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True))
+        list(tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)["input_ids"])
         for p in (VARIED_PROMPTS * 2)[:n]
     ]
 
@@ -87,7 +88,9 @@ def generate_batch_leg(model: Any, inputs: list[list[int]], tokens: int, engine_
 async def engine_leg(engine: Any, inputs: list[list[int]], tokens: int) -> int:
     from chatllm.server.sampling import SamplingOptions
 
-    options = SamplingOptions(max_new_tokens=tokens, temperature=0.0, top_k=0, top_p=1.0, greedy=True, ignore_eos=True)
+    options = SamplingOptions.resolved(
+        greedy=True, max_new_tokens=tokens, temperature=0.0, top_k=0, top_p=1.0, ignore_eos=True
+    )
 
     async def one(i: int, ids: list[int]) -> int:
         count = 0
