@@ -21,8 +21,8 @@ from typing import Any
 
 from chatllm.kernel.config import Config
 
-# Tuned on this machine (bench/results/speculative-tuning-*.md): the draft length, the n-gram
-# sizes it looks up, and the largest batch that still drafts.
+# The preset: the draft length, the n-gram sizes it looks up, and the largest batch that still drafts.
+# bench/speculative.py measures it against `off` (bench/results/speculative-*.md).
 NGRAM_DRAFT_TOKENS = 4
 NGRAM_LOOKUP_MIN = 3
 NGRAM_LOOKUP_MAX = 4
