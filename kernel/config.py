@@ -144,7 +144,7 @@ class VLLMConfig:
     )
     speculative: str = option(
         "off",
-        "vLLM: speculative decoding preset: ngram (prompt lookup, tuned on a CPU: for answers that quote their "
+        "vLLM: speculative decoding preset: ngram (prompt lookup, for answers that quote their "
         "context, off above a few sequences per batch; docs/engines.md) or off",
         choices=("off", "ngram"),
         commands=SERVER_COMMANDS,

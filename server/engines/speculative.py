@@ -1,6 +1,6 @@
 """Speculative decoding: what the server hands vLLM as `speculative_config`.
 
-Two ways to ask, which combine: `--speculative ngram`, a preset tuned on a 2-core CPU with the
+Two ways to ask, which combine: `--speculative ngram`, a preset measured on a 2-core CPU with the
 built-in model (bench/speculative.py, bench/results/speculative-*.md), and
 `--speculative-config JSON`, vLLM's own schema as `vllm serve --speculative-config` takes it,
 passed through untouched (vLLM checks it; with the preset, its keys override the preset's).
