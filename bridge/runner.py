@@ -87,7 +87,13 @@ class BridgeServer:
         await self._runner.setup()
         context = self.tls.context if self.tls is not None else None
         site = web.TCPSite(self._runner, self.settings.bridge.host, self.settings.bridge.port, ssl_context=context)
-        await site.start()
+        try:
+            await site.start()
+        except OSError:
+            # A busy port: close what setup() opened (the upstream channel, the state store) here, in
+            # order, rather than leave its cleanup to the event loop's shutdown (a traceback on stderr).
+            await self._runner.cleanup()
+            raise
         self.port = self._runner.addresses[0][1]
         log.info(
             "HTTP listening on %s:%d, %s (upstream %s)",
