@@ -1,27 +1,32 @@
 """Serving benchmark: our full stack against vLLM's own OpenAI server, in one run.
 
-Two servers on the vLLM engine with the same model, dtype and flags (fp32, eager, prefix
-caching, 1 GiB KV cache, both cores, Intel OpenMP in the engine processes on CPU), never up
-at the same time (an idle vLLM CPU engine keeps OpenMP threads spinning and slows the other):
+Two servers on the vLLM engine with the same model, dtype and flags (fp32, eager, prefix caching,
+1 GiB KV cache, both cores, Intel OpenMP in the engine processes on CPU), never up at the same time
+(an idle vLLM CPU engine keeps OpenMP threads spinning and slows the other):
 
-- `chatllm serve`: the bridge's legacy NUL-delimited HTTP stream, and its gRPC Generate
-  stream (the same server process; `chatllm server` alone is this gRPC path);
+- `chatllm serve` (one process: the gRPC server and the bridge), on every protocol it speaks:
+  OpenAI /v1/chat/completions SSE, gRPC Generate, the legacy NUL-delimited stream, the legacy SSE
+  stream and the legacy WebSocket (bench/serving_clients.py asks each as its users do);
 - `python -m vllm.entrypoints.openai.api_server`, streaming /v1/chat/completions (SSE).
 
-Workload: N concurrent streams (1, 8, 32) of 64 new tokens, greedy, EOS ignored, the same
-chat prompts (both sides apply the model's chat template). The servers take turns round by
-round (--repeats rounds; in each, one server is started, warmed up, measured at every N and
-stopped, then the other, the order alternating between rounds), so a machine whose load
-drifts treats them alike. Reported per leg and N: output tokens/s (best and median round),
-time to first token p50/p99 (of the best run), and the serving process's own CPU time per
-1k tokens (the engine processes excluded): the cost of the code path itself, which the
-machine's load barely changes.
+Workload: N concurrent streams (default 32 and 128) of 64 new tokens, greedy, EOS ignored, the same
+chat prompts (both sides apply the model's chat template). The servers take turns round by round
+(--repeats rounds; in each, one server is started, warmed up, measured at every N and stopped, then
+the other, the order alternating between rounds), so a machine whose load drifts treats them alike.
+Reported per leg and N: output tokens/s (best and median round), time to first token p50/p99 (of the
+best run), and the serving process's own CPU time per 1k tokens (the engine processes excluded): the
+cost of the code path itself, which the machine's load barely changes.
 
-    .venv/bin/python bench/serving.py [--concurrency 1 8 32] [--tokens 64] [--repeats 3]
+    .venv/bin/python bench/serving.py [--concurrency 32 128] [--tokens 64] [--repeats 3] [--legs openai grpc]
 
 An A/B of our code: `--code-before DIR --no-vllm`, where DIR/chatllm/ holds symlinks to an older
 tree's server/, bridge/, clients/, kernel/, retrieval/ and proto/ (that `chatllm serve` runs with
 PYTHONPATH=DIR and takes turns with this tree's, round by round).
+
+Where the CPU goes: `--profile DIR` records `py-spy record --native` of the serving process during
+each measured run (DIR/<leg>-N<n>-r<round>.txt, collapsed stacks). `--chatllm-module
+tests.fake_chatllm --no-vllm` serves tests/fake_engine.py's scripted engine instead of the model
+(CHATLLM_FAKE_STALL seconds between its steps): the front end alone, for profiling without a model.
 """
 
 from __future__ import annotations
@@ -29,15 +34,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
+import re
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +53,22 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import PROMPTS, REPO, ChatllmSubprocess, grpc_timed_stream, markdown_table, percentile, write_results
+from bench.common import (
+    REPO,
+    ChatllmSubprocess,
+    add_chatllm_module_argument,
+    markdown_table,
+    percentile,
+    write_results,
+)
+from bench.serving_clients import (
+    OneStream,
+    grpc_streams,
+    http_session,
+    legacy_stream,
+    openai_stream,
+    websocket_stream,
+)
 
 # The engine settings both servers get.
 CHATLLM_ENGINE_FLAGS = ["--backend", "vllm", "--precision", "fp32", "--kv-cache-space", "1", "--max-num-seqs", "256"]
@@ -62,8 +84,15 @@ VLLM_ENGINE_FLAGS = [
 ]
 VLLM_BASELINE = "vLLM OpenAI server, SSE"
 CODE_BEFORE = " (code before)"  # the legs of --code-before
-
-OneStream = Callable[[int], Awaitable[tuple[int, float]]]
+SERVED_NAME = "smol"  # the model's name on both servers
+# `chatllm serve`'s legs: --legs name -> the leg's label.
+CHATLLM_LEGS = {
+    "openai": "chatllm serve, OpenAI SSE",
+    "grpc": "chatllm serve, gRPC",
+    "nul": "chatllm serve, legacy NUL stream",
+    "sse": "chatllm serve, legacy SSE",
+    "websocket": "chatllm serve, WebSocket",
+}
 
 
 @dataclass
@@ -97,107 +126,66 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-async def run_once(leg: Leg, n: int) -> Run:
-    started, cpu_before = time.perf_counter(), cpu_seconds(leg.frontend)
-    outcomes = await asyncio.gather(*(leg.one(i) for i in range(n)))
-    return Run(
-        leg.name,
-        n,
-        time.perf_counter() - started,
-        sum(t for t, _ in outcomes),
-        [f for _, f in outcomes],
-        cpu_seconds(leg.frontend) - cpu_before,
-        os.getloadavg()[0],
-    )
+async def run_once(leg: Leg, n: int, profile: Path | None = None) -> Run:
+    with py_spy(leg.frontend.pid, profile):
+        started, cpu_before = time.perf_counter(), cpu_seconds(leg.frontend)
+        outcomes = await asyncio.gather(*(leg.one(i) for i in range(n)))
+        run = Run(
+            leg.name,
+            n,
+            time.perf_counter() - started,
+            sum(t for t, _ in outcomes),
+            [f for _, f in outcomes],
+            cpu_seconds(leg.frontend) - cpu_before,
+            os.getloadavg()[0],
+        )
+    return run
 
 
-async def measure(legs: list[Leg], levels: list[int]) -> list[Run]:
+@contextlib.contextmanager
+def py_spy(pid: int, output: Path | None) -> Iterator[None]:
+    """`py-spy record --native` of `pid` while the block runs (nothing when `output` is None)."""
+    if output is None:
+        yield
+        return
+    command = [
+        shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}") or "py-spy",
+        "record",
+        "--native",
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "-p",
+        str(pid),
+        "-o",
+        str(output),
+    ]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    time.sleep(1.0)  # attached before the streams start
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+        spy.wait(60)
+
+
+async def measure(legs: list[Leg], levels: list[int], profile: Path | None = None, round_: int = 0) -> list[Run]:
     """Every leg of one server once per level, after a warm-up."""
     for leg in legs:
         await leg.one(0)
     runs = []
     for n in levels:
         for leg in legs:
-            run = await run_once(leg, n)
+            slug = re.sub(r"\W+", "-", leg.name).strip("-")
+            run = await run_once(leg, n, profile / f"{slug}-N{n}-r{round_}.txt" if profile else None)
             runs.append(run)
-            print(f"  N={n} {leg.name}: {run.tokens_per_second:.1f} tok/s (load {run.load_average:.1f})", flush=True)
+            print(
+                f"  N={n} {leg.name}: {run.tokens_per_second:.1f} tok/s, {run.cpu_ms_per_1k_tokens:.0f} ms CPU / 1k "
+                f"(load {run.load_average:.1f})",
+                flush=True,
+            )
     return runs
-
-
-# ------------------------------------------------------------------------ clients
-@contextlib.asynccontextmanager
-async def grpc_streams(target: str, tokens: int) -> AsyncIterator[OneStream]:
-    from chatllm.clients import AsyncChatClient
-
-    async with AsyncChatClient(target) as client:
-        yield lambda i: grpc_timed_stream(client, i, tokens)
-
-
-@contextlib.asynccontextmanager
-async def nul_streams(url: str, tokens: int) -> AsyncIterator[OneStream]:
-    import aiohttp
-
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-
-        async def one(i: int) -> tuple[int, float]:
-            body = {
-                "prompt": PROMPTS[i % len(PROMPTS)],
-                "use_stream_chat": True,
-                "max_new_tokens": tokens,
-                "temperature": 0,
-                "ignore_eos": True,
-            }
-            start = time.perf_counter()
-            first = None
-            last: dict[str, Any] = {}
-            buffer = b""
-            async with session.post(url, json=body) as response:
-                response.raise_for_status()
-                async for chunk in response.content.iter_any():
-                    buffer += chunk
-                    *objects, buffer = buffer.split(b"\0")
-                    for raw in objects:
-                        last = json.loads(raw)
-                        if last.get("response") and first is None:
-                            first = time.perf_counter() - start
-            return int(last.get("usage", {}).get("completion_tokens", 0)), first or 0.0
-
-        yield one
-
-
-@contextlib.asynccontextmanager
-async def openai_streams(url: str, model: str, tokens: int) -> AsyncIterator[OneStream]:
-    import aiohttp
-
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-
-        async def one(i: int) -> tuple[int, float]:
-            body = {
-                "model": model,
-                "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                "max_tokens": tokens,
-                "temperature": 0,
-                "ignore_eos": True,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-            start = time.perf_counter()
-            first = None
-            completion = 0
-            async with session.post(url, json=body) as response:
-                response.raise_for_status()
-                async for line in response.content:
-                    if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
-                        continue
-                    event = json.loads(line[6:])
-                    choices = event.get("choices") or []
-                    if choices and choices[0].get("delta", {}).get("content") and first is None:
-                        first = time.perf_counter() - start
-                    if event.get("usage"):
-                        completion = int(event["usage"]["completion_tokens"])
-            return completion, first or 0.0
-
-        yield one
 
 
 # ------------------------------------------------------------------------ servers
@@ -243,41 +231,36 @@ class PythonSubprocess(ChatllmSubprocess):
 async def chatllm_serve(
     stack: contextlib.AsyncExitStack, args: argparse.Namespace, logs: Path, before: bool = False
 ) -> list[Leg]:
-    """`chatllm serve` of this tree, or (`before`) of --code-before's."""
+    """`chatllm serve` of this tree, or (`before`) of --code-before's: a leg per protocol in --legs."""
     env = {"PYTHONPATH": args.code_before} if before else None
     server = ChatllmSubprocess(
         [
             "serve",
             *CHATLLM_ENGINE_FLAGS,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--grpc-host",
-            "127.0.0.1",
-            "--grpc-port",
-            "0",
-            "--no-knowledge-base",
-            "--data-dir",
-            args.data_dir,
-            "--max-concurrent",
-            "64",
+            *("--host", "127.0.0.1", "--port", "0", "--grpc-host", "127.0.0.1", "--grpc-port", "0"),
+            *("--served-model-name", SERVED_NAME, "--no-knowledge-base", "--data-dir", args.data_dir),
+            *("--max-concurrent", str(max(256, *args.concurrency))),
         ],
         logs / f"chatllm-serve{'-before' if before else ''}.log",
         env=env,
+        program=args.chatllm_module,
     )
     stack.callback(server.stop)
     grpc_port = int(server.wait_for(r"gRPC listening on [^:\s]+:(\d+)").group(1))
     http_port = int(server.wait_for(r"HTTP listening on [^:\s]+:(\d+)").group(1))
     wait_ready(server, r"ready: ")
     frontend = psutil.Process(server.proc.pid)
-    nul = await stack.enter_async_context(nul_streams(f"http://127.0.0.1:{http_port}/", args.tokens))
-    grpc_one = await stack.enter_async_context(grpc_streams(f"127.0.0.1:{grpc_port}", args.tokens))
+    http = f"http://127.0.0.1:{http_port}"
+    session = await stack.enter_async_context(http_session())
+    streams = {
+        "openai": openai_stream(session, f"{http}/v1/chat/completions", SERVED_NAME, args.tokens),
+        "grpc": await stack.enter_async_context(grpc_streams(f"127.0.0.1:{grpc_port}", args.tokens)),
+        "nul": legacy_stream(session, f"{http}/", args.tokens),
+        "sse": legacy_stream(session, f"{http}/", args.tokens, sse=True),
+        "websocket": websocket_stream(session, f"ws://127.0.0.1:{http_port}/", args.tokens),
+    }
     suffix = CODE_BEFORE if before else ""
-    return [
-        Leg(f"chatllm serve, bridge NUL stream{suffix}", nul, frontend),
-        Leg(f"chatllm serve, gRPC{suffix}", grpc_one, frontend),
-    ]
+    return [Leg(CHATLLM_LEGS[name] + suffix, streams[name], frontend) for name in args.legs]
 
 
 async def chatllm_serve_before(stack: contextlib.AsyncExitStack, args: argparse.Namespace, logs: Path) -> list[Leg]:
@@ -296,7 +279,7 @@ async def vllm_openai_server(stack: contextlib.AsyncExitStack, args: argparse.Na
             "--model",
             str(model_dir),
             "--served-model-name",
-            "smol",
+            SERVED_NAME,
             "--host",
             "127.0.0.1",
             "--port",
@@ -308,8 +291,8 @@ async def vllm_openai_server(stack: contextlib.AsyncExitStack, args: argparse.Na
     )
     stack.callback(server.stop)
     wait_ready(server, r"Application startup complete|Uvicorn running")
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    one = await stack.enter_async_context(openai_streams(url, "smol", args.tokens))
+    session = await stack.enter_async_context(http_session())
+    one = openai_stream(session, f"http://127.0.0.1:{port}/v1/chat/completions", SERVED_NAME, args.tokens)
     return [Leg(VLLM_BASELINE, one, psutil.Process(server.proc.pid))]
 
 
@@ -390,7 +373,8 @@ def ratio_table(pairs: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> st
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--legs", nargs="+", choices=list(CHATLLM_LEGS), default=list(CHATLLM_LEGS))
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="rounds: each server measured once per N per round")
     parser.add_argument("--data-dir", default=str(REPO / ".cache" / "test-data"))
@@ -400,8 +384,13 @@ async def main() -> None:
         "its `chatllm serve` takes turns with this tree's, for an A/B of the code",
     )
     parser.add_argument("--no-vllm", action="store_true", help="leave vLLM's own server out (an A/B of our code only)")
+    parser.add_argument("--no-record", action="store_true", help="print the report only (no bench/results files)")
+    parser.add_argument("--profile", type=Path, help="a folder for py-spy's native profile of each measured run")
+    add_chatllm_module_argument(parser)
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="chatllm-serving-bench-"))
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     print(f"server logs: {logs}", flush=True)
     servers = [chatllm_serve, *([chatllm_serve_before] if args.code_before else [])]
     servers += [] if args.no_vllm else [vllm_openai_server]
@@ -409,13 +398,14 @@ async def main() -> None:
     for round_ in range(args.repeats):
         for start in servers[round_ % len(servers) :] + servers[: round_ % len(servers)]:
             async with contextlib.AsyncExitStack() as stack:  # stops the server before the next starts
-                runs += await measure(await start(stack, args, logs), args.concurrency)
+                runs += await measure(await start(stack, args, logs), args.concurrency, args.profile, round_)
     rows = summarize(runs)
     body = report(rows, args)
     data = {"tokens": args.tokens, "repeats": args.repeats, "rows": rows, "runs": [r.__dict__ for r in runs]}
-    path = write_results("serving", "Serving benchmark: our stack vs vLLM's OpenAI server", body, data)
     print(body)
-    print(f"\nwritten: {path}")
+    if not args.no_record:
+        path = write_results("serving", "Serving benchmark: our stack vs vLLM's OpenAI server", body, data)
+        print(f"\nwritten: {path}")
 
 
 if __name__ == "__main__":

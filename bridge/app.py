@@ -20,12 +20,19 @@ from chatllm.bridge.routing.picker import routing_rules
 from chatllm.bridge.settings import BridgeSettings
 from chatllm.bridge.state import ACCESS, CONFIG, STATE, STATE_STORE, UPSTREAM, BridgeState
 from chatllm.bridge.upstream import Upstream
+from chatllm.clients.core import LocalGenerate
 from chatllm.kernel.access import TokenRegistry
 from chatllm.kernel.state.connection import open_state_store
 
 
-def build_app(config: BridgeSettings, upstream_target: str, access: TokenRegistry | None = None) -> web.Application:
-    """The bridge for `upstream_target` (host:port, a list of them, or dns:///name:port: see routing/).
+def build_app(
+    config: BridgeSettings,
+    upstream_target: str,
+    access: TokenRegistry | None = None,
+    local_generate: LocalGenerate | None = None,
+) -> web.Application:
+    """The bridge for `upstream_target` (host:port, a list of them, or dns:///name:port: see routing/);
+    `local_generate`: that target is the server in this process (`chatllm serve`).
 
     Raises TokenFileError / CertificateError for a token file or upstream TLS file that cannot be used."""
     security = config.security
@@ -34,7 +41,7 @@ def build_app(config: BridgeSettings, upstream_target: str, access: TokenRegistr
     app[STATE] = BridgeState()
     app[ACCESS] = access or TokenRegistry(security.token, security.token_file)
     credentials = channel_credentials(security, upstream_target)
-    app.cleanup_ctx.append(_upstream_channel(config, upstream_target, credentials))
+    app.cleanup_ctx.append(_upstream_channel(config, upstream_target, credentials, local_generate))
     app.cleanup_ctx.append(_state_store)
     app.cleanup_ctx.append(responses_service)  # after the state store, which it uses
     app.on_response_prepare.append(add_cors_headers)
@@ -52,12 +59,15 @@ def _middlewares() -> list[Middleware]:
 
 
 def _upstream_channel(
-    config: BridgeSettings, target: str, credentials: grpc.ChannelCredentials | None
+    config: BridgeSettings,
+    target: str,
+    credentials: grpc.ChannelCredentials | None,
+    local_generate: LocalGenerate | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def channel(app: web.Application) -> AsyncIterator[None]:
-        upstream = Upstream(
-            target, config.limits.request_timeout, credentials, routing_rules(config.bridge), config.security.token
-        )
+        rules = routing_rules(config.bridge)
+        timeout = config.limits.request_timeout
+        upstream = Upstream(target, timeout, credentials, rules, config.security.token, local_generate)
         await upstream.start()
         app[UPSTREAM] = upstream
         yield

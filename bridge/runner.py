@@ -26,6 +26,7 @@ from chatllm.bridge.app import build_app
 from chatllm.bridge.grpc_front import GrpcFrontDoor
 from chatllm.bridge.settings import BridgeSettings
 from chatllm.bridge.state import ACCESS, CALLER, STATE, UPSTREAM
+from chatllm.clients.core import LocalGenerate
 from chatllm.kernel.access import ANONYMOUS
 from chatllm.kernel.config import Config
 from chatllm.kernel.tls import CertificateError, GrpcCertificates, HttpsContext
@@ -55,8 +56,16 @@ class TokenAccessLogger(AbstractAccessLogger):
 class BridgeServer:
     """Raises TokenFileError / CertificateError when a token file or certificate cannot be used."""
 
-    def __init__(self, config: Config, upstream_target: str, grpc_port: int | None = None) -> None:
-        """`grpc_port`: also serve the gRPC front door there (grpc_front.py; 0 picks a free port)."""
+    def __init__(
+        self,
+        config: Config,
+        upstream_target: str,
+        grpc_port: int | None = None,
+        local_generate: LocalGenerate | None = None,
+    ) -> None:
+        """`grpc_port`: also serve the gRPC front door there (grpc_front.py; 0 picks a free port).
+        `local_generate`: the upstream is the server in this process (`chatllm serve`): Generate is called
+        there directly, every other RPC over the channel (chatllm.clients.core)."""
         self.settings = BridgeSettings.of(config)
         security = config.security
         self.upstream_target = upstream_target
@@ -68,7 +77,7 @@ class BridgeServer:
                 self.grpc_tls = GrpcCertificates(security.tls_cert, security.tls_key, security.tls_client_ca)
         self._grpc_port = grpc_port
         self.front_door: GrpcFrontDoor | None = None
-        self.app = build_app(self.settings, upstream_target)
+        self.app = build_app(self.settings, upstream_target, local_generate=local_generate)
         # handler_cancellation: a client that disconnects cancels its handler, and so its gRPC call.
         # The grace period is ours (stop()); aiohttp's own shutdown only cancels what is left.
         self._runner = web.AppRunner(

@@ -19,7 +19,7 @@ import grpc
 from chatllm.bridge.routing.picker import NoReplicaError, RoutingRules
 from chatllm.bridge.routing.replica_set import ReplicaSet
 from chatllm.bridge.routing.routed_call import RoutedCall, unary_call
-from chatllm.clients.core import ChatLLMCore, Metadata, authorization_metadata
+from chatllm.clients.core import ChatLLMCore, LocalGenerate, Metadata, authorization_metadata
 from chatllm.proto import pb
 
 MODEL_ID_TTL_S = 60.0
@@ -43,10 +43,14 @@ class Upstream:
         credentials: grpc.ChannelCredentials | None = None,
         rules: RoutingRules | None = None,
         info_authorization: str | None = None,
+        local_generate: LocalGenerate | None = None,
     ) -> None:
+        """`local_generate`: `target` is the server in this process, whose Generate is called in process."""
         self.target = target
+        local = {target: local_generate} if local_generate is not None else None
         # Load reports are polled with the bridge's own token (servers with tokens refuse them otherwise).
-        self.replicas = ReplicaSet(target, rules or RoutingRules(), credentials, self.metadata(info_authorization))
+        info = self.metadata(info_authorization)
+        self.replicas = ReplicaSet(target, rules or RoutingRules(), credentials, info, local=local)
         self.timeout = request_timeout if request_timeout > 0 else None
         self._model_id: tuple[float, str] | None = None
 

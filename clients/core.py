@@ -5,14 +5,16 @@ Everything that talks to a server uses it: AsyncChatClient (the core behind a fr
 ChatClient (the same, run on a background event loop: a thin blocking facade) and the bridge, which
 keeps one core (one channel) per replica (chatllm.bridge.routing) and calls it from its upstream
 with per-call deadlines and each client's `authorization`, and from its gRPC front door as bytes
-(`passthrough`).
+(`passthrough`). A core may take its Generate calls from an in-process server instead of the channel
+(`local_generate`: `chatllm serve`, whose bridge and server share one process); everything else still
+goes over the channel.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,6 +24,21 @@ from chatllm.proto import SERVICE_NAME, pb, pb_grpc
 
 Metadata = tuple[tuple[str, str | bytes], ...]  # gRPC metadata: `-bin` keys carry bytes
 PathLike = str | Path
+
+
+class StreamCall(Protocol):
+    """A Generate call as its reader sees it (grpc.aio.UnaryStreamCall, or an in-process call)."""
+
+    def __aiter__(self) -> AsyncIterator[Any]: ...
+
+    def cancel(self) -> bool: ...
+
+
+class LocalGenerate(Protocol):
+    """Generate served in this process: (request, metadata, timeout) -> a call with gRPC's semantics
+    (AioRpcError on failure, `cancel()`, the deadline), as chatllm.server.local_generate makes them."""
+
+    def __call__(self, request: pb.GenerateRequest, metadata: Metadata = (), timeout: float | None = None) -> Any: ...
 
 
 def authorization_metadata(authorization: str | None) -> Metadata:
@@ -54,16 +71,21 @@ class ChatLLMCore:
     """The ChatLLM service and its health check on one channel. Each method is one RPC with the call's
     `metadata` (authorization_metadata(token)) and `timeout`, its deadline in seconds (None: none)."""
 
-    def __init__(self, channel: grpc.aio.Channel, target: str = "") -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, target: str = "", local_generate: LocalGenerate | None = None
+    ) -> None:
         self.channel = channel
         self.target = target
         self.stub = pb_grpc.ChatLLMStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
+        self._local_generate = local_generate
 
     def generate(
         self, request: pb.GenerateRequest, metadata: Metadata = (), timeout: float | None = None
-    ) -> grpc.aio.UnaryStreamCall:
+    ) -> StreamCall:
         """The Generate call: iterate it for GenerateResponse messages; `cancel()` aborts the answer."""
+        if self._local_generate is not None:
+            return self._local_generate(request, metadata, timeout)  # type: ignore[no-any-return]
         return self.stub.Generate(request, metadata=metadata, timeout=timeout)
 
     def ingest(

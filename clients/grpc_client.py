@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -78,7 +78,8 @@ class AsyncChatClient:
     def stream(self, prompt: str = "", **kwargs: Any) -> grpc.aio.UnaryStreamCall:
         """The raw Generate call: iterate it for GenerateResponse messages; `.cancel()` aborts."""
         timeout = kwargs.pop("timeout", self.timeout)
-        return self.core.generate(build_request(prompt, **kwargs), self.metadata, timeout)
+        call = self.core.generate(build_request(prompt, **kwargs), self.metadata, timeout)
+        return cast(grpc.aio.UnaryStreamCall, call)  # a client's own channel: always a gRPC call
 
     async def generate(self, prompt: str, **kwargs: Any) -> AsyncIterator[str]:
         """Yield the answer's text deltas as they arrive (kwargs as in `build_request`)."""

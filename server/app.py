@@ -43,6 +43,7 @@ from chatllm.server.engines.base import Engine
 from chatllm.server.errors import StartupError
 from chatllm.server.generation import GenerateService
 from chatllm.server.interceptors import server_interceptors
+from chatllm.server.local_generate import LocalGenerate
 from chatllm.server.metrics_http import MetricsEndpoint
 from chatllm.server.model_source import ModelSource, resolve
 from chatllm.server.models import ServedModels
@@ -152,8 +153,12 @@ class ChatLLMServer:
         )
         self.state.access = self.access
         self.health = health_aio.HealthServicer()
-        self._server = grpc.aio.server(interceptors=server_interceptors(self.access), options=GRPC_OPTIONS)
-        pb_grpc.add_ChatLLMServicer_to_server(ChatLLMServicer(self.state), self._server)
+        interceptors = server_interceptors(self.access)
+        self._server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
+        servicer = ChatLLMServicer(self.state)
+        pb_grpc.add_ChatLLMServicer_to_server(servicer, self._server)
+        # For a bridge in this process (`chatllm serve`): Generate without the wire, same handler and interceptors.
+        self.local_generate = LocalGenerate(servicer, interceptors)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         names = (
             pb.DESCRIPTOR.services_by_name["ChatLLM"].full_name,
@@ -359,6 +364,7 @@ class ChatLLMServer:
 
     async def stop(self) -> None:
         await self._server.stop(grace=1.0)
+        self.local_generate.cancel_all()  # as the gRPC server's stop just did to its calls
         if self.metrics is not None:
             await self.metrics.stop()
         if self._socket_dir is not None:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import grpc
 
@@ -16,6 +16,7 @@ from chatllm.bridge.routing.picker import Candidate, Decision, Picker, RoutingRu
 from chatllm.bridge.routing.prefix_index import PrefixIndex
 from chatllm.bridge.routing.prefix_key import request_blocks
 from chatllm.bridge.routing.replicas import DNS_REFRESH_S, Replica, resolve, split_upstream
+from chatllm.clients.core import LocalGenerate
 from chatllm.proto import pb
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,11 @@ class ReplicaSet:
         credentials: grpc.ChannelCredentials | None = None,
         info_metadata: tuple[tuple[str, str], ...] = (),
         resolver: Callable[[str, int], Awaitable[list[str]]] = resolve,
+        local: Mapping[str, LocalGenerate] | None = None,
     ) -> None:
+        """`local`: the targets served in this process, with their Generate (`chatllm serve`)."""
         self.upstream = upstream
+        self._local = dict(local or {})
         self.static, self.dns_name = split_upstream(upstream)
         self.index = PrefixIndex()
         self.picker = Picker(rules, self.index)
@@ -113,6 +117,7 @@ class ReplicaSet:
             authority=authority,
             info_metadata=self._info_metadata,
             on_lost=self._resolve_now.set if self.dns_name is not None else None,
+            local_generate=self._local.get(target),
         )
         self.replicas[target] = replica
         replica.start()

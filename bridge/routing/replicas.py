@@ -31,7 +31,7 @@ from grpc_health.v1 import health_pb2
 from chatllm.bridge.channel import channel_options
 from chatllm.bridge.routing.prefix_index import PrefixIndex
 from chatllm.bridge.routing.prefix_key import BLOCK_CHARS
-from chatllm.clients.core import ChatLLMCore, Metadata, open_channel
+from chatllm.clients.core import ChatLLMCore, LocalGenerate, Metadata, open_channel
 from chatllm.proto import pb
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,14 @@ class Replica:
         authority: str | None = None,
         info_metadata: Metadata = (),
         on_lost: Callable[[], None] | None = None,
+        local_generate: LocalGenerate | None = None,
     ) -> None:
+        """`local_generate`: this replica is the server in this process (`chatllm serve`), which answers
+        Generate without the channel (chatllm.clients.core)."""
         self.name = target
         # Every call the bridge makes to this replica goes through its core, on its one channel.
-        self.core = ChatLLMCore(open_channel(target, credentials, channel_options(authority)), target)
+        channel = open_channel(target, credentials, channel_options(authority))
+        self.core = ChatLLMCore(channel, target, local_generate)
         self.serving: bool | None = None  # None until its health service first answers
         self.in_flight = 0
         self.reported_load = 0

@@ -95,8 +95,9 @@ def run_bridge(args: argparse.Namespace) -> int:
 
 
 async def serve_both_until_signal(config: Config, engine: Engine | EngineFactory | None = None) -> None:
-    """`chatllm serve`: gRPC server and bridge in this event loop, the bridge calling the server
-    over loopback gRPC (the same path as a separate bridge). StartupError propagates."""
+    """`chatllm serve`: gRPC server and bridge in this event loop. The bridge calls the server's Generate
+    in process (chatllm.server.local_generate: the same handler and interceptors, no wire), and every other
+    RPC, health included, over loopback gRPC, as a separate bridge would. StartupError propagates."""
     from chatllm.bridge.runner import BridgeServer, loopback_target, stop_event
     from chatllm.server.app import ChatLLMServer, running_engine
 
@@ -106,7 +107,8 @@ async def serve_both_until_signal(config: Config, engine: Engine | EngineFactory
     async with contextlib.AsyncExitStack() as stack:
         await server.start()
         stack.push_async_callback(server.stop)
-        bridge = BridgeServer(config, server.local_target or loopback_target(config.server.grpc_host, server.port))
+        target = server.local_target or loopback_target(config.server.grpc_host, server.port)
+        bridge = BridgeServer(config, target, local_generate=server.local_generate)
 
         def reload_certificates() -> None:
             server.reload_certificates()
