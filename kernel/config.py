@@ -403,6 +403,12 @@ class CommonConfig:
         "folder for everything the stack writes (converted models, knowledge base, history, the embedded state store)",
     )
     log_level: str = option("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    event_loop: str = option(
+        "uvloop",
+        "the event loop every process runs on: uvloop (what vLLM's own servers run on: less CPU per token) or "
+        "asyncio (Python's own); uvloop falls back to asyncio where it is not installed",
+        choices=("uvloop", "asyncio"),
+    )
 
     @property
     def data_path(self) -> Path:

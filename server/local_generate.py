@@ -186,6 +186,7 @@ class LocalCall:
         if self._ended is not None or self not in self._registry:
             return False
         self._ended = why
+        self._done()
         if self._reader is not None:
             self._reader.cancel()  # a reader waiting for the next message wakes up with `why`
         else:

@@ -1,6 +1,7 @@
 """The whole stack in the test process: a real gRPC server and the real bridge in front of it, both
-on port 0, talking gRPC over loopback. The server runs the real model, or (the fast tier) the
-scripted tests/fake_engine.py: then the stack starts in milliseconds and needs no model at all."""
+on port 0, talking gRPC over loopback (or, as in `chatllm serve`, calling Generate in process). The
+server runs the real model, or (the fast tier) the scripted tests/fake_engine.py: then the stack starts
+in milliseconds and needs no model at all."""
 
 from __future__ import annotations
 
@@ -65,9 +66,13 @@ def fake_config(data_dir: Path, **overrides: Any) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def serving_stack(config: Config, engine: Engine | EngineFactory = running_engine) -> AsyncIterator[Stack]:
+async def serving_stack(
+    config: Config, engine: Engine | EngineFactory = running_engine, in_process: bool = False
+) -> AsyncIterator[Stack]:
+    """`in_process`: the bridge calls Generate in the server's process, as `chatllm serve`'s does."""
     async with grpc_server(config, engine) as server:
-        bridge = BridgeServer(config, f"127.0.0.1:{server.port}")
+        local = server.local_generate if in_process else None
+        bridge = BridgeServer(config, f"127.0.0.1:{server.port}", local_generate=local)
         await bridge.start()
         try:
             yield Stack(server, bridge)

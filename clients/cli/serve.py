@@ -59,11 +59,24 @@ def _run(args: argparse.Namespace, main: Callable[[Config], Coroutine[Any, Any, 
     config = from_args(args)
     setup_logging(config.common.log_level)
     try:
-        asyncio.run(main(config))
+        with asyncio.Runner(loop_factory=event_loop_factory(config.common.event_loop)) as runner:
+            runner.run(main(config))
     except (StartupError, OSError, TokenFileError, CertificateError) as exc:
         print(f"chatllm: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """--event-loop: uvloop's loop (None, asyncio's default, where uvloop is not installed or not asked for)."""
+    if name != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        log.warning("--event-loop uvloop: uvloop is not installed here; running on asyncio's loop")
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
 
 
 def run_server(args: argparse.Namespace, engine: Engine | EngineFactory | None = None) -> int:
