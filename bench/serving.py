@@ -162,7 +162,7 @@ def py_spy(pid: int, output: Path | None) -> Iterator[None]:
         str(output),
     ]
     spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    time.sleep(1.0)  # attached before the streams start
+    time.sleep(5.0)  # attached (it reads every loaded library's symbols first) before the streams start
     try:
         yield
     finally:
