@@ -126,8 +126,8 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-async def run_once(leg: Leg, n: int, profile: Path | None = None) -> Run:
-    with py_spy(leg.frontend.pid, profile):
+async def run_once(leg: Leg, n: int, profile: Path | None = None, native: bool = True) -> Run:
+    with py_spy(leg.frontend.pid, profile, native):
         started, cpu_before = time.perf_counter(), cpu_seconds(leg.frontend)
         outcomes = await asyncio.gather(*(leg.one(i) for i in range(n)))
         run = Run(
@@ -143,17 +143,19 @@ async def run_once(leg: Leg, n: int, profile: Path | None = None) -> Run:
 
 
 @contextlib.contextmanager
-def py_spy(pid: int, output: Path | None) -> Iterator[None]:
-    """`py-spy record --native` of `pid` while the block runs (nothing when `output` is None)."""
+def py_spy(pid: int, output: Path | None, native: bool = True) -> Iterator[None]:
+    """`py-spy record [--native]` of `pid` while the block runs (nothing when `output` is None). Native
+    unwinding pauses a process with torch and vLLM loaded for long: its runs are several times slower,
+    so their tokens/s and CPU figures describe the profiler, not the server."""
     if output is None:
         yield
         return
     command = [
         shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}") or "py-spy",
         "record",
-        "--native",
+        *(["--native"] if native else []),
         "--rate",
-        "200",
+        "200" if native else "100",
         "--format",
         "raw",
         "-p",
@@ -170,7 +172,9 @@ def py_spy(pid: int, output: Path | None) -> Iterator[None]:
         spy.wait(60)
 
 
-async def measure(legs: list[Leg], levels: list[int], profile: Path | None = None, round_: int = 0) -> list[Run]:
+async def measure(
+    legs: list[Leg], levels: list[int], profile: Path | None = None, round_: int = 0, native: bool = True
+) -> list[Run]:
     """Every leg of one server once per level, after a warm-up."""
     for leg in legs:
         await leg.one(0)
@@ -178,7 +182,7 @@ async def measure(legs: list[Leg], levels: list[int], profile: Path | None = Non
     for n in levels:
         for leg in legs:
             slug = re.sub(r"\W+", "-", leg.name).strip("-")
-            run = await run_once(leg, n, profile / f"{slug}-N{n}-r{round_}.txt" if profile else None)
+            run = await run_once(leg, n, profile / f"{slug}-N{n}-r{round_}.txt" if profile else None, native)
             runs.append(run)
             print(
                 f"  N={n} {leg.name}: {run.tokens_per_second:.1f} tok/s, {run.cpu_ms_per_1k_tokens:.0f} ms CPU / 1k "
@@ -386,6 +390,7 @@ async def main() -> None:
     parser.add_argument("--no-vllm", action="store_true", help="leave vLLM's own server out (an A/B of our code only)")
     parser.add_argument("--no-record", action="store_true", help="print the report only (no bench/results files)")
     parser.add_argument("--profile", type=Path, help="a folder for py-spy's native profile of each measured run")
+    parser.add_argument("--profile-python", action="store_true", help="profile Python frames only (far less intrusive)")
     add_chatllm_module_argument(parser)
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="chatllm-serving-bench-"))
@@ -398,7 +403,8 @@ async def main() -> None:
     for round_ in range(args.repeats):
         for start in servers[round_ % len(servers) :] + servers[: round_ % len(servers)]:
             async with contextlib.AsyncExitStack() as stack:  # stops the server before the next starts
-                runs += await measure(await start(stack, args, logs), args.concurrency, args.profile, round_)
+                legs = await start(stack, args, logs)
+                runs += await measure(legs, args.concurrency, args.profile, round_, not args.profile_python)
     rows = summarize(runs)
     body = report(rows, args)
     data = {"tokens": args.tokens, "repeats": args.repeats, "rows": rows, "runs": [r.__dict__ for r in runs]}
