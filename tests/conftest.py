@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "tests" / "output"
 # redis_server, redis_url: a real Redis for the state-store tests; fleet, fleet_settings: the session's replicas.
-pytest_plugins = ["tests.redis_server", "tests.fleet"]
+pytest_plugins = ["tests.redis_server", "tests.fleet", "tests.milvus_background"]
 
 # Tests never reach the Hugging Face hub.
 os.environ["HF_HUB_OFFLINE"] = "1"

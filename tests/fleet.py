@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chatllm.proto import SERVICE_NAME
@@ -210,6 +212,37 @@ def readiness(target: str) -> int:
             return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
         except grpc.RpcError:
             return health_pb2.HealthCheckResponse.UNKNOWN
+
+
+# What the fleet's tests ask and read through a bridge.
+
+
+def ask(url: str, messages: list[dict[str, str]], max_tokens: int = 8) -> dict:
+    """A greedy OpenAI chat answer through the bridge at `url` (it must succeed)."""
+    body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+    response = requests.post(url + "/v1/chat/completions", json=body, timeout=300)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def handbook(owner: str) -> str:
+    """A system prompt of about 700 tokens, unique to `owner` from its first words."""
+    rules = " ".join(f"Rule {i} of {owner}: staff log every visit in the blue ledger before noon." for i in range(40))
+    return f"You answer questions for {owner}. {rules}"
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a series' samples whose labels include `labels` (0 when there is none)."""
+    total = 0.0
+    for match in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.MULTILINE):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(2))
+    return total
+
+
+def bridge_metrics(bridge: FleetBridge) -> str:
+    return requests.get(bridge.http_url + "/metrics", timeout=10).text
 
 
 @pytest.fixture(scope="session")

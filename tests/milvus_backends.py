@@ -4,8 +4,9 @@ Milvus server when one is given in CHATLLM_TEST_MILVUS_URI.
 The server is the PyPI `milvus` package (standalone Milvus 2.3.5). It listens on every
 interface and its components dial the machine's own non-loopback address, so it only ever
 runs inside a network namespace that has nothing but `lo`:
-tests/component/test_knowledge_milvus_server.py creates one, starts the server in it and runs
-the knowledge-base tests there with this variable set (tests/milvus_netns.py). Outside that,
+tests/milvus_background.py creates one (for tests/component/test_knowledge_milvus_server.py),
+starts the server in it and runs the knowledge-base tests there with this variable set
+(tests/milvus_netns.py). Outside that,
 the "server" cases are skipped here and run through that test.
 """
 

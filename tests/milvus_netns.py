@@ -1,6 +1,6 @@
 """Run pytest with a real Milvus server inside the current network namespace, which must hold only `lo`.
 
-tests/component/test_knowledge_milvus_server.py runs this as
+tests/milvus_background.py (for tests/component/test_knowledge_milvus_server.py) runs this as
 `unshare --net -- python -m tests.milvus_netns PYTEST_ARGS...` (as root): the new namespace
 has a loopback interface and nothing else, so the server (which listens on every interface
 and dials the machine's own address) and the tests can only ever talk over loopback.

@@ -1,7 +1,7 @@
 """Two `chatllm server` replicas (the session's fleet, tests/fleet.py: vLLM, one thread each) behind
 `chatllm bridge`: which replica answers each request, what the prefix cache gives back through the
-bridge compared with a single replica, a replica lost and restarted mid-run, and the gRPC front door.
-SMG in front of our workers: test_gateways.py. Figures with more load: bench/routing.py."""
+bridge compared with a single replica, and the gRPC front door. A replica lost and restarted mid-run:
+test_fleet_state.py; SMG in front of our workers: test_gateways.py. Figures with more load: bench/routing.py."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import json
 import re
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import openai
@@ -19,17 +17,7 @@ import websocket  # websocket-client
 from openai.types.responses import Response
 
 from chatllm.clients import ChatClient
-from tests.fleet import MODEL, Fleet, FleetBridge
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of a series' samples whose labels include `labels` (0 when there is none)."""
-    total = 0.0
-    for match in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.MULTILINE):
-        found = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-        if all(found.get(k) == v for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
+from tests.fleet import MODEL, Fleet, ask, bridge_metrics, handbook, metric
 
 
 def generated(fleet: Fleet) -> list[float]:
@@ -38,23 +26,6 @@ def generated(fleet: Fleet) -> list[float]:
         metric(requests.get(r.metrics_url + "/metrics", timeout=10).text, "chatllm_requests_total", method="Generate")
         for r in fleet.replicas
     ]
-
-
-def bridge_metrics(bridge: FleetBridge) -> str:
-    return requests.get(bridge.http_url + "/metrics", timeout=10).text
-
-
-def ask(url: str, messages: list[dict[str, str]], max_tokens: int = 8) -> dict:
-    body = {"model": MODEL, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
-    response = requests.post(url + "/v1/chat/completions", json=body, timeout=300)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def handbook(owner: str) -> str:
-    """A system prompt of about 700 tokens, unique to `owner` from its first words."""
-    rules = " ".join(f"Rule {i} of {owner}: staff log every visit in the blue ledger before noon." for i in range(40))
-    return f"You answer questions for {owner}. {rules}"
 
 
 def conversations(url: str, owners: list[str], turns: int) -> float:
@@ -161,78 +132,6 @@ def served_by(fleet: Fleet, before: list[float]) -> int:
     grown = [i for i, (after, was) in enumerate(zip(generated(fleet), before, strict=True)) if after > was]
     assert len(grown) == 1, grown
     return grown[0]
-
-
-class Load:
-    """Clients sending short chats back to back from threads, counting how each ended."""
-
-    def __init__(self, url: str, clients: int) -> None:
-        self.url, self.stop = url, threading.Event()
-        self.outcomes: list[tuple[float, int]] = []  # (ended at, HTTP status)
-        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
-
-    def _run(self, client: int) -> None:
-        n = 0
-        while not self.stop.is_set():
-            n += 1
-            body = {"model": MODEL, "messages": [{"role": "user", "content": f"Client {client}, question {n}."}]}
-            try:
-                status = requests.post(self.url, json={**body, "max_tokens": 6}, timeout=300).status_code
-            except requests.RequestException:
-                status = 0
-            self.outcomes.append((time.monotonic(), status))
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(300)
-
-
-def wait_for(condition, what: str, within: float = 120) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def test_a_replica_killed_mid_run_and_restarted(fleet: Fleet) -> None:
-    victim = fleet.replicas[0]
-    try:
-        with fleet.bridge() as bridge:
-            for owner in ("Ivy Mill", "Kale Row"):  # new prefixes alternate: one for each replica's index
-                ask(
-                    bridge.http_url, [{"role": "system", "content": handbook(owner)}, {"role": "user", "content": "Hi"}]
-                )
-            assert metric(bridge_metrics(bridge), "chatllm_bridge_prefix_index_blocks", replica=victim.target) > 0
-            with Load(bridge.http_url + "/v1/chat/completions", clients=2) as load:
-                wait_for(lambda: len(load.outcomes) >= 4, "the load to run")
-                fleet.kill(victim.index)
-                killed_at = time.monotonic()
-                wait_for(lambda: sum(1 for at, _ in load.outcomes if at > killed_at + 1) >= 6, "answers after the kill")
-            text = bridge_metrics(bridge)
-            after = [status for at, status in load.outcomes if at > killed_at + 1]
-            assert after and set(after) == {200}, load.outcomes  # the survivor serves everything
-            assert len([s for _, s in load.outcomes if s != 200]) <= 2  # at most the answers cut at the kill
-            assert metric(text, "chatllm_bridge_replica_serving", replica=victim.target) == 0
-            assert metric(text, "chatllm_bridge_prefix_index_blocks", replica=victim.target) == 0
-
-            fleet.restart(victim.index)
-            wait_for(
-                lambda: metric(bridge_metrics(bridge), "chatllm_bridge_replica_serving", replica=victim.target) == 1,
-                "the bridge to see the restarted replica",
-            )
-            before = metric(bridge_metrics(bridge), "chatllm_bridge_routing_decisions_total", replica=victim.target)
-            for i in range(4):
-                ask(bridge.http_url, [{"role": "user", "content": f"After the restart, question {i}."}], 4)
-            used = metric(bridge_metrics(bridge), "chatllm_bridge_routing_decisions_total", replica=victim.target)
-            assert used - before >= 1  # its empty index makes it the first choice for new prompts
-    finally:
-        fleet.revive()
 
 
 def test_the_grpc_front_door_forwards_to_the_fleet(fleet: Fleet) -> None:

@@ -1,6 +1,7 @@
 """The session's fleet (tests/fleet.py: two vLLM replicas and bridges on one Redis, `--state-store`) keeps
 one record of usage: what GET /api/usage says on any bridge equals the sum of the `usage` blocks the
-clients received through both bridges, a replica killed with SIGKILL mid-run included; and Redis
+clients received through both bridges, a replica killed with SIGKILL mid-run included (the same test
+checks what the bridges' routing does with the dead and the restarted replica); and Redis
 stopped mid-run and started again (the fleet runs `--state-store-failure open`): every request is
 answered, none waits on the dead store, and the usage of the outage arrives once Redis is back.
 (Limits, priorities and the closed policy over two replicas and two bridges: the fast tier,
@@ -16,7 +17,7 @@ from typing import Any
 
 import requests
 
-from tests.fleet import MODEL, Fleet, FleetBridge
+from tests.fleet import MODEL, Fleet, FleetBridge, ask, bridge_metrics, handbook, metric
 from tests.redis_server import RedisServer
 
 QUESTIONS = [f"In one sentence: what is {thing}?" for thing in ("rain", "a lighthouse", "bread", "a violin", "snow")]
@@ -56,28 +57,44 @@ def wait_for_usage(bridge: FleetBridge, expected: dict[str, int], within: float 
     return found
 
 
-def test_usage_adds_up_across_bridges_and_replicas_through_a_replica_kill(fleet: Fleet) -> None:
+def test_a_replica_killed_mid_run_then_restarted(fleet: Fleet) -> None:
+    """Two bridges under load when a replica is SIGKILLed: the survivor answers what follows, both bridges
+    drop the dead replica and its prefix-index entries, the fleet's one usage record equals the sum of
+    the usage blocks the clients received (what the dead replica answered before it died included), and
+    once restarted, its index empty, the replica is the first choice for new prompts."""
+    victim = fleet.replicas[0]
     try:
         with two_bridges(fleet) as bridges:
             before = usage(bridges[0])
             received: list[dict[str, Any]] = []
+            for owner in ("Ivy Mill", "Kale Row"):  # new prefixes alternate: one for each replica's index
+                system = {"role": "system", "content": handbook(owner)}
+                received.append(ask(bridges[0].http_url, [system, {"role": "user", "content": "Hi"}])["usage"])
+            assert metric(bridge_metrics(bridges[0]), "chatllm_bridge_prefix_index_blocks", replica=victim.target)
+            ended: list[tuple[float, dict[str, Any] | None]] = []  # (when, usage; None: failed)
 
             def send(offset: int) -> None:
                 for index in range(offset, offset + 12, 2):
-                    reply = chat(bridges[index % 2].http_url, index)
-                    if reply is not None:
-                        received.append(reply)
+                    ended.append((time.monotonic(), chat(bridges[index % 2].http_url, index)))
 
             senders = [threading.Thread(target=send, args=(offset,)) for offset in (0, 1)]
             for thread in senders:
                 thread.start()
             deadline = time.monotonic() + 300
-            while len(received) < 4 and time.monotonic() < deadline:
+            while len(ended) < 4 and time.monotonic() < deadline:
                 time.sleep(0.1)
-            fleet.kill(0)  # mid-run: what it answered is recorded; what it was answering never reached a client
+            # Mid-run: what it answered is recorded; what it was answering never reached a client.
+            fleet.kill(victim.index)
+            killed_at = time.monotonic()
             for thread in senders:
                 thread.join(600)
-            assert len(received) >= 10  # at most the two answers cut at the kill are missing
+            received += [reply for _, reply in ended if reply is not None]
+            assert len(received) >= 12  # at most the two answers cut at the kill are missing
+            assert all(reply is not None for at, reply in ended if at > killed_at + 1), ended  # the survivor serves
+            for bridge in bridges:
+                text = bridge_metrics(bridge)
+                assert metric(text, "chatllm_bridge_replica_serving", replica=victim.target) == 0
+                assert metric(text, "chatllm_bridge_prefix_index_blocks", replica=victim.target) == 0
             sent = {
                 "requests": len(received),
                 "prompt_tokens": sum(u["prompt_tokens"] for u in received),
@@ -86,6 +103,17 @@ def test_usage_adds_up_across_bridges_and_replicas_through_a_replica_kill(fleet:
             expected = {key: before[key] + sent[key] for key in sent}
             for bridge in bridges:  # either bridge reads the fleet's one record
                 assert wait_for_usage(bridge, expected) == expected
+
+            fleet.restart(victim.index)
+            deadline = time.monotonic() + 120
+            while metric(bridge_metrics(bridges[0]), "chatllm_bridge_replica_serving", replica=victim.target) != 1:
+                assert time.monotonic() < deadline, "the bridge did not see the restarted replica"
+                time.sleep(0.2)
+            decisions = "chatllm_bridge_routing_decisions_total"
+            chosen = metric(bridge_metrics(bridges[0]), decisions, replica=victim.target)
+            for i in range(4):
+                ask(bridges[0].http_url, [{"role": "user", "content": f"After the restart, question {i}."}], 4)
+            assert metric(bridge_metrics(bridges[0]), decisions, replica=victim.target) > chosen
     finally:
         fleet.revive()
 
