@@ -218,7 +218,7 @@ class GenerateService:
                     response = choices.response(out)
                     if collect or response is None:
                         continue
-                    if choices.done:
+                    if out.finish is not None and choices.done:  # only an ending output can end the last choice
                         final = self._final(choices, plan, arrival, clock, retrieval_seconds, knowledge)
                         response.final.CopyFrom(final)
                     yield response

@@ -61,14 +61,17 @@ class Progress:
     def apply(self, response: pb.GenerateResponse) -> None:
         choice = self.choice(response.index)
         choice.text += response.text
-        choice.logprobs.extend(response.logprobs)
-        choice.tool_calls.extend(response.tool_calls)
+        if response.logprobs:  # per token: most messages carry text alone
+            choice.logprobs.extend(response.logprobs)
+        if response.tool_calls:
+            choice.tool_calls.extend(response.tool_calls)
         choice.completion_tokens = max(choice.completion_tokens, response.completion_tokens)
         if response.finish_reason:
             choice.finish_reason = FINISH_NAMES.get(response.finish_reason, "stop")
         self.prompt_tokens = self.prompt_tokens or response.prompt_tokens
         self.model = self.model or response.model
-        self.prompt_logprobs.extend(response.prompt_logprobs)
+        if response.prompt_logprobs:
+            self.prompt_logprobs.extend(response.prompt_logprobs)
         self.request_id = response.request_id
         if response.HasField("final"):
             self.final = response.final

@@ -197,12 +197,18 @@ class OpenAIStream:
         self.n = n
         self.include_usage = include_usage
         self.continuous_usage = continuous_usage
+        self._frame: tuple[str, bytes, bytes] | None = None  # (model, the chunk before its choices, after them)
 
     def _chunk(self, choices: list[dict[str, Any]], progress: Progress) -> bytes:
-        event = {**self.envelope, "model": progress.model, "choices": choices}
-        if self.include_usage:
-            event["usage"] = progress.usage() if self.continuous_usage else None
-        return sse(event)
+        if self.include_usage and self.continuous_usage:
+            return sse({**self.envelope, "model": progress.model, "choices": choices, "usage": progress.usage()})
+        # One chunk per token, and only its choices change: the rest is encoded once, the same bytes as sse().
+        if self._frame is None or self._frame[0] != progress.model:
+            head = json.dumps({**self.envelope, "model": progress.model}, ensure_ascii=False)[:-1]
+            tail = ', "usage": null}' if self.include_usage else "}"
+            self._frame = (progress.model, f'data: {head}, "choices": '.encode(), f"{tail}\n\n".encode())
+        _, head_bytes, tail_bytes = self._frame
+        return head_bytes + json.dumps(choices, ensure_ascii=False).encode() + tail_bytes
 
     def opening(self, progress: Progress) -> list[bytes]:
         return [self._chunk([c], progress) for c in self.shape.opening(progress, self.n)]
