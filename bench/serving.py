@@ -389,6 +389,7 @@ async def main() -> None:
     )
     parser.add_argument("--no-vllm", action="store_true", help="leave vLLM's own server out (an A/B of our code only)")
     parser.add_argument("--no-record", action="store_true", help="print the report only (no bench/results files)")
+    parser.add_argument("--results-name", default="serving", help="bench/results/<name>-<date>.md and .json")
     parser.add_argument("--profile", type=Path, help="a folder for py-spy's native profile of each measured run")
     parser.add_argument("--profile-python", action="store_true", help="profile Python frames only (far less intrusive)")
     add_chatllm_module_argument(parser)
@@ -410,7 +411,7 @@ async def main() -> None:
     data = {"tokens": args.tokens, "repeats": args.repeats, "rows": rows, "runs": [r.__dict__ for r in runs]}
     print(body)
     if not args.no_record:
-        path = write_results("serving", "Serving benchmark: our stack vs vLLM's OpenAI server", body, data)
+        path = write_results(args.results_name, "Serving benchmark: our stack vs vLLM's OpenAI server", body, data)
         print(f"\nwritten: {path}")
 
 
