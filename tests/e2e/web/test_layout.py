@@ -29,7 +29,7 @@ def test_phone_after_a_long_answer_the_input_stays_on_screen_and_the_messages_sc
         page = context.new_page()
         errors = watch_for_errors(page, site)
         open_with_token(page, site)
-        answered(ask(page, "Write a detailed study plan for learning French in one year.", max_new_tokens=300))
+        answered(ask(page, "Write a detailed study plan for learning French in one year.", max_new_tokens=160))
         page.screenshot(path=str(output_dir / "phone-long-answer.png"))
         box = page.locator("#prompt").bounding_box()
         assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= PHONE["height"], box

@@ -93,7 +93,7 @@ STREAM_EVERY_PREFIX = """async (text) => {
 def test_finished_blocks_keep_their_nodes_while_later_frames_arrive(page: Page, site: Site) -> None:
     open_with_token(page, site)
     page.evaluate(WATCH_FINISHED_BLOCKS)
-    answered(ask(page, "Write a detailed study plan for learning French in one year.", max_new_tokens=200))
+    answered(ask(page, "Write a detailed study plan for learning French in one year.", max_new_tokens=120))
     finished, checks, lost = page.evaluate("[window.__finished.size, window.__checks, window.__lost]")
     assert finished >= 3 and checks >= 20, f"an answer of a few blocks or list items: {finished}, {checks}"
     assert lost == [], f"finished blocks were drawn again: {lost}"
