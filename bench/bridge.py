@@ -40,7 +40,15 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import PROMPTS, REPO, ChatllmSubprocess, grpc_timed_stream, markdown_table, percentile, write_results
+from bench.common import (
+    REPO,
+    ChatllmSubprocess,
+    grpc_timed_stream,
+    legacy_body,
+    markdown_table,
+    percentile,
+    write_results,
+)
 
 ENGINE_FLAGS = {
     "vllm": ["--backend", "vllm", "--precision", "fp32", "--kv-cache-space", "1", "--max-num-seqs", "256"],
@@ -78,16 +86,6 @@ async def grpc_streams(target: str, tokens: int) -> AsyncIterator[OneStream]:
 
     async with AsyncChatClient(target) as client:
         yield lambda i: grpc_timed_stream(client, i, tokens)
-
-
-def legacy_body(i: int, tokens: int, stream: bool = True) -> dict[str, Any]:
-    return {
-        "prompt": PROMPTS[i % len(PROMPTS)],
-        "use_stream_chat": stream,
-        "max_new_tokens": tokens,
-        "temperature": 0,
-        "ignore_eos": True,
-    }
 
 
 @contextlib.asynccontextmanager

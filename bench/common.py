@@ -251,3 +251,14 @@ async def knowledge_server(flags: Sequence[str], models_dir: Path, log_path: Pat
                 for document in sorted(p for p in KB_DATA.iterdir() if p.suffix in (".md", ".txt")):
                     await client.ingest(document)
                 yield client, served
+
+
+def legacy_body(i: int, tokens: int, stream: bool = True) -> dict[str, Any]:
+    """A legacy JSON request for the i-th benchmark prompt: greedy, EOS ignored, `tokens` new tokens."""
+    return {
+        "prompt": PROMPTS[i % len(PROMPTS)],
+        "use_stream_chat": stream,
+        "max_new_tokens": tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+    }

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.common import PROMPTS, grpc_timed_stream
+from bench.common import PROMPTS, grpc_timed_stream, legacy_body
 
 OneStream = Callable[[int], Awaitable[tuple[int, float]]]
 EOS_FRAME = "<EOS>"
@@ -32,16 +32,6 @@ class FirstText:
     def saw(self, text: str | None) -> None:
         if text and not self.seconds:
             self.seconds = time.perf_counter() - self.started
-
-
-def legacy_body(i: int, tokens: int) -> dict[str, Any]:
-    return {
-        "prompt": PROMPTS[i % len(PROMPTS)],
-        "use_stream_chat": True,
-        "max_new_tokens": tokens,
-        "temperature": 0,
-        "ignore_eos": True,
-    }
 
 
 def openai_body(model: str, i: int, tokens: int) -> dict[str, Any]:
