@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pytest
 from tests.startups import ENV as ENGINE_START_LOG
 
 REPO = Path(__file__).resolve().parent.parent
+OUTPUT = REPO / "tests" / "output" / "milvus_server"  # the run's output and start-up log, kept for a look
 TEST_FILE = "tests/component/test_knowledge_milvus_server.py"
 SERVER_CASES = ["tests/component/test_knowledge_library.py", "tests/component/test_knowledge_base.py"]
 # The cases where the store is what is tested. Those that check what happens before anything reaches the
@@ -92,8 +92,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if session.config.option.collectonly or can_run_here() is not None:
         return
     if any(item.nodeid.startswith(TEST_FILE + "::") for item in session.items):
-        output_dir = Path(tempfile.mkdtemp(prefix="chatllm-milvus-run-"))
-        session.config.stash[RUN] = MilvusServerRun.start(output_dir)
+        shutil.rmtree(OUTPUT, ignore_errors=True)
+        OUTPUT.mkdir(parents=True)
+        session.config.stash[RUN] = MilvusServerRun.start(OUTPUT)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
