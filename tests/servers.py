@@ -19,6 +19,17 @@ from chatllm.server.engines import Engine, running_engine
 from tests.startups import ENV as STARTUP_LOG_ENV
 
 
+async def long_story_under_way(client: AsyncChatClient) -> Any:
+    """The call of a long answer (2000 tokens, EOS ignored), once two pieces of its text have arrived."""
+    call = client.stream("Write a very long story about a dragon.", max_new_tokens=2000, ignore_eos=True)
+    got = 0
+    async for r in call:
+        got += bool(r.text)
+        if got >= 2:
+            break
+    return call
+
+
 async def wait_engine_idle(client: AsyncChatClient, within: float) -> pb.ServerInfo:
     """Poll until the engine has no running or waiting request (or `within` seconds pass)."""
     deadline = time.monotonic() + within

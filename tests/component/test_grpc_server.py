@@ -19,7 +19,7 @@ from chatllm.server.app import ChatLLMServer
 from chatllm.server.engines.hf import PAGE_SIZE, _check_cache_holds_context, _kv_blocks
 from chatllm.server.errors import StartupError
 from tests.fake_engine import FAKE_MODEL, FakeEngine
-from tests.servers import grpc_server, make_config, transformers_greedy, wait_engine_idle
+from tests.servers import grpc_server, long_story_under_way, make_config, transformers_greedy, wait_engine_idle
 from tests.stack import Stack, fake_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -98,12 +98,7 @@ async def test_eight_concurrent_streams_finish_with_correct_usage(hf_client: Asy
 
 async def test_cancelled_stream_frees_its_engine_slot(hf_client: AsyncChatClient) -> None:
     client = hf_client
-    call = client.stream("Write a very long story about a dragon.", max_new_tokens=2000, ignore_eos=True)
-    got = 0
-    async for r in call:
-        got += bool(r.text)
-        if got >= 2:
-            break
+    call = await long_story_under_way(client)
     busy = await client.server_info()
     assert busy.active_requests + busy.waiting_requests >= 1
     call.cancel()

@@ -26,7 +26,7 @@ from chatllm.server.app import ChatLLMServer
 from chatllm.server.engines.process_owner import vllm_processes
 from chatllm.server.model_source import builtin_gguf
 from tests.component.contract.conftest import MODEL
-from tests.servers import transformers_greedy, wait_engine_idle
+from tests.servers import long_story_under_way, transformers_greedy, wait_engine_idle
 from tests.stack import Stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -149,12 +149,7 @@ async def test_repetition_penalty_reaches_the_engine(client: AsyncChatClient, mo
 
 
 async def test_cancelled_stream_frees_its_engine_request(client: AsyncChatClient, server: ChatLLMServer) -> None:
-    call = client.stream("Write a very long story about a dragon.", max_new_tokens=2000, ignore_eos=True)
-    got = 0
-    async for r in call:
-        got += bool(r.text)
-        if got >= 2:
-            break
+    call = await long_story_under_way(client)
     busy = await client.server_info()
     assert busy.active_requests == 1 and busy.kv_cache_usage > 0
     call.cancel()
