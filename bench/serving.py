@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -71,6 +72,7 @@ from bench.serving_clients import (
 )
 
 # The engine settings both servers get.
+WARM_UP_S = 10.0  # how long a leg's first answer may be retried after a 502 (see warm_up)
 CHATLLM_ENGINE_FLAGS = ["--backend", "vllm", "--precision", "fp32", "--kv-cache-space", "1", "--max-num-seqs", "256"]
 VLLM_ENGINE_FLAGS = [
     "--dtype",
@@ -172,12 +174,26 @@ def py_spy(pid: int, output: Path | None, native: bool = True) -> Iterator[None]
         spy.wait(60)
 
 
+async def warm_up(leg: Leg, within: float = WARM_UP_S) -> None:
+    """One answer on the leg. `chatllm serve` may answer 502 for a moment after it logs `ready:` (its
+    bridge sees the in-process replica serving a little later), so a 502 is retried for `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await leg.one(0)
+            return
+        except aiohttp.ClientResponseError as exc:
+            if exc.status != 502 or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def measure(
     legs: list[Leg], levels: list[int], profile: Path | None = None, round_: int = 0, native: bool = True
 ) -> list[Run]:
     """Every leg of one server once per level, after a warm-up."""
     for leg in legs:
-        await leg.one(0)
+        await warm_up(leg)
     runs = []
     for n in levels:
         for leg in legs:
